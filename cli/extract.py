@@ -1,0 +1,71 @@
+"""``mad extract``: run frozen teachers once and write token-level feature stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from mad_pipeline.stages import extract as stage
+from rich.console import Console
+from rich.table import Table
+
+from .main import app
+
+EXAMPLES = """
+Examples:
+
+  mad extract --teacher clip-vit-l --manifest data.jsonl --data-root DIR
+
+  mad extract --teacher clip-vit-l --weights ViT-L-14.safetensors --manifest data.jsonl --data-root DIR --json
+
+  mad extract --teacher clip-vit-l --text-teacher minilm --manifest data.jsonl --data-root DIR
+"""
+
+
+@app.command("extract", help="Run frozen teachers over a dataset and write token-level Zarr feature stores, "
+             "cached by content hash (a rerun with the same inputs does no teacher work)." + EXAMPLES)
+def extract_cmd(
+    teacher: str = typer.Option(..., "--teacher", "-t", help="Registered teacher (see `mad teachers`)."),
+    data_root: Path = typer.Option(..., "--data-root", help="Folder that image paths are relative to."),
+    manifest: Path = typer.Option(None, "--manifest", help="JSONL manifest: {id, image, text} per line."),
+    dataset: str = typer.Option("jsonl", "--dataset", help="Reader: jsonl, vqa, snli-ve, vcr."),
+    split: str = typer.Option(None, "--split", help="Split for the benchmark readers (train, val, ...)."),
+    text_teacher: str = typer.Option(None, "--text-teacher", help="Another teacher for texts (e.g. minilm)."),
+    weights: str = typer.Option(None, "--weights", help="Local checkpoint file/dir for --teacher (else hub)."),
+    text_weights: str = typer.Option(None, "--text-weights", help="Local weights for --text-teacher."),
+    cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Cache root [env MAD_CACHE]."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on cuda, fp32 on cpu), fp32, bf16."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Teacher batch size (not part of the cache key)."),
+    num_workers: int = typer.Option(2, "--num-workers", help="Decode worker processes (not in the key)."),
+    on_error: str = typer.Option("fail", "--on-error", help="fail: stop at the first bad input; skip: record it."),
+    max_text_length: int = typer.Option(None, "--max-text-length", help="Token length for transformers teachers."),
+    shard_rows: int = typer.Option(None, "--shard-rows", help="Rows per resumable shard (default ~32 MB)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    cfg = stage.ExtractConfig(
+        teacher=teacher, data_root=data_root, dataset=dataset, manifest=manifest, split=split,
+        text_teacher=text_teacher, weights=weights, text_weights=text_weights, cache=cache, device=device,
+        precision=precision, batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+        max_text_length=max_text_length, shard_rows=shard_rows, progress=not (quiet or as_json),
+    )
+    err = Console(stderr=True)
+    result = stage.run(cfg, log=lambda m: err.print(m))
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    table = Table(title=f"mad extract ({result.samples} samples, {result.seconds:.1f} s)")
+    for col in ("store", "status", "rows", "computed", "key", "path"):
+        table.add_column(col, overflow="fold")
+    for kind, s in result.stores.items():
+        status = "cached" if s.cached else ("resumed" if s.shards_resumed else "built")
+        table.add_row(kind, status, str(s.rows), str(s.rows_computed), s.key[:16], s.path)
+    Console().print(table)
+    if result.skipped:
+        err.print(f"[yellow]{len(result.skipped)} input(s) skipped:[/yellow]")
+        for s in result.skipped[:20]:
+            err.print(f"  {s['source']}: {s['reason']}")
+        if len(result.skipped) > 20:
+            err.print(f"  ... and {len(result.skipped) - 20} more (all recorded in the store manifests)")

@@ -1,0 +1,92 @@
+"""The generic JSONL manifest: one ``{"id": ..., "image": "relative/path.jpg", "text": "..."}`` per line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import InputError
+from .base import Dataset, Sample, Skipped
+from .paths import safe_relpath
+
+
+def read_jsonl_manifest(manifest: Path, root: Path, on_error: str = "fail") -> Dataset:
+    """Parse a manifest. Fields: ``id`` (str/int, unique), ``image`` (path under ``root``), ``text`` (str) or
+    ``texts`` (list of str); other fields go to ``Sample.meta``. Every problem names ``manifest:line``."""
+    manifest = Path(manifest)
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"--data-root {root}: not a directory")
+    if not manifest.is_file():
+        raise InputError(f"--manifest {manifest}: file not found")
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    seen: set[str] = set()
+    raw = manifest.read_bytes()
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        where = f"{manifest}:{lineno}"
+        if not line.strip():
+            continue
+        try:
+            sample = _parse_line(line, root, seen)
+        except ValueError as e:
+            if on_error == "skip":
+                skipped.append(Skipped(where, _peek_id(line), str(e)))
+                continue
+            raise InputError(f"{where}: {e}") from None
+        seen.add(sample.id)
+        samples.append(sample)
+    if not samples and not skipped:
+        raise InputError(f"{manifest}: no records")
+    return Dataset(name="jsonl", root=root, split=None, samples=samples, skipped=skipped, sources=[manifest])
+
+
+def _parse_line(line: bytes, root: Path, seen: set[str]) -> Sample:
+    try:
+        text_line = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid UTF-8 (byte {e.start})") from None
+    try:
+        rec = json.loads(text_line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(rec, dict):
+        raise ValueError("expected a JSON object")
+    if "id" not in rec:
+        raise ValueError("missing field 'id'")
+    sid = rec["id"]
+    if not isinstance(sid, (str, int)) or isinstance(sid, bool):
+        raise ValueError("field 'id' must be a string or an integer")
+    sid = str(sid)
+    if sid in seen:
+        raise ValueError(f"duplicate id {sid!r}")
+    image = rec.get("image")
+    if image is not None:
+        if not isinstance(image, str):
+            raise ValueError("field 'image' must be a string path")
+        image = safe_relpath(image, root)
+    if "texts" in rec:
+        texts = rec["texts"]
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("field 'texts' must be a list of strings")
+    elif "text" in rec:
+        if not isinstance(rec["text"], str):
+            raise ValueError("field 'text' must be a string")
+        texts = [rec["text"]]
+    else:
+        texts = []
+    for t in texts:
+        if "\ufffd" in t or any(0xD800 <= ord(c) <= 0xDFFF for c in t):
+            raise ValueError("text is not valid Unicode (replacement characters or lone surrogates)")
+    if image is None and not texts:
+        raise ValueError("record has neither 'image' nor 'text'")
+    meta = {k: v for k, v in rec.items() if k not in ("id", "image", "text", "texts")}
+    return Sample(id=sid, image=image, texts=tuple(texts), meta=meta)
+
+
+def _peek_id(line: bytes) -> str | None:
+    try:
+        rec = json.loads(line.decode("utf-8", errors="replace"))
+        return str(rec.get("id")) if isinstance(rec, dict) and "id" in rec else None
+    except (json.JSONDecodeError, ValueError):
+        return None

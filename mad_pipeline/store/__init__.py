@@ -1,0 +1,8 @@
+"""Feature stores (format v1): layout, resumable writer with atomic publication, reader."""
+
+from .layout import FORMAT_VERSION, ArraySpec, image_arrays, text_arrays
+from .reader import FeatureStore, open_store
+from .writer import StoreWriter, is_complete
+
+__all__ = ["FORMAT_VERSION", "ArraySpec", "FeatureStore", "StoreWriter", "image_arrays", "is_complete",
+           "open_store", "text_arrays"]

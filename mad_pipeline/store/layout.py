@@ -1,0 +1,86 @@
+"""Feature-store format v1 (SPEC section 3): which arrays each store kind has, their chunking and codecs.
+
+Rows are the leading dimension of every array. Chunks hold whole rows and are sized to at least ~1 MB for the
+big token arrays (a random read touches one chunk per row group, not the store); shards group chunks into files of
+tens of MB so a writer writes one file per row range. Every chunk is Blosc/Zstd-compressed with byte shuffle and
+carries a crc32c checksum; every array has ``dimension_names`` so xarray and dask can open it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+FORMAT_VERSION = 1
+CHUNK_TARGET_BYTES = 1 << 20  # at least ~1 MB per token chunk
+SHARD_TARGET_BYTES = 32 << 20  # one shard file per ~32 MB of token rows
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    name: str
+    row_shape: tuple[int, ...]  # shape of one row
+    dtype: str  # numpy dtype name, or "str" for variable-length UTF-8
+    dims: tuple[str, ...]  # dimension names, leading "row" name first
+    fill: object = 0
+    big: bool = False  # chunked by bytes (token arrays); small arrays use one chunk per shard
+
+    def row_bytes(self) -> int:
+        itemsize = 64 if self.dtype == "str" else np.dtype(self.dtype).itemsize
+        return itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+
+
+def image_arrays(num_tokens: int, width: int, embed_dim: int) -> list[ArraySpec]:
+    return [
+        ArraySpec("image_hash", (), "str", ("image",), fill=""),
+        ArraySpec("tokens", (num_tokens, width), "float16", ("image", "token", "channel"), big=True),
+        ArraySpec("pooled", (embed_dim,), "float16", ("image", "embed")),
+        ArraySpec("crop_box", (4,), "float32", ("image", "box")),
+        ArraySpec("valid", (), "bool", ("image",), fill=False),
+    ]
+
+
+def text_arrays(max_length: int, width: int, embed_dim: int) -> list[ArraySpec]:
+    return [
+        ArraySpec("text_hash", (), "str", ("text",), fill=""),
+        ArraySpec("text", (), "str", ("text",), fill=""),
+        ArraySpec("tokens", (max_length, width), "float16", ("text", "token", "channel"), big=True),
+        ArraySpec("length", (), "int32", ("text",)),
+        ArraySpec("pooled", (embed_dim,), "float16", ("text", "embed")),
+        ArraySpec("char_span", (max_length, 2), "int32", ("text", "token", "span"), fill=-1),
+    ]
+
+
+def rows_per_chunk(specs: list[ArraySpec], target: int = CHUNK_TARGET_BYTES) -> int:
+    big = max((s.row_bytes() for s in specs if s.big), default=target)
+    return max(1, math.ceil(target / big))
+
+
+def rows_per_shard(specs: list[ArraySpec], n_rows: int, chunk_rows: int, target: int = SHARD_TARGET_BYTES) -> int:
+    big = max((s.row_bytes() for s in specs if s.big), default=1)
+    chunks = max(1, target // max(1, big * chunk_rows))
+    return max(chunk_rows, min(chunks * chunk_rows, _round_up(max(n_rows, 1), chunk_rows)))
+
+
+def _round_up(x: int, m: int) -> int:
+    return ((x + m - 1) // m) * m
+
+
+def codecs_for(spec: ArraySpec):
+    import zarr.codecs as zc
+
+    if spec.dtype == "str":
+        return [zc.ZstdCodec(level=3), zc.Crc32cCodec()]
+    return [zc.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), zc.Crc32cCodec()]
+
+
+def index_arrays(max_texts: int) -> list[ArraySpec]:
+    """Dataset index: sample -> image row / text rows (by content hash, so any teacher's stores fit)."""
+    return [
+        ArraySpec("sample_id", (), "str", ("sample",), fill=""),
+        ArraySpec("image_hash", (), "str", ("sample",), fill=""),
+        ArraySpec("text_hash", (max(max_texts, 1),), "str", ("sample", "text"), fill=""),
+        ArraySpec("meta_json", (), "str", ("sample",), fill="{}"),
+    ]
