@@ -27,7 +27,7 @@ app.add_typer(store_app, name="store")
 
 def _register() -> None:
     # one import per command module; each attaches its commands to `app` (or a sub-app above)
-    from . import extract, store, teachers  # noqa: F401
+    from . import extract, score, store, teachers  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +41,3 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

@@ -171,8 +171,8 @@ def _decode_skips(stores: dict[str, StoreResult]) -> list[dict]:
 
 
 def _dataset_identity(ds) -> dict:
-    return {"reader": ds.name, "split": ds.split, "root": str(ds.root),
-            "sources": [str(p) for p in ds.sources], "samples": len(ds.samples)}
+    return {"reader": ds.name, "split": ds.split, "root": str(Path(ds.root).resolve()),
+            "sources": [str(Path(p).resolve()) for p in ds.sources], "samples": len(ds.samples)}
 
 
 def _build_index(cache: Cache, ds, inputs, skipped: list[dict], log) -> StoreResult:

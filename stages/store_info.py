@@ -24,6 +24,13 @@ def run(cfg: StoreInfoConfig) -> dict:
     rows = []
     for k, v in st.manifest.items():
         if k in ("errors", "skipped"):
-            v = f"{len(v)} recorded"
-        rows.append((k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)))
+            rows.append((k, f"{len(v)} recorded"))
+        elif isinstance(v, dict) and k != "library_versions":
+            rows.extend((f"{k}.{sub}", _fmt(sv)) for sub, sv in v.items())
+        else:
+            rows.append((k, _fmt(v)))
     return {"path": st.path, "kind": st.kind, "manifest": st.manifest, "manifest_rows": rows, "arrays": arrays}
+
+
+def _fmt(v) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)

@@ -125,6 +125,8 @@ class OpenClipTeacher:
             "interpolation": pcfg.get("interpolation", "bicubic"),
             "resize_mode": self.resize_mode,
         }
+        if ckpt and Path(ckpt).is_dir():
+            ckpt = _local_dir_checkpoint(Path(ckpt))  # the weight file only: the config is hashed as arch/preprocess
         self._weights_sha = sha256_weights(ckpt) if ckpt else "random-init"
         self._arch = _arch_identity(model, model_name)
         self._tokenizer_id = _tokenizer_identity(self.tokenizer, self.max_length)
@@ -182,6 +184,16 @@ class OpenClipTeacher:
     @torch.no_grad()
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.exp())
+
+
+def _local_dir_checkpoint(d: Path) -> Path:
+    """The weight file open_clip's ``local-dir:`` loader picks (safetensors first)."""
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors",
+                 "open_clip_pytorch_model.bin", "pytorch_model.bin", "pytorch_model.pth", "model.pth"):
+        if (d / name).exists():
+            return d / name
+    found = sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")) + sorted(d.glob("*.pth"))
+    return found[0] if found else d
 
 
 def _arch_identity(model: str, model_name: str) -> dict[str, Any]:

@@ -1,0 +1,61 @@
+"""``mad score``: official metrics for predictions (VQA v2, SNLI-VE, VCR)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from mad_pipeline.stages import score as stage
+from rich.console import Console
+from rich.table import Table
+
+from .main import app
+
+_HELP = (
+    "Score predictions with the task's official metric (accuracies in %).\n\n"
+    "Examples:\n\n"
+    "  mad score --task vqa --predictions results.json --questions Q.json --annotations A.json\n\n"
+    "  mad score --task snli-ve --predictions preds.json --annotations snli_ve_dev.jsonl\n\n"
+    "  mad score --task vcr --predictions preds.json --annotations val.jsonl --json\n\n"
+    'vqa: official results format [{"question_id": ..., "answer": ...}]; Q = '
+    "v2_OpenEnded_mscoco_val2014_questions.json, A = v2_mscoco_val2014_annotations.json; official answer "
+    "normalisation and 10-choose-9 averaging; prints overall and per-answer-type accuracy.\n\n"
+    'snli-ve: [{"pairID": ..., "label": "entailment" | "neutral" | "contradiction"}]; prints accuracy and '
+    "accuracy per gold label.\n\n"
+    'vcr: [{"annot_id": ..., "answer": 0-3, "rationale": 0-3}] (the rationale chosen given the right answer); '
+    "prints Q->A, QA->R and Q->AR (right only when both answer and rationale are)."
+)
+
+
+@app.command("score", help=_HELP)
+def score_cmd(
+    task: str = typer.Option(..., "--task", help="vqa, snli-ve or vcr."),
+    predictions: Path = typer.Option(..., "--predictions", help="Predictions JSON file (format per task above)."),
+    annotations: Path = typer.Option(..., "--annotations",
+                                     help="Ground truth: v2_mscoco_*_annotations.json, snli_ve_*.jsonl or *.jsonl."),
+    questions: Path | None = typer.Option(None, "--questions",
+                                          help="VQA only: the v2_OpenEnded_mscoco_*_questions.json file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (last line) instead of a table."),
+):
+    res = stage.run(stage.ScoreConfig(task=task, predictions=predictions, annotations=annotations,
+                                      questions=questions))
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    table = Table(title=f"{task}: {res['n']} scored ({predictions.name})")
+    table.add_column("metric")
+    table.add_column("accuracy (%)", justify="right")
+    table.add_column("n", justify="right")
+    if task == "vqa":
+        table.add_row("overall", f"{res['overall']:.2f}", str(res["n"]))
+        for k in sorted(res["per_answer_type"]):
+            table.add_row(k, f"{res['per_answer_type'][k]:.2f}", str(res["n_per_answer_type"][k]))
+    elif task == "snli-ve":
+        table.add_row("accuracy", f"{res['accuracy']:.2f}", str(res["n"]))
+        for k, v in res["per_label"].items():
+            table.add_row(f"  {k}", f"{v:.2f}", "")
+    else:
+        for k, name in (("q2a", "Q->A"), ("qa2r", "QA->R"), ("q2ar", "Q->AR")):
+            table.add_row(name, f"{res[k]:.2f}", str(res["n"]))
+    Console().print(table)

@@ -1,0 +1,169 @@
+"""VCR v1.0 reader for the official release files (https://visualcommonsense.com/download/).
+
+Official layout (data root = the ``vcr1/`` folder)::
+
+    train.jsonl  val.jsonl  test.jsonl          (``vcr1annots.zip``; may also sit in ``vcr1annots/``)
+    vcr1images/<movie>/<frame>.jpg, <frame>.json (``vcr1images.zip``: image and metadata files)
+
+Each line holds ``question``, ``answer_choices`` (4), ``rationale_choices`` (4), ``answer_label``,
+``rationale_label`` (0-3; removed in ``test.jsonl``), ``objects`` (detected class names), ``img_fn`` and
+``metadata_fn`` (relative to ``vcr1images/``), ``annot_id`` and more. Texts are token lists mixing words and lists of
+object indices: ``["What", "are", [0, 1], "doing", "?"]``.
+
+Object references are rendered as text as ``{objects[i]}{i}`` (0-based index, as in the file and its metadata
+boxes): ``[0, 1]`` with objects ``["person", "person"]`` -> ``"person0 and person1"``; three or more ->
+``"person0, person1 and dog2"``. Tokens are joined with spaces, except that punctuation (``. , ? ! ; :``) and
+clitics (``'s``, ``n't``...) attach to the previous token.
+
+Each sample is one question: ``id`` = annot_id, ``image`` = ``vcr1images/{img_fn}``, ``texts`` = (question,
+answer 0-3, rationale 0-3) rendered, ``meta`` = annot_id, question, answer_choices, rationale_choices (rendered),
+answer_label, rationale_label (None when absent), objects, img_fn, metadata_fn (relative to the data root).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .base import Dataset, Sample, Skipped
+from .paths import safe_relpath
+from .snli_ve import iter_jsonl
+from .vqa import check_int, check_text, require
+
+SPLITS = ("train", "val", "test")
+NUM_CHOICES = 4
+IMAGE_DIR = "vcr1images"
+_FILE_DIRS = ("", "vcr1annots")
+_ATTACH = {".", ",", "?", "!", ";", ":", "...", ")"}
+
+
+def render_objects(indices: list[int], objects: list[str]) -> str:
+    names = [f"{objects[i]}{i}" for i in indices]
+    if len(names) == 1:
+        return names[0]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def render_tokens(tokens: Any, objects: list[str], field: str = "tokens") -> str:
+    """Render a VCR token list (words and lists of object indices) as one string; ValueError if malformed."""
+    if not isinstance(tokens, list) or not tokens:
+        raise ValueError(f"field {field!r} must be a non-empty list of tokens")
+    out = ""
+    for k, tok in enumerate(tokens):
+        if isinstance(tok, str):
+            check_text(tok, f"{field}[{k}]")
+            piece = tok
+        elif isinstance(tok, list) and tok:
+            for i in tok:
+                if not isinstance(i, int) or isinstance(i, bool):
+                    raise ValueError(f"{field}[{k}]: object references must be integers")
+                if not 0 <= i < len(objects):
+                    raise ValueError(f"{field}[{k}]: object index {i} out of range (the record has "
+                                     f"{len(objects)} objects)")
+            piece = render_objects(tok, objects)
+        else:
+            raise ValueError(f"{field}[{k}] must be a word or a non-empty list of object indices")
+        if out and not _attaches(piece):
+            out += " "
+        out += piece
+    return out
+
+
+def _attaches(piece: str) -> bool:
+    return piece in _ATTACH or piece.startswith("'") or piece.lower() == "n't"
+
+
+def vcr_file(root: Path, split: str) -> Path:
+    if split not in SPLITS:
+        raise InputError(f"--split {split!r}: VCR splits are {', '.join(SPLITS)}")
+    root = Path(root)
+    name = f"{split}.jsonl"
+    for d in _FILE_DIRS:
+        p = root / d / name if d else root / name
+        if p.is_file():
+            return p
+    raise InputError(f"{root / name}: VCR annotation file not found (also looked in {root / 'vcr1annots'})")
+
+
+def read_vcr(root: Path, split: str, on_error: str = "fail") -> Dataset:
+    root = Path(root)
+    path = vcr_file(root, split)
+    samples, skipped = parse_vcr(path, root=root, require_labels=split != "test", on_error=on_error)
+    return Dataset(name="vcr", root=root, split=split, samples=samples, skipped=skipped, sources=[path])
+
+
+def parse_vcr(path: Path, *, root: Path | None = None, require_labels: bool = True,
+              on_error: str = "fail") -> tuple[list[Sample], list[Skipped]]:
+    """Parse one VCR jsonl file. With ``root`` samples get image paths; without (scoring) they don't.
+    ``require_labels``: a record without ``answer_label``/``rationale_label`` is an error (not in test).
+    Problems name ``file:line``."""
+    path = Path(path)
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    seen: set[str] = set()
+    for lineno, rec in iter_jsonl(path, "VCR annotation file"):
+        where = f"{path}:{lineno}"
+        sid = rec.get("annot_id") if isinstance(rec, dict) and isinstance(rec.get("annot_id"), str) else None
+        try:
+            if isinstance(rec, ValueError):
+                raise rec
+            sample = _parse_record(rec, root, require_labels)
+            if sample.id in seen:
+                raise ValueError(f"duplicate annot_id {sample.id!r}")
+        except ValueError as e:
+            if on_error == "skip":
+                skipped.append(Skipped(where, sid, str(e)))
+                continue
+            raise InputError(f"{where}: {e}") from None
+        seen.add(sample.id)
+        samples.append(sample)
+    if not samples and not skipped:
+        raise InputError(f"{path}: no records")
+    return samples, skipped
+
+
+def _parse_record(rec: Any, root: Path | None, require_labels: bool) -> Sample:
+    if not isinstance(rec, dict):
+        raise ValueError("expected a JSON object")
+    annot_id = check_text(require(rec, "annot_id"), "annot_id")
+    objects = require(rec, "objects")
+    if not isinstance(objects, list) or not all(isinstance(o, str) for o in objects):
+        raise ValueError("field 'objects' must be a list of strings")
+    question = render_tokens(require(rec, "question"), objects, "question")
+    choices: dict[str, list[str]] = {}
+    for field in ("answer_choices", "rationale_choices"):
+        raw = require(rec, field)
+        if not isinstance(raw, list) or len(raw) != NUM_CHOICES:
+            raise ValueError(f"field {field!r} must be a list of {NUM_CHOICES} token lists")
+        choices[field] = [render_tokens(c, objects, f"{field}[{j}]") for j, c in enumerate(raw)]
+    labels: dict[str, int | None] = {}
+    for field in ("answer_label", "rationale_label"):
+        if field not in rec:
+            if require_labels:
+                raise ValueError(f"missing field {field!r}")
+            labels[field] = None
+            continue
+        value = check_int(rec[field], field)
+        if not 0 <= value < NUM_CHOICES:
+            raise ValueError(f"field {field!r} must be 0-{NUM_CHOICES - 1}, got {value}")
+        labels[field] = value
+    img_fn = check_text(require(rec, "img_fn"), "img_fn")
+    metadata_fn = check_text(require(rec, "metadata_fn"), "metadata_fn")
+    if root is not None:
+        image = safe_relpath(f"{IMAGE_DIR}/{img_fn}", root)
+        metadata = safe_relpath(f"{IMAGE_DIR}/{metadata_fn}", root)
+    else:
+        image, metadata = None, f"{IMAGE_DIR}/{metadata_fn}"
+    meta: dict[str, Any] = {
+        "annot_id": annot_id,
+        "question": question,
+        "answer_choices": choices["answer_choices"],
+        "rationale_choices": choices["rationale_choices"],
+        **labels,
+        "objects": list(objects),
+        "img_fn": img_fn,
+        "metadata_fn": metadata,
+    }
+    texts = (question, *choices["answer_choices"], *choices["rationale_choices"])
+    return Sample(id=annot_id, image=image, texts=texts, meta=meta)

@@ -1,0 +1,182 @@
+"""Official metrics: VQA v2 accuracy (a port of the VQA API's ``vqaEval.py``), SNLI-VE accuracy, VCR Q->A / QA->R /
+Q->AR.
+
+VQA: ported from ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of https://github.com/GT-Vision-Lab/VQA
+(the Python 3 version), rule for rule, quirks included:
+
+- the prediction is cleaned (newlines/tabs -> spaces, strip), then ``processPunctuation`` and
+  ``processDigitArticle`` (lower-case, number words -> digits, articles dropped, contractions restored);
+- the ten ground-truth answers get ``processPunctuation`` **only** when they are not all identical, and never
+  ``processDigitArticle`` nor lower-casing (the released answers are already normalised);
+- ``processPunctuation`` deletes a punctuation mark when it touches a space somewhere in the text (or when the text
+  contains ``digit,digit``), else replaces it by a space; ``periodStrip`` (whose ``(?!<=\\d)`` is a look-*ahead*
+  typo, so it removes every ``.`` not followed by a digit) runs with ``re.UNICODE`` passed as its *count*, i.e. at
+  most 32 periods are removed;
+- per question, accuracy = mean over the ten leave-one-annotator-out subsets of ``min(1, #matches / 3)``, where an
+  annotator is left out by answer-record equality (the record dicts, as the official code compares them);
+- overall / per-answer-type / per-question-type accuracy = mean of the per-question accuracies.
+
+The official code reports ``round(100 * acc, 2)``; these functions return unrounded percentages so they can be
+checked to 1e-9.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+CONTRACTIONS: dict[str, str] = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
+    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
+    "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
+    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've",
+    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's",
+    "shouldve": "should've", "shouldnt": "shouldn't", "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd", "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've", "somebodyll": "somebody'll", "somebodys": "somebody's",
+    "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
+    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas",
+    "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't",
+    "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
+    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
+    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
+    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll",
+    "y'allll": "y'all'll", "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
+    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're",
+    "youve": "you've",
+}
+MANUAL_MAP: dict[str, str] = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+ARTICLES = ("a", "an", "the")
+PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: "(?!<=" is the official typo (a look-ahead)
+COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+# The official call is periodStrip.sub("", outText, re.UNICODE): the flag lands in the *count* argument.
+PERIOD_STRIP_COUNT = int(re.UNICODE)  # 32
+
+
+def process_punctuation(in_text: str) -> str:
+    """``VQAEval.processPunctuation``."""
+    out_text = in_text
+    for p in PUNCT:
+        if (p + " " in in_text or " " + p in in_text) or (COMMA_STRIP.search(in_text) is not None):
+            out_text = out_text.replace(p, "")
+        else:
+            out_text = out_text.replace(p, " ")
+    return PERIOD_STRIP.sub("", out_text, count=PERIOD_STRIP_COUNT)
+
+
+def process_digit_article(in_text: str) -> str:
+    """``VQAEval.processDigitArticle``."""
+    out_text = []
+    for word in in_text.lower().split():
+        word = MANUAL_MAP.get(word, word)
+        if word not in ARTICLES:
+            out_text.append(word)
+    return " ".join(CONTRACTIONS.get(word, word) for word in out_text)
+
+
+def normalize_prediction(answer: str) -> str:
+    """How the official evaluation normalises a predicted answer (also used for answer vocabularies)."""
+    answer = answer.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(answer))
+
+
+def vqa_question_accuracy(prediction: str, gt_answers: Sequence[str | Mapping[str, Any]]) -> float:
+    """Official accuracy (0..1) of one predicted answer against a question's ground-truth answers.
+
+    ``gt_answers``: the answer records of the annotation (``{"answer", "answer_confidence", "answer_id"}``, compared
+    as records when leaving one annotator out, as the official code does) or plain strings (one annotator each).
+    """
+    res_ans = normalize_prediction(prediction)
+    records: list[dict[str, Any]] = [
+        dict(a) if isinstance(a, Mapping) else {"answer": a, "_annotator": i} for i, a in enumerate(gt_answers)
+    ]
+    if not records:
+        raise ValueError("no ground-truth answers")
+    gt_strings = [r["answer"] for r in records]
+    if len(set(gt_strings)) > 1:
+        for r in records:
+            r["answer"] = process_punctuation(r["answer"])
+    gt_acc = []
+    for gt_datum in records:
+        other_gt = [item for item in records if item != gt_datum]
+        matching = [item for item in other_gt if item["answer"] == res_ans]
+        gt_acc.append(min(1, float(len(matching)) / 3))
+    return float(sum(gt_acc)) / len(gt_acc)
+
+
+def vqa_evaluate(predictions: Mapping[Any, str], annotations: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
+    """Score predictions ``{question_id: answer}`` against annotations ``{question_id: {"answers" or
+    "answer_records", "answer_type", "question_type"}}``, iterating over the annotated questions (every one must
+    have a prediction, as the official ``loadRes`` asserts).
+
+    Returns percentages: ``overall``, ``per_answer_type``, ``per_question_type`` and ``per_question``; plus ``n``
+    and ``n_per_answer_type``.
+    """
+    acc_qa: list[float] = []
+    per_ans: dict[str, list[float]] = {}
+    per_ques: dict[str, list[float]] = {}
+    per_question: dict[Any, float] = {}
+    for qid, ann in annotations.items():
+        if qid not in predictions:
+            raise KeyError(qid)
+        answers = ann.get("answer_records") or ann["answers"]
+        acc = vqa_question_accuracy(predictions[qid], answers)
+        acc_qa.append(acc)
+        per_ans.setdefault(ann["answer_type"], []).append(acc)
+        per_ques.setdefault(ann["question_type"], []).append(acc)
+        per_question[qid] = 100 * acc
+    if not acc_qa:
+        raise ValueError("no annotated questions")
+    return {
+        "n": len(acc_qa),
+        "overall": 100 * float(sum(acc_qa)) / len(acc_qa),
+        "per_answer_type": {k: 100 * float(sum(v)) / len(v) for k, v in per_ans.items()},
+        "n_per_answer_type": {k: len(v) for k, v in per_ans.items()},
+        "per_question_type": {k: 100 * float(sum(v)) / len(v) for k, v in per_ques.items()},
+        "per_question": per_question,
+    }
+
+
+def snli_ve_evaluate(predictions: Mapping[str, str], gold: Mapping[str, str]) -> dict[str, Any]:
+    """Accuracy (percent) of predicted labels over every gold pair, plus per-gold-label accuracy (recall)."""
+    if not gold:
+        raise ValueError("no gold labels")
+    hits: dict[str, list[bool]] = {}
+    for pid, label in gold.items():
+        hits.setdefault(label, []).append(predictions[pid] == label)
+    total = sum(sum(v) for v in hits.values())
+    return {
+        "n": len(gold),
+        "accuracy": 100 * total / len(gold),
+        "per_label": {k: 100 * sum(v) / len(v) for k, v in hits.items()},
+    }
+
+
+def vcr_evaluate(predictions: Mapping[str, tuple[int, int]], gold: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
+    """VCR accuracies (percent): Q->A (answer right), QA->R (rationale right, given the right answer) and Q->AR
+    (a question counts only when both its answer and its rationale are right)."""
+    if not gold:
+        raise ValueError("no gold labels")
+    qa = qar = both = 0
+    for aid, (ga, gr) in gold.items():
+        pa, pr = predictions[aid]
+        qa += pa == ga
+        qar += pr == gr
+        both += pa == ga and pr == gr
+    n = len(gold)
+    return {"n": n, "q2a": 100 * qa / n, "qa2r": 100 * qar / n, "q2ar": 100 * both / n}

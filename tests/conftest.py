@@ -1,0 +1,96 @@
+"""Shared fixtures: real open_clip models at tiny sizes with random weights saved to files, real photos, and a
+helper that runs the real ``mad`` CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples" / "photos"
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def save_open_clip(cfg_name: str, cfg: dict, out: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Register ``cfg`` with open_clip, build it with random weights and save them (safetensors)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    cfg_file = out / f"{cfg_name}.json"
+    cfg_file.write_text(json.dumps(cfg))
+    open_clip.add_model_config(cfg_file)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(cfg_name)
+    weights = out / f"{cfg_name}-seed{seed}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    return cfg_file, weights
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """(config file, weights file) of the tiny-clip teacher; also registered in this process's registry."""
+    from mad_pipeline.teachers import register_open_clip_config
+
+    d = tmp_path_factory.mktemp("tiny-clip")
+    cfg_file, weights = save_open_clip("tiny-clip", TINY_CLIP, d)
+    register_open_clip_config("tiny-clip", cfg_file)
+    return cfg_file, weights
+
+
+@pytest.fixture()
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+def mad(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (the installed console script's module)."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "mad_pipeline.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mad {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_manifest(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def make_photos(root: Path, n: int, size: int = 96, seed: int = 0) -> list[str]:
+    """n distinct real JPEG files (crops of skimage photos) under root/img/."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    base = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rels = []
+    for i in range(n):
+        src = base[i % len(base)]
+        y = int(rng.integers(0, src.shape[0] - size))
+        x = int(rng.integers(0, src.shape[1] - size))
+        rel = f"img/{i:04d}.jpg"
+        Image.fromarray(src[y : y + size, x : x + size]).save(root / rel, quality=90)
+        rels.append(rel)
+    return rels
