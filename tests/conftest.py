@@ -88,9 +88,13 @@ def make_photos(root: Path, n: int, size: int = 96, seed: int = 0) -> list[str]:
     rels = []
     for i in range(n):
         src = base[i % len(base)]
-        y = int(rng.integers(0, src.shape[0] - size))
-        x = int(rng.integers(0, src.shape[1] - size))
+        crop = min(size, 280)
+        y = int(rng.integers(0, src.shape[0] - crop))
+        x = int(rng.integers(0, src.shape[1] - crop))
         rel = f"img/{i:04d}.jpg"
-        Image.fromarray(src[y : y + size, x : x + size]).save(root / rel, quality=90)
+        im = Image.fromarray(src[y : y + crop, x : x + crop])
+        if crop != size:
+            im = im.resize((size, size), Image.BICUBIC)
+        im.save(root / rel, quality=90)
         rels.append(rel)
     return rels

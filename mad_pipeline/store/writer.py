@@ -33,8 +33,9 @@ class StoreWriter:
         self.specs = {s.name: s for s in specs}
         self.key = key
         chunk_rows = rows_per_chunk(specs)
-        if shard_rows:
-            shard_rows = max(chunk_rows, (shard_rows // chunk_rows) * chunk_rows)
+        if shard_rows:  # an explicit shard size wins; chunks shrink to fit inside it
+            chunk_rows = min(chunk_rows, shard_rows)
+            shard_rows = (shard_rows // chunk_rows) * chunk_rows
         else:
             shard_rows = rows_per_shard(specs, n_rows, chunk_rows)
         layout = {"format_version": FORMAT_VERSION, "kind": kind, "key": key, "n_rows": n_rows,
