@@ -42,7 +42,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"decompression bomb refused ({e})") from None
+        raise ImageDecodeError(f"image too large, decompression bomb refused ({e})") from None
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format (corrupt or not an image)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
