@@ -57,12 +57,15 @@ def extract_cmd(
         typer.echo(json.dumps(result.as_dict()))
         return
     table = Table(title=f"mad extract ({result.samples} samples, {result.seconds:.1f} s)")
-    for col in ("store", "status", "rows", "computed", "key", "path"):
-        table.add_column(col, overflow="fold")
+    for col in ("store", "status", "rows", "computed", "seconds", "key"):
+        table.add_column(col)
     for kind, s in result.stores.items():
         status = "cached" if s.cached else ("resumed" if s.shards_resumed else "built")
-        table.add_row(kind, status, str(s.rows), str(s.rows_computed), s.key[:16], s.path)
-    Console().print(table)
+        table.add_row(kind, status, str(s.rows), str(s.rows_computed), f"{s.seconds:.1f}", s.key[:16])
+    console = Console()
+    console.print(table)
+    for kind, s in result.stores.items():
+        console.print(f"{kind:>5}: {s.path}", soft_wrap=True)
     if result.skipped:
         err.print(f"[yellow]{len(result.skipped)} input(s) skipped:[/yellow]")
         for s in result.skipped[:20]:

@@ -35,3 +35,22 @@ def info_cmd(path: str = typer.Argument(..., help="Store path (a .zarr directory
         arr.add_row(a["name"], str(tuple(a["shape"])), a["dtype"], str(tuple(a["chunks"])), shards,
                     ",".join(a["dims"]), f"{a['nbytes_stored'] / 1e6:.2f}")
     console.print(arr)
+
+
+@store_app.command("ls", help="List the published stores in a cache.\n\nExample:\n\n  mad store ls --cache .mad-cache")
+def ls_cmd(cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Cache root [env MAD_CACHE]."),
+           kind: str = typer.Option(None, "--kind", help="Only this kind: image, text, index."),
+           as_json: bool = typer.Option(False, "--json", help="Print one JSON list.")):
+    from mad_pipeline.stages import store_ls
+
+    rows = store_ls.run(store_ls.StoreLsConfig(cache=cache, kind=kind))
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(title=f"{len(rows)} stores in {store_ls.cache_root(cache)}/stores")
+    for col in ("kind", "key", "rows", "teacher", "created", "MB"):
+        table.add_column(col)
+    for r in rows:
+        created = (r["created"] or "")[:16].replace("T", " ")
+        table.add_row(r["kind"], r["key"][:16], str(r["rows"]), r["teacher"], created, f"{r['bytes'] / 1e6:.1f}")
+    Console().print(table)
