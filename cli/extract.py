@@ -20,6 +20,8 @@ Examples:
   mad extract --teacher clip-vit-l --weights ViT-L-14.safetensors --manifest data.jsonl --data-root DIR --json
 
   mad extract --teacher clip-vit-l --text-teacher minilm --manifest data.jsonl --data-root DIR
+
+  mad extract --teacher shapes-clip --dataset vqa --split val --task vqa --data-root shapes/
 """
 
 
@@ -42,6 +44,11 @@ def extract_cmd(
     on_error: str = typer.Option("fail", "--on-error", help="fail: stop at the first bad input; skip: record it."),
     max_text_length: int = typer.Option(None, "--max-text-length", help="Token length for transformers teachers."),
     shard_rows: int = typer.Option(None, "--shard-rows", help="Rows per resumable shard (default ~32 MB)."),
+    task: str = typer.Option(None, "--task", help="vqa, snli-ve or vcr: also write the teacher's zero-shot store."),
+    zs_prompt: str = typer.Option("auto", "--zs-prompt", help="VQA zero-shot candidates: auto, shapes, template."),
+    zs_template: str = typer.Option(None, "--zs-template", help="Template prompt, e.g. 'question: {q} answer: {a}'."),
+    train_fraction: float = typer.Option(1.0, "--train-fraction", help="Deterministic subset of the samples."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --train-fraction subset."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
@@ -49,7 +56,8 @@ def extract_cmd(
         teacher=teacher, data_root=data_root, dataset=dataset, manifest=manifest, split=split,
         text_teacher=text_teacher, weights=weights, text_weights=text_weights, cache=cache, device=device,
         precision=precision, batch_size=batch_size, num_workers=num_workers, on_error=on_error,
-        max_text_length=max_text_length, shard_rows=shard_rows, progress=not (quiet or as_json),
+        max_text_length=max_text_length, shard_rows=shard_rows, task=task, zs_prompt=zs_prompt,
+        zs_template=zs_template, train_fraction=train_fraction, seed=seed, progress=not (quiet or as_json),
     )
     err = Console(stderr=True)
     result = stage.run(cfg, log=lambda m: err.print(m))

@@ -18,6 +18,7 @@ _HELP = (
     "  mad score --task vqa --predictions results.json --questions Q.json --annotations A.json\n\n"
     "  mad score --task snli-ve --predictions preds.json --annotations snli_ve_dev.jsonl\n\n"
     "  mad score --task vcr --predictions preds.json --annotations val.jsonl --json\n\n"
+    "  mad score --task vqa --zeroshot STORE --questions Q.json --annotations A.json --per-question-type\n\n"
     'vqa: official results format [{"question_id": ..., "answer": ...}]; Q = '
     "v2_OpenEnded_mscoco_val2014_questions.json, A = v2_mscoco_val2014_annotations.json; official answer "
     "normalisation and 10-choose-9 averaging; prints overall and per-answer-type accuracy.\n\n"
@@ -31,7 +32,11 @@ _HELP = (
 @app.command("score", help=_HELP)
 def score_cmd(
     task: str = typer.Option(..., "--task", help="vqa, snli-ve or vcr."),
-    predictions: Path = typer.Option(..., "--predictions", help="Predictions JSON file (format per task above)."),
+    predictions: Path = typer.Option(None, "--predictions", help="Predictions JSON file (format per task above)."),
+    zeroshot: Path = typer.Option(None, "--zeroshot", help="Score a teacher's zero-shot store (mad extract --task)."),
+    write_predictions: Path = typer.Option(None, "--write-predictions",
+                                           help="With --zeroshot: also write them in the official format."),
+    per_question_type: bool = typer.Option(False, "--per-question-type", help="VQA: one row per question type."),
     annotations: Path = typer.Option(..., "--annotations",
                                      help="Ground truth: v2_mscoco_*_annotations.json, snli_ve_*.jsonl or *.jsonl."),
     questions: Path | None = typer.Option(None, "--questions",
@@ -39,11 +44,12 @@ def score_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (last line) instead of a table."),
 ):
     res = stage.run(stage.ScoreConfig(task=task, predictions=predictions, annotations=annotations,
-                                      questions=questions))
+                                      questions=questions, zeroshot=zeroshot, write_predictions=write_predictions))
     if as_json:
         typer.echo(json.dumps(res))
         return
-    table = Table(title=f"{task}: {res['n']} scored ({predictions.name})")
+    source = predictions.name if predictions else f"zero-shot {Path(zeroshot).name[:16]}"
+    table = Table(title=f"{task}: {res['n']} scored ({source})")
     table.add_column("metric")
     table.add_column("accuracy (%)", justify="right")
     table.add_column("n", justify="right")
@@ -51,6 +57,9 @@ def score_cmd(
         table.add_row("overall", f"{res['overall']:.2f}", str(res["n"]))
         for k in sorted(res["per_answer_type"]):
             table.add_row(k, f"{res['per_answer_type'][k]:.2f}", str(res["n_per_answer_type"][k]))
+        if per_question_type:
+            for k in sorted(res["per_question_type"]):
+                table.add_row(f"  {k}", f"{res['per_question_type'][k]:.2f}", "")
     elif task == "snli-ve":
         table.add_row("accuracy", f"{res['accuracy']:.2f}", str(res["n"]))
         for k, v in res["per_label"].items():

@@ -18,13 +18,16 @@ import numpy as np
 
 from mad_pipeline.cache import Cache, make_key
 from mad_pipeline.data import load_dataset
+from mad_pipeline.data.splits import subsample
 from mad_pipeline.errors import InputError
 from mad_pipeline.extraction.build import StoreResult, get_or_build
 from mad_pipeline.extraction.inputs import hash_inputs, samples_digest
 from mad_pipeline.extraction.runner import extract_images, extract_texts
-from mad_pipeline.hashing import hash_of_set
+from mad_pipeline.extraction.zeroshot import fill_zeroshot, zeroshot_arrays
+from mad_pipeline.hashing import content_key, hash_of_set
 from mad_pipeline.progress import make_progress
 from mad_pipeline.store.layout import image_arrays, index_arrays, text_arrays
+from mad_pipeline.tasks.zeroshot import snli_ve_candidates, vcr_candidates, vqa_candidates
 from mad_pipeline.teachers.identity import LazyTeacher
 
 ON_ERROR = ("fail", "skip")
@@ -48,6 +51,12 @@ class ExtractConfig:
     on_error: str = "fail"
     max_text_length: int | None = None
     shard_rows: int | None = None  # rows per resumable shard (default: ~32 MB of tokens)
+    task: str | None = None  # vqa | snli-ve | vcr: also write the teacher's zero-shot store
+    zs_prompt: str = "auto"  # VQA candidates: auto | shapes | template
+    zs_template: str | None = None  # VQA template prompt, e.g. "question: {q} answer: {a}"
+    vocab_min_count: int = 9  # VQA answer vocabulary (training split) for template prompts
+    train_fraction: float = 1.0  # deterministic low-shot subset (by sample id and seed)
+    seed: int = 0
     progress: bool = True
 
 
@@ -76,6 +85,10 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
     cache = Cache.at(cfg.cache)
     memo = cache.root / "identities"
     ds = load_dataset(cfg.dataset, cfg.data_root, split=cfg.split, manifest=cfg.manifest, on_error=cfg.on_error)
+    if cfg.task is not None and cfg.task != cfg.dataset:
+        raise InputError(f"--task {cfg.task} needs --dataset {cfg.task} (got --dataset {cfg.dataset})")
+    if cfg.train_fraction != 1.0:
+        ds.samples = subsample(ds.samples, cfg.train_fraction, cfg.seed)
 
     image_teacher = LazyTeacher(cfg.teacher, cfg.weights, cfg.device, cfg.precision, cfg.max_text_length, memo)
     if cfg.text_teacher:
@@ -151,10 +164,56 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
 
         stores["index"] = _build_index(cache, ds, inputs, skipped, log)
 
+        if cfg.task is not None:
+            if "image" not in stores or "text" not in image_teacher.towers:
+                raise InputError(f"--task needs a teacher with image and text towers (got {cfg.teacher})")
+            stores["zeroshot"] = _build_zeroshot(cache, cfg, ds, inputs, image_teacher, stores["image"], progress,
+                                                 log)
+
     loaded = image_teacher.loaded or (text_teacher is not None and text_teacher.loaded)
     return ExtractResult(stores=stores, samples=len(ds.samples), images=len(inputs.unique_images()[0]),
                          texts=len(inputs.text_hash), skipped=skipped + _decode_skips(stores),
                          seconds=time.perf_counter() - t0, teacher_loaded=loaded)
+
+
+def _build_zeroshot(cache: Cache, cfg: ExtractConfig, ds, inputs, teacher, image_store, progress, log):
+    samples = [s for s in ds.samples if s.image and s.image in inputs.image_hash]
+    used_prompt = None
+    if cfg.task == "vqa":
+        vocab = None
+        if cfg.zs_prompt == "template" or (cfg.zs_prompt == "auto" and not _all_shapes(samples)):
+            from mad_pipeline.tasks.vqa import build_answer_vocab
+
+            train = load_dataset("vqa", cfg.data_root, split="train")
+            vocab = build_answer_vocab(train.samples, min_count=cfg.vocab_min_count)
+        cands, used_prompt = vqa_candidates(samples, cfg.zs_prompt, cfg.zs_template, vocab)
+    elif cfg.task == "snli-ve":
+        cands = snli_ve_candidates(samples)
+    else:
+        cands = vcr_candidates(samples)
+    ids = [s.id for s in samples]
+    hashes = [inputs.image_hash[s.image] for s in samples]
+    ident = teacher.identity("text")
+    digest = content_key([[i, h, list(c.labels), list(c.texts)] for i, h, c in zip(ids, hashes, cands, strict=True)])
+    key = make_key("zeroshot", teacher=ident, image_store=image_store.key, task=cfg.task, candidates=digest)
+    kmax = max((len(c.texts) for c in cands), default=1)
+
+    def fill(writer):
+        return fill_zeroshot(writer, teacher.get(), image_store.path, ids, hashes, cands,
+                             batch_size=max(cfg.batch_size, 64), progress=progress)
+
+    def manifest(writer):
+        return {"teacher": {"name": cfg.teacher, "tower": "image+text", **ident}, "task": cfg.task,
+                "prompt": used_prompt, "template": cfg.zs_template, "image_store": image_store.key,
+                "dataset": _dataset_identity(ds), "logits": "logit_scale * cos(image, text), CLIP convention"}
+
+    return get_or_build(cache, "zeroshot", key, len(samples), lambda: zeroshot_arrays(kmax), fill, manifest, log=log)
+
+
+def _all_shapes(samples) -> bool:
+    from mad_pipeline.shapes.zeroshot import candidates
+
+    return bool(samples) and all(candidates(s.texts[0]) for s in samples)
 
 
 def _decode_skips(stores: dict[str, StoreResult]) -> list[dict]:

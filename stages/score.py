@@ -14,6 +14,7 @@ All accuracies are percentages, unrounded (the official VQA code prints them rou
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +31,20 @@ from mad_pipeline.tasks.metrics import snli_ve_evaluate, vcr_evaluate, vqa_evalu
 @dataclass(frozen=True)
 class ScoreConfig:
     task: str  # "vqa" | "snli-ve" | "vcr"
-    predictions: Path
+    predictions: Path | None
     annotations: Path
     questions: Path | None = None  # VQA only: the questions file paired with the annotations
+    zeroshot: Path | None = None  # score the teacher's zero-shot store instead of a predictions file
+    write_predictions: Path | None = None  # with zeroshot: where to write them in the official format
 
 
 def run(cfg: ScoreConfig) -> dict[str, Any]:
     if cfg.task not in TASKS:
         raise InputError(f"--task {cfg.task!r}: known tasks are {', '.join(TASKS)}")
+    if (cfg.predictions is None) == (cfg.zeroshot is None):
+        raise InputError("give exactly one of --predictions FILE or --zeroshot STORE")
+    if cfg.zeroshot is not None:
+        return _score_zeroshot(cfg)
     if cfg.task == "vqa":
         out = _score_vqa(cfg)
     elif cfg.task == "snli-ve":
@@ -133,3 +140,25 @@ def _load_predictions(path: Path, key: str, key_type: type, parse: Callable[[dic
         raise InputError(f"{path}: no prediction for {key}={missing[0]} ({len(missing)} of {len(expected)} "
                          f"annotated records have none; every one needs a prediction)")
     return preds
+
+
+def _score_zeroshot(cfg: ScoreConfig) -> dict[str, Any]:
+    """Turn the teacher's zero-shot store into official-format predictions, then score them like any others."""
+    import dataclasses
+    import tempfile
+
+    from mad_pipeline.extraction.zeroshot import zeroshot_results
+
+    try:
+        task, results = zeroshot_results(str(cfg.zeroshot))
+    except ValueError as e:
+        raise InputError(f"--zeroshot {cfg.zeroshot}: {e}") from None
+    if task != cfg.task:
+        raise InputError(f"--zeroshot {cfg.zeroshot}: a {task} zero-shot store, not {cfg.task}")
+    out = cfg.write_predictions
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="mad-zs-")) / "predictions.json"
+    Path(out).write_text(json.dumps(results))
+    res = run(dataclasses.replace(cfg, predictions=Path(out), zeroshot=None))
+    res["zeroshot_store"] = str(cfg.zeroshot)
+    return res
