@@ -1,0 +1,1 @@
+"""Stage-2 building blocks: store-backed datasets with chunk-aware shuffling (more to come: the trainer)."""
