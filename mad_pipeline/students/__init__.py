@@ -1,0 +1,47 @@
+"""Students: cross-modal models fine-tuned (and distilled) on a task. The interface is documented in :mod:`.base`.
+
+``STUDENTS`` maps a registry name to a builder ``(name, task, num_classes, pretrained) -> Student``;
+``STUDENT_FAMILIES`` maps the ``family`` written in a saved student's ``student.json`` to its class (for loading).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    STUDENT_TASKS,
+    TASK_LOSSES,
+    Student,
+    StudentError,
+    StudentOutput,
+    TextInput,
+    center_crop_box,
+    patch_centers,
+    task_loss,
+)
+from .vilt import ViltStudent, build_vilt, read_student_json
+
+STUDENTS = {"vilt-tiny": build_vilt, "vilt-b32": build_vilt}
+STUDENT_FAMILIES = {"vilt": ViltStudent}
+
+
+def build_student(name: str, task: str, num_classes: int, pretrained: str | Path | None = None) -> Student:
+    """A new student. Random init is seeded by the caller (``torch.manual_seed``); ``pretrained`` is a local
+    ``save_pretrained`` directory or a hub id of backbone weights."""
+    if name not in STUDENTS:
+        raise StudentError(f"unknown student {name!r}; expected one of {', '.join(STUDENTS)}")
+    return STUDENTS[name](name, task, num_classes, pretrained)
+
+
+def load_student(directory: str | Path, map_location: Any = "cpu") -> Student:
+    """A student written by ``Student.save``, in eval mode."""
+    family = read_student_json(Path(directory)).get("family")
+    if family not in STUDENT_FAMILIES:
+        raise StudentError(f"{directory}: unknown student family {family!r}")
+    return STUDENT_FAMILIES[family].load(directory, map_location=map_location)
+
+
+__all__ = ["STUDENTS", "STUDENT_FAMILIES", "STUDENT_TASKS", "TASK_LOSSES", "Student", "StudentError",
+           "StudentOutput", "TextInput", "ViltStudent", "build_student", "center_crop_box", "load_student",
+           "patch_centers", "task_loss"]
