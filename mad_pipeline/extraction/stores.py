@@ -1,0 +1,153 @@
+"""Get-or-build each kind of store for a dataset: image, text, index, zero-shot.
+
+Each function computes the store's key from what determines its values, and only touches the teacher (loading it,
+running it) when the store is not already in the cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..cache import Cache, make_key
+from ..hashing import content_key, hash_of_set
+from ..store.layout import image_arrays, index_arrays, text_arrays
+from ..store.reader import open_store
+from .build import StoreResult, get_or_build
+from .inputs import DatasetInputs, samples_digest
+from .runner import extract_images, extract_texts
+from .zeroshot import fill_zeroshot, zeroshot_arrays
+
+
+@dataclass
+class BuildContext:
+    cache: Cache
+    batch_size: int = 32
+    num_workers: int = 2
+    on_error: str = "fail"
+    shard_rows: int | None = None
+    progress: object = None
+    log: Callable[[str], None] = print
+
+
+def dataset_identity(ds) -> dict:
+    return {"reader": ds.name, "split": ds.split, "root": str(Path(ds.root).resolve()),
+            "sources": [str(Path(p).resolve()) for p in ds.sources], "samples": len(ds.samples)}
+
+
+def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreResult:
+    """Rows = unique images sorted by content hash; key = image-teacher identity + the set of image hashes."""
+    hashes, rels = inputs.unique_images()
+    paths = [str(ds.root / r) for r in rels]
+    ident = teacher.identity("image")
+    key = make_key("image", teacher=ident, inputs=hash_of_set(hashes))
+
+    def specs():
+        t = teacher.get()
+        return image_arrays(t.num_tokens, t.width, t.embed_dim)
+
+    def fill(writer):
+        t = teacher.get()
+        return extract_images(t, writer, hashes, paths, batch_size=ctx.batch_size, num_workers=ctx.num_workers,
+                              on_error=ctx.on_error, progress=ctx.progress,
+                              pin_memory=str(getattr(t, "device", "cpu")).startswith("cuda"))
+
+    def manifest(writer):
+        t = teacher.get()
+        return {"teacher": {"name": teacher.name, "tower": "image", **ident},
+                "geometry": {"grid": list(t.grid), "image_size": t.image_size, "num_tokens": t.num_tokens,
+                             "width": t.width, "embed_dim": t.embed_dim, "token_order": "CLS, then patches row-major"},
+                "dataset": dataset_identity(ds), "inputs_sha256": hash_of_set(hashes)}
+
+    return get_or_build(ctx.cache, "image", key, len(hashes), specs, fill, manifest, shard_rows=ctx.shard_rows,
+                        log=ctx.log)
+
+
+def text_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreResult:
+    """Rows = unique texts sorted by content hash; key = text-teacher identity + the set of text hashes."""
+    hashes, texts = inputs.unique_texts()
+    ident = teacher.identity("text")
+    key = make_key("text", teacher=ident, inputs=hash_of_set(hashes))
+
+    def specs():
+        t = teacher.get()
+        return text_arrays(t.max_length, getattr(t, "text_width", t.width), t.embed_dim)
+
+    def fill(writer):
+        return extract_texts(teacher.get(), writer, hashes, texts, batch_size=ctx.batch_size, progress=ctx.progress)
+
+    def manifest(writer):
+        t = teacher.get()
+        return {"teacher": {"name": teacher.name, "tower": "text", **ident},
+                "geometry": {"max_length": t.max_length, "width": getattr(t, "text_width", t.width),
+                             "embed_dim": t.embed_dim},
+                "dataset": dataset_identity(ds), "inputs_sha256": hash_of_set(hashes)}
+
+    return get_or_build(ctx.cache, "text", key, len(hashes), specs, fill, manifest, shard_rows=ctx.shard_rows,
+                        log=ctx.log)
+
+
+def index_store(ctx: BuildContext, ds, inputs: DatasetInputs, skipped: list[dict]) -> StoreResult:
+    """Rows = samples in dataset order, pointing at images and texts by content hash (teacher-independent)."""
+    samples = [s for s in ds.samples if not (s.image and s.image in inputs.missing)]
+    max_texts = max((len(s.texts) for s in samples), default=1)
+    key = make_key("index", reader=ds.name, split=ds.split, samples=samples_digest(ds, inputs))
+
+    def fill(writer):
+        th = np.full((len(samples), max(max_texts, 1)), "", dtype=object)
+        for i, s in enumerate(samples):
+            for j, t in enumerate(s.texts):
+                th[i, j] = inputs.text_hash[t]
+        for shard in sorted(set(range(writer.n_shards)) - writer.done_shards()):
+            lo, hi = writer.shard_range(shard)
+            part = samples[lo:hi]
+            writer.write_shard(shard, {
+                "sample_id": np.asarray([s.id for s in part], dtype=object),
+                "image_hash": np.asarray([inputs.image_hash.get(s.image, "") if s.image else "" for s in part],
+                                         dtype=object),
+                "text_hash": th[lo:hi],
+                "meta_json": np.asarray([json.dumps(s.meta, sort_keys=True) for s in part], dtype=object),
+            })
+
+    def manifest(writer):
+        return {"dataset": dataset_identity(ds), "skipped": skipped}
+
+    return get_or_build(ctx.cache, "index", key, len(samples), lambda: index_arrays(max_texts), fill, manifest,
+                        log=ctx.log)
+
+
+def zeroshot_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs, image: StoreResult, task: str,
+                   candidates, prompt: dict) -> StoreResult:
+    """The teacher's logits between each sample's image (from ``image``'s pooled) and its candidate texts."""
+    samples = [s for s in ds.samples if s.image and s.image in inputs.image_hash]
+    ids = [s.id for s in samples]
+    hashes = [inputs.image_hash[s.image] for s in samples]
+    ident = teacher.identity("text")
+    digest = content_key([[i, h, list(c.labels), list(c.texts)]
+                          for i, h, c in zip(ids, hashes, candidates, strict=True)])
+    key = make_key("zeroshot", teacher=ident, image_store=image.key, task=task, candidates=digest)
+    kmax = max((len(c.texts) for c in candidates), default=1)
+
+    def fill(writer):
+        return fill_zeroshot(writer, teacher.get(), image.path, ids, hashes, candidates,
+                             batch_size=max(ctx.batch_size, 64), progress=ctx.progress)
+
+    def manifest(writer):
+        return {"teacher": {"name": teacher.name, "tower": "image+text", **ident}, "task": task, **prompt,
+                "image_store": image.key, "dataset": dataset_identity(ds),
+                "logits": "logit_scale * cos(image, text), CLIP convention"}
+
+    return get_or_build(ctx.cache, "zeroshot", key, len(samples), lambda: zeroshot_arrays(kmax), fill, manifest,
+                        log=ctx.log)
+
+
+def decode_skips(image: StoreResult | None) -> list[dict]:
+    """Images that failed to decode (skip mode), from this run or from the cached store's manifest."""
+    if image is None:
+        return []
+    errs = open_store(image.path).manifest.get("errors", []) if image.cached else image.errors
+    return [{"source": e.get("path"), "sample_id": None, "reason": e.get("reason")} for e in errs]
