@@ -34,24 +34,39 @@ def _pending_rows(writer: StoreWriter) -> tuple[list[int], list[int]]:
     return todo, rows
 
 
-def extract_images(teacher, writer: StoreWriter, hashes: list[str], paths: list[str], *, batch_size: int,
-                   num_workers: int, on_error: str, progress=None, pin_memory: bool = False) -> PassStats:
-    """Fill an image store. ``hashes[i]``/``paths[i]`` belong to row i (rows sorted by content hash)."""
+def _fill(writer: StoreWriter, label: str, unit: str, progress, batches) -> PassStats:
+    """Run ``batches(rows)`` over the rows of unfinished shards and hand each batch to the background writer."""
     t0 = time.perf_counter()
     todo, rows = _pending_rows(writer)
     stats = PassStats(rows_total=writer.n_rows, shards_total=writer.n_shards,
                       shards_resumed=writer.n_shards - len(todo))
-    task = progress.add_task("image teacher", total=len(rows), unit="img") if progress else None
-    if not rows:
-        stats.seconds = time.perf_counter() - t0
-        return stats
-    ds = ImageRows([(r, paths[r]) for r in rows], teacher.preprocess, teacher.crop_box_fn, teacher.image_size)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                        pin_memory=pin_memory, prefetch_factor=4 if num_workers > 0 else None,
-                        persistent_workers=False)
-    sink = ShardAssembler(writer, todo)
+    task = progress.add_task(label, total=len(rows), unit=unit) if progress else None
+    if rows:
+        sink = ShardAssembler(writer, todo)
+        try:
+            for batch_rows, arrays in batches(rows, stats):
+                sink.put(batch_rows, arrays)
+                stats.rows_computed += len(batch_rows)
+                if progress:
+                    progress.update(task, advance=len(batch_rows))
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+        stats.shards_computed = sink.shards_written
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def extract_images(teacher, writer: StoreWriter, hashes: list[str], paths: list[str], *, batch_size: int,
+                   num_workers: int, on_error: str, progress=None, pin_memory: bool = False) -> PassStats:
+    """Fill an image store. ``hashes[i]``/``paths[i]`` belong to row i (rows sorted by content hash)."""
     hash_arr = np.asarray(hashes, dtype=object)
-    try:
+
+    def batches(rows, stats):
+        ds = ImageRows([(r, paths[r]) for r in rows], teacher.preprocess, teacher.crop_box_fn, teacher.image_size)
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                            pin_memory=pin_memory, prefetch_factor=4 if num_workers > 0 else None)
         for batch_rows, pixels, boxes, errors in loader:
             bad = [i for i, e in enumerate(errors) if e]
             if bad and on_error != "skip":
@@ -64,56 +79,32 @@ def extract_images(teacher, writer: StoreWriter, hashes: list[str], paths: list[
             if bad:
                 tokens[~valid] = 0
                 pooled[~valid] = 0
-                recorded = [{"image_hash": hashes[batch_rows[i]], "path": paths[batch_rows[i]],
-                             "reason": errors[i]} for i in bad]
+                recorded = [{"image_hash": hashes[batch_rows[i]], "path": paths[batch_rows[i]], "reason": errors[i]}
+                            for i in bad]
                 writer.record_errors(recorded)
                 stats.errors.extend(recorded)
-            sink.put(batch_rows, {"image_hash": hash_arr[batch_rows], "tokens": tokens, "pooled": pooled,
-                                  "crop_box": boxes, "valid": valid})
-            stats.rows_computed += len(batch_rows)
-            if progress:
-                progress.update(task, advance=len(batch_rows))
-        sink.close()
-    except BaseException:
-        sink.abort()
-        raise
-    stats.shards_computed = sink.shards_written
-    stats.seconds = time.perf_counter() - t0
-    return stats
+            yield batch_rows, {"image_hash": hash_arr[batch_rows], "tokens": tokens, "pooled": pooled,
+                               "crop_box": boxes, "valid": valid}
+
+    return _fill(writer, "image teacher", "img", progress, batches)
 
 
 def extract_texts(teacher, writer: StoreWriter, hashes: list[str], texts: list[str], *, batch_size: int,
                   progress=None) -> PassStats:
     """Fill a text store. Tokenising is cheap and runs in the main process; writes overlap the forward."""
-    t0 = time.perf_counter()
-    todo, rows = _pending_rows(writer)
-    stats = PassStats(rows_total=writer.n_rows, shards_total=writer.n_shards,
-                      shards_resumed=writer.n_shards - len(todo))
-    task = progress.add_task("text teacher", total=len(rows), unit="text") if progress else None
-    if not rows:
-        stats.seconds = time.perf_counter() - t0
-        return stats
-    sink = ShardAssembler(writer, todo)
     hash_arr = np.asarray(hashes, dtype=object)
     text_arr = np.asarray(texts, dtype=object)
-    rows_arr = np.asarray(rows, np.int64)
-    try:
+
+    def batches(rows, stats):
+        rows_arr = np.asarray(rows, np.int64)
         for start in range(0, len(rows_arr), batch_size):
             batch_rows = rows_arr[start : start + batch_size]
             batch = teacher.tokenize([texts[r] for r in batch_rows])
             tokens, pooled = teacher.encode_text_tokens(batch)
             tokens = tokens.to(torch.float16).cpu().numpy()
             tokens[~batch.mask.numpy()] = 0  # padding positions carry no information
-            sink.put(batch_rows, {"text_hash": hash_arr[batch_rows], "text": text_arr[batch_rows],
-                                  "tokens": tokens, "length": batch.lengths,
-                                  "pooled": pooled.to(torch.float16).cpu().numpy(), "char_span": batch.spans})
-            stats.rows_computed += len(batch_rows)
-            if progress:
-                progress.update(task, advance=len(batch_rows))
-        sink.close()
-    except BaseException:
-        sink.abort()
-        raise
-    stats.shards_computed = sink.shards_written
-    stats.seconds = time.perf_counter() - t0
-    return stats
+            yield batch_rows, {"text_hash": hash_arr[batch_rows], "text": text_arr[batch_rows], "tokens": tokens,
+                               "length": batch.lengths, "pooled": pooled.to(torch.float16).cpu().numpy(),
+                               "char_span": batch.spans}
+
+    return _fill(writer, "text teacher", "text", progress, batches)
