@@ -14,7 +14,7 @@ import numpy as np
 class ChunkCache:
     def __init__(self, max_chunks: int = 32):
         self.max_chunks = max_chunks
-        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self.reads = 0  # chunks decoded (for benchmarks)
 
     def rows(self, array, rows: np.ndarray) -> np.ndarray:
@@ -29,7 +29,7 @@ class ChunkCache:
         return out
 
     def _chunk(self, array, c: int, cr: int) -> np.ndarray:
-        key = (id(array), c)
+        key = (str(array.store_path), c)  # not id(array): a reopened handle can reuse a dead one's id
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)

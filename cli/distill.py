@@ -1,0 +1,174 @@
+"""``mad distill`` (train a student from the feature stores) and ``mad eval`` (evaluate a trained student)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from mad_pipeline.stages import distill as stage
+from mad_pipeline.stages import evaluate as eval_stage
+from rich.console import Console
+from rich.table import Table
+
+from mad_pipeline.training.trainer import TrainConfig
+
+from .main import app
+
+_D = TrainConfig()
+
+DISTILL_HELP = """Train a student on a task, distilled from frozen teachers through the stage-1 feature stores \
+(extracted first if needed; cached by content hash), and evaluate it with the task's official metric.
+
+Writes under --out: metrics.json, metrics.jsonl, training.png, student/ (save_pretrained), \
+predictions/<split>.json (official results format) and checkpoints/ (rerun the same command to resume exactly).
+
+Objective: --preset full (MAD: teacher-saliency top-k tokens, confidence weighting, adaptive alpha), \
+--preset naive (all tokens, no confidence, constant alpha) or --no-distill (plain finetuning); the individual \
+switches (--select, --top-k, --confidence, --alpha-schedule, --alpha, --logit-kd, --no-text-tokens, ...) apply on \
+top.
+
+Examples:
+
+  mad distill --task vqa --data-root shapes/vqa --teacher shapes-clip --out runs/vqa-mad
+
+  mad distill --task vqa --data-root shapes/vqa --no-distill --train-fraction 0.05 --out runs/vqa-base
+
+  mad distill --task vqa --data-root shapes/vqa --preset naive --alpha 20 --out runs/vqa-naive
+
+  mad distill --task snli-ve --data-root shapes/snli-ve --select random --top-k 8 --out runs/snli-random
+
+  mad distill --task vqa --data-root coco --teacher clip-vit-l --student vilt-b32 --pretrained DIR --out runs/b32
+"""
+
+EVAL_HELP = """Evaluate a trained student (a `mad distill` run directory) on a split with the official metric and \
+write its predictions in the official results format (RUN/predictions/<split>.json), readable by `mad score`.
+
+Examples:
+
+  mad eval --run runs/vqa-mad --split test
+
+  mad eval --run runs/vqa-mad --split val --out results.json --json
+"""
+
+
+@app.command("distill", help=DISTILL_HELP)
+def distill_cmd(
+    task: str = typer.Option(..., "--task", help="vqa, snli-ve or vcr."),
+    data_root: Path = typer.Option(..., "--data-root", help="The task's data root (official file layout)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (resumed when it holds the same run)."),
+    teacher: str = typer.Option("shapes-clip", "--teacher", "-t", help="Image(+text) teacher (see `mad teachers`)."),
+    weights: str = typer.Option(None, "--weights", help="Local checkpoint for --teacher."),
+    text_teacher: str = typer.Option(None, "--text-teacher", help="Another text teacher (default: the teacher's)."),
+    text_weights: str = typer.Option(None, "--text-weights", help="Local weights for --text-teacher."),
+    student: str = typer.Option("vilt-tiny", "--student", help="vilt-tiny or vilt-b32."),
+    pretrained: str = typer.Option(None, "--pretrained", help="Student backbone weights (directory or hub id)."),
+    dataset: str = typer.Option(None, "--dataset", help="Reader (default: the task's)."),
+    train_split: str = typer.Option("train", "--train-split", help="Training split."),
+    eval_split: str = typer.Option(None, "--eval-split", help="Evaluation split (default val; SNLI-VE dev)."),
+    test_split: list[str] = typer.Option([], "--test-split", help="Also evaluate these splits at the end."),
+    preset: str = typer.Option("full", "--preset", help="full (MAD), naive or baseline."),
+    no_distill: bool = typer.Option(False, "--no-distill", help="Plain finetuning (= --preset baseline)."),
+    select: str = typer.Option(None, "--select", help="Token selection: teacher-saliency, all, random, student-gap."),
+    top_k: str = typer.Option(None, "--top-k", help="Tokens kept: a fraction in (0, 1] or a count."),
+    confidence: str = typer.Option(None, "--confidence", help="Confidence weighting: none or prob."),
+    alpha_schedule: str = typer.Option(None, "--alpha-schedule", help="constant, linear, cosine or adaptive."),
+    alpha: float = typer.Option(None, "--alpha", help="alpha0 of the constant/linear/cosine schedules."),
+    alpha_ratio: float = typer.Option(None, "--alpha-ratio", help="adaptive: distill term / task loss."),
+    logit_kd: bool = typer.Option(None, "--logit-kd/--no-logit-kd", help="Logit KD from the zero-shot scores."),
+    token_loss: str = typer.Option(None, "--token-loss", help="cosine or smooth-l1."),
+    no_image_tokens: bool = typer.Option(False, "--no-image-tokens", help="Drop the image token term."),
+    no_text_tokens: bool = typer.Option(False, "--no-text-tokens", help="Drop the text token term."),
+    no_pooled: bool = typer.Option(False, "--no-pooled", help="Drop the pooled-embedding term."),
+    train_fraction: float = typer.Option(1.0, "--train-fraction", help="Deterministic low-shot subset."),
+    seed: int = typer.Option(0, "--seed", help="Training seed (and the subset's, unless --subset-seed)."),
+    subset_seed: int = typer.Option(None, "--subset-seed", help="Seed of the --train-fraction subset."),
+    vocab_min_count: int = typer.Option(9, "--vocab-min-count", help="VQA: answers seen at least this often."),
+    online_teacher: bool = typer.Option(False, "--online-teacher", help="Run the teacher in the loop (no stores)."),
+    steps: int = typer.Option(_D.steps, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Samples per micro-batch."),
+    grad_accum: int = typer.Option(_D.grad_accum, "--grad-accum", help="Micro-batches per step."),
+    lr: float = typer.Option(_D.lr, "--lr", help="Peak learning rate (AdamW)."),
+    weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", help="AdamW weight decay."),
+    warmup: int = typer.Option(_D.warmup, "--warmup", help="Linear warmup steps."),
+    min_lr_ratio: float = typer.Option(_D.min_lr_ratio, "--min-lr-ratio", help="Cosine decay floor / peak."),
+    grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Max grad norm (0: off)."),
+    eval_every: int = typer.Option(_D.eval_every, "--eval-every", help="Evaluate every N steps (0: at the end)."),
+    checkpoint_every: int = typer.Option(_D.checkpoint_every, "--checkpoint-every", help="Checkpoint every N steps."),
+    log_every: int = typer.Option(_D.log_every, "--log-every", help="Log training metrics every N steps."),
+    num_workers: int = typer.Option(_D.num_workers, "--num-workers", help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (never on CPU)."),
+    cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Store cache root [env MAD_CACHE]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+):
+    mad = stage.build_mad_config(
+        "baseline" if no_distill else preset, select=select, top_k=top_k, confidence=confidence,
+        alpha_schedule=alpha_schedule, alpha=alpha, alpha_ratio=alpha_ratio, logit_kd=logit_kd,
+        token_loss=token_loss, image_tokens=False if no_image_tokens else None,
+        text_tokens=False if no_text_tokens else None, pooled=False if no_pooled else None)
+    train = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
+                        warmup=warmup, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, eval_every=eval_every,
+                        checkpoint_every=checkpoint_every, log_every=log_every, num_workers=num_workers,
+                        device=device, bf16=bf16, seed=seed)
+    cfg = stage.DistillConfig(
+        task=task, data_root=data_root, out=out, teacher=teacher, weights=weights, text_teacher=text_teacher,
+        text_weights=text_weights, student=student, pretrained=pretrained, dataset=dataset, train_split=train_split,
+        eval_split=eval_split, test_splits=tuple(test_split), mad=mad, train=train, train_fraction=train_fraction,
+        subset_seed=subset_seed, vocab_min_count=vocab_min_count, online_teacher=online_teacher, cache=cache,
+        overwrite=overwrite, progress=not (quiet or as_json))
+    err = Console(stderr=True)
+    result = stage.run(cfg, log=(lambda m: None) if (quiet or as_json) else (lambda m: err.print(m)))
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    m = result.metrics
+    table = Table(title=f"mad distill: {m['task']}, {m['objective']}, {m['train_samples']} training samples, "
+                  f"{m['steps']} steps")
+    for col in ("split", "metric", "student (%)", "teacher zero-shot (%)"):
+        table.add_column(col)
+    tz = m.get("teacher_zeroshot") or {}
+    for split, res in m["eval"].items():
+        t = f"{tz['value']:.2f}" if tz and split == m["eval_split"] else ""
+        table.add_row(split, res["metric"] if res else "-", f"{res['value']:.2f}" if res else "(no labels)", t)
+    con = Console()
+    con.print(table)
+    step = f"{m['step_time_s'] * 1000:.0f} ms/step" if m.get("step_time_s") else ""
+    con.print(f"run: {result.out}  ({step}; {m['seconds']['total']:.0f} s total)", soft_wrap=True)
+
+
+@app.command("eval", help=EVAL_HELP)
+def eval_cmd(
+    run: Path = typer.Option(..., "--run", help="A `mad distill` run directory."),
+    split: str = typer.Option(..., "--split", help="Split to evaluate (e.g. val, test, shift; SNLI-VE dev)."),
+    data_root: Path = typer.Option(None, "--data-root", help="Data root (default: the run's)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Predictions file (default RUN/predictions/<split>.json)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Samples per batch."),
+    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+):
+    res = eval_stage.run(eval_stage.EvalConfig(run=run, split=split, data_root=data_root, out=out,
+                                               batch_size=batch_size, num_workers=num_workers, device=device))
+    if as_json:
+        typer.echo(json.dumps(res))
+        return
+    con = Console()
+    if res["metrics"] is None:
+        con.print(f"{res['task']} {split}: {res['n']} predictions (no labels to score) -> {res['predictions']}",
+                  soft_wrap=True)
+        return
+    table = Table(title=f"mad eval: {res['task']}, {split}, {res['n']} samples")
+    table.add_column("metric")
+    table.add_column("accuracy (%)", justify="right")
+    met = res["metrics"]
+    keys = {"vqa": ["overall"], "snli-ve": ["accuracy"], "vcr": ["q2a", "qa2r", "q2ar"]}[res["task"]]
+    for k in keys:
+        table.add_row(k, f"{met[k]:.2f}")
+    if res["task"] == "vqa":
+        for k in sorted(met.get("per_answer_type", {})):
+            table.add_row(f"  {k}", f"{met['per_answer_type'][k]:.2f}")
+    con.print(table)
+    con.print(f"predictions: {res['predictions']}", soft_wrap=True)

@@ -1,0 +1,235 @@
+"""Stage 2 end to end on a small shapes world with the tiny-clip test teacher and the vilt-tiny student:
+`mad distill` writes metrics, curves, a plot, a saved student and official predictions (read back by `mad score`
+and reproduced by `mad eval`); store-fed and online-teacher modes give the same distillation loss on the same batch
+(issue 4, acceptance 1); every off switch removes its term, and the baseline touches no teacher at all."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import last_json, mad
+from mad_pipeline.stages import extract as extract_stage
+from mad_pipeline.stages import score as score_stage
+from mad_pipeline.stages.distill import DistillConfig, build_mad_config
+from mad_pipeline.stages.distill import run as distill_run
+
+from mad_pipeline.data import load_dataset
+from mad_pipeline.errors import InputError
+from mad_pipeline.losses import MADConfig, MADLoss
+from mad_pipeline.students import build_student, load_student
+from mad_pipeline.training.data import (
+    Collate,
+    DistillDataset,
+    StorePaths,
+    StudentTokenizer,
+    fit_snli_calibration,
+    store_widths,
+)
+from mad_pipeline.training.trainer import OnlineTeacher, TrainConfig, student_batch
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from mad_pipeline.shapes.formats import write_dataset
+
+    out = tmp_path_factory.mktemp("shapes-distill")
+    write_dataset(out, size=16, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("distill-cache")
+
+
+def test_mad_distill_cli_end_to_end(tiny_clip, world, cache, tmp_path):
+    cfg_file, weights = tiny_clip
+    env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    res = last_json(mad("distill", "--task", "vqa", "--data-root", str(world / "vqa"), "--teacher", "tiny-clip",
+                        "--weights", str(weights), "--out", str(run), "--steps", "4", "--batch-size", "8",
+                        "--eval-every", "2", "--log-every", "2", "--vocab-min-count", "1", "--num-workers", "1",
+                        "--test-split", "test", "--json", env=env))
+    assert res["objective"] == "full" and res["steps"] == 4 and res["train_samples"] == 80
+    assert res["metric"] == "vqa_accuracy" and 0 <= res["value"] <= 100
+    assert res["teacher_zeroshot"]["metric"] == "vqa_accuracy"  # the teacher on the same official scale
+    assert set(res["eval"]) == {"val", "test"}
+    assert set(res["stores"]["train"]) == {"image", "text", "index", "zeroshot"}
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["value"] == res["value"]
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "eval" not in r]
+    assert [r["step"] for r in train_rows] == [2, 4]
+    assert all(r["distill"] > 0 and r["total"] > r["task"] for r in train_rows)
+    assert [r["step"] for r in rows if "eval" in r] == [2, 4]
+    assert (run / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    student = load_student(run / "student")
+    assert student.task == "vqa" and student.num_classes == len(json.loads((run / "vocab.json").read_text())["answers"])
+
+    # official results format, read back by `mad score` with the same accuracy
+    preds = json.loads((run / "predictions" / "val.json").read_text())
+    assert preds and set(preds[0]) == {"question_id", "answer"} and isinstance(preds[0]["question_id"], int)
+    scored = score_stage.run(score_stage.ScoreConfig(
+        task="vqa", predictions=run / "predictions" / "val.json",
+        questions=world / "vqa" / "v2_OpenEnded_mscoco_val2014_questions.json",
+        annotations=world / "vqa" / "v2_mscoco_val2014_annotations.json"))
+    assert scored["overall"] == pytest.approx(res["value"])
+    assert (run / "predictions" / "test.json").exists()
+
+    # `mad eval` reloads the saved student and reproduces the predictions
+    ev = _cli("eval", "--run", str(run), "--split", "val", "--out", str(tmp_path / "p.json"), "--json")
+    assert ev["value"] == pytest.approx(res["value"])
+    assert json.loads((tmp_path / "p.json").read_text()) == preds
+
+    # the same settings again: the finished run is resumed from its last checkpoint, not retrained
+    cfg = DistillConfig(task="vqa", data_root=world / "vqa", out=run, teacher="tiny-clip", weights=str(weights),
+                        vocab_min_count=1, cache=cache, progress=False, test_splits=("test",),
+                        train=TrainConfig(steps=4, batch_size=8, eval_every=2, log_every=2, num_workers=0))
+    again = distill_run(cfg, log=lambda m: None)
+    assert again.metrics["resumed"] and again.metrics["value"] == res["value"]
+    # other settings in the same run directory are refused (one line, before any work)
+    with pytest.raises(InputError, match=r"other settings \(train.steps: 4 there, 5 now\)"):
+        distill_run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=5)), log=lambda m: None)
+
+
+def _cli(*args: str) -> dict:
+    """Run a command of the real Typer app in this process (no interpreter start-up); its last JSON line."""
+    from mad_pipeline.cli.main import _register, app
+    from typer.testing import CliRunner
+
+    _register()
+    res = CliRunner().invoke(app, list(args))
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _batch_pair(task: str, tiny_clip, world, cache, n: int = 6):
+    """The same samples, collated store-fed and online, with the student and MAD objective."""
+    from mad_pipeline.tasks.vqa import build_answer_vocab
+    from mad_pipeline.teachers import load_teacher
+
+    _, weights = tiny_clip
+    root = world / task
+    ex = extract_stage.run(extract_stage.ExtractConfig(
+        teacher="tiny-clip", weights=str(weights), data_root=root, dataset=task, split="train", task=task,
+        cache=cache, num_workers=0, vocab_min_count=1, progress=False), log=lambda m: None)
+    stores = StorePaths(**{k: ex.stores[k].path for k in ("image", "text", "index", "zeroshot")})
+    ds = load_dataset(task, root, split="train")
+    vocab = build_answer_vocab(ds.samples, min_count=1) if task == "vqa" else None
+    calib = fit_snli_calibration(stores.zeroshot, ds.samples) if task == "snli-ve" else None
+    teacher = load_teacher("tiny-clip", str(weights), "cpu", "auto")
+    torch.manual_seed(0)
+    student = build_student("vilt-tiny", task, len(vocab) if vocab else (3 if task == "snli-ve" else 4))
+    common = dict(stores=stores, vocab=vocab, calibration=calib)
+    fed = DistillDataset(ds.samples, ds.root, task, student.image_preprocess, **common)
+    onl = DistillDataset(ds.samples, ds.root, task, student.image_preprocess, online=True,
+                         teacher_preprocess=teacher.preprocess, teacher_crop_box=teacher.crop_box_fn, **common)
+    idx = list(range(0, len(fed), max(1, len(fed) // n)))[:n]
+    collate = Collate(task, StudentTokenizer(student), fed.grid)
+    b_fed = collate(fed.__getitems__(idx))
+    b_onl = collate(onl.__getitems__(idx))
+    w = store_widths(stores)
+    return student, teacher, w, b_fed, b_onl
+
+
+@pytest.mark.parametrize("task", ["vqa", "snli-ve", "vcr"])
+def test_store_fed_equals_online_teacher(task, tiny_clip, world, cache):
+    student, teacher, w, b_fed, b_onl = _batch_pair(task, tiny_clip, world, cache)
+    assert b_fed.teacher_texts == b_onl.teacher_texts
+    t_fed = b_fed.teacher
+    t_onl = OnlineTeacher(teacher, teacher)(b_onl)
+    # the features themselves: stored fp16 vs computed fp32
+    for name in ("image_tokens", "image_pooled", "text_tokens", "text_pooled"):
+        a, b = getattr(t_fed, name).float(), getattr(t_onl, name).float()
+        assert a.shape == b.shape, name
+        assert torch.allclose(a, b, rtol=1e-2, atol=1e-2), name
+    for name in ("crop_box", "text_spans", "text_length"):
+        assert torch.equal(getattr(t_fed, name).to(getattr(t_onl, name).dtype), getattr(t_onl, name)), name
+    cfg = MADConfig.full(alpha_schedule="constant", alpha0=1.0, logit_kd=True)
+    torch.manual_seed(1)
+    objective = MADLoss(cfg, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
+    with torch.no_grad():
+        out = student(b_fed.pixel_values, b_fed.crop_boxes, b_fed.text.input_ids, b_fed.text.attention_mask,
+                      b_fed.text.char_spans)
+        sb = student_batch(task, out, b_fed)
+        task_l = torch.tensor(1.0)
+        l_fed = objective(sb, t_fed, task_l, target=b_fed.target)
+        l_onl = objective(sb, t_onl, task_l, target=b_onl.target)
+    for k in ("tok_v", "tok_t", "pool", "kd", "distill", "total", "conf_mean"):
+        assert l_fed[k].item() == pytest.approx(l_onl[k].item(), rel=2e-3, abs=2e-4), k
+    assert l_fed["tok_v"] > 0 and l_fed["pool"] > 0 and l_fed["kd"] > 0
+    assert l_fed["tok_t"] > 0  # CLIP BPE and WordPiece spans align on these texts
+
+
+def test_every_off_switch_removes_its_term(tiny_clip, world, cache):
+    student, _, w, batch, _ = _batch_pair("vqa", tiny_clip, world, cache)
+    with torch.no_grad():
+        out = student(batch.pixel_values, batch.crop_boxes, batch.text.input_ids, batch.text.attention_mask,
+                      batch.text.char_spans)
+    sb = student_batch("vqa", out, batch)
+    task_l = torch.tensor(2.5)
+
+    def losses(cfg):
+        torch.manual_seed(1)
+        obj = MADLoss(cfg, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
+        with torch.no_grad():
+            return obj(sb, batch.teacher, task_l, target=batch.target)
+
+    on = losses(MADConfig.full(logit_kd=True, alpha_schedule="constant", alpha0=1.0))
+    assert all(on[k] > 0 for k in ("tok_v", "tok_t", "pool", "kd"))
+    assert on["conf_mean"] != 1.0
+    base = losses(build_mad_config("baseline"))
+    assert base["total"] is task_l and base["distill"] == 0
+    for switch, term in (("image_tokens", "tok_v"), ("text_tokens", "tok_t"), ("pooled", "pool"),
+                         ("logit_kd", "kd")):
+        off = losses(build_mad_config("full", alpha_schedule="constant", alpha=1.0,
+                                      **{"logit_kd": True, switch: False}))
+        assert off[term] == 0, switch
+        assert off["distill"] < on["distill"], switch
+    assert losses(build_mad_config("full", confidence="none"))["conf_mean"] == 1.0
+    naive = build_mad_config("naive")
+    assert (naive.select_v, naive.confidence, naive.alpha_schedule) == ("all", "none", "constant")
+    custom = build_mad_config("full", select="random", top_k="8", confidence="none", alpha_schedule="cosine",
+                              alpha=5.0, image_tokens=False, text_tokens=False, pooled=False, logit_kd=True)
+    assert (custom.select_v, custom.select_t, custom.k_v, custom.k_t) == ("random", "random", 8, 8)
+    assert (custom.confidence, custom.alpha_schedule, custom.alpha0) == ("none", "cosine", 5.0)
+    assert not (custom.tokens_v or custom.tokens_t or custom.use_pooled) and custom.logit_kd
+    assert build_mad_config("full", top_k="0.25").k_v == 0.25
+
+
+def test_baseline_needs_no_teacher_and_has_no_distill_term(world, tmp_path):
+    res = distill_run(DistillConfig(task="snli-ve", data_root=world / "snli-ve", out=tmp_path / "base", teacher=None,
+                                    mad=build_mad_config("baseline"), cache=tmp_path / "empty-cache", progress=False,
+                                    train=TrainConfig(steps=2, batch_size=8, log_every=1)), log=lambda m: None)
+    assert res.metrics["objective"] == "baseline" and res.metrics["teacher_zeroshot"] is None
+    assert res.metrics["stores"] == {} and not (tmp_path / "empty-cache").exists()  # nothing extracted
+    rows = [json.loads(ln) for ln in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "eval" not in r]
+    assert len(train) == 2 and all(r["distill"] == 0 and r["total"] == r["task"] for r in train)
+    preds = json.loads(Path(res.predictions["dev"]).read_text())
+    assert {p["label"] for p in preds} <= {"entailment", "neutral", "contradiction"}
+    assert np.isfinite(res.metrics["value"])
+
+
+def test_online_teacher_run_matches_store_fed_run(tiny_clip, world, cache, tmp_path):
+    """The whole loop with the teacher run online: same student init, same batches, same losses (fp16 tolerance)."""
+    _, weights = tiny_clip
+    rows = {}
+    for online in (False, True):
+        cfg = DistillConfig(task="vcr", data_root=world / "vcr", out=tmp_path / f"online-{online}",
+                            teacher="tiny-clip", weights=str(weights), cache=cache, progress=False,
+                            online_teacher=online, mad=build_mad_config("full", logit_kd=True),
+                            train=TrainConfig(steps=2, batch_size=2, log_every=1))
+        res = distill_run(cfg, log=lambda m: None)
+        assert res.metrics["online_teacher"] is online
+        lines = (tmp_path / f"online-{online}" / "metrics.jsonl").read_text().splitlines()
+        rows[online] = [json.loads(ln) for ln in lines if '"eval"' not in ln]
+    for a, b in zip(rows[False], rows[True], strict=True):
+        for k in ("task", "tok_v", "tok_t", "pool", "kd", "distill", "total"):
+            assert a[k] == pytest.approx(b[k], rel=5e-3, abs=1e-4), (a["step"], k)
