@@ -1,0 +1,280 @@
+"""Train the ``shapes-clip`` teacher: a tiny open_clip CLIP, contrastively, on the shapes world.
+
+Model: open_clip ``CLIP`` (embed 128; ViT 64 px / patch 8 / width 128 / 4 layers; text width 128 / 4 layers /
+context 32, the standard CLIP BPE tokenizer so ``open_clip.get_tokenizer`` works unchanged). Saved in open_clip's
+``local-dir:`` layout: ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``) and
+``open_clip_model.safetensors`` (fp16).
+
+Data: a pool of scenes from the world's ``pretrain`` stream (all 24 colour+shape pairs; disjoint from the dataset
+splits' random streams), rendered and JPEG round-tripped exactly like the dataset files.
+
+Loss per step (see :mod:`.captions`): CLIP InfoNCE between images and their scene captions, plus a caption-level
+softmax over every hard-negative group that applies to each image (averaged per family so the 300 presence groups
+do not drown the 13 colour groups).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .captions import BANK, scene_caption
+from .world import decode_jpeg, encode_jpeg, render, sample_scene, scene_rng
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OPENAI_DATASET_MEAN / STD
+STD = (0.26862954, 0.26130258, 0.27577711)
+MODEL_CFG = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
+PREPROCESS_CFG = {"image_size": 64, "mean": list(MEAN), "std": list(STD), "interpolation": "bicubic",
+                  "resize_mode": "shortest"}
+DESCRIPTION = ("shapes-clip: tiny CLIP (ViT 64px/8, 4+4 layers, width 128, embed 128) trained by "
+               "`mad teacher train-shapes` on the shapes world; image 65x128 tokens, text 32x128")
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+META_FILE = "training.json"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    seed: int = 0
+    steps: int = 400
+    batch_size: int = 128
+    pool_size: int = 12_800  # distinct training images (re-captioned every time they are drawn)
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 30
+    group_weight: float = 1.0
+    precision: str = "bf16"  # bf16 autocast or fp32 (measured on a 2-core CPU: see docs/shapes.md)
+    pos_init_std: float = 0.5  # ViT positional-embedding init (see build_model)
+    group_fraction: float = 1.0  # share of each family's hard-negative groups used per step (>= 6 each)
+    family_weights: tuple[tuple[str, float], ...] = ()  # e.g. (("where", 2.0),): weight in the group loss
+
+
+def build_model(seed: int, pos_init_std: float | None = None):
+    """The untrained model; ``pos_init_std`` re-initialises the ViT's learned positional embedding (open_clip
+    uses width**-0.5 = 0.09: with it "where" sat at chance for hundreds of steps; 0.5 escapes that plateau)."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**json.loads(json.dumps(MODEL_CFG)))
+    if pos_init_std is not None:
+        with torch.no_grad():
+            model.visual.positional_embedding.normal_(0.0, pos_init_std)
+    return model
+
+
+def normalize_images(images_u8: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float, normalised as the shipped preprocess_cfg does."""
+    x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def encode_text_short(model, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """``model.encode_text`` on ids cut to their longest row (``L`` <= context length).
+
+    CLIP's text tower is causal and pools at the end-of-text token, so padding after it changes nothing: this gives
+    the same embeddings as the full 32-token input at a fraction of the cost for short statements.
+    """
+    L = int((ids != 0).sum(1).max())
+    ids = ids[:, :L]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(ids).to(cast) + model.positional_embedding[:L].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:L, :L])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0]), ids.argmax(dim=-1)]
+    x = x @ model.text_projection
+    return F.normalize(x, dim=-1) if normalize else x
+
+
+@dataclass
+class Pool:
+    scenes: list
+    images: torch.Tensor  # (N, 64, 64, 3) uint8
+    labels: torch.Tensor  # (N, n_groups) int64, -1 = group does not apply
+
+
+def make_pool(seed: int, n: int, progress: Callable[[int], None] | None = None) -> Pool:
+    scenes, images, labels = [], [], []
+    for i in range(n):
+        scene = sample_scene(scene_rng(seed, "pretrain", i), "pretrain")
+        scenes.append(scene)
+        images.append(decode_jpeg(encode_jpeg(render(scene))))
+        labels.append(BANK.labels(scene))
+        if progress is not None:
+            progress(1)
+    return Pool(scenes, torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)))
+
+
+def _autocast(precision: str):
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sample_groups(rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """Group ids for one step: all of them, or about ``fraction`` of each family (at least 6)."""
+    n = len(BANK.groups)
+    if fraction >= 1.0:
+        return np.arange(n)
+    out = []
+    for k in range(len(BANK.families)):
+        ids = np.flatnonzero(BANK.family_of_group == k)
+        take = min(len(ids), max(6, round(len(ids) * fraction)))
+        out.append(np.sort(rng.choice(ids, size=take, replace=False)))
+    return np.concatenate(out)
+
+
+def step_statements(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(statement ids the groups need, the groups' (G, 9) index into that list, -1 padded)."""
+    idx = BANK.index[groups]
+    texts = np.unique(idx[idx >= 0])
+    remap = np.full(len(BANK.texts), -1, np.int64)
+    remap[texts] = np.arange(len(texts))
+    return texts, np.where(idx >= 0, remap[np.clip(idx, 0, None)], -1)
+
+
+def group_loss(logits: torch.Tensor, labels: torch.Tensor, index: np.ndarray | None = None,
+               families: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """Softmax over each hard-negative group that applies; mean per family.
+
+    ``logits`` (B, n_statements); ``labels`` (B, n_groups) index of the true statement, -1 = group does not apply;
+    ``index`` (n_groups, 9) statement ids per group (-1 padded) and ``families`` (n_groups,) family ids, by default
+    all of :data:`BANK`'s. Returns {family: loss}.
+    """
+    index_t = torch.from_numpy(BANK.index if index is None else index)
+    fam_ids = torch.from_numpy(BANK.family_of_group if families is None else families)
+    pad = index_t < 0
+    g = logits[:, index_t.clamp(min=0)]  # (B, G, 9)
+    g = g.masked_fill(pad.unsqueeze(0), float("-inf"))
+    valid = labels >= 0
+    ce = F.cross_entropy(g[valid], labels[valid], reduction="none")
+    fam = fam_ids.unsqueeze(0).expand_as(labels)[valid]
+    lab = labels[valid]
+    out = {}
+    for k, name in enumerate(BANK.families):
+        sel = fam == k
+        if not bool(sel.any()):
+            continue
+        if name == "yes/no":  # most presence statements are "no": weigh yes and no groups equally
+            parts = [ce[sel & (lab == v)].mean() for v in (0, 1) if bool((sel & (lab == v)).any())]
+            out[name] = torch.stack(parts).mean()
+        else:
+            out[name] = ce[sel].mean()
+    return out
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    t = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def train(s: TrainSettings, progress: Callable[[str, int, int, dict], None] | None = None,
+          pool: Pool | None = None):
+    """Train and return (model, history). ``progress(phase, done, total, info)`` reports pool building and steps."""
+    import open_clip
+
+    if s.precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be bf16 or fp32, not {s.precision!r}")
+    t0 = time.time()
+    if pool is None:
+        done = [0]
+
+        def tick(k):
+            done[0] += k
+            if progress is not None:
+                progress("render", done[0], s.pool_size, {})
+
+        pool = make_pool(s.seed, s.pool_size, tick)
+    t_pool = time.time() - t0
+    model = build_model(s.seed, s.pos_init_std)
+    model.train()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=MODEL_CFG["text_cfg"]["context_length"])
+    stmt_ids = tokenizer(BANK.texts)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name or name == "logit_scale" else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
+    rng = np.random.default_rng([s.seed, 7])
+    n = len(pool.scenes)
+    order = rng.permutation(n)
+    cursor = 0
+    history = []
+    t1 = time.time()
+    for step in range(s.steps):
+        if cursor + s.batch_size > n:
+            order, cursor = rng.permutation(n), 0
+        idx = order[cursor: cursor + s.batch_size]
+        cursor += s.batch_size
+        caps = [scene_caption(pool.scenes[i], rng) for i in idx]
+        cap_ids = tokenizer(caps)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, s)
+        images = normalize_images(pool.images[torch.from_numpy(idx)])
+        groups = sample_groups(rng, s.group_fraction)
+        texts, gindex = step_statements(groups)
+        labels = pool.labels[torch.from_numpy(idx)][:, torch.from_numpy(groups)]
+        with _autocast(s.precision):
+            img = F.normalize(model.encode_image(images), dim=-1)
+            cap = encode_text_short(model, cap_ids)
+            stmt = encode_text_short(model, stmt_ids[torch.from_numpy(texts)])
+        img, cap, stmt = img.float(), cap.float(), stmt.float()
+        scale = model.logit_scale.exp().clamp(max=100)
+        logits = scale * img @ cap.T
+        target = torch.arange(len(idx))
+        l_clip = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        fam = group_loss(scale * img @ stmt.T, labels, gindex, BANK.family_of_group[groups])
+        weights = dict(s.family_weights)
+        l_group = torch.stack([v * weights.get(k, 1.0) for k, v in fam.items()]).sum() / sum(
+            weights.get(k, 1.0) for k in fam)
+        loss = l_clip + s.group_weight * l_group
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        info = {"loss": loss.item(), "clip": l_clip.item(), "group": l_group.item(),
+                **{f"g_{k}": v.item() for k, v in fam.items()}, "scale": scale.item()}
+        history.append(info)
+        if progress is not None:
+            progress("train", step + 1, s.steps, info)
+    model.eval()
+    timing = {"pool_s": round(t_pool, 1), "train_s": round(time.time() - t1, 1),
+              "step_s": round((time.time() - t1) / max(1, s.steps), 3)}
+    return model, {"history": history, "timing": timing}
+
+
+def save_teacher(model, out: Path, settings: TrainSettings, extra: dict | None = None) -> Path:
+    """Write the open_clip ``local-dir:`` layout: config, fp16 safetensors, and how it was trained."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / WEIGHTS_FILE)
+    (out / CONFIG_FILE).write_text(json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG,
+                                               "description": DESCRIPTION}, indent=2) + "\n")
+    meta = {"settings": asdict(settings), "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "threads": torch.get_num_threads(), "machine": platform.machine(), **(extra or {})}
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
