@@ -64,7 +64,7 @@ def test_vqa_api_layout_and_test_split(tmp_path):
     ds = read_vqa(root, "test-dev")
     assert ds.samples[0].image == "test2015/COCO_test2015_000000000042.jpg"
     assert "answers" not in ds.samples[0].meta and len(ds.sources) == 1
-    with pytest.raises(InputError, match="VQA v2 splits are"):
+    with pytest.raises(InputError, match="dev2014_questions.json: VQA v2 questions file not found"):
         read_vqa(root, "dev")
     with pytest.raises(InputError, match="v2_mscoco_train2014_annotations.json"):
         (root / "v2_OpenEnded_mscoco_train2014_questions.json").write_text(json.dumps(q))

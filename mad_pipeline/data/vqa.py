@@ -23,6 +23,7 @@ answer objects as in the file, for the official evaluation), answer_type, questi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,11 @@ def split_subtypes(split: str) -> tuple[str, str]:
     for sub, img in SPLITS.values():
         if split == sub:
             return sub, img
-    raise InputError(f"--split {split!r}: VQA v2 splits are {', '.join(SPLITS)}")
+    if re.fullmatch(r"[a-z][a-z0-9-]*", split):  # a custom split named like the official ones (shapes: "shift")
+        sub = split if re.search(r"\d{4}$", split) else f"{split}2014"
+        return sub, sub
+    raise InputError(f"--split {split!r}: VQA v2 splits are {', '.join(SPLITS)} (or a custom NAME with "
+                     "v2_OpenEnded_mscoco_NAME2014_questions.json)")
 
 
 def vqa_files(root: Path, split: str) -> tuple[Path, Path | None, str]:
