@@ -1,4 +1,4 @@
-"""``mad store ...``: look inside feature stores."""
+"""``mad store ...``: look inside, check and share feature stores."""
 
 from __future__ import annotations
 
@@ -37,8 +37,10 @@ def info_cmd(path: str = typer.Argument(..., help="Store path (a .zarr directory
     console.print(arr)
 
 
-@store_app.command("ls", help="List the published stores in a cache.\n\nExample:\n\n  mad store ls --cache .mad-cache")
-def ls_cmd(cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Cache root [env MAD_CACHE]."),
+@store_app.command("ls", help="List the published stores in a cache (a directory, or a shared s3:// cache root)."
+                   "\n\nExamples:\n\n  mad store ls --cache .mad-cache\n\n  mad store ls --cache s3://team-bucket/mad-cache")
+def ls_cmd(cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE",
+                                     help="Cache root, local or s3://."),
            kind: str = typer.Option(None, "--kind", help="Only this kind: image, text, index."),
            as_json: bool = typer.Option(False, "--json", help="Print one JSON list.")):
     from mad_pipeline.stages import store_ls
@@ -52,5 +54,109 @@ def ls_cmd(cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE", help="
         table.add_column(col)
     for r in rows:
         created = (r["created"] or "")[:16].replace("T", " ")
-        table.add_row(r["kind"], r["key"][:16], str(r["rows"]), r["teacher"], created, f"{r['bytes'] / 1e6:.1f}")
+        size = "-" if r["bytes"] is None else f"{r['bytes'] / 1e6:.1f}"
+        table.add_row(r["kind"], r["key"][:16], str(r["rows"]), r["teacher"], created, size)
     Console().print(table)
+
+
+@store_app.command("verify", help="Check every chunk's crc32c checksum (every inner chunk of every shard) and the "
+                   "manifest against the arrays. Prints OK, or a table naming each corrupted chunk (array, chunk key, "
+                   "file) and exits 1. A path that is not a store at all is an error (exit 2).\n\n"
+                   "Examples:\n\n  mad store verify ~/.cache/mad/stores/image/<key>.zarr\n\n"
+                   "  mad store verify http://server/mad-cache/stores/image/<key>.zarr --json")
+def verify_cmd(path: str = typer.Argument(..., help="Store directory or URL (http(s)://, s3://)."),
+               as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")):
+    from mad_pipeline.stages import store_verify
+
+    from mad_pipeline.progress import make_progress
+
+    with make_progress(not (quiet or as_json)) as progress:
+        rep = store_verify.run(store_verify.StoreVerifyConfig(path=path), progress=progress)
+    if as_json:
+        typer.echo(json.dumps(rep.as_dict()))
+    elif rep.ok:
+        typer.echo(f"OK {rep.path}: {rep.kind} store, {rep.arrays} arrays, {rep.chunks} chunks in {rep.chunk_files} "
+                   f"files ({rep.bytes_read / 1e6:.1f} MB) checked in {rep.seconds:.1f} s")
+    else:
+        table = Table(title=f"{len(rep.problems)} problem(s) in {rep.path}")
+        for col in ("array", "chunk", "problem", "file"):
+            table.add_column(col, overflow="fold")
+        for p in rep.problems:
+            table.add_row(p.array, p.chunk or "-", p.message, p.file or "-")
+        Console().print(table)
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@store_app.command("push", help="Publish stores to a shared cache root (a directory, or s3://bucket/prefix) "
+                   "atomically: readers see the whole store or nothing. SOURCE is a store directory, a whole local "
+                   "cache root (every published store in it) or a key in --cache. Stores already there are skipped."
+                   "\n\nExamples:\n\n  mad store push ~/.cache/mad/stores/image/<key>.zarr /shared/mad-cache\n\n"
+                   "  mad store push ~/.cache/mad s3://team-bucket/mad-cache")
+def push_cmd(source: str = typer.Argument(..., help="Store directory, local cache root, or store key."),
+             dest: str = typer.Argument(..., help="Shared cache root: a directory or s3://bucket/prefix."),
+             cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Cache for a key."),
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON list.")):
+    from mad_pipeline.stages import store_share
+
+    err = Console(stderr=True)
+    done = store_share.push(store_share.PushConfig(source=source, dest=dest, cache=cache),
+                            log=None if as_json else (lambda m: err.print(m)))
+    if as_json:
+        typer.echo(json.dumps([t.as_dict() for t in done]))
+        return
+    for t in done:
+        what = "already there" if t.skipped else f"{t.files} files, {t.bytes / 1e6:.1f} MB"
+        typer.echo(f"{t.kind:>8} {t.key[:16]} -> {t.dest} ({what})")
+
+
+@store_app.command("pull", help="Copy a store by key from a shared cache into the local cache (atomically: "
+                   "partial/, then a rename into stores/), so later runs work offline. Without --from, the "
+                   "locations in MAD_SHARED_CACHE are tried in order.\n\nExamples:\n\n"
+                   "  mad store pull <key> --from http://server/mad-cache\n\n"
+                   "  mad store pull <key> --from s3://team-bucket/mad-cache --verify")
+def pull_cmd(key: str = typer.Argument(..., help="Store key (a unique prefix works for directories and s3://)."),
+             sources: list[str] = typer.Option(None, "--from", help="Shared cache root(s) (default: those in "
+                                               "MAD_SHARED_CACHE)."),
+             cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Local cache."),
+             kind: str = typer.Option(None, "--kind", help="image, text, index or zeroshot (default: any)."),
+             verify: bool = typer.Option(False, "--verify", help="Verify every chunk of the copy before publishing."),
+             as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    from mad_pipeline.stages import store_share
+
+    err = Console(stderr=True)
+    t = store_share.pull(store_share.PullConfig(key=key, sources=tuple(sources or ()), cache=cache, kind=kind,
+                                                verify=verify), log=None if as_json else (lambda m: err.print(m)))
+    if as_json:
+        typer.echo(json.dumps(t.as_dict()))
+        return
+    what = "already in the local cache" if t.skipped else f"{t.files} files, {t.bytes / 1e6:.1f} MB"
+    typer.echo(f"{t.kind} {t.key[:16]} -> {t.dest} ({what})")
+
+
+@store_app.command("gc", help="Clean the local cache: remove incomplete stores (interrupted builds, pulls and "
+                   "pushes) that no live process holds, and with --older-than complete stores that no lookup has "
+                   "served for that many days. Never touches a store whose key is locked, nor a shared cache.\n\n"
+                   "Examples:\n\n  mad store gc --dry-run\n\n  mad store gc --older-than 30")
+def gc_cmd(cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Local cache."),
+           older_than: float = typer.Option(None, "--older-than", help="Also remove complete stores unused for "
+                                            "this many days.", metavar="DAYS"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
+           as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
+    from mad_pipeline.stages import store_share
+
+    from mad_pipeline.errors import MadError
+
+    if older_than is not None and older_than < 0:
+        raise MadError("--older-than must be a number of days >= 0")
+    res = store_share.gc(store_share.GcConfig(cache=cache, older_than_days=older_than, dry_run=dry_run))
+    if as_json:
+        typer.echo(json.dumps(res.as_dict()))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for r in res.removed:
+        typer.echo(f"{verb} {r['path']} ({r['reason']}, {r['bytes'] / 1e6:.1f} MB)")
+    for r in res.kept:
+        typer.echo(f"kept {r['path']} ({r['reason']})")
+    typer.echo(f"{verb} {len(res.removed)} item(s), {res.bytes_freed / 1e6:.1f} MB in {res.root}")

@@ -5,6 +5,12 @@ Layout under the cache root (``--cache`` / ``MAD_CACHE`` / the user cache dir)::
     stores/<kind>/<key>.zarr     published, complete stores (manifest present)
     partial/<kind>/<key>.zarr    stores being built; a killed run resumes from here
     locks/<key>.lock             one writer per key at a time (flock; released by the OS if the process dies)
+    used/<key>                   touched whenever a lookup serves the key (``mad store gc --older-than``)
+
+Layered caches: the local cache (writable) sits in front of read-only *shared* ones (``MAD_SHARED_CACHE``: local
+directories, ``http(s)://`` or ``s3://`` cache roots, separated by whitespace or ``;``). ``Cache.find`` looks in the
+local cache first, then in each shared one in order; a shared hit is used in place (opened read-only through
+zarr + fsspec) or, with ``MAD_PULL=1``, copied into the local cache first. Nothing is ever written to a shared cache.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import FORMAT_VERSION
@@ -37,12 +43,35 @@ def make_key(kind: str, **parts) -> str:
 
 
 @dataclass(frozen=True)
+class Hit:
+    """Where a lookup found a complete store: ``path`` (a local path or a URL) and ``source``:
+    ``local``, ``shared:<cache root>`` (used in place) or ``pulled:<cache root>`` (copied into the local cache)."""
+
+    path: str
+    source: str = "local"
+
+
+@dataclass(frozen=True)
 class Cache:
     root: Path
+    shared: tuple[str, ...] = field(default=())  # read-only cache roots behind this one, in lookup order
+    pull: bool = False  # copy shared hits into this cache instead of using them in place
 
     @classmethod
-    def at(cls, root: str | Path | None) -> Cache:
-        return cls(Path(root).expanduser() if root else default_cache_dir())
+    def at(cls, root: str | Path | None, shared: str | list[str] | tuple[str, ...] | None = None,
+           pull: bool | None = None) -> Cache:
+        """The local cache at ``root`` (else ``MAD_CACHE``, else the user cache dir) with the shared caches
+        ``shared`` (else ``MAD_SHARED_CACHE``) behind it; ``pull`` defaults to ``MAD_PULL``."""
+        from .store.remote import env_pull, env_shared, split_locations
+
+        root_p = Path(root).expanduser() if root else default_cache_dir()
+        if shared is None:
+            locs = env_shared()
+        elif isinstance(shared, str):
+            locs = split_locations(shared)
+        else:
+            locs = [x for s in shared for x in split_locations(s)]
+        return cls(root_p, tuple(_dedupe(locs, root_p)), env_pull() if pull is None else bool(pull))
 
     def store_path(self, kind: str, key: str) -> Path:
         return self.root / "stores" / kind / f"{key}.zarr"
@@ -51,8 +80,78 @@ class Cache:
         return self.root / "partial" / kind / f"{key}.zarr"
 
     def lookup(self, kind: str, key: str) -> Path | None:
+        """The complete store in the local cache only (see ``find`` for the layered lookup)."""
         p = self.store_path(kind, key)
         return p if is_complete(p, key) else None
+
+    def locate(self, kind: str, key: str, log: Callable[[str], None] | None = None) -> Hit | None:
+        """Where the complete store is: the local cache first, then each shared cache. No side effects (a plan
+        or ``--dry-run`` can call it). An unreachable shared cache is reported through ``log`` and skipped."""
+        p = self.lookup(kind, key)
+        if p is not None:
+            return Hit(str(p), "local")
+        from .store.remote import find_in
+
+        for loc in self.shared:
+            try:
+                hit = find_in(loc, kind, key)
+            except Exception as e:  # noqa: BLE001 - a shared cache that is down must not stop a run
+                if log:
+                    log(f"shared cache {loc}: unreachable ({type(e).__name__}: {e}); skipped")
+                continue
+            if hit is not None:
+                return Hit(hit.url, f"shared:{loc}")
+        return None
+
+    def find(self, kind: str, key: str, log: Callable[[str], None] | None = None) -> Hit | None:
+        """``locate``, then: a shared hit is pulled into the local cache when ``pull`` is set; the key is marked
+        used (for ``mad store gc --older-than``)."""
+        hit = self.locate(kind, key, log=log)
+        if hit is None:
+            return None
+        if hit.source.startswith("shared:") and self.pull:
+            from .store.remote import Location, pull_store
+
+            loc = hit.source[len("shared:") :]
+            if log:
+                log(f"{kind} store {key[:12]}: pulling from {loc}")
+            pull_store(self, kind, key, Location(hit.path))
+            hit = Hit(str(self.store_path(kind, key)), f"pulled:{loc}")
+        if not hit.source.startswith("shared:"):
+            self.mark_used(key)
+        return hit
+
+    def mark_used(self, key: str) -> None:
+        try:
+            d = self.root / "used"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / key).touch()
+        except OSError:
+            pass
+
+    def last_used(self, kind: str, key: str) -> float:
+        """Seconds since the epoch of the last lookup that served the key (or of its publication)."""
+        times = []
+        for p in (self.root / "used" / key, self.store_path(kind, key) / "zarr.json"):
+            with contextlib.suppress(OSError):
+                times.append(p.stat().st_mtime)
+        return max(times, default=0.0)
+
+    @contextlib.contextmanager
+    def try_lock(self, key: str) -> Iterator[bool]:
+        """Take the lock for ``key`` without waiting; yields False (holding nothing) if a live process has it."""
+        d = self.root / "locks"
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / f"{key}.lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def lock(self, key: str, on_wait=None) -> Iterator[None]:
@@ -74,3 +173,17 @@ class Cache:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _dedupe(locs: list[str], local_root: Path) -> list[str]:
+    """Shared locations in order, without repeats and without the local cache itself."""
+    from .store.remote import is_url
+
+    out: list[str] = []
+    seen = {str(local_root.resolve())}
+    for loc in locs:
+        ident = loc.rstrip("/") if is_url(loc) else str(Path(loc).expanduser().resolve())
+        if ident not in seen:
+            seen.add(ident)
+            out.append(loc.rstrip("/") if is_url(loc) else str(Path(loc).expanduser()))
+    return out

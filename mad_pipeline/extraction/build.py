@@ -28,6 +28,7 @@ class StoreResult:
     shards_computed: int = 0
     seconds: float = 0.0
     errors: list[dict] = field(default_factory=list)
+    source: str = "local"  # local | shared:<cache root> (used in place) | pulled:<cache root> (see Cache.find)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -42,9 +43,10 @@ def get_or_build(cache: Cache, kind: str, key: str, n_rows: int, specs: Callable
     ``fill(writer)`` writes the unfinished shards and returns PassStats-like stats.
     """
     t0 = time.perf_counter()
-    hit = cache.lookup(kind, key)
-    if hit is not None:
-        return StoreResult(kind, key, str(hit), True, n_rows, seconds=time.perf_counter() - t0)
+    found = cache.find(kind, key, log=log)  # the local cache, then the shared ones (MAD_SHARED_CACHE)
+    if found is not None:
+        return StoreResult(kind, key, found.path, True, n_rows, seconds=time.perf_counter() - t0,
+                           source=found.source)
     with cache.lock(key, on_wait=lambda: log(f"{kind} store {key[:12]}: another process is building it; waiting")):
         hit = cache.lookup(kind, key)  # the other process may have just published it
         if hit is not None:

@@ -22,7 +22,12 @@ class FeatureStore:
                 raise StoreError(f"{self.path}: not a zarr store")
             raise StoreError(f"{self.path}: incomplete store (no manifest); it was never published")
         try:
-            self.group = zarr.open_group(self.path, mode="r", use_consolidated=True)
+            if "://" in self.path:  # a shared location: read-only through fsspec, known keys only
+                from .remote import Location
+
+                self.group = zarr.open_group(store=Location(self.path).zarr_store(), mode="r", use_consolidated=True)
+            else:
+                self.group = zarr.open_group(self.path, mode="r", use_consolidated=True)
         except Exception as e:  # noqa: BLE001
             raise StoreError(f"{self.path}: cannot open ({e})") from None
         self.manifest: dict[str, Any] = dict(self.group.attrs.get("mad", {}))

@@ -1,0 +1,363 @@
+"""``mad store verify``: check every chunk's crc32c and the manifest against the arrays.
+
+Two passes over every chunk (shard) file of every array:
+
+1. raw bytes: the shard index's own crc32c, each inner chunk's bounds and crc32c (for unsharded arrays, the chunk's
+   crc32c) — checked here byte by byte, so a failure names the exact file and inner chunk;
+2. decode: each chunk region is read through zarr (decompression and zarr's own checksum codec), which catches
+   anything the first pass cannot see.
+
+Then the manifest: format version, kind, cache key (and the directory name), ``n_rows`` against every array's
+leading dimension, the arrays format v1 requires for the kind with their dtypes, row shapes against the manifest's
+``geometry``, ``dimension_names`` on every array, and ``image_hash`` / ``text_hash`` sorted and unique.
+
+Works on a local path or any URL a :class:`~mad_pipeline.store.remote.Location` understands (reads only).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import struct
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import numpy as np
+
+from ..errors import StoreError
+from .layout import FORMAT_VERSION, image_arrays, index_arrays, text_arrays
+from .remote import Location, chunk_keys
+
+EMPTY = 2**64 - 1  # sharding index entry of a chunk that was never written
+
+
+def _table(specs) -> dict[str, tuple[str, int]]:
+    return {s.name: ("string" if s.dtype == "str" else s.dtype, 1 + len(s.row_shape)) for s in specs}
+
+
+# name -> (zarr data_type, ndim) per kind, format v1. The zero-shot table mirrors
+# mad_pipeline.extraction.zeroshot.zeroshot_arrays (kept here so verify does not import torch; a test compares them).
+ZEROSHOT_ARRAYS = {"sample_id": ("string", 1), "image_hash": ("string", 1), "logits": ("float32", 2),
+                   "candidate_label": ("string", 2), "candidate_text": ("string", 2)}
+EXPECTED = {
+    "image": _table(image_arrays(1, 1, 1)),
+    "text": _table(text_arrays(1, 1, 1)),
+    "index": _table(index_arrays(1)),
+    "zeroshot": ZEROSHOT_ARRAYS,
+}
+SORTED_COLUMN = {"image": "image_hash", "text": "text_hash"}
+
+
+@dataclass
+class Problem:
+    array: str  # array name, or "manifest" / "metadata"
+    message: str
+    chunk: str = ""  # chunk key inside the array, e.g. "c/1/0/0"
+    file: str = ""  # the file (or object URL) that holds it
+
+    def describe(self) -> str:
+        where = f"{self.array}/{self.chunk}" if self.chunk else self.array
+        return f"{where}: {self.message}" + (f" [{self.file}]" if self.file else "")
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    kind: str | None = None
+    key: str | None = None
+    arrays: int = 0
+    chunk_files: int = 0  # chunk or shard files read
+    chunks: int = 0  # chunks checked (inner chunks of shards counted one by one)
+    absent: int = 0  # chunk files never written (all fill value), not an error
+    bytes_read: int = 0
+    seconds: float = 0.0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "problems"}
+        d["ok"] = self.ok
+        d["problems"] = [p.as_dict() for p in self.problems]
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+
+def verify_store(path: str, progress=None) -> VerifyReport:
+    """Verify one store (local path or URL). Raises StoreError only when ``path`` is not a zarr store at all."""
+    t0 = time.perf_counter()
+    loc = Location(path)
+    rep = VerifyReport(path=loc.url)
+    raw = loc.cat("zarr.json")
+    if raw is None:
+        raise StoreError(f"{loc.url}: not a zarr store (no zarr.json)")
+    try:
+        meta = json.loads(raw)
+        assert isinstance(meta, dict)
+    except (ValueError, AssertionError, UnicodeDecodeError):
+        rep.problems.append(Problem("metadata", "root zarr.json is not valid JSON", file=loc.path("zarr.json")))
+        rep.seconds = time.perf_counter() - t0
+        return rep
+    manifest = meta.get("attributes", {}).get("mad")
+    if not isinstance(manifest, dict):
+        rep.problems.append(Problem("manifest", "no manifest: an incomplete store that was never published"))
+        manifest = None
+    else:
+        rep.kind, rep.key = manifest.get("kind"), manifest.get("cache_key")
+
+    arrays = _array_metadata(loc, meta, rep)
+    rep.arrays = len(arrays)
+    task = progress.add_task("verify", total=sum(_n_chunk_files(m) for m in arrays.values()), unit="file") \
+        if progress is not None else None
+    group = _open_group(loc, rep)
+    columns: dict[str, np.ndarray] = {}
+    for name, m in arrays.items():
+        bad_keys = _check_raw(loc, name, m, rep, progress, task)
+        decoded = _check_decode(group, name, m, bad_keys, rep, loc)
+        if decoded is not None:
+            columns[name] = decoded
+    if manifest is not None:
+        _check_manifest(loc, manifest, arrays, columns, rep)
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+# ---------------------------------------------------------------------- metadata
+def _array_metadata(loc: Location, meta: dict, rep: VerifyReport) -> dict[str, dict]:
+    """Array metadata documents by name: each array's own zarr.json, compared with the consolidated copy."""
+    cons = (meta.get("consolidated_metadata") or {}).get("metadata")
+    if cons is None:
+        rep.problems.append(Problem("metadata", "no consolidated metadata in the root zarr.json"))
+        names = []
+        if loc.local:
+            from pathlib import Path
+
+            names = sorted(p.parent.name for p in Path(loc.url).glob("*/zarr.json"))
+        cons = {n: None for n in names}
+    out = {}
+    for name, cm in sorted(cons.items()):
+        if cm is not None and cm.get("node_type") != "array":
+            continue
+        own_path = loc.path(f"{name}/zarr.json")
+        own = loc.json(f"{name}/zarr.json")
+        if own is None:
+            if cm is None:
+                continue
+            rep.problems.append(Problem(name, "array metadata missing or not valid JSON", file=own_path))
+            own = cm
+        elif cm is not None and _meta_core(own) != _meta_core(cm):
+            rep.problems.append(Problem(name, "array zarr.json differs from the consolidated metadata", file=own_path))
+        if own.get("node_type") == "array":
+            out[name] = own
+    return out
+
+
+def _meta_core(m: dict) -> dict:
+    return {k: m.get(k) for k in ("shape", "data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value",
+                                  "dimension_names")}
+
+
+def _n_chunk_files(m: dict) -> int:
+    shape, grid = m["shape"], m["chunk_grid"]["configuration"]["chunk_shape"]
+    return math.prod(math.ceil(s / c) if c else 0 for s, c in zip(shape, grid, strict=True))
+
+
+# ---------------------------------------------------------------------- pass 1: raw bytes
+def _has_crc(codecs: list[dict]) -> bool:
+    return bool(codecs) and codecs[-1].get("name") == "crc32c"
+
+
+def _crc_ok(data: bytes) -> bool:
+    import crc32c
+
+    return len(data) >= 4 and struct.pack("<I", crc32c.crc32c(data[:-4])) == data[-4:]
+
+
+def _check_raw(loc: Location, name: str, m: dict, rep: VerifyReport, progress, task) -> set[str]:
+    """Check every chunk file of one array byte by byte; returns the keys found bad."""
+    codecs = m.get("codecs", [])
+    sharding = codecs[0].get("configuration", {}) if codecs and codecs[0].get("name") == "sharding_indexed" else None
+    inner_codecs = sharding.get("codecs", []) if sharding is not None else codecs
+    if not _has_crc(inner_codecs):
+        rep.problems.append(Problem(name, "chunks carry no crc32c checksum codec (format v1 requires one)"))
+    bad: set[str] = set()
+    keys = list(chunk_keys(m))
+    grid = m["chunk_grid"]["configuration"]["chunk_shape"]
+    counts = [math.ceil(s / c) if c else 0 for s, c in zip(m["shape"], grid, strict=True)]
+    for start in range(0, len(keys), 64):
+        batch = keys[start : start + 64]
+        got = loc.cat_many([f"{name}/{k}" for k in batch])
+        for j, k in enumerate(batch):
+            data = got[f"{name}/{k}"]
+            if progress is not None:
+                progress.update(task, advance=1)
+            if data is None:
+                rep.absent += 1
+                continue
+            rep.chunk_files += 1
+            rep.bytes_read += len(data)
+            file = loc.path(f"{name}/{k}")
+            outer = np.unravel_index(start + j, counts) if counts else ()
+            if sharding is None:
+                rep.chunks += 1
+                if _has_crc(inner_codecs) and not _crc_ok(data):
+                    bad.add(k)
+                    rep.problems.append(Problem(name, f"checksum mismatch (rows {_rows(outer, grid)})", k, file))
+            elif _check_shard(name, k, file, data, sharding, grid, outer, rep):
+                bad.add(k)
+    return bad
+
+
+def _check_shard(name, key, file, data: bytes, cfg: dict, shard_shape, outer, rep: VerifyReport) -> bool:
+    inner = cfg["chunk_shape"]
+    per = [s // c for s, c in zip(shard_shape, inner, strict=True)]
+    n = math.prod(per)
+    index_crc = _has_crc(cfg.get("index_codecs", []))
+    size = 16 * n + (4 if index_crc else 0)
+    if len(data) < size:
+        rep.problems.append(Problem(name, f"truncated shard ({len(data)} bytes, the index alone is {size})",
+                                    key, file))
+        return True
+    at_end = cfg.get("index_location", "end") == "end"
+    index = data[-size:] if at_end else data[:size]
+    if index_crc and not _crc_ok(index):
+        rep.problems.append(Problem(name, "shard index checksum mismatch", key, file))
+        return True
+    entries = struct.unpack(f"<{2 * n}Q", index[: 16 * n])
+    bad = False
+    check_crc = _has_crc(cfg.get("codecs", []))
+    for i in range(n):
+        off, nb = entries[2 * i], entries[2 * i + 1]
+        if off == EMPTY and nb == EMPTY:
+            continue
+        rep.chunks += 1
+        local = np.unravel_index(i, per)
+        coords = tuple(int(o) * p + int(c) for o, p, c in zip(outer, per, local, strict=True))
+        rows = _rows(coords, inner)
+        where = f"inner chunk {','.join(map(str, coords))} (rows {rows})"
+        if off + nb > len(data):
+            rep.problems.append(Problem(name, f"{where}: past the end of the shard (truncated file)", key, file))
+            bad = True
+        elif check_crc and not _crc_ok(data[off : off + nb]):
+            rep.problems.append(Problem(name, f"{where}: checksum mismatch", key, file))
+            bad = True
+    return bad
+
+
+def _rows(coords, chunk_shape) -> str:
+    if not len(coords):
+        return "all"
+    lo = int(coords[0]) * chunk_shape[0]
+    return f"{lo}-{lo + chunk_shape[0] - 1}"
+
+
+# ---------------------------------------------------------------------- pass 2: decode through zarr
+def _open_group(loc: Location, rep: VerifyReport):
+    import zarr
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return zarr.open_group(store=loc.zarr_store(), mode="r")
+    except Exception as e:  # noqa: BLE001
+        rep.problems.append(Problem("metadata", f"zarr cannot open the group: {e}"))
+        return None
+
+
+def _check_decode(group, name: str, m: dict, bad_keys: set[str], rep: VerifyReport, loc: Location):
+    """Read the array chunk region by chunk region; returns the whole column for 1-D string hash arrays."""
+    if group is None:
+        return None
+    try:
+        arr = group[name]
+    except Exception as e:  # noqa: BLE001
+        rep.problems.append(Problem(name, f"zarr cannot open the array: {e}"))
+        return None
+    grid = m["chunk_grid"]["configuration"]["chunk_shape"]
+    counts = [math.ceil(s / c) if c else 0 for s, c in zip(m["shape"], grid, strict=True)]
+    keep = name in ("image_hash", "text_hash") and len(m["shape"]) == 1
+    parts = []
+    for idx, k in zip(itertools.product(*(range(c) for c in counts)), chunk_keys(m), strict=True):
+        region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, grid, m["shape"], strict=True))
+        try:
+            values = arr[region]
+        except Exception as e:  # noqa: BLE001
+            if k not in bad_keys:
+                rep.problems.append(Problem(name, f"cannot decode: {type(e).__name__}: {e}", k,
+                                            loc.path(f"{name}/{k}")))
+            bad_keys.add(k)
+            keep = False
+            continue
+        if keep:
+            parts.append(np.asarray(values, dtype=object))
+    if not keep:
+        return None
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+
+
+# ---------------------------------------------------------------------- manifest
+def _check_manifest(loc: Location, man: dict, arrays: dict[str, dict], columns: dict, rep: VerifyReport) -> None:
+    def bad(msg, array="manifest"):
+        rep.problems.append(Problem(array, msg))
+
+    if man.get("format_version") != FORMAT_VERSION:
+        bad(f"format_version is {man.get('format_version')!r}, expected {FORMAT_VERSION}")
+    key = man.get("cache_key")
+    if not (isinstance(key, str) and re.fullmatch(r"[0-9a-f]{64}", key)):
+        bad(f"cache_key {key!r} is not a sha256 hex digest")
+    else:
+        name = PurePosixPath(loc.url.rstrip("/")).name
+        if name.endswith(".zarr") and re.fullmatch(r"[0-9a-f]{64}", name[:-5]) and name[:-5] != key:
+            bad(f"the directory is named {name} but the manifest's cache_key is {key}")
+    n_rows = man.get("n_rows")
+    if not isinstance(n_rows, int) or n_rows < 0:
+        bad(f"n_rows {n_rows!r} is not a non-negative integer")
+        n_rows = None
+    kind = man.get("kind")
+    expected = EXPECTED.get(kind)
+    if expected is None:
+        bad(f"unknown kind {kind!r} (expected one of {', '.join(EXPECTED)})")
+        expected = {}
+    for name, (dtype, ndim) in expected.items():
+        m = arrays.get(name)
+        if m is None:
+            bad(f"missing: a {kind} store must have it", name)
+            continue
+        if m.get("data_type") != dtype:
+            bad(f"dtype {m.get('data_type')} (format v1: {dtype})", name)
+        if len(m["shape"]) != ndim:
+            bad(f"{len(m['shape'])} dimensions (format v1: {ndim})", name)
+    for name, m in arrays.items():
+        shape = m["shape"]
+        if n_rows is not None and (not shape or shape[0] != n_rows):
+            bad(f"shape {tuple(shape)} does not have n_rows = {n_rows} rows", name)
+        dims = m.get("dimension_names")
+        if not dims or len(dims) != len(shape) or any(d is None for d in dims):
+            bad(f"dimension_names {dims} do not name all {len(shape)} dimensions", name)
+    geo = man.get("geometry") or {}
+    want = {}
+    if kind == "image" and geo:
+        want = {"tokens": (geo.get("num_tokens"), geo.get("width")), "pooled": (geo.get("embed_dim"),)}
+    elif kind == "text" and geo:
+        want = {"tokens": (geo.get("max_length"), geo.get("width")), "pooled": (geo.get("embed_dim"),),
+                "char_span": (geo.get("max_length"), 2)}
+    for name, row in want.items():
+        m = arrays.get(name)
+        if m is not None and None not in row and tuple(m["shape"][1:]) != tuple(row):
+            bad(f"row shape {tuple(m['shape'][1:])} does not match the manifest geometry {tuple(row)}", name)
+    col = SORTED_COLUMN.get(kind)
+    values = columns.get(col) if col else None
+    if values is not None:
+        v = values.astype(str)
+        if len(v) > 1 and not bool(np.all(v[1:] > v[:-1])):
+            dup = len(v) - len(np.unique(v))
+            bad("not sorted ascending and unique" + (f" ({dup} duplicates)" if dup else ""), col)
