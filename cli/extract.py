@@ -36,7 +36,7 @@ def extract_cmd(
     text_teacher: str = typer.Option(None, "--text-teacher", help="Another teacher for texts (e.g. minilm)."),
     weights: str = typer.Option(None, "--weights", help="Local checkpoint file/dir for --teacher (else hub)."),
     text_weights: str = typer.Option(None, "--text-weights", help="Local weights for --text-teacher."),
-    cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Cache root [env MAD_CACHE]."),
+    cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Cache root (env MAD_CACHE)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on cuda, fp32 on cpu), fp32, bf16."),
     batch_size: int = typer.Option(32, "--batch-size", help="Teacher batch size (not part of the cache key)."),

@@ -21,7 +21,8 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-store_app = typer.Typer(help="Inspect and check feature stores.", no_args_is_help=True)
+store_app = typer.Typer(help="List, inspect, verify and share feature stores (ls, info, verify, push, pull, gc).",
+                        no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
 
