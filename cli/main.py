@@ -28,7 +28,7 @@ app.add_typer(store_app, name="store")
 
 def _register() -> None:
     # one import per command module; each attaches its commands to `app` (or a sub-app above)
-    from . import datasets, distill, extract, score, store, teacher, teachers  # noqa: F401
+    from . import datasets, distill, extract, run, score, store, teacher, teachers  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

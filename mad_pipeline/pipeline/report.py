@@ -1,0 +1,171 @@
+"""The paper-style results table: rows = training fraction (per evaluation split), columns = methods (baseline,
+naive, MAD, then any custom ones), cells = mean ± std over seeds. Written as Markdown, CSV and a PNG plot.
+
+A record is one evaluated run: ``{"method", "fraction", "seed", "split", "metric", "value", "task"}`` (``value`` in
+percent, the task's official metric). The spread is the sample standard deviation over seeds (ddof=1; 0 for one seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+METHOD_ORDER = ("baseline", "naive", "full")
+METHOD_TITLE = {"baseline": "baseline", "naive": "naive", "full": "MAD"}
+METRIC_TITLE = {"vqa_accuracy": "VQA accuracy", "accuracy": "accuracy", "q2a": "Q->A accuracy"}
+
+
+def method_title(name: str) -> str:
+    return METHOD_TITLE.get(name, name)
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    n = len(vals)
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def aggregate(records: list[dict[str, Any]], title: str = "results") -> dict[str, Any]:
+    """Group records into the table. Refuses a mix of tasks and two runs for the same cell and seed."""
+    if not records:
+        raise InputError("no evaluated runs to report")
+    tasks = sorted({r.get("task") or "?" for r in records})
+    if len(tasks) > 1:
+        raise InputError(f"runs of several tasks ({', '.join(tasks)}); report one task at a time")
+    seen: dict[tuple, str] = {}
+    for r in records:
+        ident = (r["split"], r["fraction"], r["method"], r["seed"])
+        src = str(r.get("source", "?"))
+        if ident in seen and seen[ident] != src:
+            raise InputError(f"two runs for method {r['method']}, fraction {r['fraction']:g}, seed {r['seed']}, "
+                             f"split {r['split']} ({seen[ident]} and {src}); report the runs of one experiment")
+        seen[ident] = src
+    methods = sorted({r["method"] for r in records},
+                     key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    splits = list(dict.fromkeys(r["split"] for r in records))
+    metric = next((r["metric"] for r in records if r.get("metric")), None)
+    rows = []
+    for split in splits:
+        for fraction in sorted({r["fraction"] for r in records if r["split"] == split}):
+            cells = {}
+            for m in methods:
+                rs = sorted((r for r in records if r["split"] == split and r["fraction"] == fraction
+                             and r["method"] == m and r["value"] is not None), key=lambda r: r["seed"])
+                if rs:
+                    vals = [float(r["value"]) for r in rs]
+                    mean, std = _mean_std(vals)
+                    cells[m] = {"mean": mean, "std": std, "n": len(vals), "seeds": [r["seed"] for r in rs],
+                                "values": vals}
+            rows.append({"split": split, "fraction": fraction, "cells": cells})
+    seeds = sorted({r["seed"] for r in records})
+    return {"title": title, "task": tasks[0], "metric": metric, "methods": methods, "splits": splits,
+            "seeds": seeds, "rows": rows}
+
+
+def _cell(c: dict | None) -> str:
+    if not c:
+        return "–"
+    return f"{c['mean']:.2f} ± {c['std']:.2f}" if c["n"] > 1 else f"{c['mean']:.2f}"
+
+
+def caption(table: dict[str, Any]) -> str:
+    metric = METRIC_TITLE.get(table["metric"] or "", table["metric"] or "metric")
+    n = len(table["seeds"])
+    spread = f"mean ± std over {n} seeds" if n > 1 else "one seed"
+    return f"{table['task']}: {metric} (%), {spread}"
+
+
+def to_markdown(table: dict[str, Any]) -> str:
+    ms = table["methods"]
+    lines = [f"# {table['title']}", "", caption(table) + ".", ""]
+    for split in table["splits"]:
+        if len(table["splits"]) > 1:
+            lines += [f"## {split}", ""]
+        lines.append("| training fraction | " + " | ".join(method_title(m) for m in ms) + " |")
+        lines.append("|---:|" + "---:|" * len(ms))
+        for row in table["rows"]:
+            if row["split"] != split:
+                continue
+            best = max((c["mean"] for c in row["cells"].values()), default=None)
+            cells = []
+            for m in ms:
+                c = row["cells"].get(m)
+                s = _cell(c)
+                cells.append(f"**{s}**" if c and len(row["cells"]) > 1 and c["mean"] == best else s)
+            lines.append(f"| {row['fraction'] * 100:g}% | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_csv(table: dict[str, Any]) -> str:
+    ms = table["methods"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    head = ["split", "train_fraction"]
+    for m in ms:
+        head += [f"{method_title(m)}_mean", f"{method_title(m)}_std", f"{method_title(m)}_n"]
+    w.writerow(head)
+    for row in table["rows"]:
+        line: list[Any] = [row["split"], f"{row['fraction']:g}"]
+        for m in ms:
+            c = row["cells"].get(m)
+            line += [f"{c['mean']:.4f}", f"{c['std']:.4f}", c["n"]] if c else ["", "", 0]
+        w.writerow(line)
+    return buf.getvalue()
+
+
+def plot(table: dict[str, Any], out_png: str | Path) -> Path:
+    """Metric vs training fraction, one line per method with std error bars; one panel per evaluation split."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    splits = table["splits"]
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4), squeeze=False)
+    fractions = sorted({r["fraction"] for r in table["rows"]})
+    for ax, split in zip(axes[0], splits, strict=True):
+        for m in table["methods"]:
+            pts = [(r["fraction"], r["cells"][m]) for r in table["rows"] if r["split"] == split and m in r["cells"]]
+            if not pts:
+                continue
+            xs = [p[0] * 100 for p in pts]
+            ax.errorbar(xs, [p[1]["mean"] for p in pts], yerr=[p[1]["std"] for p in pts], marker="o", capsize=3,
+                        label=method_title(m))
+        if len(fractions) > 1 and max(fractions) / min(fractions) >= 10:
+            ax.set_xscale("log")
+        ax.set_xticks([f * 100 for f in fractions])
+        ax.set_xticklabels([f"{f * 100:g}%" for f in fractions])
+        ax.set_xlabel("training fraction")
+        ax.set_ylabel(f"{METRIC_TITLE.get(table['metric'] or '', table['metric'] or 'metric')} (%)")
+        ax.set_title(split)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(f"{table['title']} — {caption(table)}", fontsize=10)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report") -> dict[str, str]:
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` under ``out_dir``; returns their paths."""
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    md, csv_p, png = d / f"{stem}.md", d / f"{stem}.csv", d / f"{stem}.png"
+    md.write_text(to_markdown(table), encoding="utf-8")
+    csv_p.write_text(to_csv(table), encoding="utf-8")
+    plot(table, png)
+    return {"markdown": str(md), "csv": str(csv_p), "png": str(png)}
+
+
+__all__ = ["METHOD_ORDER", "aggregate", "caption", "method_title", "plot", "to_csv", "to_markdown", "write_report"]

@@ -1,0 +1,255 @@
+"""`mad run` and `mad report` (issue 5) with real stages on tiny configs: the tiny-clip teacher (random weights from
+a file), a generated shapes world of 16 training images, the vilt-tiny student, two training steps.
+
+The partial-rerun rules, asserted from `mad run --json`: an unchanged config is served entirely from the cache (no
+extraction, no training); one changed distillation setting reruns only distill/eval/report (and only for the methods
+it applies to); another text teacher keeps the image stores; `--dry-run` plans without touching the cache; bad
+configs are one line with exit code 2; the report has mean ± std over seeds in Markdown, CSV and PNG."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+from conftest import last_json, mad
+
+from mad_pipeline.errors import InputError
+from mad_pipeline.pipeline.config import from_dict, load_config
+
+CONFIG = """\
+name: tiny pipeline
+task: vqa
+data:
+  shapes: {{size: 16, seed: 0}}
+teacher: tiny-clip
+teacher_weights: {weights}
+methods: [baseline, full]
+fractions: [0.5, 1.0]
+seeds: [0, 1]
+vocab_min_count: 1
+train:
+  steps: 2
+  batch_size: 8
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_clip, tmp_path_factory):
+    cfg_file, weights = tiny_clip
+    d = tmp_path_factory.mktemp("pipeline")
+    (d / "exp.yaml").write_text(CONFIG.format(weights=weights))
+    env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(d / "cache"), "MAD_SHARED_CACHE": "",
+           "OMP_NUM_THREADS": "1", "MAD_HASH_MEMO": str(d / "hash-memo")}
+    first = last_json(mad("run", str(d / "exp.yaml"), "--json", env=env))
+    return d, env, first
+
+
+def _run(setup, *args, check=True):
+    d, env, _ = setup
+    return mad("run", str(d / "exp.yaml"), *args, env=env, check=check)
+
+
+@pytest.fixture()
+def inproc(setup, tiny_clip, monkeypatch, capsys):
+    """Run `mad ...` in this process (no interpreter start-up) with the subprocesses' environment; returns
+    (exit code, stdout, stderr). tiny-clip is registered exactly as MAD_MODEL_CONFIGS registers it in a
+    subprocess, so the teacher-identity memo written there is found here."""
+    from mad_pipeline.cli.main import main
+
+    from mad_pipeline.teachers import register_open_clip_config
+
+    _, env, _ = setup
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    register_open_clip_config("tiny-clip", tiny_clip[0], description=f"custom open_clip config from {tiny_clip[0]}")
+
+    def call(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return call
+
+
+def _by_kind(res: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for s in res["stages"]:
+        out.setdefault(s["kind"], []).append(s)
+    return out
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_first_run_then_unchanged_rerun_is_all_cached(setup, inproc):
+    d, _, first = setup
+    kinds = _by_kind(first)
+    # extract: the 50% subsets of seeds 0 and 1, the whole training split, the evaluation split
+    assert len(kinds["data"]) == 1 and len(kinds["extract"]) == 4
+    assert len(kinds["distill"]) == 8 and len(kinds["eval"]) == 8 and len(kinds["report"]) == 1
+    assert first["extracted"] and first["trained"] == 8
+    assert all(s["status"] == "ran" for s in first["stages"])
+    # every output has its resolved config, keys and library versions next to it; the marker is written last
+    rec = json.loads((Path(kinds["distill"][0]["path"]) / "stage.json").read_text())
+    assert rec["complete"] and rec["key"] == kinds["distill"][0]["key"]
+    assert rec["config"]["train"]["steps"] == 2 and "torch" in rec["library_versions"]
+    assert set(rec["inputs"]) == {"train_data", "eval_data"}  # the baseline reads no stores
+    full = next(s for s in kinds["distill"] if s["method"] == "full")
+    rec = json.loads((Path(full["path"]) / "stage.json").read_text())
+    assert set(rec["inputs"]["stores"]["train"]) == {"image", "text", "index", "zeroshot"}
+
+    again = last_json(_run(setup, "--json"))
+    assert again["counts"] == {"cached": len(first["stages"])}
+    assert not again["extracted"] and again["trained"] == 0
+    assert [s["key"] for s in again["stages"]] == [s["key"] for s in first["stages"]]
+    assert again["report"]["table"] == first["report"]["table"]
+    # the human output ends with the report table
+    d, _, _ = setup
+    code, out, _ = inproc("run", str(d / "exp.yaml"))
+    assert code == 0
+    assert "tiny pipeline" in out and "MAD" in out and "baseline" in out and f"({len(first['stages'])} cached)" in out
+
+
+def test_changed_distill_setting_reruns_only_distill_eval_report(setup):
+    res = last_json(_run(setup, "distill.top_k=4", "seeds=[0]", "--json"))
+    kinds = _by_kind(res)
+    assert all(s["status"] == "cached" for s in kinds["data"] + kinds["extract"])
+    assert not res["extracted"]
+    for s in kinds["distill"] + kinds["eval"]:
+        # the switch does not apply to the baseline: its runs stay cached
+        assert s["status"] == ("ran" if s["method"] == "full" else "cached"), s["id"]
+    assert kinds["report"][0]["status"] == "ran"
+    assert res["trained"] == 2
+
+
+def test_other_text_teacher_keeps_the_image_stores(setup):
+    res = last_json(_run(setup, "text_teacher=minilm", "methods=[baseline,full]", "fractions=[1.0]", "seeds=[0]",
+                         "--json"))
+    kinds = _by_kind(res)
+    assert [s["id"] for s in kinds["extract"]] == ["extract:train", "extract:val"]
+    for s in kinds["extract"]:
+        stores = s["stores"]
+        assert stores["image"]["cached"] and stores["image"]["rows_computed"] == 0, s["id"]
+        assert stores["index"]["cached"] and stores["zeroshot"]["cached"], s["id"]
+        assert not stores["text"]["cached"] and stores["text"]["rows_computed"] > 0, s["id"]
+    assert all(s["status"] == "cached" for s in kinds["distill"] if s["method"] == "baseline")
+    assert all(s["status"] == "ran" for s in kinds["distill"] if s["method"] == "full")
+
+
+def test_dry_run_plans_without_side_effects(setup, inproc):
+    d, _, first = setup
+    cache = d / "cache"
+    before = _tree(cache)
+    res = last_json(_run(setup, "seeds=[0,1,2]", "--dry-run", "--json"))
+    assert _tree(cache) == before  # nothing written, not even a memo or a lock
+    assert res["dry_run"] and res["report"] is None
+    kinds = _by_kind(res)
+    old_keys = {s["key"] for s in first["stages"]}
+    for s in kinds["distill"] + kinds["eval"]:
+        if s["seed"] == 2:
+            assert s["status"] == "to-run", s["id"]
+        else:
+            assert s["status"] == "cached" and s["key"] in old_keys, s["id"]
+    assert {s["id"]: s["status"] for s in kinds["extract"]}["extract:train@0.5/s2"] == "to-run"
+    assert kinds["report"][0]["status"] == "to-run"
+    # the human plan: one row per stage with its status
+    code, out, _ = inproc("run", str(d / "exp.yaml"), "seeds=[0,1,2]", "--dry-run")
+    assert code == 0 and "to-run" in out and "cached" in out and "full, 50%, seed 2" in out
+    assert _tree(cache) == before
+
+
+def test_settings_that_do_not_change_values_keep_every_key(setup, inproc):
+    d, _, first = setup
+    code, out, _ = inproc("run", str(d / "exp.yaml"), "num_workers=1", "eval_batch_size=7", "extract_batch_size=3",
+                          "train.log_every=1", "train.eval_every=1", "device=cpu", "--dry-run", "--json")
+    assert code == 0
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["counts"] == {"cached": len(first["stages"])}
+
+
+def test_bad_yaml_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "exp-bad.yaml"
+    bad.write_text("task: vqa\n  data: [\n")
+    proc = mad("run", str(bad), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {bad}: line 2 not valid YAML (mapping values are not "
+                                                 "allowed here)"]
+
+
+@pytest.mark.parametrize("content, override, expect", [
+    ("task: vqa\ndata: {{root: .}}\ntrain:\n  stpes: 3\n", (), r"exp-bad\.yaml: unknown key train\.stpes \(known in"),
+    ("task: vqa\ndata: {{root: .}}\nsteps: 3\n", (), r"exp-bad\.yaml: unknown key steps \(known: cache, data"),
+    (CONFIG, ("train.lr=fast",), r"override 'train.lr=fast': train\.lr: expected a number, got 'fast'"),
+    (CONFIG, ("teacher=nope",), r"exp-bad\.yaml: teacher: unknown teacher 'nope'"),
+    (CONFIG, ("fractions=[0.5, 2]",), r"fractions\[1\]: 2.0 is not in \(0, 1\]"),
+])
+def test_bad_config_is_one_line_exit_2(inproc, tiny_clip, tmp_path, content, override, expect):
+    import re
+
+    bad = tmp_path / "exp-bad.yaml"
+    bad.write_text(content.format(weights=tiny_clip[1]))
+    code, out, err = inproc("run", str(bad), *override, "--dry-run")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(expect, lines[0]), err
+
+
+def test_report_from_run_directories(setup, inproc, tmp_path):
+    d, env, first = setup
+    distill_dirs = [s["path"] for s in first["stages"] if s["kind"] == "distill"]
+    code, out, _ = inproc("report", *distill_dirs, "--out", str(tmp_path / "rep"), "--title", "T", "--json")
+    assert code == 0
+    res = json.loads(out.strip().splitlines()[-1])
+    files = {k: Path(v) for k, v in res["files"].items()}
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = files["markdown"].read_text()
+    assert "| training fraction | baseline | MAD |" in md and "±" in md and "mean ± std over 2 seeds" in md
+    rows = list(csv.DictReader(files["csv"].open()))
+    assert [r["train_fraction"] for r in rows] == ["0.5", "1"]
+    # mean and sample std over the two seeds, from the evaluated runs themselves
+    evals = [s for s in first["stages"] if s["kind"] == "eval"]
+    for r in rows:
+        for method, col in (("baseline", "baseline"), ("full", "MAD")):
+            vals = [s["value"] for s in evals if s["method"] == method and s["fraction"] == float(r["train_fraction"])]
+            assert len(vals) == 2 and r[f"{col}_n"] == "2"
+            assert float(r[f"{col}_mean"]) == pytest.approx(statistics.mean(vals), abs=1e-4)
+            assert float(r[f"{col}_std"]) == pytest.approx(statistics.stdev(vals), abs=1e-4)
+    # the pipeline's own report holds the same table
+    assert res["table"]["rows"] == first["report"]["table"]["rows"]
+    assert Path(first["report"]["files"]["csv"]).read_text() == files["csv"].read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the YAML schema (in-process, no stages)
+
+
+def test_config_overrides_and_paths(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    f = tmp_path / "sub" / "x.yaml"
+    f.write_text("task: snli-ve\ndata: {root: data}\nmethods: {mad: {preset: full, select: random}, baseline: }\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(f, ["seeds=[3, 4]", "train.steps=5", "teacher_weights=w.pt", "name=2024"])
+    v = cfg.values
+    assert v["data"]["root"] == str(tmp_path / "sub" / "data")  # relative to the file
+    assert v["teacher_weights"] == str(tmp_path / "w.pt")  # relative to the current directory
+    assert v["seeds"] == [3, 4] and v["train"]["steps"] == 5 and v["name"] == "2024"
+    assert v["methods"] == {"mad": {"preset": "full", "select": "random"}, "baseline": {"preset": "baseline"}}
+    with pytest.raises(InputError, match=r"x\.yaml: methods\.mad\.select: 'nope' is not one of"):
+        load_config(f, ["methods.mad.select=nope"])
+    with pytest.raises(InputError, match=r"unknown key methods\.mad\.top"):
+        from_dict({"task": "vqa", "data": {"root": "."}, "methods": {"mad": {"top": 1}}}, source="x.yaml")
+    with pytest.raises(InputError, match=r"data: give data.root .* or data.shapes.size"):
+        from_dict({"task": "vqa"}, source="x.yaml")
+    with pytest.raises(InputError, match=r"x\.yaml: missing key task \(vqa, snli-ve or vcr"):
+        from_dict({"data": {"root": "."}}, source="x.yaml")
+    assert os.path.basename(load_config(f).source) == "x.yaml"
