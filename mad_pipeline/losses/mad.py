@@ -521,9 +521,14 @@ class MADLoss(nn.Module):
             mask = mask & s.visual_mask.bool()
         if t.image_valid is not None:
             mask = mask & t.image_valid.bool()[:, None]
-        proj = self.proj_v(s.visual_tokens)
-        sel = select_tokens(cfg.select_v, cfg.k_v, aligned, tokens[:, 0], mask, proj, generator)
-        return token_loss(proj, aligned, sel, cfg.token_loss)
+        if cfg.select_v == "student-gap":  # ranks by the projected student tokens: project them all
+            proj = self.proj_v(s.visual_tokens)
+            sel = select_tokens(cfg.select_v, cfg.k_v, aligned, tokens[:, 0], mask, proj, generator)
+            return token_loss(proj, aligned, sel, cfg.token_loss)
+        # Other policies select from teacher-side data only: gather the selected positions first and project just
+        # those (same loss value; with top-50% it halves the projection and its backward, the largest MAD cost).
+        sel = select_tokens(cfg.select_v, cfg.k_v, aligned, tokens[:, 0], mask, None, generator)
+        return token_loss(*_selected(self.proj_v, s.visual_tokens, aligned, sel), cfg.token_loss)
 
     def _text_ref(self, t: TeacherBatch) -> Tensor:
         if t.text_ref is not None:
@@ -632,6 +637,18 @@ class MADLoss(nn.Module):
             "conf_mean": raw.mean(),
             "total": task_loss + a * distill,
         }
+
+
+def _selected(proj: nn.Module, student: Tensor, teacher: Tensor, sel: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(proj(student[sel]), teacher[sel], mask)`` padded to the largest per-sample count (``mask`` False on the
+    padding), so :func:`token_loss` on them equals ``token_loss(proj(student), teacher, sel)``."""
+    kmax = max(1, int(sel.sum(1).max()))
+    idx = torch.sort(sel.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :kmax]
+
+    def take(x: Tensor) -> Tensor:
+        return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+    return proj(take(student)), take(teacher), sel.gather(1, idx)
 
 
 def _batch_size(s: StudentBatch) -> int:

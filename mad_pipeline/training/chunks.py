@@ -12,9 +12,13 @@ import numpy as np
 
 
 class ChunkCache:
+    """Decoded chunks, one LRU of ``max_chunks`` per array: the image-token chunks a shuffle window walks through
+    must not evict the text-token chunks or the one-chunk small arrays (pooled, crop box, spans, zero-shot logits),
+    which every batch needs again."""
+
     def __init__(self, max_chunks: int = 32):
         self.max_chunks = max_chunks
-        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._cache: dict[str, OrderedDict[int, np.ndarray]] = {}
         self.reads = 0  # chunks decoded (for benchmarks)
 
     def rows(self, array, rows: np.ndarray) -> np.ndarray:
@@ -29,14 +33,15 @@ class ChunkCache:
         return out
 
     def _chunk(self, array, c: int, cr: int) -> np.ndarray:
-        key = (str(array.store_path), c)  # not id(array): a reopened handle can reuse a dead one's id
-        hit = self._cache.get(key)
+        # keyed by path, not id(array): a reopened handle can reuse a dead one's id
+        lru = self._cache.setdefault(str(array.store_path), OrderedDict())
+        hit = lru.get(c)
         if hit is not None:
-            self._cache.move_to_end(key)
+            lru.move_to_end(c)
             return hit
         block = array[c * cr : min((c + 1) * cr, array.shape[0])]
         self.reads += 1
-        self._cache[key] = block
-        if len(self._cache) > self.max_chunks:
-            self._cache.popitem(last=False)
+        lru[c] = block
+        if len(lru) > self.max_chunks:
+            lru.popitem(last=False)
         return block

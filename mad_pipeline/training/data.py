@@ -241,7 +241,7 @@ class DistillDataset(Dataset):
             return self._handles
         from ..store.reader import open_store
 
-        # Array handles are opened once and kept: ChunkCache keys chunks by the array object's identity.
+        # Array handles are opened once per process and kept (ChunkCache keeps one LRU of decoded chunks per array).
         h: dict[str, Any] = {"cache": ChunkCache(self.cache_chunks)}
         st = self.stores
 
