@@ -44,7 +44,10 @@ def _report_table(title: str, rep: dict) -> Table:
 def train_shapes_cmd(
     out: Path = typer.Option(Path("shapes-clip"), "--out", "-o", help="Output folder (open_clip local-dir)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the training scenes, initialisation and batches."),
-    steps: int = typer.Option(train_stage.TrainShapesTeacherConfig.steps, "--steps", help="Optimizer steps."),
+    steps: int = typer.Option(train_stage.TrainShapesTeacherConfig.steps, "--steps",
+                              help="Contrastive steps (phase 2)."),
+    probe_steps: int = typer.Option(train_stage.TrainShapesTeacherConfig.probe_steps, "--probe-steps",
+                                    help="Phase 1 steps: image tower + per-cell probe (see docs/shapes.md)."),
     batch_size: int = typer.Option(train_stage.TrainShapesTeacherConfig.batch_size, "--batch-size",
                                    help="Images per step."),
     precision: str = typer.Option(train_stage.TrainShapesTeacherConfig.precision, "--precision",
@@ -54,7 +57,8 @@ def train_shapes_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
-    cfg = train_stage.TrainShapesTeacherConfig(out=out, seed=seed, steps=steps, batch_size=batch_size,
+    cfg = train_stage.TrainShapesTeacherConfig(out=out, seed=seed, steps=steps, probe_steps=probe_steps,
+                                               batch_size=batch_size,
                                                precision=precision, eval_size=eval_size,
                                                progress=not (quiet or as_json))
     result = train_stage.run(cfg)
@@ -63,8 +67,9 @@ def train_shapes_cmd(
         return
     con = Console()
     t = result.timing
-    con.print(f"shapes-clip -> {result.out}  ({t['total_s']:.0f} s: rendering {t['pool_s']:.0f} s, "
-              f"training {t['train_s']:.0f} s = {t['step_s']:.2f} s/step; final loss {result.final['loss']:.3f})")
+    con.print(f"shapes-clip -> {result.out}  ({t['total_s']:.0f} s: rendering {t['pool_s']:.0f} s, probe phase "
+              f"{t['probe_s']:.0f} s, contrastive phase {t['train_s']:.0f} s = {t['step_s']:.2f} s/step; "
+              f"final loss {result.final['loss']:.3f})")
     for split, rep in result.zeroshot.items():
         con.print(_report_table(f"zero-shot VQA, {split} split", rep))
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .captions import BANK, scene_caption
-from .world import decode_jpeg, encode_jpeg, render, sample_scene, scene_rng
+from .world import COLOUR_NAMES, GRID, SHAPES, decode_jpeg, encode_jpeg, render, sample_scene, scene_rng
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OPENAI_DATASET_MEAN / STD
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -59,8 +59,9 @@ class TrainSettings:
     group_weight: float = 1.0
     precision: str = "bf16"  # bf16 autocast or fp32 (measured on a 2-core CPU: see docs/shapes.md)
     pos_init_std: float = 0.5  # ViT positional-embedding init (see build_model)
-    group_fraction: float = 1.0  # share of each family's hard-negative groups used per step (>= 6 each)
+    group_fraction: float = 0.5  # share of each family's hard-negative groups used per step (>= 6 each)
     family_weights: tuple[tuple[str, float], ...] = ()  # e.g. (("where", 2.0),): weight in the group loss
+    probe_steps: int = 250  # phase 1 (see train): image tower + a per-cell linear probe, dropped afterwards
 
 
 def build_model(seed: int, pos_init_std: float | None = None):
@@ -106,18 +107,32 @@ class Pool:
     scenes: list
     images: torch.Tensor  # (N, 64, 64, 3) uint8
     labels: torch.Tensor  # (N, n_groups) int64, -1 = group does not apply
+    cells: torch.Tensor  # (N, 9, 2) int64: per cell (shape id | 4 empty | 5 grey box, colour id | 6 none)
+
+
+def cell_targets(scene) -> np.ndarray:
+    out = np.zeros((GRID * GRID, 2), np.int64)
+    for c in range(GRID * GRID):
+        o = scene.at(c)
+        if o is not None:
+            out[c] = (SHAPES.index(o.shape), COLOUR_NAMES.index(o.colour))
+        else:
+            out[c] = (5 if c == scene.occluder else 4, len(COLOUR_NAMES))
+    return out
 
 
 def make_pool(seed: int, n: int, progress: Callable[[int], None] | None = None) -> Pool:
-    scenes, images, labels = [], [], []
+    scenes, images, labels, cells = [], [], [], []
     for i in range(n):
         scene = sample_scene(scene_rng(seed, "pretrain", i), "pretrain")
         scenes.append(scene)
         images.append(decode_jpeg(encode_jpeg(render(scene))))
         labels.append(BANK.labels(scene))
+        cells.append(cell_targets(scene))
         if progress is not None:
             progress(1)
-    return Pool(scenes, torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)))
+    return Pool(scenes, torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)),
+                torch.from_numpy(np.stack(cells)))
 
 
 def _autocast(precision: str):
@@ -185,9 +200,25 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return s.lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def _probe_loss(probe, img_raw: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    out = probe(img_raw.float()).view(img_raw.shape[0], GRID * GRID, -1)
+    return (F.cross_entropy(out[..., :6].reshape(-1, 6), cells[..., 0].reshape(-1))
+            + F.cross_entropy(out[..., 6:].reshape(-1, len(COLOUR_NAMES) + 1), cells[..., 1].reshape(-1)))
+
+
 def train(s: TrainSettings, progress: Callable[[str, int, int, dict], None] | None = None,
           pool: Pool | None = None):
-    """Train and return (model, history). ``progress(phase, done, total, info)`` reports pool building and steps."""
+    """Train and return (model, history). ``progress(phase, done, total, info)`` reports the phases ``render``,
+    ``probe`` and ``train``.
+
+    Phase ``probe`` (``probe_steps``, image tower only): a linear probe on the image embedding predicts every cell's
+    shape and colour (or empty / grey box). Contrastive training from scratch sat on a plateau for hundreds of
+    steps with "where", shape and the grey box's cell at chance: the text side has nothing to align its position and
+    shape words to until the image embedding carries that information, and the image side gets no signal until the
+    text embeddings of those words differ. The probe (dropped afterwards, not part of the saved model) breaks that
+    symmetry in a few hundred cheap steps. Phase ``train`` (``steps``): the contrastive objective of
+    :mod:`.captions`, with the probe loss fading out over its first quarter.
+    """
     import open_clip
 
     if s.precision not in ("bf16", "fp32"):
@@ -205,24 +236,46 @@ def train(s: TrainSettings, progress: Callable[[str, int, int, dict], None] | No
     t_pool = time.time() - t0
     model = build_model(s.seed, s.pos_init_std)
     model.train()
+    probe = torch.nn.Linear(MODEL_CFG["embed_dim"], GRID * GRID * (6 + len(COLOUR_NAMES) + 1))
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=MODEL_CFG["text_cfg"]["context_length"])
     stmt_ids = tokenizer(BANK.texts)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "embedding" in name or name == "logit_scale" else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
+                             {"params": no_decay + list(probe.parameters()), "weight_decay": 0.0}],
+                            lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
     rng = np.random.default_rng([s.seed, 7])
     n = len(pool.scenes)
-    order = rng.permutation(n)
-    cursor = 0
-    history = []
+    state = {"order": rng.permutation(n), "cursor": 0}
+
+    def next_batch() -> np.ndarray:
+        if state["cursor"] + s.batch_size > n:
+            state["order"], state["cursor"] = rng.permutation(n), 0
+        idx = state["order"][state["cursor"]: state["cursor"] + s.batch_size]
+        state["cursor"] += s.batch_size
+        return idx
+
+    history: list[dict] = []
     t1 = time.time()
-    for step in range(s.steps):
-        if cursor + s.batch_size > n:
-            order, cursor = rng.permutation(n), 0
-        idx = order[cursor: cursor + s.batch_size]
-        cursor += s.batch_size
+    for step in range(s.probe_steps):  # phase 1: image tower + probe
+        idx = next_batch()
+        for g in opt.param_groups:
+            g["lr"] = s.lr * min(1.0, (step + 1) / s.warmup)
+        with _autocast(s.precision):
+            img_raw = model.encode_image(normalize_images(pool.images[torch.from_numpy(idx)]))
+        loss = _probe_loss(probe, img_raw, pool.cells[torch.from_numpy(idx)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        info = {"loss": loss.item(), "probe": loss.item()}
+        history.append({"phase": "probe", **info})
+        if progress is not None:
+            progress("probe", step + 1, s.probe_steps, info)
+    t2 = time.time()
+    fade = max(1, s.steps // 4)
+    for step in range(s.steps):  # phase 2: contrastive
+        idx = next_batch()
         caps = [scene_caption(pool.scenes[i], rng) for i in idx]
         cap_ids = tokenizer(caps)
         for g in opt.param_groups:
@@ -232,7 +285,8 @@ def train(s: TrainSettings, progress: Callable[[str, int, int, dict], None] | No
         texts, gindex = step_statements(groups)
         labels = pool.labels[torch.from_numpy(idx)][:, torch.from_numpy(groups)]
         with _autocast(s.precision):
-            img = F.normalize(model.encode_image(images), dim=-1)
+            img_raw = model.encode_image(images)
+            img = F.normalize(img_raw, dim=-1)
             cap = encode_text_short(model, cap_ids)
             stmt = encode_text_short(model, stmt_ids[torch.from_numpy(texts)])
         img, cap, stmt = img.float(), cap.float(), stmt.float()
@@ -245,19 +299,26 @@ def train(s: TrainSettings, progress: Callable[[str, int, int, dict], None] | No
         l_group = torch.stack([v * weights.get(k, 1.0) for k, v in fam.items()]).sum() / sum(
             weights.get(k, 1.0) for k in fam)
         loss = l_clip + s.group_weight * l_group
+        info = {}
+        if s.probe_steps > 0 and step < fade:
+            l_probe = _probe_loss(probe, img_raw, pool.cells[torch.from_numpy(idx)])
+            loss = loss + (1 - step / fade) * l_probe
+            info["probe"] = l_probe.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         info = {"loss": loss.item(), "clip": l_clip.item(), "group": l_group.item(),
-                **{f"g_{k}": v.item() for k, v in fam.items()}, "scale": scale.item()}
-        history.append(info)
+                **{f"g_{k}": v.item() for k, v in fam.items()}, "scale": scale.item(), **info}
+        history.append({"phase": "train", **info})
         if progress is not None:
             progress("train", step + 1, s.steps, info)
     model.eval()
-    timing = {"pool_s": round(t_pool, 1), "train_s": round(time.time() - t1, 1),
-              "step_s": round((time.time() - t1) / max(1, s.steps), 3)}
+    t3 = time.time()
+    timing = {"pool_s": round(t_pool, 1), "probe_s": round(t2 - t1, 1), "train_s": round(t3 - t2, 1),
+              "probe_step_s": round((t2 - t1) / max(1, s.probe_steps), 3),
+              "step_s": round((t3 - t2) / max(1, s.steps), 3)}
     return model, {"history": history, "timing": timing}
 
 
