@@ -1,0 +1,477 @@
+"""Benchmark stage 1 (``mad extract``) image throughput on CPU: pipelined extraction vs teacher-forward-only vs a naive
+sequential loop, plus where the time goes per image.
+
+For each model (real open_clip ViT-B-16 / ViT-B-32 architectures at random weights, loaded through the teacher
+registry exactly as ``mad extract --weights`` does) and the same real JPEG photos (crops of skimage.data photos,
+COCO-sized), it measures images/s of
+
+  forward   the teacher forward alone on batches already decoded and preprocessed in memory,
+  pipeline  the real ``extract_images`` path (DataLoader decode workers, forward in the main process, background
+            shard writer) into a real ``StoreWriter`` in a temp dir, including store creation and publication,
+  naive     decode -> preprocess -> forward -> fp16 -> zarr write, one batch after the other in one process,
+
+and a per-image breakdown: decode, preprocess (single process, 1 torch thread, as in a worker), forward, fp16
+conversion, compression + write (``StoreWriter.write_shard`` on the produced arrays). Modes are interleaved within
+each repeat (rotating their order) so load from other processes hits all of them alike; medians are reported, with
+the load average and the CPU time other processes took during each measurement ("foreign cores").
+
+    python bench/extract.py                          # both models, defaults below
+    python bench/extract.py --num-workers 0,1,2      # compare decode-worker counts
+    python bench/extract.py --json bench-extract.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
+
+
+# --------------------------------------------------------------------------- measurement
+def _machine_busy_s() -> float:
+    """CPU-seconds all processes on the machine have spent busy since boot (from /proc/stat); nan if unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime  # children: DataLoader workers, once joined
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float  # this process + its finished children
+    foreign: float  # cores used by other processes on average during the measurement
+    load1: float
+    phases: dict | None = None  # pipeline only: start-up, steady-state rate, tail
+
+
+class Meter:
+    def __enter__(self):
+        self.t0, self.c0, self.m0 = time.perf_counter(), _own_cpu_s(), _machine_busy_s()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        self.cpu = _own_cpu_s() - self.c0
+        self.foreign = max(0.0, (_machine_busy_s() - self.m0 - self.cpu) / self.wall)
+        self.sample = Sample(self.wall, self.cpu, self.foreign, os.getloadavg()[0])
+        return False
+
+
+def wait_quiet(max_s: float, below: float = 0.25) -> float:
+    """Wait (at most ``max_s``) until other processes have used under ``below`` cores for a second; seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_s:
+        m0 = _machine_busy_s()
+        time.sleep(1.0)
+        if _machine_busy_s() - m0 < below:
+            break
+    return time.perf_counter() - t0
+
+
+class BatchClock:
+    """Stands in for the rich progress bar ``extract_images`` accepts: records when each batch left the forward."""
+
+    def __init__(self):
+        self.marks: list[tuple[float, int]] = []
+
+    def add_task(self, *args, **kwargs):
+        return 0
+
+    def update(self, task, advance: int = 0, **kwargs):
+        self.marks.append((time.perf_counter(), advance))
+
+
+@dataclass
+class Mode:
+    name: str
+    n_images: int
+    samples: list[Sample] = field(default_factory=list)
+
+    def rates(self) -> list[float]:
+        return [self.n_images / s.wall for s in self.samples]
+
+    def summary(self) -> dict:
+        r = self.rates()
+        out = {"images_per_s": statistics.median(r), "min": min(r), "max": max(r), "runs": r,
+               "cpu_cores_used": statistics.median(s.cpu / s.wall for s in self.samples),
+               "foreign_cores": statistics.median(s.foreign for s in self.samples),
+               "foreign_cores_runs": [round(s.foreign, 3) for s in self.samples],
+               "load1": [round(s.load1, 2) for s in self.samples]}
+        if self.samples and self.samples[0].phases:
+            out["phases"] = {k: statistics.median(s.phases[k] for s in self.samples) for k in self.samples[0].phases}
+        return out
+
+
+# --------------------------------------------------------------------------- inputs
+def make_photos(root: Path, n: int, seed: int = 0) -> list[str]:
+    """n distinct real photos as JPEGs of COCO-like size (480-640 px on the long side, quality 90)."""
+    from PIL import Image
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    sources = [np.asarray(getattr(data, name)()) for name in PHOTOS]
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        h, w = src.shape[:2]
+        ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        im = Image.fromarray(src[y : y + ch, x : x + cw])
+        long_side = int(rng.integers(480, 641))
+        aspect = rng.choice([4 / 3, 3 / 2, 1.0, 3 / 4])  # typical photo shapes
+        size = (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
+        p = root / f"{i:05d}.jpg"
+        im.resize(size, Image.BICUBIC).save(p, quality=90)
+        paths.append(str(p))
+    return paths
+
+
+def build_teacher(name: str, tmp: Path, seed: int = 0):
+    """The real open_clip architecture at random weights, saved to a file and loaded through the registry."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from mad_pipeline.teachers import get_teacher_spec, load_teacher
+
+    arch = get_teacher_spec(name).model  # e.g. ViT-B-16-quickgelu (the OpenAI CLIP architecture)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch)
+    weights = tmp / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    del model
+    return load_teacher(name, weights=str(weights), device="cpu", precision="fp32")
+
+
+def predecode(teacher, paths: list[str], batch_size: int):
+    """The exact batches the pipeline's DataLoader produces (same dataset class and collate), decoded up front."""
+    from mad_pipeline.extraction.reader import ImageRows, collate
+
+    ds = ImageRows(list(enumerate(paths)), teacher.preprocess, teacher.crop_box_fn, teacher.image_size)
+    return [collate([ds[i] for i in range(lo, min(lo + batch_size, len(ds)))]) for lo in range(0, len(ds), batch_size)]
+
+
+# --------------------------------------------------------------------------- the three modes
+def run_forward(teacher, batches) -> None:
+    for _rows, pixels, _boxes, _errors in batches:
+        teacher.encode_image_tokens(pixels)
+
+
+def run_pipeline(teacher, paths: list[str], hashes: list[str], store: Path, batch_size: int, workers: int) -> dict:
+    """The real stage-1 image pass: StoreWriter, extract_images (decode workers, forward, writer thread), publish."""
+    from mad_pipeline.extraction.runner import extract_images
+    from mad_pipeline.store.layout import image_arrays
+    from mad_pipeline.store.writer import StoreWriter
+
+    t_start = time.perf_counter()
+    clock = BatchClock()
+    specs = image_arrays(teacher.num_tokens, teacher.width, teacher.embed_dim)
+    writer = StoreWriter(store.with_name(store.name + ".partial"), "image", len(paths), specs, key=store.name)
+    extract_images(teacher, writer, hashes, paths, batch_size=batch_size, num_workers=workers, on_error="fail",
+                   progress=clock)
+    t_forward_done = clock.marks[-1][0]
+    writer.finalize({"cache_key": store.name, "bench": True}, store)
+    t_end = time.perf_counter()
+    first_t, first_n = clock.marks[0]
+    steady_n = sum(n for _, n in clock.marks[1:])
+    return {"store": store, "phases": {
+        "first_batch_s": first_t - t_start,  # writer set-up, worker start, decode of batch 1, its forward
+        "steady_images_per_s": steady_n / (t_forward_done - first_t) if steady_n else float("nan"),
+        "tail_s": t_end - t_forward_done,  # last shard's compression + write, consolidation, rename
+    }}
+
+
+def run_naive(teacher, paths: list[str], out: Path, batch_size: int) -> None:
+    """What one would write without a pipeline: everything in turn, one process, a compressed zarr write per batch."""
+    import zarr
+
+    from mad_pipeline.data.images import load_image
+    from mad_pipeline.store.layout import codecs_for, image_arrays
+
+    spec = {s.name: s for s in image_arrays(teacher.num_tokens, teacher.width, teacher.embed_dim)}
+    group = zarr.open_group(str(out), mode="w")
+    arrays = {
+        name: group.create_array(name, shape=(len(paths), *spec[name].row_shape),
+                                 chunks=(batch_size, *spec[name].row_shape), dtype="float16",
+                                 compressors=codecs_for(spec[name]))
+        for name in ("tokens", "pooled")
+    }
+    for lo in range(0, len(paths), batch_size):
+        pixels = torch.stack([teacher.preprocess(load_image(p)) for p in paths[lo : lo + batch_size]])
+        tokens, pooled = teacher.encode_image_tokens(pixels)
+        arrays["tokens"][lo : lo + len(pixels)] = tokens.to(torch.float16).numpy()
+        arrays["pooled"][lo : lo + len(pixels)] = pooled.to(torch.float16).numpy()
+
+
+# --------------------------------------------------------------------------- breakdown
+def breakdown(teacher, paths: list[str], batches, forward: Mode, tmp: Path) -> dict:
+    """Per-image milliseconds of each step, measured alone (wall and CPU of this process)."""
+    from mad_pipeline.data.images import load_image
+    from mad_pipeline.store.layout import image_arrays
+    from mad_pipeline.store.writer import StoreWriter
+
+    out: dict[str, dict] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker (torch sets 1 thread there)
+    try:
+        dec = [Meter() for _ in paths]
+        pre = [Meter() for _ in paths]
+        for p, md, mp in zip(paths, dec, pre, strict=True):
+            with md:
+                im = load_image(p)
+            with mp:
+                teacher.preprocess(im)
+    finally:
+        torch.set_num_threads(threads)
+    for key, ms in (("decode", dec), ("preprocess", pre)):
+        out[key] = {"wall_ms": 1e3 * statistics.median(m.wall for m in ms),
+                    "cpu_ms": 1e3 * statistics.median(m.cpu for m in ms)}
+
+    n = sum(len(b[0]) for b in batches)
+    results = [teacher.encode_image_tokens(pixels) for _rows, pixels, _boxes, _errors in batches]
+    fwd = forward.summary()
+    out["forward"] = {"wall_ms": 1e3 / fwd["images_per_s"],  # from the timed forward-only runs
+                      "cpu_ms": 1e3 / fwd["images_per_s"] * fwd["cpu_cores_used"]}
+    with Meter() as mc:
+        tokens = np.concatenate([t.to(torch.float16).numpy() for t, _ in results])
+        pooled = np.concatenate([p.to(torch.float16).numpy() for _, p in results])
+    out["fp16"] = {"wall_ms": 1e3 * mc.wall / n, "cpu_ms": 1e3 * mc.cpu / n}
+
+    specs = image_arrays(teacher.num_tokens, teacher.width, teacher.embed_dim)
+    walls, cpus = [], []
+    for r in range(2):  # the second is the steady-state figure (the first pays one-off codec set-up)
+        writer = StoreWriter(tmp / f"write-{r}", "image", n, specs, key=f"write-{r}")
+        boxes = np.concatenate([b[2] for b in batches])
+        hashes = np.asarray([f"{i:064x}" for i in range(n)], dtype=object)
+        with Meter() as mw:
+            for s in range(writer.n_shards):
+                lo, hi = writer.shard_range(s)
+                writer.write_shard(s, {"image_hash": hashes[lo:hi], "tokens": tokens[lo:hi], "pooled": pooled[lo:hi],
+                                       "crop_box": boxes[lo:hi], "valid": np.ones(hi - lo, bool)})
+        walls.append(mw.wall)
+        cpus.append(mw.cpu)
+    stored = sum(f.stat().st_size for f in (tmp / "write-1" / "tokens").rglob("*") if f.is_file())
+    out["compress_write"] = {"wall_ms": 1e3 * walls[-1] / n, "cpu_ms": 1e3 * cpus[-1] / n,
+                             "tokens_mb_per_s": tokens.nbytes / walls[-1] / 1e6,
+                             "compression_ratio": tokens.nbytes / max(stored, 1)}
+    return out
+
+
+def check_store(store: Path, teacher, batches) -> float:
+    """The pipeline's store holds what the forward computes (max |diff| of tokens, fp16 storage)."""
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r")
+    rows, pixels, _, _ = batches[0]
+    ref, _ = teacher.encode_image_tokens(pixels)
+    got = g["tokens"][rows[0] : rows[-1] + 1]
+    return float(np.abs(got.astype(np.float32) - ref.to(torch.float16).float().numpy()).max())
+
+
+# --------------------------------------------------------------------------- main
+def bench_model(name: str, paths: list[str], hashes: list[str], args, tmp: Path, log) -> dict:
+    log(f"[{name}] building the real architecture at random weights ...")
+    teacher = build_teacher(name, tmp)
+    batches = predecode(teacher, paths, args.batch_size)
+    n = len(paths)
+    log(f"[{name}] warm-up ...")
+    teacher.encode_image_tokens(batches[0][1])
+    for w in args.num_workers:
+        run_pipeline(teacher, paths[:2], hashes[:2], tmp / f"{name}-warm-{w}", 2, w)
+    run_naive(teacher, paths[:2], tmp / f"{name}-warm-naive", 2)
+
+    modes = {"forward": Mode("forward", n)}
+    modes.update({f"pipeline-w{w}": Mode(f"pipeline-w{w}", n) for w in args.num_workers})
+    if not args.no_naive:
+        modes["naive"] = Mode("naive", n)
+    order = list(modes)
+    stores = {}
+    rejected = 0
+    for r in range(args.repeats):
+        for key in order[r % len(order) :] + order[: r % len(order)]:  # rotate the order each repeat
+            for attempt in range(args.retries + 1):
+                waited = wait_quiet(args.quiet_wait) if args.quiet_wait else 0.0
+                phases = None
+                with Meter() as m:
+                    if key == "forward":
+                        run_forward(teacher, batches)
+                    elif key == "naive":
+                        run_naive(teacher, paths, tmp / f"{name}-naive-{r}-{attempt}", args.batch_size)
+                    else:
+                        w = int(key.split("-w")[1])
+                        out = run_pipeline(teacher, paths, hashes, tmp / f"{name}-{key}-{r}-{attempt}",
+                                           args.batch_size, w)
+                        stores[key], phases = out["store"], out["phases"]
+                m.sample.phases = phases
+                extra = "" if not phases else (
+                    f", first batch {phases['first_batch_s']:.2f} s, steady {phases['steady_images_per_s']:.2f} img/s,"
+                    f" tail {phases['tail_s']:.2f} s")
+                busy = args.max_foreign is not None and m.foreign > args.max_foreign
+                log(f"[{name}] repeat {r + 1}/{args.repeats} {key:<12} {n / m.wall:7.2f} img/s  "
+                    f"(cpu {m.cpu / m.wall:.2f} cores, others {m.foreign:.2f} cores, load1 {m.sample.load1:.2f}"
+                    f"{f', waited {waited:.0f} s for quiet' if waited >= 1.5 else ''}{extra})"
+                    f"{' -> others too busy, again' if busy and attempt < args.retries else ''}")
+                if not busy or attempt == args.retries:
+                    break
+                rejected += 1
+            modes[key].samples.append(m.sample)
+    log(f"[{name}] breakdown ...")
+    parts = breakdown(teacher, paths, batches, modes["forward"], tmp / f"{name}-breakdown")
+    max_diff = check_store(next(iter(stores.values())), teacher, batches)
+
+    arch = teacher.image_identity()["arch"]["open_clip_model"]
+    res = {"teacher": name, "arch": arch, "tokens_per_image": [teacher.num_tokens, teacher.width],
+           "modes": {k: m.summary() for k, m in modes.items()}, "breakdown_ms_per_image": parts,
+           "store_max_abs_diff_vs_forward": max_diff, "samples_rejected_as_busy": rejected}
+    fwd = res["modes"]["forward"]["images_per_s"]
+    for m in res["modes"].values():
+        m["vs_forward"] = m["images_per_s"] / fwd
+    # What overlap can at best reach on this machine: the forward keeps all cores busy, so decode/preprocess and
+    # compression CPU time per image has to be taken from it (shared over the cores).
+    other_cpu = sum(parts[k]["cpu_ms"] for k in ("decode", "preprocess", "fp16", "compress_write")) / 1e3
+    ncores = len(os.sched_getaffinity(0))
+    res["overlap_ceiling_images_per_s"] = 1.0 / (1.0 / fwd + other_cpu / ncores)
+    res["sequential_estimate_images_per_s"] = 1.0 / (1.0 / fwd + other_cpu)
+    return res
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import open_clip
+    import zarr
+
+    return {"cpu": cpu, "nproc": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "zarr": zarr.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def print_tables(results: list[dict], mach: dict, args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=max(150, Console().width))
+    t = Table(title=f"mad extract on CPU: images/s (median of {args.repeats}, {args.images} images, "
+                    f"batch {args.batch_size}, {mach['torch_threads']} torch threads, {mach['usable_cores']} cores)")
+    for col in ("model", "mode", "img/s", "range", "vs forward", "cpu cores", "others' cores"):
+        t.add_column(col, justify="left" if col in ("model", "mode") else "right")
+    labels = {"forward": "forward only (pre-decoded batches)", "naive": "naive sequential loop"}
+    labels.update({k: f"pipeline, {k.split('-w')[1]} decode worker(s)" for k in results[0]["modes"] if "-w" in k})
+    for res in results:
+        for k, m in res["modes"].items():
+            label = labels[k]
+            t.add_row(res["teacher"], label, f"{m['images_per_s']:.2f}", f"{m['min']:.2f}-{m['max']:.2f}",
+                      f"{m['vs_forward']:.3f}", f"{m['cpu_cores_used']:.2f}", f"{m['foreign_cores']:.2f}")
+        t.add_row(res["teacher"], "[dim]ceiling: free overlap, shared cores[/dim]",
+                  f"[dim]{res['overlap_ceiling_images_per_s']:.2f}[/dim]", "",
+                  f"[dim]{res['overlap_ceiling_images_per_s'] / res['modes']['forward']['images_per_s']:.3f}[/dim]",
+                  "", "", end_section=True)
+    con.print(t)
+    b = Table(title="where the time goes, ms per image (each step alone; decode/preprocess with 1 torch thread)")
+    for col in ("model", "decode", "preprocess", "forward", "fp16", "compress+write", "write MB/s", "compr.", "tokens"):
+        b.add_column(col, justify="left" if col == "model" else "right")
+    for res in results:
+        p = res["breakdown_ms_per_image"]
+        cell = {k: f"{p[k]['wall_ms']:.1f} ({p[k]['cpu_ms']:.1f})" for k in p}
+        b.add_row(res["teacher"], cell["decode"], cell["preprocess"], cell["forward"], cell["fp16"],
+                  cell["compress_write"], f"{p['compress_write']['tokens_mb_per_s']:.0f}",
+                  f"{p['compress_write']['compression_ratio']:.2f}x", "x".join(map(str, res["tokens_per_image"])))
+    con.print(b)
+    ph = Table(title="pipeline phases (median): start-up and tail are paid once per store, steady state per image")
+    for col in ("model", "workers", "first batch s", "forward of one batch s", "steady img/s", "steady vs forward",
+                "tail s"):
+        ph.add_column(col, justify="left" if col == "model" else "right")
+    for res in results:
+        fwd = res["modes"]["forward"]["images_per_s"]
+        for k, m in res["modes"].items():
+            if "phases" in m:
+                p = m["phases"]
+                ph.add_row(res["teacher"], k.split("-w")[1], f"{p['first_batch_s']:.2f}",
+                           f"{args.batch_size / fwd:.2f}", f"{p['steady_images_per_s']:.2f}",
+                           f"{p['steady_images_per_s'] / fwd:.3f}", f"{p['tail_s']:.2f}")
+    con.print(ph)
+    con.print("wall ms (CPU ms of this process in brackets). "
+              f"machine: {mach['cpu']}, nproc {mach['nproc']}, torch {mach['torch']} with "
+              f"{mach['torch_threads']} intra-op threads; DataLoader workers run 1 torch thread each.")
+    con.print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--models", default="clip-vit-b16,clip-vit-b32", help="comma-separated registry teacher names")
+    ap.add_argument("--images", type=int, default=48, help="number of photos (default 48)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--num-workers", default="1", help="decode workers for the pipeline; a comma list compares them")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: usable cores)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive sequential loop")
+    ap.add_argument("--quiet-wait", type=float, default=0.0,
+                    help="before each timed run, wait up to this many seconds for other processes to go idle")
+    ap.add_argument("--max-foreign", type=float, default=None,
+                    help="redo a timed run during which other processes used more than this many cores on average")
+    ap.add_argument("--retries", type=int, default=2, help="how often a run may be redone (--max-foreign)")
+    ap.add_argument("--json", type=Path, default=None, help="also write all figures to this JSON file")
+    args = ap.parse_args(argv)
+    args.num_workers = [int(w) for w in str(args.num_workers).split(",")]
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip: "No pretrained weights loaded" (we load them next)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    mach = machine()
+    log(f"machine: {mach['cpu']} x{mach['usable_cores']}, torch threads {mach['torch_threads']}, "
+        f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    t0 = time.perf_counter()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mad-bench-extract-") as d:
+        tmp = Path(d)
+        paths = make_photos(tmp / "photos", args.images)
+        hashes = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+        mean_kb = np.mean([os.path.getsize(p) for p in paths]) / 1e3
+        log(f"{len(paths)} JPEG photos, {mean_kb:.0f} kB on average, 480-640 px on the long side")
+        for name in args.models.split(","):
+            results.append(bench_model(name.strip(), paths, hashes, args, tmp, log))
+    out = {"machine": mach, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+           "photos_mean_kb": mean_kb, "seconds": time.perf_counter() - t0, "load_avg_end": os.getloadavg(),
+           "results": results}
+    print_tables(results, mach, args)
+    print(f"total bench time {out['seconds']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
