@@ -88,3 +88,14 @@ def hash_of_set(hashes) -> str:
         h.update(x.encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dicts, lists and tuples with Paths turned into strings, ready for ``json.dumps`` / ``canonical_json``."""
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -37,6 +37,7 @@ import torch
 from mad_pipeline.data import load_dataset
 from mad_pipeline.data.splits import subsample
 from mad_pipeline.errors import InputError
+from mad_pipeline.hashing import to_jsonable
 from mad_pipeline.losses import MADConfig, MADLoss, parse_top_k
 from mad_pipeline.tasks import TASKS
 from mad_pipeline.training.data import (
@@ -135,7 +136,7 @@ class DistillResult:
 
 
 def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
-    d = _jsonable(dataclasses.asdict(cfg))
+    d = to_jsonable(dataclasses.asdict(cfg))
     for k in _NOT_IN_FINGERPRINT:
         d.pop(k, None)
     for k in _TRAIN_NOT_IN_FINGERPRINT:
@@ -249,7 +250,7 @@ def run(cfg: DistillConfig, log=print) -> DistillResult:
         "task": task, "student": cfg.student, "teacher": cfg.teacher if distill else None,
         "text_teacher": cfg.text_teacher if distill else None,
         "objective": "baseline" if not distill else _preset_name(cfg.mad),
-        "mad": _jsonable(dataclasses.asdict(cfg.mad)),
+        "mad": to_jsonable(dataclasses.asdict(cfg.mad)),
         "online_teacher": cfg.online_teacher, "train_split": cfg.train_split, "train_fraction": cfg.train_fraction,
         "subset_seed": subset_seed, "seed": cfg.train.seed, "train_samples": len(train_data),
         "dropped_samples": len(train_data.dropped), "eval_split": eval_split,
@@ -378,16 +379,6 @@ def _teacher_zeroshot(task: str, stores: StorePaths | None, data: DistillDataset
         return None
     res = vcr_evaluate(preds, gold)
     return {"metric": "q2a", "value": res["q2a"], **res}
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 __all__ = ["PRESETS", "DistillConfig", "DistillResult", "build_mad_config", "fingerprint", "run", "seed_everything"]

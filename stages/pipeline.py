@@ -26,6 +26,7 @@ from typing import Any
 
 from mad_pipeline.cache import Cache
 from mad_pipeline.errors import InputError
+from mad_pipeline.hashing import to_jsonable
 from mad_pipeline.pipeline import config as config_lib
 from mad_pipeline.pipeline import plan as plan_lib
 from mad_pipeline.pipeline import report as report_lib
@@ -272,7 +273,7 @@ class _Runner:
         params = {"method": m["method"], "task": self.task, "reader": self.reader,
                   "train_split": self.v["data"]["train_split"], "eval_split": self.eval_split,
                   "student": self.v["student"], "pretrained": _pretrained_ident(self.v["pretrained"]),
-                  "mad": _jsonable(dataclasses.asdict(mad)), "train": _jsonable(train),
+                  "mad": to_jsonable(dataclasses.asdict(mad)), "train": to_jsonable(train),
                   "fraction": m["fraction"], "subset_seed": m["subset_seed"],
                   "vocab_min_count": self.v["vocab_min_count"]}
         inputs: dict[str, Any] = {"train_data": self.fingerprint(self.v["data"]["train_split"]),
@@ -419,16 +420,6 @@ def _pretrained_ident(p: str | None):
 
         return {"sha256": sha256_weights(path)}
     return p
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 __all__ = ["RunConfig", "RunResult", "run"]

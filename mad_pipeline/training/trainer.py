@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..data.snli_ve import LABELS
 from ..errors import InputError
+from ..hashing import to_jsonable
 from ..losses import MADLoss, StudentBatch, TeacherBatch
 from ..students.base import task_loss
 from ..tasks.metrics import snli_ve_evaluate, vcr_evaluate, vqa_evaluate
@@ -550,7 +551,7 @@ class Trainer:
         step_time = float(np.median(step_times)) if step_times else None
         summary = {"steps": self.step, "resumed": resumed, "train_seconds": round(train_seconds, 3),
                    "step_time_s": step_time, "samples_per_step": cfg.batch_size * cfg.grad_accum,
-                   "train_samples": len(self.train_data), "eval": metrics, "train_config": _jsonable(asdict(cfg))}
+                   "train_samples": len(self.train_data), "eval": metrics, "train_config": to_jsonable(asdict(cfg))}
         last = _last_train_row(self.metrics_path)
         if last is not None:
             summary["final_train"] = last
@@ -584,16 +585,6 @@ def _last_train_row(path: Path) -> dict[str, Any] | None:
     rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
     rows = [r for r in rows if "eval" not in r]
     return rows[-1] if rows else None
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 __all__ = ["PRIMARY_METRIC", "OnlineTeacher", "ResumableBatches", "TrainConfig", "Trainer", "evaluate",
