@@ -105,6 +105,23 @@ class BatchClock:
         self.marks.append((time.perf_counter(), advance))
 
 
+class TimedTeacher:
+    """The teacher, with the wall time of every forward recorded (to split pipeline time into forward and the rest)."""
+
+    def __init__(self, teacher):
+        self._teacher = teacher
+        self.forward_s = 0.0
+
+    def __getattr__(self, name):
+        return getattr(self._teacher, name)
+
+    def encode_image_tokens(self, pixels):
+        t0 = time.perf_counter()
+        out = self._teacher.encode_image_tokens(pixels)
+        self.forward_s += time.perf_counter() - t0
+        return out
+
+
 @dataclass
 class Mode:
     name: str
@@ -189,9 +206,10 @@ def run_pipeline(teacher, paths: list[str], hashes: list[str], store: Path, batc
 
     t_start = time.perf_counter()
     clock = BatchClock()
+    timed = TimedTeacher(teacher)
     specs = image_arrays(teacher.num_tokens, teacher.width, teacher.embed_dim)
     writer = StoreWriter(store.with_name(store.name + ".partial"), "image", len(paths), specs, key=store.name)
-    extract_images(teacher, writer, hashes, paths, batch_size=batch_size, num_workers=workers, on_error="fail",
+    extract_images(timed, writer, hashes, paths, batch_size=batch_size, num_workers=workers, on_error="fail",
                    progress=clock)
     t_forward_done = clock.marks[-1][0]
     writer.finalize({"cache_key": store.name, "bench": True}, store)
@@ -202,6 +220,8 @@ def run_pipeline(teacher, paths: list[str], hashes: list[str], store: Path, batc
         "first_batch_s": first_t - t_start,  # writer set-up, worker start, decode of batch 1, its forward
         "steady_images_per_s": steady_n / (t_forward_done - first_t) if steady_n else float("nan"),
         "tail_s": t_end - t_forward_done,  # last shard's compression + write, consolidation, rename
+        "in_forward_images_per_s": len(paths) / timed.forward_s,  # the forward's own speed inside the pipeline
+        "outside_forward_s": t_end - t_start - timed.forward_s,  # waiting for batches, fp16, queueing, set-up, tail
     }}
 
 
@@ -329,7 +349,8 @@ def bench_model(name: str, paths: list[str], hashes: list[str], args, tmp: Path,
                 m.sample.phases = phases
                 extra = "" if not phases else (
                     f", first batch {phases['first_batch_s']:.2f} s, steady {phases['steady_images_per_s']:.2f} img/s,"
-                    f" tail {phases['tail_s']:.2f} s")
+                    f" tail {phases['tail_s']:.2f} s, forward inside {phases['in_forward_images_per_s']:.2f} img/s,"
+                    f" outside forward {phases['outside_forward_s']:.2f} s")
                 busy = args.max_foreign is not None and m.foreign > args.max_foreign
                 log(f"[{name}] repeat {r + 1}/{args.repeats} {key:<12} {n / m.wall:7.2f} img/s  "
                     f"(cpu {m.cpu / m.wall:.2f} cores, others {m.foreign:.2f} cores, load1 {m.sample.load1:.2f}"
@@ -409,7 +430,7 @@ def print_tables(results: list[dict], mach: dict, args) -> None:
     con.print(b)
     ph = Table(title="pipeline phases (median): start-up and tail are paid once per store, steady state per image")
     for col in ("model", "workers", "first batch s", "forward of one batch s", "steady img/s", "steady vs forward",
-                "tail s"):
+                "tail s", "forward inside img/s", "outside forward s"):
         ph.add_column(col, justify="left" if col == "model" else "right")
     for res in results:
         fwd = res["modes"]["forward"]["images_per_s"]
@@ -418,7 +439,8 @@ def print_tables(results: list[dict], mach: dict, args) -> None:
                 p = m["phases"]
                 ph.add_row(res["teacher"], k.split("-w")[1], f"{p['first_batch_s']:.2f}",
                            f"{args.batch_size / fwd:.2f}", f"{p['steady_images_per_s']:.2f}",
-                           f"{p['steady_images_per_s'] / fwd:.3f}", f"{p['tail_s']:.2f}")
+                           f"{p['steady_images_per_s'] / fwd:.3f}", f"{p['tail_s']:.2f}",
+                           f"{p['in_forward_images_per_s']:.2f}", f"{p['outside_forward_s']:.2f}")
     con.print(ph)
     con.print("wall ms (CPU ms of this process in brackets). "
               f"machine: {mach['cpu']}, nproc {mach['nproc']}, torch {mach['torch']} with "

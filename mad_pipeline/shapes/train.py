@@ -333,6 +333,7 @@ def save_teacher(model, out: Path, settings: TrainSettings, extra: dict | None =
     tmp = out / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(out / WEIGHTS_FILE)
+    (out / WEIGHTS_FILE).chmod(0o644)
     (out / CONFIG_FILE).write_text(json.dumps({"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG,
                                                "description": DESCRIPTION}, indent=2) + "\n")
     meta = {"settings": asdict(settings), "torch": torch.__version__, "open_clip": open_clip.__version__,
