@@ -222,6 +222,7 @@ def run_pipeline(teacher, paths: list[str], hashes: list[str], store: Path, batc
         "tail_s": t_end - t_forward_done,  # last shard's compression + write, consolidation, rename
         "in_forward_images_per_s": len(paths) / timed.forward_s,  # the forward's own speed inside the pipeline
         "outside_forward_s": t_end - t_start - timed.forward_s,  # waiting for batches, fp16, queueing, set-up, tail
+        "forward_share": timed.forward_s / (t_end - t_start),  # fraction of the pipeline's wall time in the forward
     }}
 
 
@@ -381,18 +382,21 @@ def bench_model(name: str, paths: list[str], hashes: list[str], args, tmp: Path,
 
 
 def machine() -> dict:
-    cpu = "unknown"
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    flags = set(info.get("flags", "").split())
     import open_clip
     import zarr
 
-    return {"cpu": cpu, "nproc": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+    return {"cpu": info.get("model name", platform.processor() or "unknown"),
+            "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
+            "virtualised": "hypervisor" in flags, "avx512": "avx512f" in flags,
+            "nproc": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "open_clip": open_clip.__version__,
             "zarr": zarr.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
@@ -430,7 +434,7 @@ def print_tables(results: list[dict], mach: dict, args) -> None:
     con.print(b)
     ph = Table(title="pipeline phases (median): start-up and tail are paid once per store, steady state per image")
     for col in ("model", "workers", "first batch s", "forward of one batch s", "steady img/s", "steady vs forward",
-                "tail s", "forward inside img/s", "outside forward s"):
+                "tail s", "forward inside img/s", "outside forward s", "wall in forward"):
         ph.add_column(col, justify="left" if col == "model" else "right")
     for res in results:
         fwd = res["modes"]["forward"]["images_per_s"]
@@ -440,10 +444,13 @@ def print_tables(results: list[dict], mach: dict, args) -> None:
                 ph.add_row(res["teacher"], k.split("-w")[1], f"{p['first_batch_s']:.2f}",
                            f"{args.batch_size / fwd:.2f}", f"{p['steady_images_per_s']:.2f}",
                            f"{p['steady_images_per_s'] / fwd:.3f}", f"{p['tail_s']:.2f}",
-                           f"{p['in_forward_images_per_s']:.2f}", f"{p['outside_forward_s']:.2f}")
+                           f"{p['in_forward_images_per_s']:.2f}", f"{p['outside_forward_s']:.2f}",
+                           f"{p['forward_share']:.1%}")
     con.print(ph)
     con.print("wall ms (CPU ms of this process in brackets). "
-              f"machine: {mach['cpu']}, nproc {mach['nproc']}, torch {mach['torch']} with "
+              f"machine: {mach['cpu']} (family/model {mach['cpu_family_model']}"
+              f"{', virtual machine' if mach['virtualised'] else ''}{', AVX-512' if mach['avx512'] else ''}), "
+              f"nproc {mach['nproc']}, torch {mach['torch']} with "
               f"{mach['torch_threads']} intra-op threads; DataLoader workers run 1 torch thread each.")
     con.print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

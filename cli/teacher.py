@@ -50,6 +50,8 @@ def train_shapes_cmd(
                                     help="Phase 1 steps: image tower + per-cell probe (see docs/shapes.md)."),
     batch_size: int = typer.Option(train_stage.TrainShapesTeacherConfig.batch_size, "--batch-size",
                                    help="Images per step."),
+    pool_size: int = typer.Option(train_stage.TrainShapesTeacherConfig.pool_size, "--pool-size",
+                                  help="Distinct training scenes (re-captioned each time they are drawn)."),
     precision: str = typer.Option(train_stage.TrainShapesTeacherConfig.precision, "--precision",
                                   help="bf16 (autocast) or fp32."),
     eval_size: int = typer.Option(2000, "--eval-size", help="Zero-shot report on the val/shift splits of "
@@ -58,7 +60,7 @@ def train_shapes_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     cfg = train_stage.TrainShapesTeacherConfig(out=out, seed=seed, steps=steps, probe_steps=probe_steps,
-                                               batch_size=batch_size,
+                                               batch_size=batch_size, pool_size=pool_size,
                                                precision=precision, eval_size=eval_size,
                                                progress=not (quiet or as_json))
     result = train_stage.run(cfg)

@@ -215,7 +215,7 @@ def encode_jpeg(image: Image.Image) -> bytes:
 
 def decode_jpeg(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))
 
 
 def make_scene(seed: int, split: str, index: int) -> Scene:
