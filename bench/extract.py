@@ -66,6 +66,7 @@ class Sample:
     foreign: float  # cores used by other processes on average during the measurement
     load1: float
     phases: dict | None = None  # pipeline only: start-up, steady-state rate, tail
+    forwards: dict | None = None  # forward only: first and later batch times
 
 
 class Meter:
@@ -111,6 +112,7 @@ class TimedTeacher:
     def __init__(self, teacher):
         self._teacher = teacher
         self.forward_s = 0.0
+        self.batch_s: list[float] = []
 
     def __getattr__(self, name):
         return getattr(self._teacher, name)
@@ -118,7 +120,8 @@ class TimedTeacher:
     def encode_image_tokens(self, pixels):
         t0 = time.perf_counter()
         out = self._teacher.encode_image_tokens(pixels)
-        self.forward_s += time.perf_counter() - t0
+        self.batch_s.append(time.perf_counter() - t0)
+        self.forward_s += self.batch_s[-1]
         return out
 
 
@@ -127,6 +130,7 @@ class Mode:
     name: str
     n_images: int
     samples: list[Sample] = field(default_factory=list)
+    contended: list[Sample] = field(default_factory=list)  # runs rejected by --max-foreign
 
     def rates(self) -> list[float]:
         return [self.n_images / s.wall for s in self.samples]
@@ -137,7 +141,10 @@ class Mode:
                "cpu_cores_used": statistics.median(s.cpu / s.wall for s in self.samples),
                "foreign_cores": statistics.median(s.foreign for s in self.samples),
                "foreign_cores_runs": [round(s.foreign, 3) for s in self.samples],
-               "load1": [round(s.load1, 2) for s in self.samples]}
+               "load1": [round(s.load1, 2) for s in self.samples], "runs_rejected_as_contended": len(self.contended)}
+        if self.samples and self.samples[0].forwards:
+            out["batches"] = {k: statistics.median(s.forwards[k] for s in self.samples)
+                              for k in self.samples[0].forwards}
         if self.samples and self.samples[0].phases:
             out["phases"] = {k: statistics.median(s.phases[k] for s in self.samples) for k in self.samples[0].phases}
         return out
@@ -145,15 +152,24 @@ class Mode:
 
 # --------------------------------------------------------------------------- inputs
 def make_photos(root: Path, n: int, seed: int = 0) -> list[str]:
-    """n distinct real photos as JPEGs of COCO-like size (480-640 px on the long side, quality 90)."""
+    """n distinct real photos as JPEGs of COCO-like size (480-640 px on the long side, quality 90).
+
+    Photo i depends only on (seed, i), so asking for more photos later keeps the first ones (and their files).
+    """
     from PIL import Image
     from skimage import data
 
-    rng = np.random.default_rng(seed)
-    sources = [np.asarray(getattr(data, name)()) for name in PHOTOS]
     root.mkdir(parents=True, exist_ok=True)
+    sources = None
     paths = []
     for i in range(n):
+        p = root / f"{seed}-{i:05d}.jpg"
+        paths.append(str(p))
+        if p.exists():
+            continue
+        if sources is None:
+            sources = [np.asarray(getattr(data, name)()) for name in PHOTOS]
+        rng = np.random.default_rng([seed, i])
         src = sources[i % len(sources)]
         h, w = src.shape[:2]
         ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
@@ -162,9 +178,7 @@ def make_photos(root: Path, n: int, seed: int = 0) -> list[str]:
         long_side = int(rng.integers(480, 641))
         aspect = rng.choice([4 / 3, 3 / 2, 1.0, 3 / 4])  # typical photo shapes
         size = (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
-        p = root / f"{i:05d}.jpg"
         im.resize(size, Image.BICUBIC).save(p, quality=90)
-        paths.append(str(p))
     return paths
 
 
@@ -193,9 +207,14 @@ def predecode(teacher, paths: list[str], batch_size: int):
 
 
 # --------------------------------------------------------------------------- the three modes
-def run_forward(teacher, batches) -> None:
+def run_forward(teacher, batches) -> dict:
+    times = []
     for _rows, pixels, _boxes, _errors in batches:
+        t0 = time.perf_counter()
         teacher.encode_image_tokens(pixels)
+        times.append(time.perf_counter() - t0)
+    return {"first_forward_s": times[0],
+            "later_forwards_s": statistics.median(times[1:]) if len(times) > 1 else float("nan")}
 
 
 def run_pipeline(teacher, paths: list[str], hashes: list[str], store: Path, batch_size: int, workers: int) -> dict:
@@ -223,6 +242,8 @@ def run_pipeline(teacher, paths: list[str], hashes: list[str], store: Path, batc
         "in_forward_images_per_s": len(paths) / timed.forward_s,  # the forward's own speed inside the pipeline
         "outside_forward_s": t_end - t_start - timed.forward_s,  # waiting for batches, fp16, queueing, set-up, tail
         "forward_share": timed.forward_s / (t_end - t_start),  # fraction of the pipeline's wall time in the forward
+        "first_forward_s": timed.batch_s[0],
+        "later_forwards_s": statistics.median(timed.batch_s[1:]) if len(timed.batch_s) > 1 else float("nan"),
     }}
 
 
@@ -314,13 +335,24 @@ def check_store(store: Path, teacher, batches) -> float:
 
 
 # --------------------------------------------------------------------------- main
-def bench_model(name: str, paths: list[str], hashes: list[str], args, tmp: Path, log) -> dict:
+def bench_model(name: str, args, tmp: Path, log) -> dict:
     log(f"[{name}] building the real architecture at random weights ...")
     teacher = build_teacher(name, tmp)
-    batches = predecode(teacher, paths, args.batch_size)
-    n = len(paths)
     log(f"[{name}] warm-up ...")
-    teacher.encode_image_tokens(batches[0][1])
+    first = predecode(teacher, make_photos(tmp / "photos", args.batch_size), args.batch_size)[0][1]
+    teacher.encode_image_tokens(first)
+    if args.images == "auto":  # about --run-seconds of forward per timed run, at least 3 batches
+        t0 = time.perf_counter()
+        teacher.encode_image_tokens(first)
+        per_image = (time.perf_counter() - t0) / len(first)
+        n = args.batch_size * min(64, max(3, round(args.run_seconds / per_image / args.batch_size)))
+    else:
+        n = int(args.images)
+    paths = make_photos(tmp / "photos", n)
+    hashes = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+    mean_kb = float(np.mean([os.path.getsize(p) for p in paths]) / 1e3)
+    log(f"[{name}] {n} JPEG photos, {mean_kb:.0f} kB on average, 480-640 px on the long side")
+    batches = predecode(teacher, paths, args.batch_size)
     for w in args.num_workers:
         run_pipeline(teacher, paths[:2], hashes[:2], tmp / f"{name}-warm-{w}", 2, w)
     run_naive(teacher, paths[:2], tmp / f"{name}-warm-naive", 2)
@@ -331,44 +363,51 @@ def bench_model(name: str, paths: list[str], hashes: list[str], args, tmp: Path,
         modes["naive"] = Mode("naive", n)
     order = list(modes)
     stores = {}
-    rejected = 0
-    for r in range(args.repeats):
-        for key in order[r % len(order) :] + order[: r % len(order)]:  # rotate the order each repeat
-            for attempt in range(args.retries + 1):
-                waited = wait_quiet(args.quiet_wait) if args.quiet_wait else 0.0
-                phases = None
-                with Meter() as m:
-                    if key == "forward":
-                        run_forward(teacher, batches)
-                    elif key == "naive":
-                        run_naive(teacher, paths, tmp / f"{name}-naive-{r}-{attempt}", args.batch_size)
-                    else:
-                        w = int(key.split("-w")[1])
-                        out = run_pipeline(teacher, paths, hashes, tmp / f"{name}-{key}-{r}-{attempt}",
-                                           args.batch_size, w)
-                        stores[key], phases = out["store"], out["phases"]
-                m.sample.phases = phases
-                extra = "" if not phases else (
-                    f", first batch {phases['first_batch_s']:.2f} s, steady {phases['steady_images_per_s']:.2f} img/s,"
-                    f" tail {phases['tail_s']:.2f} s, forward inside {phases['in_forward_images_per_s']:.2f} img/s,"
-                    f" outside forward {phases['outside_forward_s']:.2f} s")
-                busy = args.max_foreign is not None and m.foreign > args.max_foreign
-                log(f"[{name}] repeat {r + 1}/{args.repeats} {key:<12} {n / m.wall:7.2f} img/s  "
-                    f"(cpu {m.cpu / m.wall:.2f} cores, others {m.foreign:.2f} cores, load1 {m.sample.load1:.2f}"
-                    f"{f', waited {waited:.0f} s for quiet' if waited >= 1.5 else ''}{extra})"
-                    f"{' -> others too busy, again' if busy and attempt < args.retries else ''}")
-                if not busy or attempt == args.retries:
-                    break
-                rejected += 1
-            modes[key].samples.append(m.sample)
+    deadline = time.perf_counter() + 60 * args.max_minutes
+    rnd = 0
+    while todo := [k for k in order if len(modes[k].samples) < args.repeats]:
+        if args.max_foreign is not None and time.perf_counter() > deadline:
+            log(f"[{name}] --max-minutes reached: filling up with the least contended of the rejected runs")
+            for k in todo:
+                extra = sorted(modes[k].contended, key=lambda s: s.foreign)[: args.repeats - len(modes[k].samples)]
+                modes[k].samples.extend(extra)
+                modes[k].contended = [s for s in modes[k].contended if s not in extra]
+            break
+        rot = rnd % len(todo)
+        rnd += 1
+        for key in todo[rot:] + todo[:rot]:  # rotate the order each round
+            waited = wait_quiet(args.quiet_wait) if args.quiet_wait else 0.0
+            phases = m_forward = None
+            tag = f"{name}-{key}-{rnd}"
+            with Meter() as m:
+                if key == "forward":
+                    m_forward = run_forward(teacher, batches)
+                elif key == "naive":
+                    run_naive(teacher, paths, tmp / tag, args.batch_size)
+                else:
+                    out = run_pipeline(teacher, paths, hashes, tmp / tag, args.batch_size, int(key.split("-w")[1]))
+                    stores[key], phases = out["store"], out["phases"]
+            m.sample.phases = phases
+            m.sample.forwards = m_forward
+            busy = args.max_foreign is not None and m.foreign > args.max_foreign
+            (modes[key].contended if busy else modes[key].samples).append(m.sample)
+            extra = "" if not phases else (
+                f", first batch {phases['first_batch_s']:.2f} s, steady {phases['steady_images_per_s']:.2f} img/s,"
+                f" tail {phases['tail_s']:.2f} s, forward inside {phases['in_forward_images_per_s']:.2f} img/s,"
+                f" outside forward {phases['outside_forward_s']:.2f} s")
+            log(f"[{name}] {key:<12} {n / m.wall:7.2f} img/s  "
+                f"(cpu {m.cpu / m.wall:.2f} cores, others {m.foreign:.2f} cores, load1 {m.sample.load1:.2f}"
+                f"{f', waited {waited:.0f} s for quiet' if waited >= 1.5 else ''}{extra})"
+                f"{' -> rejected, others too busy' if busy else f' [{len(modes[key].samples)}/{args.repeats}]'}")
     log(f"[{name}] breakdown ...")
     parts = breakdown(teacher, paths, batches, modes["forward"], tmp / f"{name}-breakdown")
     max_diff = check_store(next(iter(stores.values())), teacher, batches)
 
     arch = teacher.image_identity()["arch"]["open_clip_model"]
-    res = {"teacher": name, "arch": arch, "tokens_per_image": [teacher.num_tokens, teacher.width],
+    res = {"teacher": name, "arch": arch, "images": n, "photos_mean_kb": mean_kb,
+           "tokens_per_image": [teacher.num_tokens, teacher.width],
            "modes": {k: m.summary() for k, m in modes.items()}, "breakdown_ms_per_image": parts,
-           "store_max_abs_diff_vs_forward": max_diff, "samples_rejected_as_busy": rejected}
+           "store_max_abs_diff_vs_forward": max_diff}
     fwd = res["modes"]["forward"]["images_per_s"]
     for m in res["modes"].values():
         m["vs_forward"] = m["images_per_s"] / fwd
@@ -406,18 +445,20 @@ def print_tables(results: list[dict], mach: dict, args) -> None:
     from rich.table import Table
 
     con = Console(width=max(150, Console().width))
-    t = Table(title=f"mad extract on CPU: images/s (median of {args.repeats}, {args.images} images, "
+    t = Table(title=f"mad extract on CPU: images/s (median of {args.repeats} runs over the same photos, "
                     f"batch {args.batch_size}, {mach['torch_threads']} torch threads, {mach['usable_cores']} cores)")
-    for col in ("model", "mode", "img/s", "range", "vs forward", "cpu cores", "others' cores"):
+    for col in ("model", "mode", "img/s", "range", "vs forward", "cpu cores", "others' cores", "runs"):
         t.add_column(col, justify="left" if col in ("model", "mode") else "right")
     labels = {"forward": "forward only (pre-decoded batches)", "naive": "naive sequential loop"}
     labels.update({k: f"pipeline, {k.split('-w')[1]} decode worker(s)" for k in results[0]["modes"] if "-w" in k})
     for res in results:
         for k, m in res["modes"].items():
-            label = labels[k]
-            t.add_row(res["teacher"], label, f"{m['images_per_s']:.2f}", f"{m['min']:.2f}-{m['max']:.2f}",
-                      f"{m['vs_forward']:.3f}", f"{m['cpu_cores_used']:.2f}", f"{m['foreign_cores']:.2f}")
-        t.add_row(res["teacher"], "[dim]ceiling: free overlap, shared cores[/dim]",
+            t.add_row(f"{res['teacher']} ({res['images']} img)", labels[k], f"{m['images_per_s']:.2f}",
+                      f"{m['min']:.2f}-{m['max']:.2f}",
+                      f"{m['vs_forward']:.3f}", f"{m['cpu_cores_used']:.2f}", f"{m['foreign_cores']:.2f}",
+                      f"{len(m['runs'])}" + (f" (+{m['runs_rejected_as_contended']} rejected)"
+                                             if m["runs_rejected_as_contended"] else ""))
+        t.add_row(f"{res['teacher']} ({res['images']} img)", "[dim]ceiling: free overlap, shared cores[/dim]",
                   f"[dim]{res['overlap_ceiling_images_per_s']:.2f}[/dim]", "",
                   f"[dim]{res['overlap_ceiling_images_per_s'] / res['modes']['forward']['images_per_s']:.3f}[/dim]",
                   "", "", end_section=True)
@@ -432,9 +473,10 @@ def print_tables(results: list[dict], mach: dict, args) -> None:
                   cell["compress_write"], f"{p['compress_write']['tokens_mb_per_s']:.0f}",
                   f"{p['compress_write']['compression_ratio']:.2f}x", "x".join(map(str, res["tokens_per_image"])))
     con.print(b)
-    ph = Table(title="pipeline phases (median): start-up and tail are paid once per store, steady state per image")
-    for col in ("model", "workers", "first batch s", "forward of one batch s", "steady img/s", "steady vs forward",
-                "tail s", "forward inside img/s", "outside forward s", "wall in forward"):
+    ph = Table(title="pipeline phases (median): first batch and tail are paid once per store; 1 fwd batch: the "
+                     "forward of one batch alone; fwd inside: the forward's own speed within the pipeline")
+    for col in ("model", "workers", "first batch s", "1 fwd batch s", "steady img/s", "steady/fwd", "tail s",
+                "fwd inside img/s", "outside fwd s", "wall in fwd"):
         ph.add_column(col, justify="left" if col == "model" else "right")
     for res in results:
         fwd = res["modes"]["forward"]["images_per_s"]
@@ -458,7 +500,9 @@ def print_tables(results: list[dict], mach: dict, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--models", default="clip-vit-b16,clip-vit-b32", help="comma-separated registry teacher names")
-    ap.add_argument("--images", type=int, default=48, help="number of photos (default 48)")
+    ap.add_argument("--images", default="auto",
+                    help="photos per model; auto (default): enough for about --run-seconds of forward, >= 3 batches")
+    ap.add_argument("--run-seconds", type=float, default=10.0, help="target length of one timed run (--images auto)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--num-workers", default="1", help="decode workers for the pipeline; a comma list compares them")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: usable cores)")
@@ -467,8 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet-wait", type=float, default=0.0,
                     help="before each timed run, wait up to this many seconds for other processes to go idle")
     ap.add_argument("--max-foreign", type=float, default=None,
-                    help="redo a timed run during which other processes used more than this many cores on average")
-    ap.add_argument("--retries", type=int, default=2, help="how often a run may be redone (--max-foreign)")
+                    help="discard and redo a timed run during which other processes used more than this many cores")
+    ap.add_argument("--max-minutes", type=float, default=30.0,
+                    help="with --max-foreign: stop redoing contended runs after this many minutes per model")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures to this JSON file")
     args = ap.parse_args(argv)
     args.num_workers = [int(w) for w in str(args.num_workers).split(",")]
@@ -485,14 +530,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="mad-bench-extract-") as d:
         tmp = Path(d)
-        paths = make_photos(tmp / "photos", args.images)
-        hashes = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
-        mean_kb = np.mean([os.path.getsize(p) for p in paths]) / 1e3
-        log(f"{len(paths)} JPEG photos, {mean_kb:.0f} kB on average, 480-640 px on the long side")
         for name in args.models.split(","):
-            results.append(bench_model(name.strip(), paths, hashes, args, tmp, log))
+            results.append(bench_model(name.strip(), args, tmp, log))
     out = {"machine": mach, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "photos_mean_kb": mean_kb, "seconds": time.perf_counter() - t0, "load_avg_end": os.getloadavg(),
+           "seconds": time.perf_counter() - t0, "load_avg_end": os.getloadavg(),
            "results": results}
     print_tables(results, mach, args)
     print(f"total bench time {out['seconds']:.0f} s")
