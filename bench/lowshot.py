@@ -1,22 +1,25 @@
 """The low-shot study: baseline vs naive distillation vs MAD, and the ablation of MAD's adaptive parts.
 
-Runs a ``mad run`` config (default ``configs/lowshot.yaml``: the shapes world, the shipped ``shapes-clip`` teacher,
-the ``vilt-tiny`` student, four training fractions x three seeds x seven methods), then writes to ``--out`` (default
-``docs/results/lowshot/``):
+Runs two ``mad run`` configs over the shapes world with the shipped ``shapes-clip`` teacher and ``vilt-tiny``
+students: ``configs/lowshot.yaml`` (baseline, naive, MAD x four training fractions x three seeds) and
+``configs/ablation.yaml`` (MAD with one adaptive part off at a time, and MAD + logit KD, at the two lowest
+fractions), then writes to ``--out`` (default ``docs/results/lowshot/``):
 
 - ``report.md / .csv / .png``   the paper-style table (mean ± std over seeds per fraction and method), from ``mad run``
-- ``ablation.md / .csv``        MAD against MAD with one adaptive part switched off: each part's share of the gain
+- ``ablation/report.*``         the same for the ablation config
+- ``ablation.md / .csv``        MAD against MAD with one adaptive part switched off: each part's share, paired by seed
 - ``per_type.md``               accuracy per question type (baseline, naive, MAD, teacher zero-shot) per fraction
 - ``lowshot.json``              every figure above plus per-run values, timings, machine and versions
 
-With ``--jobs N`` the experiment is sharded by seed x fraction into N parallel ``mad run`` processes sharing one
-cache (their stages have different keys; shared stages such as the evaluation split's stores are built once under
-the cache's locks); a final ``mad run`` of the whole config then finds every stage cached and writes the report.
-Rerunning is free: everything is cached by content key.
+Every stage is cached by content key (in ``--cache``), so a rerun only computes what is missing, and the runs the
+two configs share (naive and MAD at the low fractions; the bundled demo's four runs) are trained once. With
+``--jobs N`` each config is sharded by seed x fraction into N parallel ``mad run`` processes sharing the cache (the
+first alone: it builds the world and the evaluation stores every shard needs); a final ``mad run`` of the whole
+config then finds every stage cached and writes the report.
 
-    python bench/lowshot.py                                  # the whole study (hours on a 2-core CPU)
-    python bench/lowshot.py --jobs 12 --device cuda          # on a GPU machine: minutes
-    python bench/lowshot.py seeds=[0] fractions=[0.05] train.steps=200 --out /tmp/lowshot   # a quick look
+    python bench/lowshot.py                                  # both studies (about an hour on 2 CPU cores)
+    python bench/lowshot.py --jobs 2                         # two shards at a time, one thread each
+    python bench/lowshot.py seeds=[0] fractions=[0.05] --no-ablation --out /tmp/lowshot   # a quick look
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def shards(values: dict, jobs: int) -> list[list[str]]:
     return [[f"fractions=[{f!r}]", f"seeds=[{s}]"] for s in values["seeds"] for f in sorted(values["fractions"])]
 
 
-def run_shards(args, overrides: list[str], values: dict, deadline: float) -> float:
+def run_shards(args, config: Path, overrides: list[str], values: dict, deadline: float) -> float:
     """Run the shards, at most ``args.jobs`` at a time, the first alone (it builds the stages every shard shares:
     the world and the evaluation splits' stores). Past ``deadline`` (perf_counter) the running shards are killed
     (their distill stages resume from checkpoints next time) and no new one starts. Returns the wall time."""
@@ -76,8 +79,8 @@ def run_shards(args, overrides: list[str], values: dict, deadline: float) -> flo
 
         def start(shard: list[str]) -> None:
             name = "_".join(s.replace("=", "").replace("[", "").replace("]", "") for s in shard)
-            path = logs / f"{name}.log"
-            cmd = [sys.executable, "-m", "mad_pipeline.cli", "run", str(args.config), *overrides, *shard,
+            path = logs / f"{config.stem}_{name}.log"
+            cmd = [sys.executable, "-m", "mad_pipeline.cli", "run", str(config), *overrides, *shard,
                    "--cache", str(args.cache), "--quiet"]
             running.append((subprocess.Popen(cmd, stdout=path.open("w"), stderr=subprocess.STDOUT, env=env), path,
                             shard))
@@ -242,7 +245,10 @@ def per_type_markdown(pt: dict, split: str, methods=("baseline", "naive", "full"
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the config (as for mad run)")
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lowshot.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lowshot.yaml", help="the main study")
+    ap.add_argument("--ablation-config", type=Path, default=ROOT / "configs" / "ablation.yaml",
+                    help="the ablation study (its table goes to OUT/ablation/, the share table to OUT/ablation.md)")
+    ap.add_argument("--no-ablation", dest="ablation_config", action="store_const", const=None)
     ap.add_argument("--jobs", type=int, default=1, help="parallel mad run shards (seed x fraction); 1: one mad run")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per shard (OMP_NUM_THREADS)")
     ap.add_argument("--device", default=None, help="device for training (auto, cpu, cuda); default: the config's")
@@ -253,63 +259,46 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from mad_pipeline.stages.pipeline import RunConfig, run
-
     from mad_pipeline.cache import Cache
-    from mad_pipeline.pipeline.config import load_config
     from mad_pipeline.versions import library_versions
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
-    values = load_config(args.config, overrides).values
     args.cache = Path(args.cache or Cache.at(None).root)
-    t0 = time.perf_counter()
-    deadline = t0 + 60 * args.deadline_min if args.deadline_min else float("inf")
-    log(f"config {args.config}, cache {args.cache}, {args.jobs} job(s) x {args.threads} thread(s)")
-    shard_s = run_shards(args, overrides, values, deadline)
-    if shard_s:
-        log(f"shards done in {shard_s:.0f} s; assembling the report")
     if args.jobs <= 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
     torch.set_num_threads(args.threads)
-    rc = RunConfig(config=args.config, overrides=tuple(overrides), cache=args.cache, out=args.out,
-                   progress=args.jobs <= 1)
-    plan = run(dataclasses.replace(rc, dry_run=True), log=lambda _m: None)
-    missing = [st for st in plan.stages if st.status != "cached" and st.kind in ("distill", "eval")]
-    complete = not missing or time.perf_counter() < deadline
-    if complete:
-        res = run(rc, log=log)
-        table, stages = res.table, res.stages
-    else:  # cut short: report what is there, say what is not
-        log(f"incomplete: {len(missing)} distill/eval stages missing, e.g. {missing[0].label}; partial report")
-        from mad_pipeline.pipeline.report import aggregate, write_report
-
-        recs = [{**st.summary(), "task": values["task"], "source": st.key} for st in plan.stages
-                if st.kind == "eval" and st.status == "cached"]
-        table = aggregate(recs, title=values["name"] + " (INCOMPLETE)")
-        write_report(table, args.out)
-        stages = plan.stages
+    t0 = time.perf_counter()
+    deadline = t0 + 60 * args.deadline_min if args.deadline_min else float("inf")
+    studies = {"lowshot": args.config, "ablation": args.ablation_config}
+    results = {}
+    for name, config in studies.items():
+        if config is None:
+            continue
+        out = args.out if name == "lowshot" else args.out / "ablation"
+        results[name] = study(args, config, overrides, out, deadline)
     wall = time.perf_counter() - t0
-    splits = table["splits"]
-    abl = {s: ablation(table, s) for s in splits}
-    pt = {s: per_type(stages, s) for s in splits[:1]}  # per type: the eval split (its runs' metrics.json)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ablation.md").write_text(ablation_markdown(abl, len(table["seeds"])))
+
+    main_table, stages = results["lowshot"]["table"], results["lowshot"]["stages"]
+    abl_table = results.get("ablation", results["lowshot"])["table"]
+    abl = {s: ablation(abl_table, s) for s in abl_table["splits"]}
+    pt = {s: per_type(stages, s) for s in main_table["splits"][:1]}  # the eval split (from its runs' metrics.json)
+    (args.out / "ablation.md").write_text(ablation_markdown(abl, len(abl_table["seeds"])))
     (args.out / "ablation.csv").write_text(ablation_csv(abl))
     (args.out / "per_type.md").write_text("\n".join(per_type_markdown(pt[s], s) for s in pt))
-    trains = [st.record["seconds"] for st in stages if st.kind == "distill" and st.record
-              and st.record.get("seconds")]
-    ran = [st for st in stages if st.status == "ran"]
-    dev = "cpu"
-    if torch.cuda.is_available() and values["device"] in ("auto", "cuda") or str(values["device"]).startswith("cuda"):
-        dev = torch.cuda.get_device_name(0)
-    info = {"config": str(args.config), "overrides": overrides, "jobs": args.jobs, "threads": args.threads,
-            "wall_s": wall, "shards_s": shard_s, "complete": complete,
-            "stages_ran_in_final_pass": len(ran),
-            "distill_stage_seconds_median": statistics.median(trains) if trains else None,
+    all_stages = [st for r in results.values() for st in r["stages"]]
+    trains = {st.key: st.record["seconds"] for st in all_stages if st.kind == "distill" and st.record
+              and st.record.get("seconds")}
+    device = results["lowshot"]["values"]["device"]
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() and device in ("auto", "cuda") else "cpu"
+    info = {"configs": {k: str(v) for k, v in studies.items() if v}, "overrides": overrides, "jobs": args.jobs,
+            "threads": args.threads, "wall_s": wall,
+            "complete": all(r["complete"] for r in results.values()),
+            "distill_stage_seconds_median": statistics.median(trains.values()) if trains else None,
             "distill_stages": len(trains), "device": dev, "cpu_count": os.cpu_count(),
-            "platform": platform.platform(), "versions": library_versions(), "table": table, "ablation": abl,
+            "platform": platform.platform(), "versions": library_versions(), "table": main_table,
+            "ablation_table": abl_table, "ablation": abl,
             "per_type": {s: {"students": {f"{f:g}": v for f, v in pt[s]["students"].items()},
                              "teacher": pt[s]["teacher"]} for s in pt}}
     (args.out / "lowshot.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -319,6 +308,34 @@ def main(argv: list[str] | None = None) -> int:
     log(f"done in {wall:.0f} s ({len(trains)} students, median {info['distill_stage_seconds_median'] or 0:.0f} s "
         f"per distill stage, device {dev}); files in {args.out}")
     return 0
+
+
+def study(args, config: Path, overrides: list[str], out: Path, deadline: float) -> dict:
+    """One config through (sharded) ``mad run``; the report in ``out``. Cut short by the deadline: a partial report
+    from the evaluated runs there are, titled INCOMPLETE."""
+    from mad_pipeline.stages.pipeline import RunConfig, run
+
+    from mad_pipeline.pipeline.config import load_config
+    from mad_pipeline.pipeline.report import aggregate, write_report
+
+    values = load_config(config, overrides).values
+    log(f"{config.name}: cache {args.cache}, {args.jobs} job(s) x {args.threads} thread(s)")
+    shard_s = run_shards(args, config, overrides, values, deadline)
+    if shard_s:
+        log(f"shards done in {shard_s:.0f} s; assembling the report")
+    rc = RunConfig(config=config, overrides=tuple(overrides), cache=args.cache, out=out, progress=args.jobs <= 1)
+    plan = run(dataclasses.replace(rc, dry_run=True), log=lambda _m: None)
+    missing = [st for st in plan.stages if st.status != "cached" and st.kind in ("distill", "eval")]
+    complete = not missing or time.perf_counter() < deadline
+    if complete:
+        res = run(rc, log=log)
+        return {"values": values, "table": res.table, "stages": res.stages, "complete": True}
+    log(f"incomplete: {len(missing)} distill/eval stages missing, e.g. {missing[0].label}; partial report")
+    recs = [{**st.summary(), "task": values["task"], "source": st.key} for st in plan.stages
+            if st.kind == "eval" and st.status == "cached"]
+    table = aggregate(recs, title=values["name"] + " (INCOMPLETE)")
+    write_report(table, out)
+    return {"values": values, "table": table, "stages": plan.stages, "complete": False}
 
 
 if __name__ == "__main__":

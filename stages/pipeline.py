@@ -88,8 +88,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print,
     ``start`` before a stage runs and ``done`` once it is cached, ran or is known to need a run."""
     t0 = time.perf_counter()
     pcfg = config_lib.load_config(cfg.config, cfg.overrides)
-    if not cfg.progress:
-        _quiet_transformers()
+    _quiet_transformers()  # transformers' own "Loading weights" bars would interleave with the stage lines
     values = pcfg.values
     root = cfg.cache or (Path(values["cache"]) if values["cache"] else None)
     cache = Cache.at(root)
@@ -402,7 +401,7 @@ class _Runner:
 
 
 def _quiet_transformers() -> None:
-    """No 'Loading weights' progress bars from transformers when the run is quiet (--json / --quiet)."""
+    """No 'Loading weights' progress bars from transformers (the stage lines say what is running)."""
     try:
         from transformers.utils import logging as hf_logging
 

@@ -253,3 +253,28 @@ def test_config_overrides_and_paths(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"x\.yaml: missing key task \(vqa, snli-ve or vcr"):
         from_dict({"data": {"root": "."}}, source="x.yaml")
     assert os.path.basename(load_config(f).source) == "x.yaml"
+
+
+def test_mad_demo_is_the_bundled_config_through_mad_run(tmp_path):
+    """`mad demo` = `mad run` of the shipped config; its plan on an empty cache has the data stage first and the
+    4 students; --show-config prints the very file (a copy to edit and pass to mad run); the bundled lowshot
+    configs share its world and training settings, so the demo's runs are reused by the study."""
+    from mad_pipeline.pipeline.config import bundled_config
+
+    shown = mad("demo", "--show-config").stdout
+    assert shown == bundled_config("demo").read_text()
+    res = last_json(mad("demo", "--dry-run", "--json", "--cache", str(tmp_path / "c"), env={"MAD_SHARED_CACHE": ""}))
+    kinds = _by_kind(res)
+    assert res["dry_run"] and [s["status"] for s in kinds["data"]] == ["to-run"]
+    assert sorted((s["method"], s["fraction"]) for s in kinds["distill"]) == [
+        ("baseline", 0.05), ("baseline", 0.2), ("full", 0.05), ("full", 0.2)]
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.json"))
+    demo = load_config(bundled_config("demo")).values
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("lowshot.yaml", "ablation.yaml"):
+        study = load_config(root / name).values
+        for key in ("data", "teacher", "student", "train", "vocab_min_count", "task"):
+            if key == "data":
+                assert study["data"]["shapes"] == demo["data"]["shapes"], name
+            else:
+                assert study[key] == demo[key], (name, key)

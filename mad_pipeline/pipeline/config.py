@@ -139,6 +139,18 @@ class PipelineConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "assets" / "configs"
+
+
+def bundled_config(name: str) -> Path:
+    """A config shipped with mad (``demo``: the one ``mad demo`` runs)."""
+    p = BUNDLED_DIR / f"{name}.yaml"
+    if not p.is_file():
+        known = ", ".join(sorted(q.stem for q in BUNDLED_DIR.glob("*.yaml")))
+        raise InputError(f"no bundled config {name!r} (bundled: {known})")
+    return p
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Read, override and validate a pipeline YAML. Raises :class:`InputError` (one line) on any mistake."""
     import yaml

