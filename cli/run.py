@@ -27,11 +27,11 @@ text_teacher=minilm. The report table is printed at the end and written as Markd
 
 Examples:
 
-  mad run configs/demo.yaml
+  mad run configs/lowshot.yaml
 
-  mad run configs/demo.yaml --dry-run
+  mad run configs/lowshot.yaml --dry-run
 
-  mad run configs/demo.yaml train.steps=100 distill.alpha_schedule=cosine --out reports/demo
+  mad run configs/lowshot.yaml seeds=[0] train.steps=100 distill.alpha_schedule=cosine --out reports/x
 
   mad run experiment.yaml text_teacher=minilm --json
 """
