@@ -6,12 +6,11 @@ run's ``extracted`` flag — through a real `python -m http.server` and a real S
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import last_json, mad
-from test_sharing import _free_port, _http_server, _server, _snapshot
+from test_sharing import _http_server, _snapshot, moto_server
 
 CONFIG = """\
 name: shared run
@@ -85,39 +84,23 @@ def test_mad_run_over_http_shared_cache_extracts_nothing(team_a, tmp_path):
     assert _snapshot(team_a["cache"]) == before
 
 
-def test_mad_run_over_s3_shared_cache_extracts_nothing(team_a, tmp_path):
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-             "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
-    with _server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], endpoint + "/",
-                 tmp_path / "moto.log"):
-        import os
-
+def test_mad_run_over_s3_shared_cache_extracts_nothing(team_a, tmp_path, monkeypatch):
+    with moto_server(tmp_path) as (endpoint, creds):
         import s3fs
 
-        old = {k: os.environ.get(k) for k in creds}
-        os.environ.update(creds)
-        try:
-            fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False,
-                                   client_kwargs={"endpoint_url": endpoint})
-            fs.mkdir("team-bucket")
-            pushed = last_json(mad("store", "push", str(team_a["cache"]), "s3://team-bucket/cache", "--json",
-                                   env={**creds, "AWS_ENDPOINT_URL": endpoint}))
-            assert len(pushed) == len({s["key"] for s in _extract_stores(team_a["result"]).values()})
-            objects = {k: (v["ETag"], v["LastModified"]) for k, v in fs.find("team-bucket", detail=True).items()}
+        for k, v in creds.items():
+            monkeypatch.setenv(k, v)
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False,
+                               client_kwargs={"endpoint_url": endpoint})
+        fs.mkdir("team-bucket")
+        pushed = last_json(mad("store", "push", str(team_a["cache"]), "s3://team-bucket/cache", "--json",
+                               env={**creds, "AWS_ENDPOINT_URL": endpoint}))
+        assert len(pushed) == len({s["key"] for s in _extract_stores(team_a["result"]).values()})
+        objects = {k: (v["ETag"], v["LastModified"]) for k, v in fs.find("team-bucket", detail=True).items()}
 
-            local = tmp_path / "team-b"
-            res = _team_b(team_a, local, "s3://team-bucket/cache", **creds, FSSPEC_S3_ENDPOINT_URL=endpoint,
-                          AWS_ENDPOINT_URL="")
-            _assert_no_extraction(res, team_a, "shared:s3://team-bucket/cache", local)
-            assert {k: (v["ETag"], v["LastModified"])
-                    for k, v in fs.find("team-bucket", detail=True).items()} == objects  # read only
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        local = tmp_path / "team-b"
+        res = _team_b(team_a, local, "s3://team-bucket/cache", **creds, FSSPEC_S3_ENDPOINT_URL=endpoint,
+                      AWS_ENDPOINT_URL="")
+        _assert_no_extraction(res, team_a, "shared:s3://team-bucket/cache", local)
+        assert {k: (v["ETag"], v["LastModified"])
+                for k, v in fs.find("team-bucket", detail=True).items()} == objects  # read only

@@ -179,17 +179,24 @@ def test_http_server_without_range_support_reads_partial_shards(tmp_path):
 
 
 # ---------------------------------------------------------------------- (c) s3 (moto's standalone server)
-def test_s3_compatible_server_push_then_in_place_and_pull(team_a, tmp_path, monkeypatch):
+@contextlib.contextmanager
+def moto_server(tmp_path: Path):
+    """A real S3-compatible server (moto) on 127.0.0.1; yields (endpoint, credential environment)."""
     pytest.importorskip("s3fs")
     pytest.importorskip("moto")
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
              "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
-    for k, v in {**creds, "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(k, v)
     with _server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], endpoint + "/",
                  tmp_path / "moto.log"):
+        yield endpoint, creds
+
+
+def test_s3_compatible_server_push_then_in_place_and_pull(team_a, tmp_path, monkeypatch):
+    with moto_server(tmp_path) as (endpoint, creds):
+        for k, v in {**creds, "AWS_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(k, v)
         import s3fs
         from mad_pipeline.stages import store_ls, store_share
 
