@@ -140,7 +140,7 @@ def ablation(table: dict, split: str) -> list[dict]:
                 diffs = _paired(full, c)
                 out["parts"][part] = {"without": c, "share_mean": statistics.mean(diffs),
                                       "share_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
-        for ref in ("naive", "baseline", "full-logit-kd"):
+        for ref in ("naive", "baseline", "full-logit-kd", "naive-adaptive-alpha"):
             c = cells.get(ref)
             if c:
                 diffs = _paired(full, c)
@@ -165,7 +165,7 @@ def ablation_markdown(abl: dict[str, list[dict]], n_seeds: int) -> str:
         head = ["training fraction", "MAD"]
         for _, part in ABLATIONS:
             head += [f"without {part}", "share"]
-        head += ["naive", "MAD - naive", "MAD + logit KD"]
+        head += ["naive", "MAD - naive", "naive, adaptive alpha", "MAD - that", "MAD + logit KD"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|---:|" + "---:|" * (len(head) - 1))
         for r in rows:
@@ -178,6 +178,9 @@ def ablation_markdown(abl: dict[str, list[dict]], n_seeds: int) -> str:
             nv = r.get("vs_naive")
             cells += ([_pm(nv["cell"]["mean"], nv["cell"]["std"], nv["cell"]["n"]),
                        _pm(nv["diff_mean"], nv["diff_std"], f["n"], signed=True)] if nv else ["–", "–"])
+            na = r.get("vs_naive-adaptive-alpha")
+            cells += ([_pm(na["cell"]["mean"], na["cell"]["std"], na["cell"]["n"]),
+                       _pm(na["diff_mean"], na["diff_std"], f["n"], signed=True)] if na else ["–", "–"])
             kd = r.get("vs_full-logit-kd")
             cells.append(_pm(kd["cell"]["mean"], kd["cell"]["std"], kd["cell"]["n"]) if kd else "–")
             lines.append("| " + " | ".join(cells) + " |")
