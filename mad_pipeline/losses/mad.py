@@ -129,7 +129,11 @@ def select_tokens(
         if policy == "teacher-saliency":
             if teacher_ref is None:
                 raise ValueError("teacher-saliency selection needs a teacher reference token (CLS / EOS)")
-            scores = F.cosine_similarity(teacher_tokens.float(), teacher_ref.float()[:, None, :], dim=-1)
+            # cos(V_k, V_ref) for every k as one batched product of unit vectors (several times faster on CPU than
+            # F.cosine_similarity's broadcast element-wise path; equal up to float rounding)
+            unit = F.normalize(teacher_tokens.float(), dim=-1, eps=_COS_EPS)
+            ref = F.normalize(teacher_ref.float(), dim=-1, eps=_COS_EPS)
+            scores = torch.bmm(unit, ref[:, :, None])[..., 0]
         elif policy == "student-gap":
             if student_proj is None:
                 raise ValueError("student-gap selection needs the projected student tokens")
@@ -149,6 +153,15 @@ def select_tokens(
 # Token and pooled losses
 
 
+_COS_EPS = 1e-8
+
+
+def _cos(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine similarity over the last dimension: the product of unit vectors (zero vectors give 0, as
+    ``F.cosine_similarity``; fewer kernels and a cheaper backward)."""
+    return (F.normalize(a, dim=-1, eps=_COS_EPS) * F.normalize(b, dim=-1, eps=_COS_EPS)).sum(-1)
+
+
 def token_loss(student_proj: Tensor, teacher_tokens: Tensor, selected: Tensor, kind: str = "cosine") -> Tensor:
     """Per-sample token loss ``(B,)``: the mean over selected positions of ``1 - cos(P(S_k), V_k)`` (``"cosine"``) or
     of the smooth-L1 distance between layer-normed (no affine) features (``"smooth-l1"``). A sample with no selected
@@ -158,7 +171,7 @@ def token_loss(student_proj: Tensor, teacher_tokens: Tensor, selected: Tensor, k
     s = student_proj.float()
     t = teacher_tokens.float().detach()
     if kind == "cosine":
-        per = 1 - F.cosine_similarity(s, t, dim=-1)
+        per = 1 - _cos(s, t)
     else:
         d = s.shape[-1]
         per = F.smooth_l1_loss(F.layer_norm(s, (d,)), F.layer_norm(t, (d,)), reduction="none").mean(-1)
@@ -169,7 +182,7 @@ def token_loss(student_proj: Tensor, teacher_tokens: Tensor, selected: Tensor, k
 
 def pooled_loss(student_proj: Tensor, teacher_pooled: Tensor) -> Tensor:
     """Per-sample ``1 - cos(P_g(s), pooled teacher)``, ``(B,)``."""
-    return 1 - F.cosine_similarity(student_proj.float(), teacher_pooled.float().detach(), dim=-1)
+    return 1 - _cos(student_proj.float(), teacher_pooled.float().detach())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
