@@ -40,7 +40,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import sys
@@ -55,42 +54,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from measure import Meter  # noqa: E402  (bench/measure.py: python puts the script's folder on sys.path)
 
 TASK = "vqa"
 
 
 # --------------------------------------------------------------------------- measurement
-def _machine_busy_s() -> float:
-    """CPU-seconds all processes have spent busy since boot (/proc/stat); nan if unavailable."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-class Meter:
-    """Wall time, this process's CPU time, and the cores other processes used meanwhile."""
-
-    def __enter__(self):
-        self.t0, self.c0, self.m0 = time.perf_counter(), _own_cpu_s(), _machine_busy_s()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.t0
-        self.cpu = _own_cpu_s() - self.c0
-        self.foreign = max(0.0, (_machine_busy_s() - self.m0 - self.cpu) / max(self.wall, 1e-9))
-        self.load1 = os.getloadavg()[0]
-        return False
-
-
 def load_str() -> str:
     return "load avg " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
 

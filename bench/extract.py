@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import measure  # bench/measure.py (python puts the script's folder on sys.path)
 import numpy as np
 import torch
 
@@ -43,22 +43,6 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "reti
 
 
 # --------------------------------------------------------------------------- measurement
-def _machine_busy_s() -> float:
-    """CPU-seconds all processes on the machine have spent busy since boot (from /proc/stat); nan if unavailable."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime  # children: DataLoader workers, once joined
-
-
 @dataclass
 class Sample:
     wall: float
@@ -69,16 +53,12 @@ class Sample:
     forwards: dict | None = None  # forward only: first and later batch times
 
 
-class Meter:
-    def __enter__(self):
-        self.t0, self.c0, self.m0 = time.perf_counter(), _own_cpu_s(), _machine_busy_s()
-        return self
+class Meter(measure.Meter):
+    """:class:`measure.Meter` that also packs its figures into a :class:`Sample`."""
 
     def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.t0
-        self.cpu = _own_cpu_s() - self.c0
-        self.foreign = max(0.0, (_machine_busy_s() - self.m0 - self.cpu) / self.wall)
-        self.sample = Sample(self.wall, self.cpu, self.foreign, os.getloadavg()[0])
+        super().__exit__(*exc)
+        self.sample = Sample(self.wall, self.cpu, self.foreign, self.load1)
         return False
 
 
@@ -86,9 +66,9 @@ def wait_quiet(max_s: float, below: float = 0.25) -> float:
     """Wait (at most ``max_s``) until other processes have used under ``below`` cores for a second; seconds waited."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < max_s:
-        m0 = _machine_busy_s()
+        m0 = measure.machine_busy_s()
         time.sleep(1.0)
-        if _machine_busy_s() - m0 < below:
+        if measure.machine_busy_s() - m0 < below:
             break
     return time.perf_counter() - t0
 
