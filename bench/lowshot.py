@@ -267,8 +267,6 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
     args.cache = Path(args.cache or Cache.at(None).root)
-    if args.jobs <= 1:
-        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
     torch.set_num_threads(args.threads)

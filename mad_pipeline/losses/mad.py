@@ -137,7 +137,7 @@ def select_tokens(
         elif policy == "student-gap":
             if student_proj is None:
                 raise ValueError("student-gap selection needs the projected student tokens")
-            scores = 1 - F.cosine_similarity(student_proj.detach().float(), teacher_tokens.float(), dim=-1)
+            scores = 1 - _cos(student_proj.detach().float(), teacher_tokens.float())
         else:  # random
             device = generator.device if generator is not None else mask.device
             scores = torch.rand(mask.shape, generator=generator, device=device).to(mask.device)
