@@ -152,7 +152,14 @@ def build_run(setup: Setup, mode: str, steps: int, batch_size: int, num_workers:
 
     from mad_pipeline.losses import MADConfig, MADLoss
     from mad_pipeline.students import build_student
-    from mad_pipeline.training.data import Collate, DistillDataset, StorePaths, StudentTokenizer, store_widths
+    from mad_pipeline.training.data import (
+        Collate,
+        DistillDataset,
+        StorePaths,
+        StudentTokenizer,
+        TargetPlan,
+        store_widths,
+    )
     from mad_pipeline.training.trainer import OnlineTeacher, TrainConfig, Trainer
 
     distill = mode != "plain"
@@ -163,12 +170,13 @@ def build_run(setup: Setup, mode: str, steps: int, batch_size: int, num_workers:
     student = build_student(setup.student, TASK, len(setup.vocab))
     w = store_widths(stores)
     objective = MADLoss(cfg, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
+    plan = None if online else TargetPlan.for_objective(cfg, student.grid)
     data = DistillDataset(setup.samples, setup.root, TASK, student.image_preprocess, stores=stores, vocab=setup.vocab,
                           features=distill, online=online is not None,
                           teacher_preprocess=setup.teacher.preprocess if online else None,
-                          teacher_crop_box=setup.teacher.crop_box_fn if online else None)
+                          teacher_crop_box=setup.teacher.crop_box_fn if online else None, plan=plan)
     grid = tuple(setup.teacher.grid) if online else data.grid
-    collate = Collate(TASK, StudentTokenizer(student), grid)
+    collate = Collate(TASK, StudentTokenizer(student), grid, plan)
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, log_every=1, num_workers=num_workers, device="cpu", seed=0)
     return Trainer(tcfg, student, objective, data, collate, out, evaluator=None, online_teacher=online)
 

@@ -46,6 +46,7 @@ from mad_pipeline.training.data import (
     DistillDataset,
     StorePaths,
     StudentTokenizer,
+    TargetPlan,
     dump_json,
     fit_snli_calibration,
     store_widths,
@@ -216,13 +217,15 @@ def run(cfg: DistillConfig, log=print) -> DistillResult:
     objective = MADLoss(cfg.mad, student.hidden_size, widths["image"], widths["text"], widths["image_pooled"],
                         widths["text_pooled"])
     preprocess = getattr(student, "image_preprocess", None) or student.preprocess_image
+    # teacher-side alignment and selection done by the data pipeline (in the workers), not in the step
+    plan = None if cfg.online_teacher else TargetPlan.for_objective(cfg.mad, getattr(student, "grid", None))
     train_data = DistillDataset(
         train_samples, full.root, task, preprocess, stores=stores, vocab=vocab, calibration=calibration,
         features=distill, online=cfg.online_teacher,
         teacher_preprocess=online.image.preprocess if online else None,
-        teacher_crop_box=online.image.crop_box_fn if online else None)
+        teacher_crop_box=online.image.crop_box_fn if online else None, plan=plan)
     grid = tuple(online.image.grid) if online else train_data.grid
-    collate = Collate(task, StudentTokenizer(student), grid)
+    collate = Collate(task, StudentTokenizer(student), grid, plan)
     eval_data = DistillDataset(eval_ds.samples, eval_ds.root, task, preprocess, vocab=vocab, features=False)
 
     def evaluator(model):

@@ -27,6 +27,7 @@ from mad_pipeline.training.data import (
     DistillDataset,
     StorePaths,
     StudentTokenizer,
+    TargetPlan,
     fit_snli_calibration,
     store_widths,
 )
@@ -138,6 +139,29 @@ def _batch_pair(task: str, tiny_clip, world, cache, n: int = 6):
     return student, teacher, w, b_fed, b_onl
 
 
+def _planned(task, tiny_clip, world, cache, cfg, n: int = 6, order=None):
+    """The batch of :func:`_batch_pair` with the teacher-side targets made by the data pipeline (TargetPlan)."""
+    from mad_pipeline.tasks.vqa import build_answer_vocab
+
+    _, weights = tiny_clip
+    root = world / task
+    ex = extract_stage.run(extract_stage.ExtractConfig(
+        teacher="tiny-clip", weights=str(weights), data_root=root, dataset=task, split="train", task=task,
+        cache=cache, num_workers=0, vocab_min_count=1, progress=False), log=lambda m: None)
+    stores = StorePaths(**{k: ex.stores[k].path for k in ("image", "text", "index", "zeroshot")})
+    ds = load_dataset(task, root, split="train")
+    vocab = build_answer_vocab(ds.samples, min_count=1) if task == "vqa" else None
+    calib = fit_snli_calibration(stores.zeroshot, ds.samples) if task == "snli-ve" else None
+    torch.manual_seed(0)
+    student = build_student("vilt-tiny", task, len(vocab) if vocab else (3 if task == "snli-ve" else 4))
+    plan = TargetPlan.for_objective(cfg, student.grid)
+    data = DistillDataset(ds.samples, ds.root, task, student.image_preprocess, stores=stores, vocab=vocab,
+                          calibration=calib, plan=plan)
+    collate = Collate(task, StudentTokenizer(student), data.grid, plan)
+    idx = list(range(0, len(data), max(1, len(data) // n)))[:n]
+    return data, collate, idx
+
+
 @pytest.mark.parametrize("task", ["vqa", "snli-ve", "vcr"])
 def test_store_fed_equals_online_teacher(task, tiny_clip, world, cache):
     student, teacher, w, b_fed, b_onl = _batch_pair(task, tiny_clip, world, cache)
@@ -165,6 +189,43 @@ def test_store_fed_equals_online_teacher(task, tiny_clip, world, cache):
         assert l_fed[k].item() == pytest.approx(l_onl[k].item(), rel=2e-3, abs=2e-4), k
     assert l_fed["tok_v"] > 0 and l_fed["pool"] > 0 and l_fed["kd"] > 0
     assert l_fed["tok_t"] > 0  # CLIP BPE and WordPiece spans align on these texts
+    # what training uses: alignment and selection done by the data pipeline, only K tokens per sample carried
+    data, collate, idx = _planned(task, tiny_clip, world, cache, cfg)
+    b_plan = collate(data.__getitems__(idx))
+    t_plan = b_plan.teacher
+    assert t_plan.image_tokens is None and t_plan.text_tokens is None
+    assert t_plan.image_targets.tokens.shape[1] == 32  # top half of the 8 x 8 student grid
+    assert torch.equal(b_plan.pixel_values, b_fed.pixel_values) and torch.equal(b_plan.target, b_fed.target)
+    with torch.no_grad():
+        l_plan = objective(sb, t_plan, task_l, target=b_plan.target)
+    for k in ("tok_v", "tok_t", "pool", "kd", "distill", "total", "conf_mean"):
+        assert l_plan[k].item() == pytest.approx(l_onl[k].item(), rel=2e-3, abs=2e-4), k
+
+
+def test_precomputed_targets_do_not_depend_on_the_batch_or_the_cache(tiny_clip, world, cache):
+    """A row's image targets are the same bit for bit whether computed alone, with other rows, or from the cache
+    (so a resumed run, whose cache starts empty, sees the same values)."""
+    cfg = MADConfig.full()
+    data, collate, idx = _planned("vqa", tiny_clip, world, cache, cfg, n=8)
+    together = data.__getitems__(idx)
+    assert len(data._targets) == len({int(r) for r in data.image_rows()[idx]})
+    again = data.__getitems__(idx[::-1])  # every row from the cache
+    fresh, _, _ = _planned("vqa", tiny_clip, world, cache, cfg, n=8)
+    alone = [fresh.__getitems__([i])[0] for i in idx]
+    for a, b, c in zip(together, again[::-1], alone, strict=True):
+        for name in ("index", "tokens", "mask"):
+            x = getattr(a["t_targets"], name)
+            assert torch.equal(x, getattr(b["t_targets"], name)) and torch.equal(x, getattr(c["t_targets"], name))
+    # the cache is bounded: a budget of one row keeps only the current batch's rows
+    data.plan = dataclasses.replace(data.plan, cache_mb=1e-6)
+    data._targets.clear()
+    data._targets_bytes = 0
+    data.__getitems__(idx[:2])
+    data.__getitems__(idx[2:3])
+    assert len(data._targets) == 1
+    # random / student-gap selection cannot be done ahead: no plan, the step does it
+    assert TargetPlan.for_objective(cfg.replace(select_v="random", select_t="student-gap"), (8, 8)) is None
+    assert TargetPlan.for_objective(MADConfig.baseline(), (8, 8)) is None
 
 
 def test_every_off_switch_removes_its_term(tiny_clip, world, cache):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import last_json, mad
 from safetensors.torch import load_file
@@ -18,12 +19,13 @@ from safetensors.torch import load_file
 STEPS = 6
 
 
-def _args(world: Path, weights: Path, out: Path) -> list[str]:
-    # random token selection (a torch.Generator in the checkpoint), accumulation, several epochs, a mid-epoch kill
+def _args(world: Path, weights: Path, out: Path, select: str = "random") -> list[str]:
+    # random token selection (a torch.Generator in the checkpoint) or teacher-saliency (targets made by the data
+    # pipeline, whose per-image cache starts empty after the resume), accumulation, several epochs, a mid-epoch kill
     return ["distill", "--task", "vqa", "--data-root", str(world / "vqa"), "--teacher", "tiny-clip",
             "--weights", str(weights), "--out", str(out), "--vocab-min-count", "1", "--train-fraction", "0.25",
             "--batch-size", "4", "--grad-accum", "2", "--steps", str(STEPS), "--checkpoint-every", "2",
-            "--log-every", "1", "--select", "random", "--top-k", "0.5", "--warmup", "2", "--num-workers", "0",
+            "--log-every", "1", "--select", select, "--top-k", "0.5", "--warmup", "2", "--num-workers", "0",
             "--json"]
 
 
@@ -39,7 +41,8 @@ def _losses(run: Path) -> list[dict]:
     return [{k: r.get(k) for k in keep} for r in rows if "eval" not in r]
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tiny_clip, tmp_path):
+@pytest.mark.parametrize("select", ["random", "teacher-saliency"])
+def test_sigkill_then_resume_equals_uninterrupted(select, tiny_clip, tmp_path):
     cfg_file, weights = tiny_clip
     # one intra-op thread: fast on a shared 2-core machine (both runs use the same setting)
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
@@ -48,11 +51,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_clip, tmp_path):
 
     write_dataset(world_dir, size=16, seed=0)
 
-    ref = last_json(mad(*_args(world_dir, weights, tmp_path / "ref"), env=env))
+    ref = last_json(mad(*_args(world_dir, weights, tmp_path / "ref", select), env=env))
     assert not ref["resumed"] and ref["steps"] == STEPS
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mad_pipeline.cli", *_args(world_dir, weights, run)],
+    proc = subprocess.Popen([sys.executable, "-m", "mad_pipeline.cli", *_args(world_dir, weights, run, select)],
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     try:
@@ -64,7 +67,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_clip, tmp_path):
     killed_at = (run / "checkpoints" / "latest").read_text().strip()
     assert killed_at < f"step_{STEPS:06d}" and not (run / "metrics.json").exists(), "the kill did not land mid-run"
 
-    resumed = last_json(mad(*_args(world_dir, weights, run), env=env))
+    resumed = last_json(mad(*_args(world_dir, weights, run, select), env=env))
     assert resumed["resumed"] and resumed["steps"] == STEPS
 
     a, b = _final_weights(tmp_path / "ref"), _final_weights(run)

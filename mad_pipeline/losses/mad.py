@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,15 +44,20 @@ __all__ = [
     "Calibration",
     "MADConfig",
     "MADLoss",
+    "PRECOMPUTABLE_POLICIES",
     "StudentBatch",
     "TeacherBatch",
+    "TokenTargets",
     "alpha",
     "confidence_weights",
     "fit_calibration",
+    "image_targets",
     "logit_kd",
     "parse_top_k",
     "pooled_loss",
     "select_tokens",
+    "text_reference",
+    "text_targets",
     "token_loss",
 ]
 
@@ -129,11 +135,13 @@ def select_tokens(
         if policy == "teacher-saliency":
             if teacher_ref is None:
                 raise ValueError("teacher-saliency selection needs a teacher reference token (CLS / EOS)")
-            # cos(V_k, V_ref) for every k as one batched product of unit vectors (several times faster on CPU than
-            # F.cosine_similarity's broadcast element-wise path; equal up to float rounding)
-            unit = F.normalize(teacher_tokens.float(), dim=-1, eps=_COS_EPS)
+            # cos(V_k, V_ref) = (V_k . V_ref^) / |V_k|: one element-wise product with the unit reference and one
+            # norm (faster on CPU than F.cosine_similarity or a batched gemv; each sample's scores depend on that
+            # sample only, bit for bit, whatever else is in the batch -- the data pipeline relies on it)
+            tokens = teacher_tokens.float()
             ref = F.normalize(teacher_ref.float(), dim=-1, eps=_COS_EPS)
-            scores = torch.bmm(unit, ref[:, :, None])[..., 0]
+            norm = torch.linalg.vector_norm(tokens, dim=-1).clamp_min(_COS_EPS)
+            scores = (tokens * ref[:, None, :]).sum(-1) / norm
         elif policy == "student-gap":
             if student_proj is None:
                 raise ValueError("student-gap selection needs the projected student tokens")
@@ -147,6 +155,134 @@ def select_tokens(
         rank = torch.empty_like(order).scatter_(1, order, positions)
         keep = _keep_counts(k, mask.sum(1))
         return (rank < keep[:, None]) & mask
+
+
+# Teacher-side targets. With the policies that rank by teacher data only, alignment and selection need no gradient
+# and depend only on the teacher's features and the student's fixed patch grid / tokenisation, so the data pipeline
+# can compute them ahead of the step (in DataLoader workers, once per image): MADLoss then only gathers, projects and
+# compares the selected student tokens. MADLoss computes the same targets itself, with the same functions, when a
+# batch does not bring them (online teacher, ``random`` / ``student-gap`` selection).
+
+PRECOMPUTABLE_POLICIES = ("teacher-saliency", "all")
+
+
+@dataclass(frozen=True)
+class TokenTargets:
+    """The teacher targets of one modality at the student positions selected for distillation.
+
+    ``index (B, K)`` int64 student token positions (padding: 0), ``tokens (B, K, D)`` the aligned teacher tokens
+    there (padding: 0), ``mask (B, K)`` bool (False = padding). ``policy`` and ``k`` record the selection they were
+    made with (MADLoss refuses targets made for another configuration).
+    """
+
+    index: Tensor
+    tokens: Tensor
+    mask: Tensor
+    policy: str
+    k: float | int
+
+    def to(self, device) -> TokenTargets:
+        return _move(self, device)
+
+    @classmethod
+    def from_selection(cls, selected: Tensor, aligned: Tensor, policy: str, k: float | int) -> TokenTargets:
+        """Compact a selection mask ``(B, N)`` over aligned teacher tokens ``(B, N, D)`` to the selected positions, in
+        position order, padded to the largest per-sample count."""
+        selected = selected.bool()
+        kmax = max(1, int(selected.sum(1).max())) if selected.numel() else 1
+        index = torch.sort(selected.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :kmax]
+        mask = selected.gather(1, index)
+        index = index * mask  # padding points at position 0
+        tokens = aligned[torch.arange(index.shape[0], device=index.device)[:, None], index] * mask[..., None]
+        return cls(index, tokens, mask, policy, k)
+
+    def rows(self) -> list[TokenTargets]:
+        """One ``TokenTargets`` per sample, without padding (for per-image caching)."""
+        out = []
+        for i in range(self.index.shape[0]):
+            n = int(self.mask[i].sum())
+            out.append(TokenTargets(self.index[i : i + 1, :n], self.tokens[i : i + 1, :n], self.mask[i : i + 1, :n],
+                                    self.policy, self.k))
+        return out
+
+    @classmethod
+    def stack(cls, rows: Sequence[TokenTargets]) -> TokenTargets:
+        """Pad per-sample targets (as from :meth:`rows`) to one batch."""
+        if not rows:
+            raise ValueError("TokenTargets.stack needs at least one row")
+        first = rows[0]
+        kmax = max(1, max(r.index.shape[1] for r in rows))
+        b, d = len(rows), first.tokens.shape[-1]
+        index = torch.zeros(b, kmax, dtype=torch.long)
+        tokens = torch.zeros(b, kmax, d, dtype=first.tokens.dtype)
+        mask = torch.zeros(b, kmax, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            if (r.policy, r.k) != (first.policy, first.k):
+                raise ValueError("TokenTargets.stack: rows made with different selections")
+            n = r.index.shape[1]
+            index[i, :n], tokens[i, :n], mask[i, :n] = r.index[0], r.tokens[0], r.mask[0]
+        return cls(index, tokens, mask, first.policy, first.k)
+
+
+def image_targets(
+    policy: str,
+    k: float | int,
+    teacher_tokens: Tensor,
+    grid: tuple[int, int] | None,
+    crop_box: Tensor,
+    student_centers: Tensor,
+    valid: Tensor | None = None,
+    student_mask: Tensor | None = None,
+) -> TokenTargets:
+    """Align teacher patches to the student patches (:func:`.align.align_patches`), select with ``policy``
+    (``teacher-saliency`` against the teacher CLS, or ``all``) and compact. ``teacher_tokens (B, 1 + Gh * Gw, D)``
+    CLS first; ``grid`` None = square. Each sample's result depends on that sample only (bit for bit)."""
+    if policy not in PRECOMPUTABLE_POLICIES:
+        raise ValueError(f"selection {policy!r} cannot be computed from teacher data alone")
+    n = teacher_tokens.shape[1] - 1
+    if grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError("teacher image_grid is needed for a non-square patch grid")
+        grid = (side, side)
+    aligned, mask = align_patches(teacher_tokens[:, 1:].float(), grid, crop_box, student_centers)
+    if student_mask is not None:
+        mask = mask & student_mask.bool()
+    if valid is not None:
+        mask = mask & valid.bool()[:, None]
+    sel = select_tokens(policy, k, aligned, teacher_tokens[:, 0].float(), mask)
+    return TokenTargets.from_selection(sel, aligned, policy, k)
+
+
+def text_targets(
+    policy: str,
+    k: float | int,
+    teacher_tokens: Tensor,
+    teacher_spans: Tensor,
+    teacher_ref: Tensor | None,
+    student_spans: Tensor,
+) -> TokenTargets:
+    """Align teacher text tokens to the student's by character-span overlap (:func:`.align.align_text`), select with
+    ``policy`` (``teacher-saliency`` against ``teacher_ref``, or ``all``) and compact."""
+    if policy not in PRECOMPUTABLE_POLICIES:
+        raise ValueError(f"selection {policy!r} cannot be computed from teacher data alone")
+    assign, mask = align_text(teacher_spans, student_spans)
+    aligned = assign @ teacher_tokens.float()
+    sel = select_tokens(policy, k, aligned, teacher_ref if policy == "teacher-saliency" else None, mask)
+    return TokenTargets.from_selection(sel, aligned, policy, k)
+
+
+def text_reference(tokens: Tensor, length: Tensor | None, pooled: Tensor | None, ref: Tensor | None = None) -> Tensor:
+    """The saliency reference of teacher text: ``ref`` if given, else the last real token (CLIP's EOS, ``[SEP]``,
+    ``</s>``; from ``length``), else the pooled embedding when it has the token width."""
+    if ref is not None:
+        return ref.float()
+    if length is not None:
+        last = (length.long() - 1).clamp(0, tokens.shape[1] - 1)
+        return tokens[torch.arange(tokens.shape[0], device=tokens.device), last].float()
+    if pooled is not None and pooled.shape[-1] == tokens.shape[-1]:
+        return pooled.float()
+    raise ValueError("text saliency needs the teacher's text_ref or text_length (to find the EOS token)")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -171,7 +307,10 @@ def token_loss(student_proj: Tensor, teacher_tokens: Tensor, selected: Tensor, k
     s = student_proj.float()
     t = teacher_tokens.float().detach()
     if kind == "cosine":
-        per = 1 - _cos(s, t)
+        # 1 - (s . t^) / |s|: the teacher side as a unit vector, the student's norm divided out afterwards (equal to
+        # 1 - _cos(s, t) up to float rounding; a cheaper backward than normalising s)
+        t_unit = F.normalize(t, dim=-1, eps=_COS_EPS)
+        per = 1 - (s * t_unit).sum(-1) / torch.linalg.vector_norm(s, dim=-1).clamp_min(_COS_EPS)
     else:
         d = s.shape[-1]
         per = F.smooth_l1_loss(F.layer_norm(s, (d,)), F.layer_norm(t, (d,)), reduction="none").mean(-1)
@@ -428,7 +567,7 @@ def _move(batch, device):
 
 
 def _to(x, device):
-    return x.to(device) if isinstance(x, Tensor) else x
+    return x.to(device) if isinstance(x, (Tensor, TokenTargets)) else x
 
 
 @dataclass(frozen=True)
@@ -440,6 +579,9 @@ class TeacherBatch:
     image_valid (B,) bool; text_tokens (B, Lt, Dt); text_pooled (B, Et); text_spans (B, Lt, 2) (-1 = none);
     text_length (B,) real tokens per row; text_ref (B, Dt) saliency reference for text (default: the last real token,
     i.e. CLIP's EOS, ``[SEP]`` or ``</s>``; else text_pooled if its width is Dt); zs_logits (B, K); zs_mask (B,) bool.
+
+    image_targets / text_targets: :class:`TokenTargets` computed ahead of the step by the data pipeline (alignment
+    and selection done); when present the objective uses them instead of the raw tokens of that modality.
     """
 
     image_tokens: Tensor | None = None
@@ -454,6 +596,8 @@ class TeacherBatch:
     text_ref: Tensor | None = None
     zs_logits: Tensor | None = None
     zs_mask: Tensor | None = None
+    image_targets: TokenTargets | None = None
+    text_targets: TokenTargets | None = None
 
     def to(self, device) -> TeacherBatch:
         return _move(self, device)
@@ -518,10 +662,29 @@ class MADLoss(nn.Module):
 
     def _image_tokens(self, s: StudentBatch, t: TeacherBatch, zeros: Tensor, generator) -> Tensor:
         cfg = self.config
-        if not cfg.tokens_v or self.proj_v is None or s.visual_tokens is None or t.image_tokens is None:
+        if not cfg.tokens_v or self.proj_v is None or s.visual_tokens is None:
             return zeros
-        if s.visual_centers is None or t.crop_box is None:
-            raise ValueError("image token distillation needs student visual_centers and the teacher crop_box")
+        targets = t.image_targets
+        if targets is None or cfg.select_v not in PRECOMPUTABLE_POLICIES:
+            if t.image_tokens is None:
+                return zeros
+            if s.visual_centers is None or t.crop_box is None:
+                raise ValueError("image token distillation needs student visual_centers and the teacher crop_box")
+            if cfg.select_v not in PRECOMPUTABLE_POLICIES:
+                return self._image_tokens_in_step(s, t, generator)
+            targets = image_targets(cfg.select_v, cfg.k_v, t.image_tokens, t.image_grid, t.crop_box,
+                                    s.visual_centers, t.image_valid, s.visual_mask)
+        else:
+            _check_targets(targets, cfg.select_v, cfg.k_v, "image")
+        mask = targets.mask
+        if s.visual_mask is not None and t.image_targets is not None:
+            mask = mask & s.visual_mask.bool().gather(1, targets.index)
+        return token_loss(self.proj_v(_take(s.visual_tokens, targets.index)), targets.tokens, mask, cfg.token_loss)
+
+    def _image_tokens_in_step(self, s: StudentBatch, t: TeacherBatch, generator) -> Tensor:
+        """``random`` / ``student-gap`` selection: aligned here, selected with the step's generator or the
+        projected student tokens."""
+        cfg = self.config
         tokens = t.image_tokens.float()
         grid = t.image_grid
         if grid is None:
@@ -536,36 +699,37 @@ class MADLoss(nn.Module):
             mask = mask & t.image_valid.bool()[:, None]
         if cfg.select_v == "student-gap":  # ranks by the projected student tokens: project them all
             proj = self.proj_v(s.visual_tokens)
-            sel = select_tokens(cfg.select_v, cfg.k_v, aligned, tokens[:, 0], mask, proj, generator)
+            sel = select_tokens(cfg.select_v, cfg.k_v, aligned, None, mask, proj, generator)
             return token_loss(proj, aligned, sel, cfg.token_loss)
-        # Other policies select from teacher-side data only: gather the selected positions first and project just
-        # those (same loss value; with top-50% it halves the projection and its backward, the largest MAD cost).
-        sel = select_tokens(cfg.select_v, cfg.k_v, aligned, tokens[:, 0], mask, None, generator)
-        return token_loss(*_selected(self.proj_v, s.visual_tokens, aligned, sel), cfg.token_loss)
-
-    def _text_ref(self, t: TeacherBatch) -> Tensor:
-        if t.text_ref is not None:
-            return t.text_ref.float()
-        tokens = t.text_tokens
-        if t.text_length is not None:
-            last = (t.text_length.long() - 1).clamp(0, tokens.shape[1] - 1)
-            return tokens[torch.arange(tokens.shape[0], device=tokens.device), last].float()
-        if t.text_pooled is not None and t.text_pooled.shape[-1] == tokens.shape[-1]:
-            return t.text_pooled.float()
-        raise ValueError("text saliency needs the teacher's text_ref or text_length (to find the EOS token)")
+        sel = select_tokens(cfg.select_v, cfg.k_v, aligned, None, mask, None, generator)
+        targets = TokenTargets.from_selection(sel, aligned, cfg.select_v, cfg.k_v)
+        return token_loss(self.proj_v(_take(s.visual_tokens, targets.index)), targets.tokens, targets.mask,
+                          cfg.token_loss)
 
     def _text_tokens(self, s: StudentBatch, t: TeacherBatch, zeros: Tensor, generator) -> Tensor:
         cfg = self.config
-        if not cfg.tokens_t or self.proj_t is None or s.text_tokens is None or t.text_tokens is None:
+        if not cfg.tokens_t or self.proj_t is None or s.text_tokens is None:
             return zeros
-        if s.text_spans is None or t.text_spans is None:
+        targets = t.text_targets
+        if targets is not None and cfg.select_t in PRECOMPUTABLE_POLICIES:
+            _check_targets(targets, cfg.select_t, cfg.k_t, "text")
+            return token_loss(self.proj_t(_take(s.text_tokens, targets.index)), targets.tokens, targets.mask,
+                              cfg.token_loss)
+        if t.text_tokens is None or s.text_spans is None or t.text_spans is None:
             return zeros  # no spans on one side: text is distilled through the pooled term only
+        if cfg.select_t in PRECOMPUTABLE_POLICIES:
+            ref = self._text_ref(t) if cfg.select_t == "teacher-saliency" else None
+            targets = text_targets(cfg.select_t, cfg.k_t, t.text_tokens, t.text_spans, ref, s.text_spans)
+            return token_loss(self.proj_t(_take(s.text_tokens, targets.index)), targets.tokens, targets.mask,
+                              cfg.token_loss)
         assign, mask = align_text(t.text_spans, s.text_spans)
         aligned = assign @ t.text_tokens.float()
         proj = self.proj_t(s.text_tokens)
-        ref = self._text_ref(t) if cfg.select_t == "teacher-saliency" else None
-        sel = select_tokens(cfg.select_t, cfg.k_t, aligned, ref, mask, proj, generator)
+        sel = select_tokens(cfg.select_t, cfg.k_t, aligned, None, mask, proj, generator)
         return token_loss(proj, aligned, sel, cfg.token_loss)
+
+    def _text_ref(self, t: TeacherBatch) -> Tensor:
+        return text_reference(t.text_tokens, t.text_length, t.text_pooled, t.text_ref)
 
     def _pooled(self, s: StudentBatch, t: TeacherBatch, zeros: Tensor) -> Tensor:
         if not self.config.use_pooled or s.pooled is None:
@@ -652,16 +816,15 @@ class MADLoss(nn.Module):
         }
 
 
-def _selected(proj: nn.Module, student: Tensor, teacher: Tensor, sel: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(proj(student[sel]), teacher[sel], mask)`` padded to the largest per-sample count (``mask`` False on the
-    padding), so :func:`token_loss` on them equals ``token_loss(proj(student), teacher, sel)``."""
-    kmax = max(1, int(sel.sum(1).max()))
-    idx = torch.sort(sel.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :kmax]
+def _take(x: Tensor, index: Tensor) -> Tensor:
+    """``x (B, N, H)`` at ``index (B, K)`` -> ``(B, K, H)``."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
-    def take(x: Tensor) -> Tensor:
-        return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
-    return proj(take(student)), take(teacher), sel.gather(1, idx)
+def _check_targets(targets: TokenTargets, policy: str, k: float | int, what: str) -> None:
+    if (targets.policy, targets.k) != (policy, k):
+        raise ValueError(f"{what} targets were made for selection {targets.policy} top-{targets.k}, but the objective "
+                         f"selects {policy} top-{k}")
 
 
 def _batch_size(s: StudentBatch) -> int:

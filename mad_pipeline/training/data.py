@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -42,8 +43,17 @@ from ..data.images import ImageDecodeError, load_image
 from ..data.vcr import NUM_CHOICES
 from ..errors import InputError, StoreError
 from ..hashing import sha256_text
-from ..losses import Calibration, TeacherBatch
-from ..students.base import TextInput
+from ..losses import (
+    PRECOMPUTABLE_POLICIES,
+    Calibration,
+    MADConfig,
+    TeacherBatch,
+    TokenTargets,
+    image_targets,
+    text_reference,
+    text_targets,
+)
+from ..students.base import TextInput, patch_centers
 from ..tasks.snli_ve import NUM_LABELS, label_index
 from ..tasks.vqa import AnswerVocab, soft_scores
 from .chunks import ChunkCache
@@ -60,6 +70,40 @@ class StorePaths:
     text: str | None = None
     index: str | None = None
     zeroshot: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """The teacher-side work of the MAD objective that the data pipeline does ahead of the training step.
+
+    With ``teacher-saliency`` or ``all`` selection, aligning the teacher's tokens to the student's and picking the
+    top-k needs no gradient and depends only on the teacher's features and the student's fixed patch grid /
+    tokenisation. So the dataset computes the image targets once per image (and caches them per image row, up to
+    ``cache_mb`` per process: the questions of one image come close together under chunk-aware shuffling) and the
+    collate function the text targets per batch, in the DataLoader workers when there are any. The step then reads
+    K selected teacher tokens per sample instead of the whole token grid. ``student_grid`` None: no image targets;
+    ``select_t`` None: no text targets (the objective then works from the raw tokens as before).
+    """
+
+    student_grid: tuple[int, int] | None = None
+    select_v: str | None = None
+    k_v: float | int = 0.5
+    select_t: str | None = None
+    k_t: float | int = 0.5
+    cache_mb: float = 256.0
+
+    @classmethod
+    def for_objective(cls, cfg: MADConfig, student_grid: tuple[int, int] | None) -> TargetPlan | None:
+        """The plan for ``cfg`` with a student of patch grid ``student_grid``; None when nothing can be done ahead
+        (distillation off, token terms off, or ``random`` / ``student-gap`` selection, which the step must do)."""
+        if not cfg.distill:
+            return None
+        image = cfg.tokens_v and cfg.select_v in PRECOMPUTABLE_POLICIES and student_grid is not None
+        text = cfg.tokens_t and cfg.select_t in PRECOMPUTABLE_POLICIES
+        if not (image or text):
+            return None
+        return cls(student_grid=tuple(student_grid) if image else None, select_v=cfg.select_v if image else None,
+                   k_v=cfg.k_v, select_t=cfg.select_t if text else None, k_t=cfg.k_t)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -129,7 +173,7 @@ class DistillDataset(Dataset):
                  stores: StorePaths | None = None, vocab: AnswerVocab | None = None,
                  calibration: Calibration | None = None, features: bool = True, online: bool = False,
                  teacher_preprocess: Callable | None = None, teacher_crop_box: Callable | None = None,
-                 cache_chunks: int = 32):
+                 cache_chunks: int = 32, plan: TargetPlan | None = None):
         if task == "vqa" and vocab is None:
             raise ValueError("VQA needs the answer vocabulary")
         self.root = Path(root)
@@ -143,6 +187,7 @@ class DistillDataset(Dataset):
         self.teacher_preprocess = teacher_preprocess
         self.teacher_crop_box = teacher_crop_box
         self.cache_chunks = cache_chunks
+        self.plan = plan if (plan is not None and plan.student_grid is not None and features and not online) else None
         if self.online and (teacher_preprocess is None or teacher_crop_box is None):
             raise ValueError("online mode needs the teacher's preprocess and crop_box")
         self.dropped: list[dict[str, str]] = []
@@ -159,6 +204,8 @@ class DistillDataset(Dataset):
         self.samples = samples
         self._handles: dict[str, Any] | None = None
         self._pid: int | None = None
+        self._targets: OrderedDict[int, TokenTargets] = OrderedDict()  # image row -> its image targets (LRU)
+        self._targets_bytes = 0
 
     # -- lookups, in the constructing process (handles are dropped afterwards) -------------------------------------
 
@@ -234,6 +281,7 @@ class DistillDataset(Dataset):
         state = dict(self.__dict__)
         state["_handles"] = None  # never ship open zarr handles (or their caches) to another process
         state["_pid"] = None
+        state["_targets"], state["_targets_bytes"] = OrderedDict(), 0
         return state
 
     def _open(self) -> dict[str, Any]:
@@ -277,11 +325,16 @@ class DistillDataset(Dataset):
         if "image" in h:
             rows = self._image_rows[idx]
             img = h["image"]
-            tok = cache.rows(img["tokens"], rows)
             pooled = cache.rows(img["pooled"], rows)
-            box = cache.rows(img["crop_box"], rows)
-            for j, it in enumerate(items):
-                it.update(t_tokens=tok[j], t_pooled=pooled[j], t_box=box[j].astype(np.float32))
+            if self.plan is not None:
+                targets = self._image_targets(h, rows, items)
+                for j, it in enumerate(items):
+                    it.update(t_targets=targets[j], t_pooled=pooled[j])
+            else:
+                tok = cache.rows(img["tokens"], rows)
+                box = cache.rows(img["crop_box"], rows)
+                for j, it in enumerate(items):
+                    it.update(t_tokens=tok[j], t_pooled=pooled[j], t_box=box[j].astype(np.float32))
         if "text" in h:
             rows = self._text_rows[idx]
             txt = h["text"]
@@ -295,6 +348,38 @@ class DistillDataset(Dataset):
         if "zeroshot" in h:
             self._zeroshot(h, idx, items)
         return items
+
+    def _image_targets(self, h: dict[str, Any], rows: np.ndarray, items: list[dict[str, Any]]) -> list[TokenTargets]:
+        """Each sample's image targets (:class:`TargetPlan`): from the per-process cache, else computed from the
+        store's tokens for the rows not cached (each row's result depends on that row only, so a cached row equals a
+        recomputed one bit for bit)."""
+        plan, cache = self.plan, self._targets
+        first: dict[int, int] = {}
+        for j, r in enumerate(rows.tolist()):
+            if r in cache:
+                cache.move_to_end(r)  # this batch's rows are the most recent: never evicted below
+            else:
+                first.setdefault(r, j)
+        if first:
+            todo = np.asarray(sorted(first), np.int64)
+            img = h["image"]
+            tok = h["cache"].rows(img["tokens"], todo)
+            box = h["cache"].rows(img["crop_box"], todo).astype(np.float32)
+            student_box = torch.from_numpy(np.stack([items[first[r]]["box"] for r in todo.tolist()]))
+            centers = patch_centers(student_box, plan.student_grid)
+            out = image_targets(plan.select_v, plan.k_v, torch.from_numpy(tok), self.grid, torch.from_numpy(box),
+                                centers)
+            dtype = torch.float16 if tok.dtype == np.float16 else torch.float32
+            budget = plan.cache_mb * 2**20
+            for r, t in zip(todo.tolist(), out.rows(), strict=True):
+                t = replace(t, tokens=t.tokens.to(dtype))
+                cache[r] = t
+                self._targets_bytes += t.tokens.nbytes + t.index.nbytes + t.mask.nbytes
+            keep = len(set(rows.tolist()))
+            while self._targets_bytes > budget and len(cache) > keep:
+                _, old = cache.popitem(last=False)
+                self._targets_bytes -= old.tokens.nbytes + old.index.nbytes + old.mask.nbytes
+        return [cache[r] for r in rows.tolist()]
 
     def _student_item(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
@@ -402,7 +487,7 @@ class Batch:
         def pin(x):
             if isinstance(x, torch.Tensor):
                 return x.pin_memory()
-            if isinstance(x, (TextInput, TeacherBatch)):
+            if isinstance(x, (TextInput, TeacherBatch, TokenTargets)):
                 return replace(x, **{f.name: pin(getattr(x, f.name)) for f in fields(x)})
             return x
 
@@ -432,10 +517,12 @@ class Collate:
     """Stacks items into a :class:`Batch`; tokenises the student texts (in the worker) and builds the
     :class:`TeacherBatch` from store features. ``grid``: the teacher's patch grid (image store manifest)."""
 
-    def __init__(self, task: str, tokenize: Callable[[list[str]], TextInput], grid: tuple[int, int] | None = None):
+    def __init__(self, task: str, tokenize: Callable[[list[str]], TextInput], grid: tuple[int, int] | None = None,
+                 plan: TargetPlan | None = None):
         self.task = task
         self.tokenize = tokenize
         self.grid = tuple(grid) if grid else None
+        self.plan = plan
 
     def __call__(self, items: list[dict[str, Any]]) -> Batch:
         b = len(items)
@@ -468,10 +555,27 @@ class Collate:
             parts.update(image_tokens=_stack(items, "t_tokens"), image_pooled=_stack(items, "t_pooled"),
                          crop_box=_stack(items, "t_box"), image_valid=torch.ones(b, dtype=torch.bool),
                          image_grid=self.grid)
+        elif "t_targets" in first:  # aligned and selected by the dataset (TargetPlan); no raw tokens carried
+            parts.update(image_targets=TokenTargets.stack([it["t_targets"] for it in items]),
+                         image_pooled=_stack(items, "t_pooled"), image_valid=torch.ones(b, dtype=torch.bool),
+                         image_grid=self.grid)
         if "x_tokens" in first:
-            parts.update(text_tokens=_stack(items, "x_tokens"), text_pooled=_stack(items, "x_pooled"),
-                         text_spans=_stack(items, "x_spans"),
-                         text_length=torch.tensor([it["x_length"] for it in items], dtype=torch.long))
+            length = torch.tensor([it["x_length"] for it in items], dtype=torch.long)
+            tokens, spans = _stack(items, "x_tokens"), _stack(items, "x_spans")
+            parts.update(text_pooled=_stack(items, "x_pooled"), text_length=length)
+            plan = self.plan
+            if plan is not None and plan.select_t is not None:
+                upto = max(1, int(length.max()))  # past every row's length there is only padding
+                tokens, spans = tokens[:, :upto], spans[:, :upto]
+                student_spans = text.char_spans
+                if self.task == "vcr":
+                    student_spans = student_spans[torch.arange(b), batch.pair]
+                ref = text_reference(tokens, length, parts["text_pooled"]) if plan.select_t == "teacher-saliency" \
+                    else None
+                targets = text_targets(plan.select_t, plan.k_t, tokens, spans, ref, student_spans)
+                parts.update(text_targets=replace(targets, tokens=targets.tokens.to(tokens.dtype)))
+            else:
+                parts.update(text_tokens=tokens, text_spans=spans)
         if "zs" in first:
             parts.update(zs_logits=_stack(items, "zs"),
                          zs_mask=torch.tensor([it["zs_ok"] for it in items], dtype=torch.bool))
@@ -530,5 +634,6 @@ def dump_json(path: str | Path, obj: Any) -> None:
 
 
 __all__ = ["DEFAULT_EVAL_SPLITS", "ZS_FILL", "Batch", "Collate", "DistillDataset", "StorePaths", "StudentTokenizer",
+           "TargetPlan",
            "dump_json", "fit_snli_calibration", "rationale_texts", "store_widths", "student_texts", "target_of",
            "teacher_text_candidates"]

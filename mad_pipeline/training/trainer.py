@@ -43,7 +43,7 @@ from ..data.snli_ve import LABELS
 from ..errors import InputError
 from ..hashing import to_jsonable
 from ..losses import MADLoss, StudentBatch, TeacherBatch
-from ..students.base import task_loss
+from ..students.base import patch_centers, task_loss
 from ..tasks.metrics import snli_ve_evaluate, vcr_evaluate, vqa_evaluate
 from .data import Batch, Collate, DistillDataset, rationale_texts
 from .sampler import ChunkShuffleSampler
@@ -375,6 +375,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.evaluator = evaluator
         self.online = online_teacher
+        self._grid_checked = False
         self.log = log or (lambda m: None)
         if len(train_data) == 0:
             raise InputError("no training samples")
@@ -462,11 +463,26 @@ class Trainer:
                                batch.text.attention_mask, batch.text.char_spans)
             teacher = self.online(batch) if self.online is not None else batch.teacher
             loss_task = task_loss(self.task, out.logits, batch.target)
-            losses = self.objective(student_batch(self.task, out, batch), teacher or TeacherBatch(), loss_task,
-                                    target=batch.target, step=self.step, total_steps=cfg.steps,
-                                    generator=self.generator)
+            sb = student_batch(self.task, out, batch)
+            if not self._grid_checked and teacher is not None and teacher.image_targets is not None:
+                self._check_grid(sb, batch)
+            losses = self.objective(sb, teacher or TeacherBatch(), loss_task, target=batch.target, step=self.step,
+                                    total_steps=cfg.steps, generator=self.generator)
         (losses["total"] / cfg.grad_accum).backward()
         return losses
+
+    def _check_grid(self, sb: StudentBatch, batch: Batch) -> None:
+        """Image targets made by the data pipeline assume the student's visual tokens are its grid's cells over its
+        crop box (the Student interface); check it once on the first batch."""
+        grid = tuple(getattr(self.student, "grid", ()))
+        expected = patch_centers(batch.crop_boxes, grid) if len(grid) == 2 else None
+        got = sb.visual_centers
+        if expected is None or got is None or got.shape != expected.shape or not torch.allclose(
+                got.float(), expected.to(got.device), atol=1e-3):
+            raise ValueError(f"student {getattr(self.student, 'name', '?')}: visual_centers are not the row-major "
+                             f"centres of its grid {grid} over its crop box, so image targets cannot be precomputed; "
+                             "build the dataset without a TargetPlan")
+        self._grid_checked = True
 
     def _log_row(self, t_elapsed: float, n_steps: int) -> dict[str, Any]:
         acc, self.acc = self.acc, {}
