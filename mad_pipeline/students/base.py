@@ -22,7 +22,9 @@ span in its text. To plug in another student, implement :class:`Student` and reg
     ids, attention mask and character spans ``(B, L, 2)`` with -1 for special tokens and padding.
 ``forward(pixel_values, crop_boxes, input_ids, attention_mask, char_spans=None) -> StudentOutput``
     ``pixel_values (B, 3, S, S)``, ``crop_boxes (B, 4)``. Visual tokens must come out in row-major grid order
-    (token ``i`` is grid cell ``(i // cols, i % cols)``) and ``visual_centers`` must give their positions. For VCR
+    (token ``i`` is grid cell ``(i // cols, i % cols)``) and ``visual_centers`` must give their positions, i.e.
+    :func:`patch_centers` of the crop boxes and the grid (the data pipeline aligns teacher patches to these positions
+    ahead of the step; the trainer checks them on the first batch). For VCR
     the text inputs hold the ``C`` image-choice pairs of each sample (``(B * C, L)`` or ``(B, C, L)``); the per-token
     outputs then have leading dimension ``B * C`` and ``logits`` is ``(B, C)``.
 ``save(directory)`` / ``load(directory)`` (a classmethod)

@@ -22,6 +22,7 @@ checked to 1e-9.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -89,8 +90,10 @@ def process_digit_article(in_text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in out_text)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def normalize_prediction(answer: str) -> str:
-    """How the official evaluation normalises a predicted answer (also used for answer vocabularies)."""
+    """How the official evaluation normalises a predicted answer (also used for answer vocabularies and the soft
+    targets of every training step; memoised: human answers repeat a lot)."""
     answer = answer.replace("\n", " ").replace("\t", " ").strip()
     return process_digit_article(process_punctuation(answer))
 
