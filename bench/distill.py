@@ -28,8 +28,8 @@ only). Modes are interleaved within each repeat (rotating their order); step tim
 after ``--warmup`` of each run, then the median over repeats; ratios are also given per repeat. Each part prints the
 load average and the cores other processes used meanwhile.
 
-    nice -n 5 python bench/distill.py            # defaults: about 2.5 minutes on a 2-core machine
-    python bench/distill.py --steps 40 --repeats 5 --json bench-distill.json
+    nice -n 5 python bench/distill.py            # defaults: about 3 minutes on a 2-core machine
+    python bench/distill.py --steps 40 --repeats 7 --json bench-distill.json
     python bench/distill.py --skip online,loader  # (a) only
 """
 
@@ -523,7 +523,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="training steps per run in (a) (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="first steps of each run not timed (default 3)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per step (default 32)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of (a) and (c) (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats of (a) and (c) (default 5)")
     p.add_argument("--online-steps", type=int, default=1,
                    help="timed online-teacher steps in (b), after one untimed step (default 1)")
     p.add_argument("--student", default="vilt-tiny", help="student of (a) and (b) (default vilt-tiny)")
