@@ -13,15 +13,19 @@ from mad_pipeline.losses import (
     MADLoss,
     StudentBatch,
     TeacherBatch,
+    TokenTargets,
     align_patches,
     align_text,
     alpha,
     confidence_weights,
     fit_calibration,
+    image_targets,
     logit_kd,
     parse_top_k,
     patch_centers,
     select_tokens,
+    text_reference,
+    text_targets,
     token_loss,
 )
 
@@ -389,3 +393,79 @@ def test_kd_refuses_mismatched_candidates():
     bad = dataclasses.replace(student, logits=torch.zeros(2, 7))
     with pytest.raises(ValueError, match="answer classes"):
         loss(bad, teacher, torch.tensor(1.0))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Teacher-side targets made ahead of the step (the data pipeline's TargetPlan)
+
+
+def test_align_patches_equals_grid_sample_bilinear_with_border_clamping():
+    """The embedding_bag alignment gives grid_sample's values (align_corners=False, border padding)."""
+    g = torch.Generator().manual_seed(0)
+    b, gh, gw, d = 3, 5, 7, 6
+    tokens = torch.randn(b, gh * gw, d, generator=g)
+    box = torch.tensor([[0.0, 0.0, 70.0, 50.0], [10.0, 5.0, 45.0, 30.0], [3.0, 3.0, 3.0, 9.0]])  # last: degenerate
+    centers = torch.rand(b, 40, 2, generator=g) * 80 - 5  # some outside the box
+    aligned, mask = align_patches(tokens, (gh, gw), box, centers)
+    x0, y0, x1, y1 = box.unbind(-1)
+    u = (centers[..., 0] - x0[:, None]) / (x1 - x0).clamp_min(1e-9)[:, None]
+    v = (centers[..., 1] - y0[:, None]) / (y1 - y0).clamp_min(1e-9)[:, None]
+    grid = torch.stack([2 * u - 1, 2 * v - 1], -1)[:, :, None, :]
+    image = tokens.reshape(b, gh, gw, d).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    ref = ref[..., 0].transpose(1, 2)
+    assert mask[:2].any() and not mask[2].any() and not mask.all()
+    assert torch.allclose(aligned[mask], ref[mask], atol=1e-6)
+    assert torch.equal(aligned[~mask], torch.zeros_like(aligned[~mask]))
+
+
+def test_token_targets_compact_split_and_stack():
+    selected = torch.tensor([[False, True, False, True], [True, False, False, False]])
+    aligned = torch.arange(2 * 4 * 2, dtype=torch.float32).reshape(2, 4, 2)
+    t = TokenTargets.from_selection(selected, aligned, "all", 0.5)
+    assert torch.equal(t.index, torch.tensor([[1, 3], [0, 0]]))
+    assert torch.equal(t.mask, torch.tensor([[True, True], [True, False]]))
+    assert torch.equal(t.tokens, torch.stack([aligned[0, [1, 3]], torch.stack([aligned[1, 0], torch.zeros(2)])]))
+    rows = t.rows()
+    assert [r.index.shape[1] for r in rows] == [2, 1]
+    again = TokenTargets.stack(rows)
+    for name in ("index", "tokens", "mask"):
+        assert torch.equal(getattr(again, name), getattr(t, name)), name
+    with pytest.raises(ValueError, match="different selections"):
+        TokenTargets.stack([rows[0], dataclasses.replace(rows[1], k=8)])
+
+
+def test_precomputed_targets_give_the_objectives_own_values():
+    """MADLoss on targets made ahead (as the data pipeline does) equals MADLoss computing them from the raw tokens,
+    value and gradient; targets made for another selection are refused."""
+    for select, k in (("teacher-saliency", 0.5), ("teacher-saliency", 1), ("all", 0.5)):
+        cfg = MADConfig.full(alpha_schedule="constant", alpha0=1.0, select_v=select, select_t=select, k_v=k, k_t=k)
+        student, teacher = make_batch()
+        ahead = dataclasses.replace(
+            teacher,
+            image_tokens=None,
+            text_tokens=None,
+            image_targets=image_targets(select, k, teacher.image_tokens, teacher.image_grid, teacher.crop_box,
+                                        student.visual_centers),
+            text_targets=text_targets(select, k, teacher.text_tokens, teacher.text_spans,
+                                      text_reference(teacher.text_tokens, teacher.text_length, teacher.text_pooled),
+                                      student.text_spans),
+        )
+        grads = []
+        values = []
+        for t in (teacher, ahead):
+            torch.manual_seed(0)
+            loss = MADLoss(cfg, H, DV, DT, E, E)
+            out = loss(student, t, torch.tensor(1.0), target=torch.tensor([0, 2]))
+            out["total"].backward()
+            values.append({k2: out[k2].item() for k2 in ("tok_v", "tok_t", "distill")})
+            grads.append((loss.proj_v.weight.grad.clone(), loss.proj_t.weight.grad.clone()))
+            student.visual_tokens.grad = student.text_tokens.grad = None
+        assert values[0]["tok_v"] > 0 and values[0]["tok_t"] > 0
+        for k2 in values[0]:
+            assert values[1][k2] == pytest.approx(values[0][k2], rel=1e-6, abs=1e-7), (select, k, k2)
+        for a, b in zip(*grads, strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+    other = MADConfig.full(k_v=0.25)
+    with pytest.raises(ValueError, match="made for selection"):
+        MADLoss(other, H, DV, DT, E, E)(student, ahead, torch.tensor(1.0), target=torch.tensor([0, 2]))
