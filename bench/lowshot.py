@@ -266,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     from mad_pipeline.versions import library_versions
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    if args.jobs > 1 and not any(o.startswith("num_workers=") for o in overrides):
+        # parallel shards share the cores: mad run's num_workers=auto would give each of them all the free ones
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        overrides.append(f"num_workers={max(0, cores // args.jobs - 1)}")
     args.cache = Path(args.cache or Cache.at(None).root)
     import torch
 

@@ -11,7 +11,7 @@ from mad_pipeline.stages import evaluate as eval_stage
 from rich.console import Console
 from rich.table import Table
 
-from mad_pipeline.training.trainer import TrainConfig
+from mad_pipeline.training.trainer import TrainConfig, parse_num_workers
 
 from .main import app
 
@@ -96,7 +96,9 @@ def distill_cmd(
     eval_every: int = typer.Option(_D.eval_every, "--eval-every", help="Evaluate every N steps (0: at the end)."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, "--checkpoint-every", help="Checkpoint every N steps."),
     log_every: int = typer.Option(_D.log_every, "--log-every", help="Log training metrics every N steps."),
-    num_workers: int = typer.Option(_D.num_workers, "--num-workers", help="DataLoader worker processes."),
+    num_workers: str = typer.Option(_D.num_workers, "--num-workers",
+                                    help="DataLoader worker processes, or auto (none on CPU; on CUDA one per free "
+                                         "core, at most 8)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (never on CPU)."),
     cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Store cache root [env MAD_CACHE]."),
@@ -111,7 +113,8 @@ def distill_cmd(
         text_tokens=False if no_text_tokens else None, pooled=False if no_pooled else None)
     train = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, eval_every=eval_every,
-                        checkpoint_every=checkpoint_every, log_every=log_every, num_workers=num_workers,
+                        checkpoint_every=checkpoint_every, log_every=log_every,
+                        num_workers=parse_num_workers(num_workers),
                         device=device, bf16=bf16, seed=seed)
     cfg = stage.DistillConfig(
         task=task, data_root=data_root, out=out, teacher=teacher, weights=weights, text_teacher=text_teacher,
@@ -146,12 +149,15 @@ def eval_cmd(
     data_root: Path = typer.Option(None, "--data-root", help="Data root (default: the run's)."),
     out: Path = typer.Option(None, "--out", "-o", help="Predictions file (default RUN/predictions/<split>.json)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Samples per batch."),
-    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
+    num_workers: str = typer.Option("auto", "--num-workers",
+                                    help="DataLoader worker processes, or auto (none on CPU; on CUDA one per free "
+                                         "core, at most 8)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda ..."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ):
     res = eval_stage.run(eval_stage.EvalConfig(run=run, split=split, data_root=data_root, out=out,
-                                               batch_size=batch_size, num_workers=num_workers, device=device))
+                                               batch_size=batch_size, num_workers=parse_num_workers(num_workers),
+                                               device=device))
     if as_json:
         typer.echo(json.dumps(res))
         return

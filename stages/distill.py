@@ -51,7 +51,14 @@ from mad_pipeline.training.data import (
     fit_snli_calibration,
     store_widths,
 )
-from mad_pipeline.training.trainer import OnlineTeacher, TrainConfig, Trainer, evaluate, resolve_device
+from mad_pipeline.training.trainer import (
+    OnlineTeacher,
+    TrainConfig,
+    Trainer,
+    evaluate,
+    resolve_device,
+    resolve_num_workers,
+)
 
 from . import extract as extract_stage
 
@@ -285,7 +292,8 @@ def _extract_cfg(cfg: DistillConfig, dataset: str, split: str, fraction: float, 
         teacher=cfg.teacher, data_root=Path(cfg.data_root), dataset=dataset, split=split,
         text_teacher=cfg.text_teacher, weights=cfg.weights, text_weights=cfg.text_weights, cache=cfg.cache,
         device=cfg.train.device, precision=cfg.precision, batch_size=cfg.extract_batch_size,
-        num_workers=cfg.train.num_workers, task=cfg.task, vocab_min_count=cfg.vocab_min_count,
+        num_workers=resolve_num_workers(cfg.train.num_workers, resolve_device(cfg.train.device)), task=cfg.task,
+        vocab_min_count=cfg.vocab_min_count,
         train_fraction=fraction, seed=seed, progress=cfg.progress)
 
 

@@ -25,7 +25,7 @@ class EvalConfig:
     data_root: Path | None = None  # default: the run's
     out: Path | None = None  # predictions file; default RUN/predictions/<split>.json
     batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # a count, or auto: none on CPU, one per free core (at most 8) on CUDA
     device: str = "auto"
 
 

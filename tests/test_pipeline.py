@@ -192,6 +192,7 @@ def test_bad_yaml_is_one_line_exit_2(tmp_path):
     (CONFIG, ("train.lr=fast",), r"override 'train.lr=fast': train\.lr: expected a number, got 'fast'"),
     (CONFIG, ("teacher=nope",), r"exp-bad\.yaml: teacher: unknown teacher 'nope'"),
     (CONFIG, ("fractions=[0.5, 2]",), r"fractions\[1\]: 2.0 is not in \(0, 1\]"),
+    (CONFIG, ("num_workers=many",), r"num_workers: expected a count >= 0 or auto, got 'many'"),
 ])
 def test_bad_config_is_one_line_exit_2(inproc, tiny_clip, tmp_path, content, override, expect):
     import re

@@ -80,3 +80,19 @@ def test_sigkill_then_resume_equals_uninterrupted(select, tiny_clip, tmp_path):
     opt_b = torch.load(run / "checkpoints" / f"step_{STEPS:06d}" / "optimizer.pt", weights_only=True)
     for i, st in opt_a["state"].items():
         assert torch.equal(st["exp_avg_sq"], opt_b["state"][i]["exp_avg_sq"])
+
+
+def test_num_workers_auto_and_counts():
+    from mad_pipeline.errors import InputError
+    from mad_pipeline.training.trainer import TrainConfig, parse_num_workers, resolve_num_workers
+
+    assert TrainConfig().num_workers == "auto"
+    assert resolve_num_workers("auto", "cpu") == 0  # the CPU step already uses every core
+    assert 1 <= resolve_num_workers("auto", "cuda") <= 8
+    assert resolve_num_workers("3", "cuda") == 3 and resolve_num_workers(0, "cuda") == 0
+    assert parse_num_workers(" AUTO ") == "auto" and parse_num_workers("2") == 2
+    for bad in ("-1", "many", -1, 1.5, True):
+        with pytest.raises(InputError, match="--num-workers"):
+            parse_num_workers(bad)
+    with pytest.raises(InputError, match="--num-workers"):
+        TrainConfig(num_workers="x")

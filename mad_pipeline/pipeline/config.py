@@ -23,7 +23,7 @@ PRESETS = ("full", "naive", "baseline")
 class F:
     """One YAML key: its kind, default, allowed values, lower bound and a one-line description."""
 
-    kind: str  # str | int | float | bool | path | topk | floats | ints | strs | methods
+    kind: str  # str | int | float | bool | path | topk | workers | floats | ints | strs | methods
     default: Any = None
     choices: tuple = ()
     min: float | None = None
@@ -107,7 +107,8 @@ def schema() -> dict[str, Any]:
         "train": _train_section(),
         # not part of any key
         "device": F("str", "auto", nullable=False),
-        "num_workers": F("int", 0, min=0, nullable=False),
+        "num_workers": F("workers", "auto", nullable=False,
+                         help="DataLoader workers: a count, or auto (none on CPU; CUDA: a free core each, up to 8)"),
         "extract_batch_size": F("int", 32, min=1, nullable=False),
         "eval_batch_size": F("int", 64, min=1, nullable=False),
         "cache": F("path", None, help="cache root (default: MAD_CACHE, else the user cache dir)"),
@@ -318,6 +319,13 @@ def _value(v: Any, spec: F, source: str, key: str) -> Any:
         if spec.min is not None and v < spec.min:
             raise InputError(f"{source}: {key}: must be at least {spec.min:g}, got {v}")
         return float(v)
+    if kind == "workers":
+        from ..training.trainer import parse_num_workers
+
+        try:
+            return parse_num_workers(v)
+        except InputError:
+            raise bad("a count >= 0 or auto") from None
     if kind == "topk":
         if isinstance(v, bool) or not isinstance(v, (int, float, str)):
             raise bad("a fraction in (0, 1] or a count")

@@ -69,7 +69,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # DataLoader workers, or "auto" (resolve_num_workers)
     buffer_chunks: int = 8  # chunk-aware shuffling window (chunks of the image store)
     device: str = "auto"
     bf16: bool = True  # bf16 autocast on CUDA (never on CPU)
@@ -83,6 +83,7 @@ class TrainConfig:
             raise InputError("learning rate must be > 0; warmup, grad clip, eval/checkpoint intervals >= 0")
         if self.decay not in ("cosine", "constant"):
             raise InputError(f"--decay {self.decay!r}: expected cosine or constant")
+        parse_num_workers(self.num_workers)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -94,6 +95,33 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     low = cfg.lr * cfg.min_lr_ratio
     return low + 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))) * (cfg.lr - low)
+
+
+def parse_num_workers(value: int | str) -> int | str:
+    """``"auto"`` or a count >= 0 (ints, or their text as a command line gives them); anything else is one clear
+    error."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit():
+            return int(text)
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise InputError(f"--num-workers {value!r}: expected a count >= 0 or auto")
+
+
+def resolve_num_workers(value: int | str, device: torch.device | str) -> int:
+    """DataLoader workers for ``value``. ``"auto"``: none on CPU (the training step already uses every core, so
+    workers would only compete with it); on CUDA one per free core up to 8, leaving one core to the training process
+    (a small student on a GPU is otherwise bound by decoding, preprocessing and store reads in one process)."""
+    value = parse_num_workers(value)
+    if value != "auto":
+        return int(value)
+    if torch.device(device).type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores - 1))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -171,7 +199,7 @@ def _loader(dataset, collate, batch_size: int, num_workers: int, seed: int, devi
 
 @torch.no_grad()
 def evaluate(student, dataset: DistillDataset, collate: Collate, *, vocab=None, batch_size: int = 64,
-             num_workers: int = 0, device: torch.device | str = "cpu", bf16: bool = True,
+             num_workers: int | str = 0, device: torch.device | str = "cpu", bf16: bool = True,
              rationale: bool = True) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """Predict every sample of ``dataset`` and score with the official metric.
 
@@ -186,7 +214,7 @@ def evaluate(student, dataset: DistillDataset, collate: Collate, *, vocab=None, 
     was_training = student.training
     student.eval()
     preds: list[dict[str, Any]] = []
-    loader = _loader(dataset, collate, batch_size, num_workers, 0, device)
+    loader = _loader(dataset, collate, batch_size, resolve_num_workers(num_workers, device), 0, device)
     try:
         for batch in loader:
             batch = batch.to(device)
@@ -390,7 +418,8 @@ class Trainer:
         chunk_rows = max(1, int(train_data.image_chunk_rows))
         self.sampler = ChunkShuffleSampler(train_data.image_rows(), chunk_rows, cfg.buffer_chunks, cfg.seed)
         self.batches = ResumableBatches(self.sampler, cfg.batch_size)
-        self.loader = _loader(train_data, collate, cfg.batch_size, cfg.num_workers, cfg.seed, self.device,
+        self.num_workers = resolve_num_workers(cfg.num_workers, self.device)
+        self.loader = _loader(train_data, collate, cfg.batch_size, self.num_workers, cfg.seed, self.device,
                               batch_sampler=self.batches, persistent=True)
         self.step = 0
         self.micro = 0  # micro-batches consumed: (epoch, position) = divmod(micro, batches per epoch)
@@ -604,4 +633,5 @@ def _last_train_row(path: Path) -> dict[str, Any] | None:
 
 
 __all__ = ["PRIMARY_METRIC", "OnlineTeacher", "ResumableBatches", "TrainConfig", "Trainer", "evaluate",
-           "latest_checkpoint", "load_checkpoint", "lr_at", "resolve_device", "save_checkpoint", "student_batch"]
+           "latest_checkpoint", "load_checkpoint", "lr_at", "parse_num_workers", "resolve_device",
+           "resolve_num_workers", "save_checkpoint", "student_batch"]
