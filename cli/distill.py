@@ -11,7 +11,7 @@ from mad_pipeline.stages import evaluate as eval_stage
 from rich.console import Console
 from rich.table import Table
 
-from mad_pipeline.training.trainer import TrainConfig, parse_num_workers
+from mad_pipeline.training.trainer import NUM_WORKERS_HELP, TrainConfig, parse_num_workers
 
 from .main import app
 
@@ -96,9 +96,7 @@ def distill_cmd(
     eval_every: int = typer.Option(_D.eval_every, "--eval-every", help="Evaluate every N steps (0: at the end)."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, "--checkpoint-every", help="Checkpoint every N steps."),
     log_every: int = typer.Option(_D.log_every, "--log-every", help="Log training metrics every N steps."),
-    num_workers: str = typer.Option(_D.num_workers, "--num-workers",
-                                    help="DataLoader worker processes, or auto (none on CPU; on CUDA one per free "
-                                         "core, at most 8)."),
+    num_workers: str = typer.Option(_D.num_workers, "--num-workers", help=NUM_WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (never on CPU)."),
     cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Store cache root [env MAD_CACHE]."),
@@ -149,9 +147,7 @@ def eval_cmd(
     data_root: Path = typer.Option(None, "--data-root", help="Data root (default: the run's)."),
     out: Path = typer.Option(None, "--out", "-o", help="Predictions file (default RUN/predictions/<split>.json)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Samples per batch."),
-    num_workers: str = typer.Option("auto", "--num-workers",
-                                    help="DataLoader worker processes, or auto (none on CPU; on CUDA one per free "
-                                         "core, at most 8)."),
+    num_workers: str = typer.Option("auto", "--num-workers", help=NUM_WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda ..."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ):

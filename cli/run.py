@@ -138,8 +138,6 @@ def _run_and_print(config: Path, overrides, dry_run: bool, cache: Path | None, o
               soft_wrap=True, highlight=False)
 
 
-
-
 @app.command("report", help=REPORT_HELP)
 def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Run directories (or folders holding them)."),

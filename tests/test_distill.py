@@ -110,10 +110,9 @@ def _cli(*args: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _batch_pair(task: str, tiny_clip, world, cache, n: int = 6):
-    """The same samples, collated store-fed and online, with the student and MAD objective."""
+def _extracted(task: str, tiny_clip, world, cache):
+    """The task's training split extracted with tiny-clip: (dataset, stores, vocab, calibration, a vilt-tiny)."""
     from mad_pipeline.tasks.vqa import build_answer_vocab
-    from mad_pipeline.teachers import load_teacher
 
     _, weights = tiny_clip
     root = world / task
@@ -124,14 +123,26 @@ def _batch_pair(task: str, tiny_clip, world, cache, n: int = 6):
     ds = load_dataset(task, root, split="train")
     vocab = build_answer_vocab(ds.samples, min_count=1) if task == "vqa" else None
     calib = fit_snli_calibration(stores.zeroshot, ds.samples) if task == "snli-ve" else None
-    teacher = load_teacher("tiny-clip", str(weights), "cpu", "auto")
     torch.manual_seed(0)
     student = build_student("vilt-tiny", task, len(vocab) if vocab else (3 if task == "snli-ve" else 4))
+    return ds, stores, vocab, calib, student
+
+
+def _spread(n_items: int, n: int) -> list[int]:
+    return list(range(0, n_items, max(1, n_items // n)))[:n]
+
+
+def _batch_pair(task: str, tiny_clip, world, cache, n: int = 6):
+    """The same samples, collated store-fed and online, with the student and MAD objective."""
+    from mad_pipeline.teachers import load_teacher
+
+    ds, stores, vocab, calib, student = _extracted(task, tiny_clip, world, cache)
+    teacher = load_teacher("tiny-clip", str(tiny_clip[1]), "cpu", "auto")
     common = dict(stores=stores, vocab=vocab, calibration=calib)
     fed = DistillDataset(ds.samples, ds.root, task, student.image_preprocess, **common)
     onl = DistillDataset(ds.samples, ds.root, task, student.image_preprocess, online=True,
                          teacher_preprocess=teacher.preprocess, teacher_crop_box=teacher.crop_box_fn, **common)
-    idx = list(range(0, len(fed), max(1, len(fed) // n)))[:n]
+    idx = _spread(len(fed), n)
     collate = Collate(task, StudentTokenizer(student), fed.grid)
     b_fed = collate(fed.__getitems__(idx))
     b_onl = collate(onl.__getitems__(idx))
@@ -139,27 +150,14 @@ def _batch_pair(task: str, tiny_clip, world, cache, n: int = 6):
     return student, teacher, w, b_fed, b_onl
 
 
-def _planned(task, tiny_clip, world, cache, cfg, n: int = 6, order=None):
-    """The batch of :func:`_batch_pair` with the teacher-side targets made by the data pipeline (TargetPlan)."""
-    from mad_pipeline.tasks.vqa import build_answer_vocab
-
-    _, weights = tiny_clip
-    root = world / task
-    ex = extract_stage.run(extract_stage.ExtractConfig(
-        teacher="tiny-clip", weights=str(weights), data_root=root, dataset=task, split="train", task=task,
-        cache=cache, num_workers=0, vocab_min_count=1, progress=False), log=lambda m: None)
-    stores = StorePaths(**{k: ex.stores[k].path for k in ("image", "text", "index", "zeroshot")})
-    ds = load_dataset(task, root, split="train")
-    vocab = build_answer_vocab(ds.samples, min_count=1) if task == "vqa" else None
-    calib = fit_snli_calibration(stores.zeroshot, ds.samples) if task == "snli-ve" else None
-    torch.manual_seed(0)
-    student = build_student("vilt-tiny", task, len(vocab) if vocab else (3 if task == "snli-ve" else 4))
+def _planned(task, tiny_clip, world, cache, cfg, n: int = 6):
+    """The samples of :func:`_batch_pair`, with the teacher-side targets made by the data pipeline (TargetPlan)."""
+    ds, stores, vocab, calib, student = _extracted(task, tiny_clip, world, cache)
     plan = TargetPlan.for_objective(cfg, student.grid)
     data = DistillDataset(ds.samples, ds.root, task, student.image_preprocess, stores=stores, vocab=vocab,
                           calibration=calib, plan=plan)
     collate = Collate(task, StudentTokenizer(student), data.grid, plan)
-    idx = list(range(0, len(data), max(1, len(data) // n)))[:n]
-    return data, collate, idx
+    return data, collate, _spread(len(data), n)
 
 
 @pytest.mark.parametrize("task", ["vqa", "snli-ve", "vcr"])

@@ -184,6 +184,10 @@ class TokenTargets:
     def to(self, device) -> TokenTargets:
         return _move(self, device)
 
+    @property
+    def nbytes(self) -> int:
+        return self.index.nbytes + self.tokens.nbytes + self.mask.nbytes
+
     @classmethod
     def from_selection(cls, selected: Tensor, aligned: Tensor, policy: str, k: float | int) -> TokenTargets:
         """Compact a selection mask ``(B, N)`` over aligned teacher tokens ``(B, N, D)`` to the selected positions, in
@@ -224,21 +228,17 @@ class TokenTargets:
         return cls(index, tokens, mask, first.policy, first.k)
 
 
-def image_targets(
-    policy: str,
-    k: float | int,
+def _aligned_patches(
     teacher_tokens: Tensor,
     grid: tuple[int, int] | None,
     crop_box: Tensor,
     student_centers: Tensor,
     valid: Tensor | None = None,
     student_mask: Tensor | None = None,
-) -> TokenTargets:
-    """Align teacher patches to the student patches (:func:`.align.align_patches`), select with ``policy``
-    (``teacher-saliency`` against the teacher CLS, or ``all``) and compact. ``teacher_tokens (B, 1 + Gh * Gw, D)``
-    CLS first; ``grid`` None = square. Each sample's result depends on that sample only (bit for bit)."""
-    if policy not in PRECOMPUTABLE_POLICIES:
-        raise ValueError(f"selection {policy!r} cannot be computed from teacher data alone")
+) -> tuple[Tensor, Tensor]:
+    """Teacher patches (``teacher_tokens (B, 1 + Gh * Gw, D)``, CLS first; ``grid`` None = square) aligned to the
+    student patch centres, with the mask of usable positions (inside the teacher's crop, valid image, real student
+    patch)."""
     n = teacher_tokens.shape[1] - 1
     if grid is None:
         side = math.isqrt(n)
@@ -250,7 +250,38 @@ def image_targets(
         mask = mask & student_mask.bool()
     if valid is not None:
         mask = mask & valid.bool()[:, None]
-    sel = select_tokens(policy, k, aligned, teacher_tokens[:, 0].float(), mask)
+    return aligned, mask
+
+
+def _aligned_text(teacher_tokens: Tensor, teacher_spans: Tensor, student_spans: Tensor) -> tuple[Tensor, Tensor]:
+    """Teacher text tokens aligned to the student's by character-span overlap, with the mask of aligned positions."""
+    assign, mask = align_text(teacher_spans, student_spans)
+    return assign @ teacher_tokens.float(), mask
+
+
+def _check_teacher_side(policy: str) -> None:
+    if policy == "student-gap":
+        raise ValueError("student-gap selection ranks by the student's tokens: it has no teacher-side targets")
+
+
+def image_targets(
+    policy: str,
+    k: float | int,
+    teacher_tokens: Tensor,
+    grid: tuple[int, int] | None,
+    crop_box: Tensor,
+    student_centers: Tensor,
+    valid: Tensor | None = None,
+    student_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> TokenTargets:
+    """Align teacher patches to the student patches (:func:`.align.align_patches`), select with ``policy``
+    (``teacher-saliency`` against the teacher CLS, ``all``, or ``random`` with ``generator``) and compact.
+    ``teacher_tokens (B, 1 + Gh * Gw, D)`` CLS first; ``grid`` None = square. With the
+    :data:`PRECOMPUTABLE_POLICIES` each sample's result depends on that sample only (bit for bit)."""
+    _check_teacher_side(policy)
+    aligned, mask = _aligned_patches(teacher_tokens, grid, crop_box, student_centers, valid, student_mask)
+    sel = select_tokens(policy, k, aligned, teacher_tokens[:, 0].float(), mask, generator=generator)
     return TokenTargets.from_selection(sel, aligned, policy, k)
 
 
@@ -261,14 +292,15 @@ def text_targets(
     teacher_spans: Tensor,
     teacher_ref: Tensor | None,
     student_spans: Tensor,
+    generator: torch.Generator | None = None,
 ) -> TokenTargets:
     """Align teacher text tokens to the student's by character-span overlap (:func:`.align.align_text`), select with
-    ``policy`` (``teacher-saliency`` against ``teacher_ref``, or ``all``) and compact."""
-    if policy not in PRECOMPUTABLE_POLICIES:
-        raise ValueError(f"selection {policy!r} cannot be computed from teacher data alone")
-    assign, mask = align_text(teacher_spans, student_spans)
-    aligned = assign @ teacher_tokens.float()
-    sel = select_tokens(policy, k, aligned, teacher_ref if policy == "teacher-saliency" else None, mask)
+    ``policy`` (``teacher-saliency`` against ``teacher_ref``, ``all``, or ``random`` with ``generator``) and
+    compact."""
+    _check_teacher_side(policy)
+    aligned, mask = _aligned_text(teacher_tokens, teacher_spans, student_spans)
+    sel = select_tokens(policy, k, aligned, teacher_ref if policy == "teacher-saliency" else None, mask,
+                        generator=generator)
     return TokenTargets.from_selection(sel, aligned, policy, k)
 
 
@@ -664,72 +696,45 @@ class MADLoss(nn.Module):
         cfg = self.config
         if not cfg.tokens_v or self.proj_v is None or s.visual_tokens is None:
             return zeros
-        targets = t.image_targets
-        if targets is None or cfg.select_v not in PRECOMPUTABLE_POLICIES:
+        targets, mask = t.image_targets, None
+        if targets is not None and cfg.select_v in PRECOMPUTABLE_POLICIES:  # made by the data pipeline
+            _check_targets(targets, cfg.select_v, cfg.k_v, "image")
+            if s.visual_mask is not None:
+                mask = targets.mask & s.visual_mask.bool().gather(1, targets.index)
+        else:
             if t.image_tokens is None:
                 return zeros
             if s.visual_centers is None or t.crop_box is None:
                 raise ValueError("image token distillation needs student visual_centers and the teacher crop_box")
-            if cfg.select_v not in PRECOMPUTABLE_POLICIES:
-                return self._image_tokens_in_step(s, t, generator)
-            targets = image_targets(cfg.select_v, cfg.k_v, t.image_tokens, t.image_grid, t.crop_box,
-                                    s.visual_centers, t.image_valid, s.visual_mask)
-        else:
-            _check_targets(targets, cfg.select_v, cfg.k_v, "image")
-        mask = targets.mask
-        if s.visual_mask is not None and t.image_targets is not None:
-            mask = mask & s.visual_mask.bool().gather(1, targets.index)
-        return token_loss(self.proj_v(_take(s.visual_tokens, targets.index)), targets.tokens, mask, cfg.token_loss)
-
-    def _image_tokens_in_step(self, s: StudentBatch, t: TeacherBatch, generator) -> Tensor:
-        """``random`` / ``student-gap`` selection: aligned here, selected with the step's generator or the
-        projected student tokens."""
-        cfg = self.config
-        tokens = t.image_tokens.float()
-        grid = t.image_grid
-        if grid is None:
-            side = math.isqrt(tokens.shape[1] - 1)
-            if side * side != tokens.shape[1] - 1:
-                raise ValueError("teacher image_grid is needed for a non-square patch grid")
-            grid = (side, side)
-        aligned, mask = align_patches(tokens[:, 1:], grid, t.crop_box, s.visual_centers)
-        if s.visual_mask is not None:
-            mask = mask & s.visual_mask.bool()
-        if t.image_valid is not None:
-            mask = mask & t.image_valid.bool()[:, None]
-        if cfg.select_v == "student-gap":  # ranks by the projected student tokens: project them all
-            proj = self.proj_v(s.visual_tokens)
-            sel = select_tokens(cfg.select_v, cfg.k_v, aligned, None, mask, proj, generator)
-            return token_loss(proj, aligned, sel, cfg.token_loss)
-        sel = select_tokens(cfg.select_v, cfg.k_v, aligned, None, mask, None, generator)
-        targets = TokenTargets.from_selection(sel, aligned, cfg.select_v, cfg.k_v)
-        return token_loss(self.proj_v(_take(s.visual_tokens, targets.index)), targets.tokens, targets.mask,
-                          cfg.token_loss)
+            args = (t.image_tokens, t.image_grid, t.crop_box, s.visual_centers, t.image_valid, s.visual_mask)
+            if cfg.select_v == "student-gap":  # ranks by the projected student tokens: project them all
+                aligned, ok = _aligned_patches(*args)
+                proj = self.proj_v(s.visual_tokens)
+                sel = select_tokens(cfg.select_v, cfg.k_v, aligned, None, ok, proj, generator)
+                return token_loss(proj, aligned, sel, cfg.token_loss)
+            targets = image_targets(cfg.select_v, cfg.k_v, *args, generator=generator)
+        return _targets_loss(self.proj_v, s.visual_tokens, targets, cfg.token_loss, mask)
 
     def _text_tokens(self, s: StudentBatch, t: TeacherBatch, zeros: Tensor, generator) -> Tensor:
         cfg = self.config
         if not cfg.tokens_t or self.proj_t is None or s.text_tokens is None:
             return zeros
         targets = t.text_targets
-        if targets is not None and cfg.select_t in PRECOMPUTABLE_POLICIES:
+        if targets is not None and cfg.select_t in PRECOMPUTABLE_POLICIES:  # made by the data pipeline
             _check_targets(targets, cfg.select_t, cfg.k_t, "text")
-            return token_loss(self.proj_t(_take(s.text_tokens, targets.index)), targets.tokens, targets.mask,
-                              cfg.token_loss)
-        if t.text_tokens is None or s.text_spans is None or t.text_spans is None:
-            return zeros  # no spans on one side: text is distilled through the pooled term only
-        if cfg.select_t in PRECOMPUTABLE_POLICIES:
-            ref = self._text_ref(t) if cfg.select_t == "teacher-saliency" else None
-            targets = text_targets(cfg.select_t, cfg.k_t, t.text_tokens, t.text_spans, ref, s.text_spans)
-            return token_loss(self.proj_t(_take(s.text_tokens, targets.index)), targets.tokens, targets.mask,
-                              cfg.token_loss)
-        assign, mask = align_text(t.text_spans, s.text_spans)
-        aligned = assign @ t.text_tokens.float()
-        proj = self.proj_t(s.text_tokens)
-        sel = select_tokens(cfg.select_t, cfg.k_t, aligned, None, mask, proj, generator)
-        return token_loss(proj, aligned, sel, cfg.token_loss)
-
-    def _text_ref(self, t: TeacherBatch) -> Tensor:
-        return text_reference(t.text_tokens, t.text_length, t.text_pooled, t.text_ref)
+        else:
+            if t.text_tokens is None or s.text_spans is None or t.text_spans is None:
+                return zeros  # no spans on one side: text is distilled through the pooled term only
+            if cfg.select_t == "student-gap":
+                aligned, ok = _aligned_text(t.text_tokens, t.text_spans, s.text_spans)
+                proj = self.proj_t(s.text_tokens)
+                sel = select_tokens(cfg.select_t, cfg.k_t, aligned, None, ok, proj, generator)
+                return token_loss(proj, aligned, sel, cfg.token_loss)
+            ref = None
+            if cfg.select_t == "teacher-saliency":
+                ref = text_reference(t.text_tokens, t.text_length, t.text_pooled, t.text_ref)
+            targets = text_targets(cfg.select_t, cfg.k_t, t.text_tokens, t.text_spans, ref, s.text_spans, generator)
+        return _targets_loss(self.proj_t, s.text_tokens, targets, cfg.token_loss)
 
     def _pooled(self, s: StudentBatch, t: TeacherBatch, zeros: Tensor) -> Tensor:
         if not self.config.use_pooled or s.pooled is None:
@@ -816,9 +821,11 @@ class MADLoss(nn.Module):
         }
 
 
-def _take(x: Tensor, index: Tensor) -> Tensor:
-    """``x (B, N, H)`` at ``index (B, K)`` -> ``(B, K, H)``."""
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+def _targets_loss(proj: nn.Module, student: Tensor, targets: TokenTargets, kind: str, mask: Tensor | None = None):
+    """:func:`token_loss` over the target positions only: the student tokens there are gathered and projected (with
+    top-50% selection that halves the projection and its backward, MAD's largest cost)."""
+    taken = student.gather(1, targets.index[..., None].expand(-1, -1, student.shape[-1]))
+    return token_loss(proj(taken), targets.tokens, targets.mask if mask is None else mask, kind)
 
 
 def _check_targets(targets: TokenTargets, policy: str, k: float | int, what: str) -> None:

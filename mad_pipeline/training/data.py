@@ -374,11 +374,10 @@ class DistillDataset(Dataset):
             for r, t in zip(todo.tolist(), out.rows(), strict=True):
                 t = replace(t, tokens=t.tokens.to(dtype))
                 cache[r] = t
-                self._targets_bytes += t.tokens.nbytes + t.index.nbytes + t.mask.nbytes
+                self._targets_bytes += t.nbytes
             keep = len(set(rows.tolist()))
             while self._targets_bytes > budget and len(cache) > keep:
-                _, old = cache.popitem(last=False)
-                self._targets_bytes -= old.tokens.nbytes + old.index.nbytes + old.mask.nbytes
+                self._targets_bytes -= cache.popitem(last=False)[1].nbytes
         return [cache[r] for r in rows.tolist()]
 
     def _student_item(self, i: int) -> dict[str, Any]:
@@ -570,8 +569,9 @@ class Collate:
                 student_spans = text.char_spans
                 if self.task == "vcr":
                     student_spans = student_spans[torch.arange(b), batch.pair]
-                ref = text_reference(tokens, length, parts["text_pooled"]) if plan.select_t == "teacher-saliency" \
-                    else None
+                ref = None
+                if plan.select_t == "teacher-saliency":
+                    ref = text_reference(tokens, length, parts["text_pooled"])
                 targets = text_targets(plan.select_t, plan.k_t, tokens, spans, ref, student_spans)
                 parts.update(text_targets=replace(targets, tokens=targets.tokens.to(tokens.dtype)))
             else:

@@ -111,6 +111,9 @@ def parse_num_workers(value: int | str) -> int | str:
     raise InputError(f"--num-workers {value!r}: expected a count >= 0 or auto")
 
 
+NUM_WORKERS_HELP = "DataLoader worker processes, or auto (none on CPU; on CUDA one per free core, at most 8)."
+
+
 def resolve_num_workers(value: int | str, device: torch.device | str) -> int:
     """DataLoader workers for ``value``. ``"auto"``: none on CPU (the training step already uses every core, so
     workers would only compete with it); on CUDA one per free core up to 8, leaving one core to the training process
@@ -418,8 +421,8 @@ class Trainer:
         chunk_rows = max(1, int(train_data.image_chunk_rows))
         self.sampler = ChunkShuffleSampler(train_data.image_rows(), chunk_rows, cfg.buffer_chunks, cfg.seed)
         self.batches = ResumableBatches(self.sampler, cfg.batch_size)
-        self.num_workers = resolve_num_workers(cfg.num_workers, self.device)
-        self.loader = _loader(train_data, collate, cfg.batch_size, self.num_workers, cfg.seed, self.device,
+        workers = resolve_num_workers(cfg.num_workers, self.device)
+        self.loader = _loader(train_data, collate, cfg.batch_size, workers, cfg.seed, self.device,
                               batch_sampler=self.batches, persistent=True)
         self.step = 0
         self.micro = 0  # micro-batches consumed: (epoch, position) = divmod(micro, batches per epoch)
@@ -633,5 +636,5 @@ def _last_train_row(path: Path) -> dict[str, Any] | None:
 
 
 __all__ = ["PRIMARY_METRIC", "OnlineTeacher", "ResumableBatches", "TrainConfig", "Trainer", "evaluate",
-           "latest_checkpoint", "load_checkpoint", "lr_at", "parse_num_workers", "resolve_device",
+           "latest_checkpoint", "load_checkpoint", "lr_at", "NUM_WORKERS_HELP", "parse_num_workers", "resolve_device",
            "resolve_num_workers", "save_checkpoint", "student_batch"]
