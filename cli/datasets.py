@@ -10,7 +10,7 @@ from mad_pipeline.stages import make_shapes as stage
 from rich.console import Console
 from rich.table import Table
 
-from .main import app
+from .app import app
 
 datasets_app = typer.Typer(help="Generate datasets in the official VQA v2 / SNLI-VE / VCR formats.\n\n"
                            "Example:\n\n  mad datasets make shapes --out shapes --size 2000 --seed 0",

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from mad_pipeline.training.trainer import NUM_WORKERS_HELP, TrainConfig, parse_num_workers
 
-from .main import app
+from .app import app
 
 _D = TrainConfig()
 

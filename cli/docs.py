@@ -10,7 +10,8 @@ import os
 import typer
 from typer.testing import CliRunner
 
-from .main import _register, app
+from .app import app
+from .main import _register
 
 HEADER = """# CLI reference
 

@@ -10,7 +10,7 @@ from mad_pipeline.stages import extract as stage
 from rich.console import Console
 from rich.table import Table
 
-from .main import app
+from .app import app
 
 EXAMPLES = """
 Examples:

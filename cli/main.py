@@ -1,4 +1,5 @@
-"""``mad``: the Typer app. Each command lives in its own module and registers itself on ``app`` here."""
+"""``mad``: the entry point. The Typer apps live in :mod:`mad_pipeline.cli.app`; each command lives in its own
+module and attaches itself to them when imported; :func:`_register` imports them all."""
 
 from __future__ import annotations
 
@@ -9,25 +10,11 @@ import typer
 
 from mad_pipeline.errors import MadError
 
-app = typer.Typer(
-    name="mad",
-    help="Multimodal Adaptive Distillation: extract frozen-teacher features once, distill students from them.\n\n"
-    "Examples:\n\n"
-    "  mad teachers\n\n"
-    "  mad extract --teacher clip-vit-l --manifest data.jsonl --data-root DIR\n\n"
-    "  mad store info ~/.cache/mad/stores/image/<key>.zarr",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode="rich",
-)
-store_app = typer.Typer(help="List, inspect, verify and share feature stores (ls, info, verify, push, pull, gc).",
-                        no_args_is_help=True)
-app.add_typer(store_app, name="store")
+from .app import app
 
 
 def _register() -> None:
-    # one import per command module; each attaches its commands to `app` (or a sub-app above)
+    # one import per command module; each attaches its commands to `app` (or `store_app`)
     from . import datasets, distill, extract, run, score, store, teacher, teachers  # noqa: F401
 
 

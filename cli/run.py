@@ -14,7 +14,7 @@ from rich.table import Table
 from mad_pipeline.pipeline import report as report_lib
 from mad_pipeline.pipeline.config import bundled_config
 
-from .main import app
+from .app import app
 
 RUN_HELP = """Run a whole experiment from one YAML file: data, extract (frozen teachers -> feature stores), \
 distill (per method, training fraction and seed), eval, report. Every stage is keyed by the content hash of \

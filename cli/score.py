@@ -10,7 +10,7 @@ from mad_pipeline.stages import score as stage
 from rich.console import Console
 from rich.table import Table
 
-from .main import app
+from .app import app
 
 _HELP = (
     "Score predictions with the task's official metric (accuracies in %).\n\n"

@@ -9,7 +9,7 @@ from mad_pipeline.stages import store_info as stage
 from rich.console import Console
 from rich.table import Table
 
-from .main import store_app
+from .app import store_app
 
 
 @store_app.command("info", help="Print a store's manifest and array shapes as a table.\n\n"

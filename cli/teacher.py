@@ -11,7 +11,7 @@ from mad_pipeline.stages import zeroshot_shapes as zs_stage
 from rich.console import Console
 from rich.table import Table
 
-from .main import app
+from .app import app
 
 teacher_app = typer.Typer(help="Train and evaluate the shapes-clip teacher.\n\n"
                           "Example:\n\n  mad teacher train-shapes --out shapes-clip --seed 0",

@@ -9,7 +9,7 @@ from mad_pipeline.stages import teachers as stage
 from rich.console import Console
 from rich.table import Table
 
-from .main import app
+from .app import app
 
 
 @app.command("teachers")
