@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mad_pipeline.data import load_dataset
+from mad_pipeline.data import Sample, load_dataset
 from mad_pipeline.data.snli_ve import read_snli_ve
 from mad_pipeline.data.vcr import read_vcr, render_tokens
 from mad_pipeline.data.vqa import read_vqa
@@ -289,3 +289,64 @@ def test_vcr_bad_json_line_and_missing_file(tmp_path):
         read_vcr(root, "dev")
     with pytest.raises(InputError, match="train.jsonl"):
         read_vcr(root, "train")
+
+
+# ----------------------------------------------------------------------------------------------- the registry
+
+
+def test_reader_registry_lists_the_builtin_readers_and_refuses_unknown_names(tmp_path):
+    from mad_pipeline.data import DATASETS
+
+    assert DATASETS == ("jsonl", "vqa", "snli-ve", "vcr")
+    with pytest.raises(InputError, match=r"unknown dataset 'nope'; known: jsonl, vqa, snli-ve, vcr"):
+        load_dataset("nope", tmp_path, split="train")
+    with pytest.raises(InputError, match="--split is required with --dataset vcr"):
+        load_dataset("vcr", FIX / "vcr")
+
+
+def test_a_reader_registered_from_outside_the_package_is_found(tmp_path, monkeypatch):
+    """What a plugin module does: register a reader under its own dataset name; load_dataset then reads with it."""
+    import mad_pipeline.data as data
+    from mad_pipeline.data import Dataset, Sample, register_reader, registry
+
+    monkeypatch.setattr(registry, "_READERS", dict(registry._READERS))  # forget the plugin afterwards
+
+    @register_reader("toy")
+    def read_toy(root: Path, split: str, on_error: str = "fail") -> Dataset:
+        return Dataset(name="toy", root=root, split=split, samples=[Sample("t0", None, (f"a {split} text",))])
+
+    ds = load_dataset("toy", tmp_path, split="dev")
+    assert ds.name == "toy" and ds.samples[0].texts == ("a dev text",)
+    assert data.DATASETS[-1] == "toy"
+    register_reader("toy", read_toy)  # the same reader again (a module imported twice): fine
+    with pytest.raises(ValueError, match="already has a reader"):
+        register_reader("vqa", read_toy)
+    with pytest.raises(ValueError, match="built-in JSONL manifest reader"):
+        register_reader("jsonl", read_toy)
+
+
+def test_jsonl_readers_share_one_skip_or_fail_loop(tmp_path):
+    """Blank lines are ignored; a bad line fails naming file:line, or is recorded with its id under skip."""
+    from mad_pipeline.data.jsonio import peek_field, read_jsonl
+
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"id": "a"}\n\n{"id": "b", "bad": 1}\n{"id": "a"}\nnot json\n\xff\n')
+
+    def parse(rec, seen):
+        if rec.get("bad"):
+            raise ValueError("bad record")
+        if rec["id"] in seen:
+            raise ValueError("duplicate")
+        return Sample(rec["id"], None, ())
+
+    with pytest.raises(InputError, match=rf"^{path}:3: bad record$"):
+        read_jsonl(path, parse, sample_id=lambda line: peek_field(line, "id"))
+    samples, skipped = read_jsonl(path, parse, sample_id=lambda line: peek_field(line, "id"), on_error="skip")
+    assert [s.id for s in samples] == ["a"]
+    assert [(k.source.rsplit(":", 1)[1], k.sample_id, k.reason.split(" (")[0]) for k in skipped] == [
+        ("3", "b", "bad record"), ("4", "a", "duplicate"), ("5", None, "malformed JSON"),
+        ("6", None, "not valid UTF-8"),
+    ]
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(InputError, match="empty.jsonl: no records"):
+        read_jsonl(tmp_path / "empty.jsonl", parse, sample_id=lambda line: None)

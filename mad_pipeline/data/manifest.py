@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
-from .base import Dataset, Sample, Skipped
+from .base import Dataset, Sample
+from .jsonio import read_jsonl
 from .paths import safe_relpath
 
 
@@ -19,37 +21,12 @@ def read_jsonl_manifest(manifest: Path, root: Path, on_error: str = "fail") -> D
         raise InputError(f"--data-root {root}: not a directory")
     if not manifest.is_file():
         raise InputError(f"--manifest {manifest}: file not found")
-    samples: list[Sample] = []
-    skipped: list[Skipped] = []
-    seen: set[str] = set()
-    raw = manifest.read_bytes()
-    for lineno, line in enumerate(raw.splitlines(), start=1):
-        where = f"{manifest}:{lineno}"
-        if not line.strip():
-            continue
-        try:
-            sample = _parse_line(line, root, seen)
-        except ValueError as e:
-            if on_error == "skip":
-                skipped.append(Skipped(where, _peek_id(line), str(e)))
-                continue
-            raise InputError(f"{where}: {e}") from None
-        seen.add(sample.id)
-        samples.append(sample)
-    if not samples and not skipped:
-        raise InputError(f"{manifest}: no records")
+    samples, skipped = read_jsonl(manifest, lambda rec, seen: _parse_record(rec, root, seen), on_error=on_error,
+                                  what="manifest", sample_id=_peek_id)
     return Dataset(name="jsonl", root=root, split=None, samples=samples, skipped=skipped, sources=[manifest])
 
 
-def _parse_line(line: bytes, root: Path, seen: set[str]) -> Sample:
-    try:
-        text_line = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not valid UTF-8 (byte {e.start})") from None
-    try:
-        rec = json.loads(text_line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"malformed JSON ({e.msg} at column {e.colno})") from None
+def _parse_record(rec: Any, root: Path, seen: set[str]) -> Sample:
     if not isinstance(rec, dict):
         raise ValueError("expected a JSON object")
     if "id" not in rec:

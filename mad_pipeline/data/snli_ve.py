@@ -18,42 +18,20 @@ Each sample is one (image, hypothesis) pair: ``id`` = pairID, ``texts`` = (sente
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
 from .base import Dataset, Sample, Skipped
+from .jsonio import check_text, peek_field, read_jsonl, require
 from .paths import safe_relpath
-from .vqa import check_text, require
+from .registry import register_reader
 
 SPLITS = ("train", "dev", "test")
 LABELS = ("entailment", "neutral", "contradiction")
 FILE = "snli_ve_{split}.jsonl"
 IMAGE_DIRS = ("Flickr30K/flickr30k_images", "flickr30k_images")
 _FILE_DIRS = ("", "annotations")
-
-
-def iter_jsonl(path: Path, what: str = "JSONL file") -> Iterator[tuple[int, Any | ValueError]]:
-    """Yield ``(line_number, record)`` per non-blank line; a line that is not valid UTF-8 JSON yields a
-    ValueError in place of the record, so the caller can fail or skip with ``file:line``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
-    raw = path.read_bytes()
-    for lineno, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield lineno, ValueError(f"not valid UTF-8 (byte {e.start})")
-            continue
-        try:
-            yield lineno, json.loads(text)
-        except json.JSONDecodeError as e:
-            yield lineno, ValueError(f"malformed JSON ({e.msg} at column {e.colno})")
 
 
 def snli_ve_file(root: Path, split: str) -> Path:
@@ -76,6 +54,7 @@ def image_dir(root: Path) -> str:
     return IMAGE_DIRS[0]
 
 
+@register_reader("snli-ve")
 def read_snli_ve(root: Path, split: str, on_error: str = "fail") -> Dataset:
     root = Path(root)
     path = snli_ve_file(root, split)
@@ -87,33 +66,12 @@ def parse_snli_ve(path: Path, *, root: Path | None = None, on_error: str = "fail
                   ) -> tuple[list[Sample], list[Skipped]]:
     """Parse one ``snli_ve_*.jsonl`` file. With ``root`` samples get image paths; without (scoring) they don't.
     Problems name ``file:line``."""
-    path = Path(path)
     img_dir = image_dir(root) if root is not None else None
-    samples: list[Sample] = []
-    skipped: list[Skipped] = []
-    seen: set[str] = set()
-    for lineno, rec in iter_jsonl(path, "SNLI-VE file"):
-        where = f"{path}:{lineno}"
-        sid = rec.get("pairID") if isinstance(rec, dict) and isinstance(rec.get("pairID"), str) else None
-        try:
-            if isinstance(rec, ValueError):
-                raise rec
-            sample = _parse_record(rec, root, img_dir)
-            if sample.id in seen:
-                raise ValueError(f"duplicate pairID {sample.id!r}")
-        except ValueError as e:
-            if on_error == "skip":
-                skipped.append(Skipped(where, sid, str(e)))
-                continue
-            raise InputError(f"{where}: {e}") from None
-        seen.add(sample.id)
-        samples.append(sample)
-    if not samples and not skipped:
-        raise InputError(f"{path}: no records")
-    return samples, skipped
+    return read_jsonl(path, lambda rec, seen: _parse_record(rec, root, img_dir, seen), on_error=on_error,
+                      what="SNLI-VE file", sample_id=lambda line: peek_field(line, "pairID"))
 
 
-def _parse_record(rec: Any, root: Path | None, img_dir: str | None) -> Sample:
+def _parse_record(rec: Any, root: Path | None, img_dir: str | None, seen: set[str]) -> Sample:
     if not isinstance(rec, dict):
         raise ValueError("expected a JSON object")
     pair_id = check_text(require(rec, "pairID"), "pairID")
@@ -132,4 +90,6 @@ def _parse_record(rec: Any, root: Path | None, img_dir: str | None) -> Sample:
     meta: dict[str, Any] = {"gold_label": label, "pairID": pair_id, "Flickr30K_ID": fid}
     if isinstance(rec.get("captionID"), str):
         meta["captionID"] = rec["captionID"]
+    if pair_id in seen:
+        raise ValueError(f"duplicate pairID {pair_id!r}")
     return Sample(id=pair_id, image=image, texts=(hypothesis,), meta=meta)

@@ -1,16 +1,19 @@
-"""Low-shot subsets and domain-shift splits, deterministic on every machine.
+"""Low-shot subsets, deterministic on every machine.
 
 ``subsample(samples, fraction, seed)`` ranks samples by sha256(f"{seed}:{id}") and keeps the first
 ceil(fraction * n): the same ids on every run, machine and Python version (no RNG state involved), different seeds
 give different subsets, and for one seed the subsets are nested (the 1% subset is inside the 5% one), so low-shot
 curves compare like with like.
+
+Domain shift is not a subset of a split: the shapes world ships its held-out colour+shape combinations as a split of
+their own (``--split shift``; see docs/shapes.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from ..errors import InputError
 from .base import Sample
@@ -30,26 +33,3 @@ def subsample(samples: Sequence[Sample], fraction: float, seed: int) -> list[Sam
     ids = {sid for _, sid in keep}
     return [s for s in samples if s.id in ids]  # dataset order kept
 
-
-# --- domain shift ---------------------------------------------------------------------------------------------
-def _question_type(s: Sample) -> str:
-    return str(s.meta.get("question_type", ""))
-
-
-SHIFTS: dict[str, Callable[[Sample], str]] = {
-    "question-type": _question_type,  # VQA: hold out whole question types (e.g. "what color", "how many")
-}
-
-
-def domain_split(samples: Sequence[Sample], by: str, held_out: Sequence[str]) -> tuple[list[Sample], list[Sample]]:
-    """(in-domain, held-out): samples whose ``by`` attribute is in ``held_out`` go to the second list.
-
-    The shapes world ships its own attribute-combination shift as a split (``--split shift``; see docs/shapes.md).
-    """
-    if by not in SHIFTS:
-        raise InputError(f"unknown domain shift {by!r}; known: {', '.join(SHIFTS)}")
-    key = SHIFTS[by]
-    held = set(held_out)
-    inside = [s for s in samples if key(s) not in held]
-    out = [s for s in samples if key(s) in held]
-    return inside, out

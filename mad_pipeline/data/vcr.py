@@ -27,9 +27,9 @@ from typing import Any
 
 from ..errors import InputError
 from .base import Dataset, Sample, Skipped
+from .jsonio import check_int, check_text, peek_field, read_jsonl, require
 from .paths import safe_relpath
-from .snli_ve import iter_jsonl
-from .vqa import check_int, check_text, require
+from .registry import register_reader
 
 SPLITS = ("train", "val", "test")
 NUM_CHOICES = 4
@@ -86,6 +86,7 @@ def vcr_file(root: Path, split: str) -> Path:
     raise InputError(f"{root / name}: VCR annotation file not found (also looked in {root / 'vcr1annots'})")
 
 
+@register_reader("vcr")
 def read_vcr(root: Path, split: str, on_error: str = "fail") -> Dataset:
     root = Path(root)
     path = vcr_file(root, split)
@@ -98,32 +99,11 @@ def parse_vcr(path: Path, *, root: Path | None = None, require_labels: bool = Tr
     """Parse one VCR jsonl file. With ``root`` samples get image paths; without (scoring) they don't.
     ``require_labels``: a record without ``answer_label``/``rationale_label`` is an error (not in test).
     Problems name ``file:line``."""
-    path = Path(path)
-    samples: list[Sample] = []
-    skipped: list[Skipped] = []
-    seen: set[str] = set()
-    for lineno, rec in iter_jsonl(path, "VCR annotation file"):
-        where = f"{path}:{lineno}"
-        sid = rec.get("annot_id") if isinstance(rec, dict) and isinstance(rec.get("annot_id"), str) else None
-        try:
-            if isinstance(rec, ValueError):
-                raise rec
-            sample = _parse_record(rec, root, require_labels)
-            if sample.id in seen:
-                raise ValueError(f"duplicate annot_id {sample.id!r}")
-        except ValueError as e:
-            if on_error == "skip":
-                skipped.append(Skipped(where, sid, str(e)))
-                continue
-            raise InputError(f"{where}: {e}") from None
-        seen.add(sample.id)
-        samples.append(sample)
-    if not samples and not skipped:
-        raise InputError(f"{path}: no records")
-    return samples, skipped
+    return read_jsonl(path, lambda rec, seen: _parse_record(rec, root, require_labels, seen), on_error=on_error,
+                      what="VCR annotation file", sample_id=lambda line: peek_field(line, "annot_id"))
 
 
-def _parse_record(rec: Any, root: Path | None, require_labels: bool) -> Sample:
+def _parse_record(rec: Any, root: Path | None, require_labels: bool, seen: set[str]) -> Sample:
     if not isinstance(rec, dict):
         raise ValueError("expected a JSON object")
     annot_id = check_text(require(rec, "annot_id"), "annot_id")
@@ -166,4 +146,6 @@ def _parse_record(rec: Any, root: Path | None, require_labels: bool) -> Sample:
         "metadata_fn": metadata,
     }
     texts = (question, *choices["answer_choices"], *choices["rationale_choices"])
+    if annot_id in seen:
+        raise ValueError(f"duplicate annot_id {annot_id!r}")
     return Sample(id=annot_id, image=image, texts=texts, meta=meta)

@@ -22,7 +22,6 @@ answer objects as in the file, for the official evaluation), answer_type, questi
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,9 @@ from typing import Any
 
 from ..errors import InputError
 from .base import Dataset, Sample, Skipped
+from .jsonio import check_int, check_text, load_json, require
 from .paths import safe_relpath
+from .registry import register_reader
 
 # split -> (file subtype, image folder subtype)
 SPLITS: dict[str, tuple[str, str]] = {
@@ -45,53 +46,6 @@ IMAGE_FILE = "COCO_{image_subtype}_{image_id:012d}.jpg"
 _QUESTION_DIRS = ("", "Questions", "questions")
 _ANNOTATION_DIRS = ("", "Annotations", "annotations")
 _IMAGE_PARENTS = ("", "Images/mscoco", "images")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# JSON helpers shared by the readers and `mad score`
-
-
-def load_json(path: Path, what: str = "JSON file") -> Any:
-    """Load a whole JSON document; every failure is an InputError naming the file (and line for bad JSON)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not valid UTF-8 (byte {e.start})") from None
-    if not text.strip():
-        raise InputError(f"{path}: empty file (expected a {what})")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-
-
-def check_text(value: Any, field: str) -> str:
-    """A text field: a string that is valid Unicode (no lone surrogates, no U+FFFD from a bad decode)."""
-    if not isinstance(value, str):
-        raise ValueError(f"field {field!r} must be a string")
-    if "\ufffd" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise ValueError(f"field {field!r} is not valid Unicode (replacement characters or lone surrogates)")
-    return value
-
-
-def check_int(value: Any, field: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"field {field!r} must be an integer")
-    return value
-
-
-def require(rec: dict, field: str) -> Any:
-    if field not in rec:
-        raise ValueError(f"missing field {field!r}")
-    return rec[field]
-
-
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def split_subtypes(split: str) -> tuple[str, str]:
@@ -139,6 +93,7 @@ def _first_file(root: Path, dirs: tuple[str, ...], name: str) -> Path | None:
     return None
 
 
+@register_reader("vqa")
 def read_vqa(root: Path, split: str, on_error: str = "fail") -> Dataset:
     """Read one VQA v2 split under ``root``; see the module docstring for files and layout."""
     root = Path(root)
