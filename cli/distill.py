@@ -11,7 +11,8 @@ from mad_pipeline.stages import evaluate as eval_stage
 from rich.console import Console
 from rich.table import Table
 
-from mad_pipeline.training.trainer import NUM_WORKERS_HELP, TrainConfig, parse_num_workers
+from mad_pipeline.losses import MADConfig
+from mad_pipeline.training.config import NUM_WORKERS_HELP, TrainConfig, parse_num_workers
 
 from .app import app
 
@@ -104,7 +105,7 @@ def distill_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
-    mad = stage.build_mad_config(
+    mad = MADConfig.from_switches(
         "baseline" if no_distill else preset, select=select, top_k=top_k, confidence=confidence,
         alpha_schedule=alpha_schedule, alpha=alpha, alpha_ratio=alpha_ratio, logit_kd=logit_kd,
         token_loss=token_loss, image_tokens=False if no_image_tokens else None,
@@ -112,8 +113,7 @@ def distill_cmd(
     train = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
                         warmup=warmup, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, eval_every=eval_every,
                         checkpoint_every=checkpoint_every, log_every=log_every,
-                        num_workers=parse_num_workers(num_workers),
-                        device=device, bf16=bf16, seed=seed)
+                        num_workers=parse_num_workers(num_workers), device=device, bf16=bf16, seed=seed)
     cfg = stage.DistillConfig(
         task=task, data_root=data_root, out=out, teacher=teacher, weights=weights, text_teacher=text_teacher,
         text_weights=text_weights, student=student, pretrained=pretrained, dataset=dataset, train_split=train_split,
@@ -124,7 +124,11 @@ def distill_cmd(
     result = stage.run(cfg, log=(lambda m: None) if (quiet or as_json) else (lambda m: err.print(m)))
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
-        return
+    else:
+        _print_distill(result)
+
+
+def _print_distill(result) -> None:
     m = result.metrics
     table = Table(title=f"mad distill: {m['task']}, {m['objective']}, {m['train_samples']} training samples, "
                   f"{m['steps']} steps")
@@ -155,6 +159,7 @@ def eval_cmd(
                                                batch_size=batch_size, num_workers=parse_num_workers(num_workers),
                                                device=device))
     if as_json:
+        res.pop("rows")
         typer.echo(json.dumps(res))
         return
     con = Console()
@@ -165,12 +170,7 @@ def eval_cmd(
     table = Table(title=f"mad eval: {res['task']}, {split}, {res['n']} samples")
     table.add_column("metric")
     table.add_column("accuracy (%)", justify="right")
-    met = res["metrics"]
-    keys = {"vqa": ["overall"], "snli-ve": ["accuracy"], "vcr": ["q2a", "qa2r", "q2ar"]}[res["task"]]
-    for k in keys:
-        table.add_row(k, f"{met[k]:.2f}")
-    if res["task"] == "vqa":
-        for k in sorted(met.get("per_answer_type", {})):
-            table.add_row(f"  {k}", f"{met['per_answer_type'][k]:.2f}")
+    for name, value, _ in res["rows"]:
+        table.add_row(name, f"{value:.2f}")
     con.print(table)
     con.print(f"predictions: {res['predictions']}", soft_wrap=True)

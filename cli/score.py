@@ -44,8 +44,10 @@ def score_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (last line) instead of a table."),
 ):
     res = stage.run(stage.ScoreConfig(task=task, predictions=predictions, annotations=annotations,
-                                      questions=questions, zeroshot=zeroshot, write_predictions=write_predictions))
+                                      questions=questions, zeroshot=zeroshot, write_predictions=write_predictions,
+                                      detail=per_question_type))
     if as_json:
+        res.pop("rows")
         typer.echo(json.dumps(res))
         return
     source = predictions.name if predictions else f"zero-shot {Path(zeroshot).name[:16]}"
@@ -53,18 +55,6 @@ def score_cmd(
     table.add_column("metric")
     table.add_column("accuracy (%)", justify="right")
     table.add_column("n", justify="right")
-    if task == "vqa":
-        table.add_row("overall", f"{res['overall']:.2f}", str(res["n"]))
-        for k in sorted(res["per_answer_type"]):
-            table.add_row(k, f"{res['per_answer_type'][k]:.2f}", str(res["n_per_answer_type"][k]))
-        if per_question_type:
-            for k in sorted(res["per_question_type"]):
-                table.add_row(f"  {k}", f"{res['per_question_type'][k]:.2f}", "")
-    elif task == "snli-ve":
-        table.add_row("accuracy", f"{res['accuracy']:.2f}", str(res["n"]))
-        for k, v in res["per_label"].items():
-            table.add_row(f"  {k}", f"{v:.2f}", "")
-    else:
-        for k, name in (("q2a", "Q->A"), ("qa2r", "QA->R"), ("q2ar", "Q->AR")):
-            table.add_row(name, f"{res[k]:.2f}", str(res["n"]))
+    for name, value, n in res["rows"]:
+        table.add_row(name, f"{value:.2f}", "" if n is None else str(n))
     Console().print(table)

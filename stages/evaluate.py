@@ -1,8 +1,9 @@
 """Evaluate a trained student (a ``mad distill`` run directory) on a split; write official-format predictions.
 
-The run directory's ``run.json`` says the task, the dataset reader and data root, and where the student and (VQA)
-the answer vocabulary are. Predictions go to ``RUN/predictions/<split>.json`` (or ``out``) in the task's official
-results format, so ``mad score`` and the official tools read them. Splits without labels get predictions only.
+The run directory's ``run.json`` says the task, the dataset reader and data root, and where the student is; the
+task reads its own files there (VQA: the answer vocabulary). Predictions go to ``RUN/predictions/<split>.json`` (or
+``out``) in the task's official results format, so ``mad score`` and the official tools read them. Splits without
+labels get predictions only.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from typing import Any
 
 from mad_pipeline.data import load_dataset
 from mad_pipeline.errors import InputError
-from mad_pipeline.training.data import Collate, DistillDataset, StudentTokenizer, dump_json
-from mad_pipeline.training.trainer import evaluate, resolve_device
+from mad_pipeline.jsonio import dump_json
+from mad_pipeline.tasks import get_task
+from mad_pipeline.training.collate import Collate, StudentTokenizer
+from mad_pipeline.training.config import resolve_device
+from mad_pipeline.training.dataset import SampleDataset
+from mad_pipeline.training.evaluate import evaluate
 
 
 @dataclass(frozen=True)
@@ -38,29 +43,22 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     student_dir = run_dir / meta.get("student_dir", "student")
     if not (student_dir / "student.json").exists():
         raise InputError(f"--run {run_dir}: no trained student yet ({student_dir} is missing; did training finish?)")
-    task = meta["task"]
-    vocab = None
-    if task == "vqa":
-        from mad_pipeline.tasks.vqa import AnswerVocab
-
-        vocab = AnswerVocab.load(run_dir / meta["vocab"])
-    from mad_pipeline.students import load_student
+    task = get_task(meta["task"]).load(run_dir)
+    from mad_pipeline.students import image_preprocess, load_student
 
     device = resolve_device(cfg.device)
     student = load_student(student_dir, map_location=device)
     root = Path(cfg.data_root or meta["data_root"])
     ds = load_dataset(meta["dataset"], root, split=cfg.split)
-    preprocess = getattr(student, "image_preprocess", None) or student.preprocess_image
-    data = DistillDataset(ds.samples, ds.root, task, preprocess, vocab=vocab, features=False)
-    collate = Collate(task, StudentTokenizer(student))
-    metrics, preds = evaluate(student, data, collate, vocab=vocab, batch_size=cfg.batch_size,
+    data = SampleDataset(ds.samples, ds.root, task, image_preprocess(student))
+    metrics, preds = evaluate(student, data, Collate(task, StudentTokenizer(student)), batch_size=cfg.batch_size,
                               num_workers=cfg.num_workers, device=device)
     out = Path(cfg.out) if cfg.out else run_dir / "predictions" / f"{cfg.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     dump_json(out, preds)
-    return {"task": task, "split": cfg.split, "n": len(preds), "predictions": str(out),
+    return {"task": task.name, "split": cfg.split, "n": len(preds), "predictions": str(out),
             "metric": metrics["metric"] if metrics else None, "value": metrics["value"] if metrics else None,
-            "metrics": metrics}
+            "metrics": metrics, "rows": task.report_rows(metrics) if metrics else []}
 
 
 __all__ = ["EvalConfig", "run"]

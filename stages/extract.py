@@ -23,7 +23,8 @@ from mad_pipeline.extraction.build import StoreResult
 from mad_pipeline.extraction.inputs import hash_inputs
 from mad_pipeline.extraction.stores import BuildContext
 from mad_pipeline.progress import make_progress
-from mad_pipeline.tasks.zeroshot import snli_ve_candidates, vcr_candidates, vqa_candidates
+from mad_pipeline.tasks import get_task
+from mad_pipeline.tasks.vqa import DEFAULT_MIN_COUNT
 from mad_pipeline.teachers.identity import LazyTeacher
 
 ON_ERROR = ("fail", "skip")
@@ -47,10 +48,10 @@ class ExtractConfig:
     on_error: str = "fail"
     max_text_length: int | None = None
     shard_rows: int | None = None  # rows per resumable shard (default: ~32 MB of tokens)
-    task: str | None = None  # vqa | snli-ve | vcr: also write the teacher's zero-shot store
+    task: str | None = None  # a task (vqa, snli-ve, vcr, ...): also write the teacher's zero-shot store
     zs_prompt: str = "auto"  # VQA candidates: auto | shapes | template
     zs_template: str | None = None  # VQA template prompt, e.g. "question: {q} answer: {a}"
-    vocab_min_count: int = 9  # VQA answer vocabulary (training split) for template prompts
+    vocab_min_count: int = DEFAULT_MIN_COUNT  # VQA answer vocabulary (training split) for template prompts
     train_fraction: float = 1.0  # deterministic low-shot subset (by sample id and seed)
     seed: int = 0
     progress: bool = True
@@ -81,8 +82,9 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
     cache = Cache.at(cfg.cache)
     memo = cache.root / "identities"
     ds = load_dataset(cfg.dataset, cfg.data_root, split=cfg.split, manifest=cfg.manifest, on_error=cfg.on_error)
-    if cfg.task is not None and cfg.task != cfg.dataset:
-        raise InputError(f"--task {cfg.task} needs --dataset {cfg.task} (got --dataset {cfg.dataset})")
+    task = get_task(cfg.task, vocab_min_count=cfg.vocab_min_count) if cfg.task is not None else None
+    if task is not None and task.dataset != cfg.dataset:
+        raise InputError(f"--task {cfg.task} needs --dataset {task.dataset} (got --dataset {cfg.dataset})")
     if cfg.train_fraction != 1.0:
         ds.samples = subsample(ds.samples, cfg.train_fraction, cfg.seed)
 
@@ -114,7 +116,9 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
         if cfg.task is not None:
             if not has_image or "text" not in image_teacher.towers:
                 raise InputError(f"--task needs a teacher with image and text towers (got {cfg.teacher})")
-            cands, prompt = _candidates(cfg, ds, inputs)
+            samples = [s for s in ds.samples if s.image and s.image in inputs.image_hash]  # with a readable image
+            setup = task.zeroshot_setup(samples, cfg.data_root, prompt=cfg.zs_prompt, template=cfg.zs_template)
+            cands, prompt = setup.candidates, setup.prompt
             stores["zeroshot"] = stores_lib.zeroshot_store(ctx, image_teacher, ds, inputs, stores["image"], cfg.task,
                                                            cands, prompt)
 
@@ -124,24 +128,3 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
                          seconds=time.perf_counter() - t0, teacher_loaded=loaded)
 
 
-def _candidates(cfg: ExtractConfig, ds, inputs):
-    """Zero-shot candidates per sample (those with a readable image) and the prompt settings used."""
-    samples = [s for s in ds.samples if s.image and s.image in inputs.image_hash]
-    if cfg.task == "snli-ve":
-        return snli_ve_candidates(samples), {"prompt": "hypothesis"}
-    if cfg.task == "vcr":
-        return vcr_candidates(samples), {"prompt": "question+choice"}
-    vocab = None
-    if cfg.zs_prompt == "template" or (cfg.zs_prompt == "auto" and not _all_shapes(samples)):
-        from mad_pipeline.tasks.vqa import build_answer_vocab
-
-        train = load_dataset("vqa", cfg.data_root, split="train")
-        vocab = build_answer_vocab(train.samples, min_count=cfg.vocab_min_count)
-    cands, used = vqa_candidates(samples, cfg.zs_prompt, cfg.zs_template, vocab)
-    return cands, {"prompt": used, "template": cfg.zs_template if used == "template" else None}
-
-
-def _all_shapes(samples) -> bool:
-    from mad_pipeline.shapes.zeroshot import candidates
-
-    return bool(samples) and all(candidates(s.texts[0]) for s in samples)

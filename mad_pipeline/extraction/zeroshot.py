@@ -66,26 +66,11 @@ def fill_zeroshot(writer, teacher, image_store_path: str, sample_ids: list[str],
 
 
 def zeroshot_results(path: str) -> tuple[str, list[dict]]:
-    """The teacher's zero-shot predictions from a zero-shot store, in the task's official results format."""
+    """The teacher's zero-shot predictions from a zero-shot store, in its task's official results format."""
+    from ..tasks import get_task
+
     st = open_store(path)
-    task = st.manifest.get("task")
-    ids = st["sample_id"][:]
-    logits = st["logits"][:].astype(np.float64)
-    labels = st["candidate_label"][:]
-    out: list[dict] = []
-    for i, sid in enumerate(ids):
-        row, lab = logits[i], labels[i]
-        if task == "vqa":
-            if np.all(np.isnan(row)):
-                continue
-            out.append({"question_id": int(sid), "answer": str(lab[int(np.nanargmax(row))])})
-        elif task == "vcr":
-            a = [k for k, x in enumerate(lab) if str(x).startswith("a")]
-            r = [k for k, x in enumerate(lab) if str(x).startswith("r")]
-            rec = {"annot_id": str(sid), "answer": int(np.nanargmax(row[a]))}
-            rec["rationale"] = int(np.nanargmax(row[r])) if r else 0
-            out.append(rec)
-        else:
-            raise ValueError(f"zero-shot predictions for task {task!r} need a calibration (SNLI-VE: fitted on the "
-                             "training split at distillation time)")
-    return str(task), out
+    task = str(st.manifest.get("task"))
+    records = get_task(task).zeroshot_predictions(st["sample_id"][:], st["logits"][:].astype(np.float64),
+                                                  st["candidate_label"][:])
+    return task, records

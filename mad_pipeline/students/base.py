@@ -1,14 +1,14 @@
 """What stage 2 needs from a student: the plug-in interface, its output, and the task losses.
 
 A student is a cross-modal model (ViLT-like) fine-tuned on a task while being distilled from frozen teachers. The
-MAD objective (SPEC section 5) aligns the student's tokens with the teacher's by *position*, so a student must say
+MAD objective aligns the student's tokens with the teacher's by *position*, so a student must say
 where each of its tokens comes from: each visual token's centre in the ORIGINAL image, each text token's character
 span in its text. To plug in another student, implement :class:`Student` and register a builder in
 ``mad_pipeline.students.STUDENTS``:
 
 ``name``, ``task``, ``num_classes``
-    registry name, one of :data:`STUDENT_TASKS`, and the size of the label space (VQA: answer vocabulary;
-    SNLI-VE: 3; VCR: the number of choices, 4).
+    registry name, the task's registry name (:mod:`mad_pipeline.tasks`) and the size of its label space (VQA:
+    answer vocabulary; SNLI-VE: 3; a multiple-choice task such as VCR: the number of choices, 4).
 ``hidden_size``
     width H of the tokens and the pooled vector (the MAD projections map H to the teachers' widths).
 ``image_size``, ``grid``
@@ -23,16 +23,16 @@ span in its text. To plug in another student, implement :class:`Student` and reg
 ``forward(pixel_values, crop_boxes, input_ids, attention_mask, char_spans=None) -> StudentOutput``
     ``pixel_values (B, 3, S, S)``, ``crop_boxes (B, 4)``. Visual tokens must come out in row-major grid order
     (token ``i`` is grid cell ``(i // cols, i % cols)``) and ``visual_centers`` must give their positions, i.e.
-    :func:`patch_centers` of the crop boxes and the grid (the data pipeline aligns teacher patches to these positions
-    ahead of the step; the trainer checks them on the first batch). For VCR
-    the text inputs hold the ``C`` image-choice pairs of each sample (``(B * C, L)`` or ``(B, C, L)``); the per-token
-    outputs then have leading dimension ``B * C`` and ``logits`` is ``(B, C)``.
+    :func:`mad_pipeline.losses.patch_centers` of the crop boxes and the grid (the data pipeline aligns teacher
+    patches to these positions ahead of the step; the trainer checks them on the first batch). For a multiple-choice
+    task (VCR) the text inputs hold the ``C`` image-choice pairs of each sample (``(B * C, L)`` or ``(B, C, L)``);
+    the per-token outputs then have leading dimension ``B * C`` and ``logits`` is ``(B, C)``.
 ``save(directory)`` / ``load(directory)`` (a classmethod)
     a directory that ``load`` restores exactly (same logits), written without pickle (safetensors, JSON,
     ``save_pretrained``). ``student.json`` in it names the ``family`` so :func:`mad_pipeline.students.load_student`
     can dispatch.
 
-The task losses are here, not in a student, because every student's logits mean the same thing.
+The task loss is the task's (:meth:`mad_pipeline.tasks.Task.loss`): every student's logits mean the same thing.
 """
 
 from __future__ import annotations
@@ -42,11 +42,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import MadError
 
-STUDENT_TASKS = ("vqa", "snli-ve", "vcr")
 STUDENT_FORMAT = 1  # version of the save() directory layout
 
 
@@ -68,7 +66,7 @@ class TextInput:
 
 @dataclass
 class StudentOutput:
-    """One forward pass. ``N`` is the batch of image-text pairs (``B``, or ``B * C`` for VCR)."""
+    """One forward pass. ``N`` is the batch of image-text pairs (``B``, or ``B * C`` for a multiple-choice task)."""
 
     visual_tokens: torch.Tensor  # (N, Ns, H) final-layer patch tokens, row-major grid order, no CLS
     visual_centers: torch.Tensor  # (N, Ns, 2) (x, y) centre of each patch in original image pixels
@@ -76,7 +74,7 @@ class StudentOutput:
     text_spans: torch.Tensor  # (N, Lt, 2) character spans, -1 for special tokens and padding
     text_mask: torch.Tensor  # (N, Lt) bool, true for real (non-padding) tokens
     pooled: torch.Tensor  # (N, H)
-    logits: torch.Tensor  # (B, num_classes) for vqa / snli-ve, (B, C) for vcr
+    logits: torch.Tensor  # (B, num_classes), or (B, C) for a multiple-choice task
 
 
 class Student(Protocol):
@@ -111,45 +109,4 @@ def center_crop_box(size: int, width: int, height: int) -> tuple[float, float, f
     return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
 
 
-def patch_centers(crop_boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """``(B, 4)`` crop boxes -> ``(B, rows * cols, 2)`` (x, y) centres of the grid cells, row-major, in original
-    image pixels: cell ``(r, c)`` covers ``[x0 + c * w / cols, x0 + (c + 1) * w / cols)`` and likewise in y."""
-    rows, cols = grid
-    boxes = crop_boxes.to(torch.float32)
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    fy = (torch.arange(rows, dtype=torch.float32, device=boxes.device) + 0.5) / rows
-    fx = (torch.arange(cols, dtype=torch.float32, device=boxes.device) + 0.5) / cols
-    fy, fx = torch.meshgrid(fy, fx, indexing="ij")  # (rows, cols)
-    cx = x0[:, None] + fx.reshape(1, -1) * (x1 - x0)[:, None]
-    cy = y0[:, None] + fy.reshape(1, -1) * (y1 - y0)[:, None]
-    return torch.stack([cx, cy], dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------- task losses
-def vqa_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits on soft answer scores ``(B, num_answers)`` in [0, 1]; summed over answers, mean over the
-    batch (as ViLT: ``BCE(mean) * num_answers``)."""
-    return F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="sum") / logits.shape[0]
-
-
-def snli_ve_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the three labels; ``target (B,)`` class indices."""
-    return F.cross_entropy(logits.float(), target.long())
-
-
-def vcr_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the choices: ``logits (B, C)``, ``target (B,)`` index of the right choice."""
-    return F.cross_entropy(logits.float(), target.long())
-
-
-TASK_LOSSES = {"vqa": vqa_loss, "snli-ve": snli_ve_loss, "vcr": vcr_loss}
-
-
-def task_loss(task: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if task not in TASK_LOSSES:
-        raise StudentError(f"unknown task {task!r}; expected one of {', '.join(STUDENT_TASKS)}")
-    return TASK_LOSSES[task](logits, target)
-
-
-__all__ = ["STUDENT_FORMAT", "STUDENT_TASKS", "TASK_LOSSES", "Student", "StudentError", "StudentOutput", "TextInput",
-           "center_crop_box", "patch_centers", "snli_ve_loss", "task_loss", "vcr_loss", "vqa_loss"]
+__all__ = ["STUDENT_FORMAT", "Student", "StudentError", "StudentOutput", "TextInput", "center_crop_box"]

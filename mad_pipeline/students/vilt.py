@@ -25,15 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (
-    STUDENT_FORMAT,
-    STUDENT_TASKS,
-    StudentError,
-    StudentOutput,
-    TextInput,
-    center_crop_box,
-    patch_centers,
-)
+from ..losses.align import patch_centers
+from .base import STUDENT_FORMAT, StudentError, StudentOutput, TextInput, center_crop_box
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +124,15 @@ class ClassifierHead(nn.Sequential):
 class ViltStudent(nn.Module):
     """A ViLT backbone + one task head (see :mod:`mad_pipeline.students.base` for the interface).
 
-    vqa / snli-ve: ``num_classes`` logits from the pooled output. vcr: one logit per image-choice pair, reshaped to
-    ``(B, C)``; ``num_classes`` is the number of choices.
+    A classifier task (VQA, SNLI-VE): ``num_classes`` logits from the pooled output. A multiple-choice task (VCR):
+    one logit per image-choice pair, reshaped to ``(B, C)``; ``num_classes`` is the number of choices.
     """
 
     family = "vilt"
 
     def __init__(self, name: str, task: str, num_classes: int, backbone, tokenizer):
         super().__init__()
-        if task not in STUDENT_TASKS:
-            raise StudentError(f"unknown task {task!r}; expected one of {', '.join(STUDENT_TASKS)}")
+        self.choices = _multiple_choice(task)
         if num_classes < 1:
             raise StudentError(f"num_classes must be positive, got {num_classes}")
         cfg = backbone.config
@@ -151,7 +143,7 @@ class ViltStudent(nn.Module):
         self.name, self.task, self.num_classes = name, task, int(num_classes)
         self.backbone = backbone
         self.tokenizer = tokenizer
-        self.head = ClassifierHead(cfg.hidden_size, 1 if task == "vcr" else self.num_classes, cfg.initializer_range)
+        self.head = ClassifierHead(cfg.hidden_size, 1 if self.choices else self.num_classes, cfg.initializer_range)
         self.image_preprocess = ViltImagePreprocess(cfg.image_size)
 
     # ------------------------------------------------------------------ sizes
@@ -187,13 +179,14 @@ class ViltStudent(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, pixel_values: torch.Tensor, crop_boxes: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, char_spans: torch.Tensor | None = None) -> StudentOutput:
-        if input_ids.dim() == 3:  # vcr: (B, C, L)
+        if input_ids.dim() == 3:  # multiple choice: (B, C, L)
             input_ids, attention_mask = input_ids.flatten(0, 1), attention_mask.flatten(0, 1)
             char_spans = None if char_spans is None else char_spans.flatten(0, 1)
         batch, pairs = pixel_values.shape[0], input_ids.shape[0]
         if pairs != batch:
-            if self.task != "vcr" or pairs % batch:
-                raise StudentError(f"{pairs} texts for {batch} images (only vcr pairs each image with C choices)")
+            if not self.choices or pairs % batch:
+                raise StudentError(f"{pairs} texts for {batch} images (only a multiple-choice task pairs each image "
+                                   "with C choices)")
             pixel_values = pixel_values.repeat_interleave(pairs // batch, dim=0)
             crop_boxes = crop_boxes.repeat_interleave(pairs // batch, dim=0)
         if tuple(pixel_values.shape[-2:]) != (self.image_size, self.image_size):
@@ -207,7 +200,7 @@ class ViltStudent(nn.Module):
         hidden = out.last_hidden_state  # [text tokens | image CLS | patches]
         length = input_ids.shape[1]
         logits = self.head(out.pooler_output)
-        logits = logits.view(batch, -1) if self.task == "vcr" else logits
+        logits = logits.view(batch, -1) if self.choices else logits
         if char_spans is None:
             char_spans = torch.full((*input_ids.shape, 2), -1, dtype=torch.long, device=input_ids.device)
         return StudentOutput(
@@ -252,6 +245,19 @@ class ViltStudent(nn.Module):
         return student.to(map_location).eval()
 
 
+def _multiple_choice(task: str) -> bool:
+    """Whether ``task`` scores C choice texts per image (one logit each) rather than classifying one text."""
+    from ..errors import InputError
+    from ..tasks import task_class
+
+    try:
+        return task_class(task).multiple_choice
+    except InputError:
+        from ..tasks import task_names
+
+        raise StudentError(f"unknown task {task!r}; expected one of {', '.join(task_names())}") from None
+
+
 def read_student_json(directory: Path) -> dict[str, Any]:
     path = Path(directory) / "student.json"
     if not path.exists():
@@ -270,8 +276,7 @@ def build_vilt(name: str, task: str, num_classes: int, pretrained: str | Path | 
 
     if name not in VILT_CONFIGS:
         raise StudentError(f"unknown ViLT student {name!r}; expected one of {', '.join(VILT_CONFIGS)}")
-    if task not in STUDENT_TASKS:  # before building (or loading) a backbone
-        raise StudentError(f"unknown task {task!r}; expected one of {', '.join(STUDENT_TASKS)}")
+    _multiple_choice(task)  # an unknown task fails before building (or loading) a backbone
     if pretrained is None:
         backbone = ViltModel(ViltConfig(**VILT_CONFIGS[name]))
     else:

@@ -1,16 +1,27 @@
-"""VCR as a task: four choices for Q->A and for QA->R, and the texts the teacher scores zero-shot.
+"""VCR as a task: four choices for Q->A and for QA->R, scored Q->A, QA->R and Q->AR.
 
-- Q->A: candidate ``i`` = ``"{question} {answer_i}"``.
-- QA->R: candidate ``j`` = ``"{question} {right answer} {rationale_j}"`` (QA->R is conditioned on the right answer,
-  as in the official protocol); on the unlabelled test split pass ``answer`` explicitly.
+- The student scores the C texts ``"{question} {answer_c}"`` of a sample (one logit each) and is trained on Q->A.
+  Its QA->R choice scores ``"{question} {answer} {rationale_j}"`` with the same head, conditioned on the right answer
+  as the official protocol does (on an unlabelled split: on its own answer).
+- Teacher text features: the right answer's pair text when the text store holds it, else the question, whose
+  characters are the prefix of every pair text -- so character-span alignment stays exact and the answer's tokens
+  simply have no teacher counterpart.
+- Zero-shot candidates: Q->A ``a0..a3`` then QA->R ``r0..r3`` (conditioned on the right answer).
 
 Texts are the reader's renderings (object references as ``person0``; see :mod:`mad_pipeline.data.vcr`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
 from ..data.base import Sample
 from ..data.vcr import NUM_CHOICES
+from .base import Candidates, Task, ZeroShotSetup, choice_field
+from .metrics import vcr_evaluate
+from .registry import register_task
 
 SUBTASKS = ("q2a", "qa2r")
 
@@ -41,4 +52,92 @@ def candidate_texts(sample: Sample) -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["NUM_CHOICES", "SUBTASKS", "candidate_texts", "q2a_candidates", "qa2r_candidates"]
+def _answer_columns(labels) -> list[int]:
+    return [k for k, lab in enumerate(labels) if str(lab).startswith("a")]
+
+
+@register_task
+class VcrTask(Task):
+    name = "vcr"
+    dataset = "vcr"
+    order = 2
+    default_eval_split = "val"
+    metric = "q2a"
+    metric_key = "q2a"
+    multiple_choice = True
+    prediction_key = "annot_id"
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CHOICES
+
+    def target(self, sample: Sample) -> int:
+        label = sample.meta.get("answer_label")
+        return -1 if label is None else int(label)
+
+    def student_texts(self, sample: Sample) -> list[str]:
+        return q2a_candidates(sample)
+
+    def teacher_texts(self, sample: Sample) -> list[str]:
+        y = sample.meta.get("answer_label")
+        first = [q2a_candidates(sample)[y]] if y is not None else []
+        return [*first, sample.meta["question"]]
+
+    def distilled_choice(self, sample: Sample, target) -> int:
+        return max(int(target), 0)
+
+    def zeroshot_setup(self, samples, data_root: Path, **_: object) -> ZeroShotSetup:
+        out = []
+        for s in samples:
+            c = candidate_texts(s)
+            labels = tuple(f"a{i}" for i in range(len(c["q2a"]))) + tuple(f"r{i}" for i in range(len(c["qa2r"])))
+            out.append(Candidates(labels, tuple(c["q2a"]) + tuple(c["qa2r"])))
+        return ZeroShotSetup(out, {"prompt": "question+choice"})
+
+    def zeroshot_vector(self, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, bool]:
+        a = _answer_columns(labels)
+        z = logits[a].astype(np.float32)
+        return z, bool(len(a) and np.isfinite(z).all())
+
+    def zeroshot_predictions(self, sample_ids, logits, labels) -> list[dict]:
+        out = []
+        for sid, row, lab in zip(sample_ids, logits, labels, strict=True):
+            a = _answer_columns(lab)
+            r = [k for k, x in enumerate(lab) if str(x).startswith("r")]
+            out.append({"annot_id": str(sid), "answer": int(np.nanargmax(row[a])),
+                        "rationale": int(np.nanargmax(row[r])) if r else 0})
+        return out
+
+    def prediction(self, sample: Sample, choice: int) -> dict:
+        return {"annot_id": sample.id, "answer": int(choice), "rationale": 0}
+
+    def follow_up(self, samples, records, choose) -> None:
+        """QA->R: the rationale texts conditioned on the right answer (else on the predicted one)."""
+        texts = []
+        for s, p in zip(samples, records, strict=True):
+            y = s.meta.get("answer_label")
+            texts.append(qa2r_candidates(s, p["answer"] if y is None else int(y)))
+        for p, k in zip(records, choose(texts), strict=True):
+            p["rationale"] = int(k)
+
+    def score(self, samples, records) -> dict | None:
+        gold = {s.id: (s.meta["answer_label"], s.meta["rationale_label"]) for s in samples
+                if s.meta.get("answer_label") is not None and s.meta.get("rationale_label") is not None}
+        if not gold:
+            return None
+        return vcr_evaluate({p["annot_id"]: (p["answer"], p["rationale"]) for p in records}, gold)
+
+    def report_rows(self, result, detail: bool = False):
+        return [(name, result[k], result["n"]) for k, name in (("q2a", "Q->A"), ("qa2r", "QA->R"), ("q2ar", "Q->AR"))]
+
+    def read_gold(self, annotations: Path, questions: Path | None) -> list[Sample]:
+        from ..data.vcr import parse_vcr
+
+        return parse_vcr(Path(annotations), require_labels=True)[0]
+
+    def parse_prediction(self, record: dict) -> dict:
+        return {"answer": choice_field(record, "answer", NUM_CHOICES),
+                "rationale": choice_field(record, "rationale", NUM_CHOICES)}
+
+
+__all__ = ["NUM_CHOICES", "SUBTASKS", "VcrTask", "candidate_texts", "q2a_candidates", "qa2r_candidates"]

@@ -1,4 +1,4 @@
-"""VQA v2 as a task: answer vocabulary, soft scores, zero-shot candidate texts.
+"""VQA v2 as a task: answer vocabulary, soft scores, zero-shot candidates, predictions and the official accuracy.
 
 Standard practice (bottom-up attention / UNITER / ViLT lineage):
 
@@ -11,9 +11,13 @@ Standard practice (bottom-up attention / UNITER / ViLT lineage):
   average over the 10-choose-9 annotator subsets of ``min(1, matches / 3)``. For an answer given (after
   normalisation) by ``c`` of ``n`` annotators that is ``(c * min(1, (c-1)/3) + (n-c) * min(1, c/3)) / n`` — for
   ``n = 10``: 0, 0.3, 0.6, 0.9, then 1.0 from four annotators on.
-- **Zero-shot candidates**: the vocabulary rendered as prompts with :data:`DEFAULT_TEMPLATE`
-  (``"question: {q} answer: {a}"``). A template without ``{q}`` gives question-independent candidates, shared by
-  every sample (one text-store row per answer instead of one per question x answer).
+- **Zero-shot candidates**: prompt ``shapes`` (the shapes world: each answer valid for the question's type rendered
+  as a caption, e.g. "a red circle in the top left"), or ``template``: the vocabulary rendered with
+  :data:`DEFAULT_TEMPLATE` (``"question: {q} answer: {a}"``); a template without ``{q}`` gives question-independent
+  candidates, shared by every sample (one text-store row per answer instead of one per question x answer).
+  ``auto`` picks ``shapes`` when every question is a shapes-world question. The teacher's logits are placed in
+  answer-vocabulary space (each candidate's logit at its class, :data:`ZS_FILL` elsewhere), so confidence is the
+  expectation of the teacher's answer distribution under the soft scores and logit KD lines up with the classes.
 """
 
 from __future__ import annotations
@@ -26,8 +30,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from ..data.base import Sample
-from .metrics import normalize_prediction
+from ..errors import InputError
+from .base import ZS_FILL, Candidates, Task, ZeroShotSetup
+from .metrics import normalize_prediction, vqa_evaluate
+from .registry import register_task
 
 DEFAULT_MIN_COUNT = 9
 DEFAULT_TEMPLATE = "question: {q} answer: {a}"
@@ -125,5 +135,169 @@ def candidate_texts(question: str, vocab: AnswerVocab, template: str = DEFAULT_T
     return [prompt(question, a, template) for a in vocab.answers]
 
 
-def sample_candidates(sample: Sample, vocab: AnswerVocab, template: str = DEFAULT_TEMPLATE) -> list[str]:
-    return candidate_texts(sample.meta.get("question", sample.texts[0]), vocab, template)
+PROMPTS = ("auto", "shapes", "template")
+
+
+def vqa_candidates(samples: Sequence[Sample], prompt: str = "auto", template: str | None = None,
+                   vocab: AnswerVocab | None = None) -> tuple[list[Candidates], str]:
+    """Zero-shot candidates of VQA samples (see the module docstring); returns them and the prompt actually used."""
+    from ..shapes import zeroshot as shapes_zs
+
+    if prompt not in PROMPTS:
+        raise InputError(f"--zs-prompt {prompt!r}: expected one of {', '.join(PROMPTS)}")
+    if prompt == "auto":
+        prompt = "shapes" if _all_shapes(samples) else "template"
+    out = []
+    if prompt == "shapes":
+        for s in samples:
+            c = shapes_zs.candidates(s.texts[0])
+            if c is None:
+                raise InputError(f"sample {s.id}: {s.texts[0]!r} is not a shapes-world question (--zs-prompt shapes)")
+            _, answers, prompts = c
+            out.append(Candidates(tuple(answers), tuple(prompts)))
+        return out, "shapes"
+    if vocab is None:
+        raise InputError("zero-shot VQA with a template needs the answer vocabulary of the training split")
+    tmpl = template or DEFAULT_TEMPLATE
+    for s in samples:
+        out.append(Candidates(tuple(vocab.answers), tuple(tmpl.format(q=s.texts[0], a=a) for a in vocab.answers)))
+    return out, "template"
+
+
+def _all_shapes(samples: Sequence[Sample]) -> bool:
+    from ..shapes.zeroshot import candidates
+
+    return bool(samples) and all(candidates(s.texts[0]) for s in samples)
+
+
+@register_task
+class VQATask(Task):
+    """VQA v2: a classifier over the answer vocabulary, trained on soft scores, scored by the official accuracy.
+
+    Options: ``vocab_min_count`` (default :data:`DEFAULT_MIN_COUNT`)."""
+
+    name = "vqa"
+    dataset = "vqa"
+    order = 0
+    default_eval_split = "val"
+    metric = "vqa_accuracy"
+    metric_key = "overall"
+    prediction_key = "question_id"
+    files = ("vocab.json",)
+
+    def __init__(self, vocab_min_count: int = DEFAULT_MIN_COUNT, vocab: AnswerVocab | None = None, **options):
+        super().__init__(**options)
+        self.vocab_min_count = vocab_min_count
+        self.vocab = vocab
+        self._maps: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def fit(self, train_samples: Sequence[Sample], split: str = "train") -> None:
+        self.vocab = build_answer_vocab(train_samples, min_count=self.vocab_min_count)
+        if len(self.vocab) == 0:
+            raise InputError(f"no answer occurs {self.vocab_min_count} times in the {split} split; "
+                             "lower --vocab-min-count")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocab) if self.vocab else 0
+
+    def save(self, run_dir: Path) -> None:
+        self.vocab.save(Path(run_dir) / "vocab.json")
+
+    def load(self, run_dir: Path) -> VQATask:
+        self.vocab = AnswerVocab.load(Path(run_dir) / "vocab.json")
+        return self
+
+    # -- training
+    def target(self, sample: Sample) -> np.ndarray:
+        """Soft scores ``(V,)`` float32 (zeros when unannotated)."""
+        out = np.zeros(len(self.vocab), np.float32)
+        for i, score in soft_scores(sample.meta.get("answers", ()), self.vocab).items():
+            out[i] = score
+        return out
+
+    def stack_targets(self, targets) -> torch.Tensor:
+        return torch.from_numpy(np.stack(targets))
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """BCE-with-logits on soft answer scores, summed over answers, mean over the batch (as ViLT:
+        ``BCE(mean) * num_answers``)."""
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(),
+                                                                    reduction="sum") / logits.shape[0]
+
+    # -- zero-shot
+    def zeroshot_setup(self, samples, data_root: Path, prompt: str = "auto", template: str | None = None,
+                       **_: object) -> ZeroShotSetup:
+        vocab = None
+        if prompt == "template" or (prompt == "auto" and not _all_shapes(samples)):
+            from ..data import load_dataset
+
+            train = load_dataset(self.dataset, data_root, split="train")
+            vocab = build_answer_vocab(train.samples, min_count=self.vocab_min_count)
+        cands, used = vqa_candidates(samples, prompt, template, vocab)
+        return ZeroShotSetup(cands, {"prompt": used, "template": template if used == "template" else None})
+
+    def zeroshot_vector(self, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, bool]:
+        out = np.full(len(self.vocab), ZS_FILL, np.float32)
+        cols, where = self._vocab_map(tuple(str(x) for x in labels))
+        vals = logits[where]
+        fin = np.isfinite(vals)
+        out[cols[fin]] = vals[fin]
+        return out, bool(fin.any())
+
+    def _vocab_map(self, labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate positions whose label is a vocabulary answer, and their vocabulary indices (memoised per label
+        set: a template prompt gives one set for every sample, the shapes world a handful)."""
+        hit = self._maps.get(labels)
+        if hit is None:
+            seen: dict[int, int] = {}  # one logit per vocabulary answer: the first candidate that normalises to it
+            for k, lab in enumerate(labels):
+                c = self.vocab.index(lab) if lab else None
+                if c is not None:
+                    seen.setdefault(c, k)
+            hit = self._maps[labels] = (np.asarray(list(seen), np.int64), np.asarray(list(seen.values()), np.int64))
+        return hit
+
+    def zeroshot_predictions(self, sample_ids, logits, labels) -> list[dict]:
+        out = []
+        for sid, row, lab in zip(sample_ids, logits, labels, strict=True):
+            if not np.all(np.isnan(row)):
+                out.append({"question_id": int(sid), "answer": str(lab[int(np.nanargmax(row))])})
+        return out
+
+    # -- predictions and scoring
+    def record_id(self, sample: Sample) -> int:
+        return int(sample.meta["question_id"])
+
+    def prediction(self, sample: Sample, choice: int) -> dict:
+        return {"question_id": int(sample.meta["question_id"]), "answer": self.vocab.answers[choice]}
+
+    def score(self, samples, records) -> dict | None:
+        anns = {int(s.meta["question_id"]): s.meta for s in samples if s.meta.get("answers")}
+        if not anns:
+            return None
+        res = vqa_evaluate({p["question_id"]: p["answer"] for p in records}, anns)
+        res.pop("per_question", None)
+        return res
+
+    def report_rows(self, result, detail: bool = False):
+        rows = [("overall", result["overall"], result["n"])]
+        rows += [(k, result["per_answer_type"][k], result["n_per_answer_type"][k])
+                 for k in sorted(result["per_answer_type"])]
+        if detail:
+            rows += [(f"  {k}", result["per_question_type"][k], None) for k in sorted(result["per_question_type"])]
+        return rows
+
+    def read_gold(self, annotations: Path, questions: Path | None) -> list[Sample]:
+        from ..data.vqa import parse_vqa
+
+        if questions is None:
+            raise InputError("--questions is required with --task vqa (the v2_OpenEnded_mscoco_*_questions.json "
+                             "file that goes with --annotations)")
+        return parse_vqa(Path(questions), Path(annotations))[0]
+
+    def parse_prediction(self, record: dict) -> dict:
+        answer = record.get("answer")
+        if not isinstance(answer, str):
+            raise ValueError("field 'answer' must be a string" if "answer" in record else "missing field 'answer'")
+        return {"answer": answer}

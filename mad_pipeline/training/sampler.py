@@ -1,12 +1,15 @@
-"""Chunk-aware shuffling: shuffle the order of store chunks, then rows inside a buffer of a few chunks.
+"""The training data order: chunk-aware shuffling, in batches that resume exactly.
 
-A fully random permutation over a chunked store reads (and decompresses) one whole chunk per sample; this sampler
-keeps each batch inside a small window of chunks, so an epoch decompresses every chunk about once, while every
-sample is still visited exactly once per epoch and the order changes with the epoch.
+:class:`ChunkShuffleSampler` shuffles the order of store chunks, then rows inside a buffer of a few chunks. A fully
+random permutation over a chunked store reads (and decompresses) one whole chunk per sample; this sampler keeps each
+batch inside a small window of chunks, so an epoch decompresses every chunk about once, while every sample is still
+visited exactly once per epoch and the order changes with the epoch. The order is a pure function of
+``(seed, epoch)``, and :class:`ResumableBatches` starts an epoch at a saved batch position.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -46,3 +49,27 @@ class ChunkShuffleSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order().tolist())
+
+
+class ResumableBatches(Sampler[list[int]]):
+    """Batches of an epoch's chunk-aware order, starting at batch ``position`` (set before each ``iter``)."""
+
+    def __init__(self, sampler: ChunkShuffleSampler, batch_size: int):
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.position = 0
+
+    def set(self, epoch: int, position: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.position = position
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.sampler.order()
+        for b in range(self.position, len(self)):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+
+
+__all__ = ["ChunkShuffleSampler", "ResumableBatches"]
