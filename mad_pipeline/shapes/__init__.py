@@ -1,8 +1,10 @@
-"""The shapes world: a small, self-contained vision-language world shipped with mad (SPEC section 7).
+"""The shapes world: a small, self-contained vision-language world shipped with mad, written in the official
+VQA v2, SNLI-VE and VCR formats so every reader, teacher and trainer runs on it without downloads.
 
 - :mod:`.world`     scenes (1-3 coloured shapes on a 3x3 grid, one grey box), sampling per seed, rendering
 - :mod:`.language`  the phrases shared by questions, hypotheses, captions and prompts
-- :mod:`.items`     VQA questions, SNLI-VE hypotheses and VCR items per scene, with answer balancing
+- :mod:`.items`     VQA questions and SNLI-VE hypotheses per scene, with answer balancing
+- :mod:`.vcr_items` VCR multiple-choice items per scene (question, answers, rationales)
 - :mod:`.formats`   writers of the official VQA v2, SNLI-VE and VCR files (``mad datasets make shapes``)
 - :mod:`.captions`  training texts for the ``shapes-clip`` teacher
 - :mod:`.train`     the teacher's contrastive training loop (``mad teacher train-shapes``)

@@ -26,21 +26,15 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import language as L
-from .items import (
-    ANSWER_TYPES,
-    QUESTION_TYPES,
-    Balancer,
-    ask_snli,
-    ask_vqa,
-    make_vcr,
-    render_orig,
-)
+from .items import ANSWER_TYPES, QUESTION_TYPES, Balancer, ask_snli, ask_vqa
+from .vcr_items import make_vcr, render_orig
 from .world import (
     HELD_OUT_PAIRS,
     IMAGE_SIZE,
@@ -64,6 +58,20 @@ VQA_INFO = {"description": "The shapes world in the VQA v2.0 format (generated b
 VQA_LICENSE = {"url": "http://creativecommons.org/licenses/by/4.0/",
                "name": "Creative Commons Attribution 4.0 International License"}
 P_ANNOTATOR_NOISE = 0.15  # questions where 1-3 of the ten annotators disagree (exercises the 10-choose-9 metric)
+
+
+@dataclass(frozen=True)
+class TaskFolder:
+    """One task's copy of the world: the reader that reads it (``--dataset``), its folder under ``OUT`` (a data
+    root) and the task's split name for each world split."""
+
+    dataset: str
+    folder: str
+    splits: dict[str, str]
+
+
+TASK_FOLDERS = (TaskFolder("vqa", "vqa", VQA_SUBTYPES), TaskFolder("snli-ve", "snli-ve", SNLI_SPLITS),
+                TaskFolder("vcr", "vcr", VCR_SPLITS))
 
 
 def split_sizes(size: int) -> dict[str, int]:
@@ -231,8 +239,8 @@ def write_dataset(out: Path, size: int, seed: int, progress: Callable[[int], Non
             "image_size": IMAGE_SIZE, "jpeg_quality": JPEG_QUALITY,
             "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS],
             "splits": summary,
-            "task_splits": {"vqa": VQA_SUBTYPES, "snli-ve": SNLI_SPLITS, "vcr": VCR_SPLITS},
-            "data_roots": {"vqa": "vqa", "snli-ve": "snli-ve", "vcr": "vcr"},
+            "task_splits": {f.dataset: f.splits for f in TASK_FOLDERS},
+            "data_roots": {f.dataset: f.folder for f in TASK_FOLDERS},
         }
         _dump(tmp / "shapes.json", manifest)
         if out.exists():

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -225,70 +226,126 @@ def train(s: TrainSettings, progress: Callable[[str, int, int, dict], None] | No
         raise ValueError(f"precision must be bf16 or fp32, not {s.precision!r}")
     t0 = time.time()
     if pool is None:
-        done = [0]
-
-        def tick(k):
-            done[0] += k
-            if progress is not None:
-                progress("render", done[0], s.pool_size, {})
-
-        pool = make_pool(s.seed, s.pool_size, tick)
+        pool = _render_pool(s, progress)
     t_pool = time.time() - t0
     model = build_model(s.seed, s.pos_init_std)
     model.train()
     probe = torch.nn.Linear(MODEL_CFG["embed_dim"], GRID * GRID * (6 + len(COLOUR_NAMES) + 1))
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=MODEL_CFG["text_cfg"]["context_length"])
-    stmt_ids = tokenizer(BANK.texts)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "embedding" in name or name == "logit_scale" else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": no_decay + list(probe.parameters()), "weight_decay": 0.0}],
-                            lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
-    rng = np.random.default_rng([s.seed, 7])
-    n = len(pool.scenes)
-    state = {"order": rng.permutation(n), "cursor": 0}
-
-    def next_batch() -> np.ndarray:
-        if state["cursor"] + s.batch_size > n:
-            state["order"], state["cursor"] = rng.permutation(n), 0
-        idx = state["order"][state["cursor"]: state["cursor"] + s.batch_size]
-        state["cursor"] += s.batch_size
-        return idx
-
+    loop = _Loop(s, model, probe, _optimizer(model, probe, s), pool, np.random.default_rng([s.seed, 7]), tokenizer,
+                 tokenizer(BANK.texts))
     history: list[dict] = []
     t1 = time.time()
     for step in range(s.probe_steps):  # phase 1: image tower + probe
-        idx = next_batch()
-        for g in opt.param_groups:
-            g["lr"] = s.lr * min(1.0, (step + 1) / s.warmup)
-        with _autocast(s.precision):
-            img_raw = model.encode_image(normalize_images(pool.images[torch.from_numpy(idx)]))
-        loss = _probe_loss(probe, img_raw, pool.cells[torch.from_numpy(idx)])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        info = {"loss": loss.item(), "probe": loss.item()}
+        info = loop.probe_step(step)
         history.append({"phase": "probe", **info})
         if progress is not None:
             progress("probe", step + 1, s.probe_steps, info)
     t2 = time.time()
-    fade = max(1, s.steps // 4)
     for step in range(s.steps):  # phase 2: contrastive
-        idx = next_batch()
-        caps = [scene_caption(pool.scenes[i], rng) for i in idx]
-        cap_ids = tokenizer(caps)
-        for g in opt.param_groups:
+        info = loop.contrastive_step(step)
+        history.append({"phase": "train", **info})
+        if progress is not None:
+            progress("train", step + 1, s.steps, info)
+    model.eval()
+    t3 = time.time()
+    timing = {"pool_s": round(t_pool, 1), "probe_s": round(t2 - t1, 1), "train_s": round(t3 - t2, 1),
+              "probe_step_s": round((t2 - t1) / max(1, s.probe_steps), 3),
+              "step_s": round((t3 - t2) / max(1, s.steps), 3)}
+    return model, {"history": history, "timing": timing}
+
+
+def _render_pool(s: TrainSettings, progress: Callable[[str, int, int, dict], None] | None) -> Pool:
+    """The training pool of ``s``, reporting phase ``render``."""
+    done = [0]
+
+    def tick(k):
+        done[0] += k
+        if progress is not None:
+            progress("render", done[0], s.pool_size, {})
+
+    return make_pool(s.seed, s.pool_size, tick)
+
+
+def _optimizer(model, probe: torch.nn.Module, s: TrainSettings) -> torch.optim.AdamW:
+    """AdamW with weight decay on the model's matrices only (not on biases, norms, embeddings, the logit scale or
+    the probe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name or name == "logit_scale" else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                              {"params": no_decay + list(probe.parameters()), "weight_decay": 0.0}],
+                             lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+class _Batches:
+    """Batches of pool indices: passes over the pool in a random order, a new order whenever the next batch would
+    run past the end of the current one."""
+
+    def __init__(self, rng: np.random.Generator, n: int, batch_size: int):
+        self.rng, self.n, self.batch_size = rng, n, batch_size
+        self.order, self.cursor = rng.permutation(n), 0
+
+    def next(self) -> np.ndarray:
+        if self.cursor + self.batch_size > self.n:
+            self.order, self.cursor = self.rng.permutation(self.n), 0
+        idx = self.order[self.cursor: self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return idx
+
+
+@dataclass
+class _Loop:
+    """What the two phases share. ``rng`` draws, in this order, the batch order, each step's captions and its
+    hard-negative groups: every run of the same settings sees the same draws."""
+
+    s: TrainSettings
+    model: Any
+    probe: torch.nn.Linear
+    opt: torch.optim.Optimizer
+    pool: Pool
+    rng: np.random.Generator
+    tokenizer: Any
+    stmt_ids: torch.Tensor  # every statement of BANK, tokenized
+
+    def __post_init__(self) -> None:
+        self.batches = _Batches(self.rng, len(self.pool.scenes), self.s.batch_size)
+
+    def _update(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def probe_step(self, step: int) -> dict[str, float]:
+        """Phase 1: the image tower and the probe, linear warm-up of the learning rate."""
+        s = self.s
+        idx = self.batches.next()
+        for g in self.opt.param_groups:
+            g["lr"] = s.lr * min(1.0, (step + 1) / s.warmup)
+        with _autocast(s.precision):
+            img_raw = self.model.encode_image(normalize_images(self.pool.images[torch.from_numpy(idx)]))
+        loss = _probe_loss(self.probe, img_raw, self.pool.cells[torch.from_numpy(idx)])
+        self._update(loss)
+        return {"loss": loss.item(), "probe": loss.item()}
+
+    def contrastive_step(self, step: int) -> dict[str, float]:
+        """Phase 2: CLIP InfoNCE on captions plus the hard-negative group loss, the probe loss fading out over the
+        first quarter of the steps."""
+        s, model = self.s, self.model
+        idx = self.batches.next()
+        caps = [scene_caption(self.pool.scenes[i], self.rng) for i in idx]
+        cap_ids = self.tokenizer(caps)
+        for g in self.opt.param_groups:
             g["lr"] = lr_at(step, s)
-        images = normalize_images(pool.images[torch.from_numpy(idx)])
-        groups = sample_groups(rng, s.group_fraction)
+        images = normalize_images(self.pool.images[torch.from_numpy(idx)])
+        groups = sample_groups(self.rng, s.group_fraction)
         texts, gindex = step_statements(groups)
-        labels = pool.labels[torch.from_numpy(idx)][:, torch.from_numpy(groups)]
+        labels = self.pool.labels[torch.from_numpy(idx)][:, torch.from_numpy(groups)]
         with _autocast(s.precision):
             img_raw = model.encode_image(images)
             img = F.normalize(img_raw, dim=-1)
             cap = encode_text_short(model, cap_ids)
-            stmt = encode_text_short(model, stmt_ids[torch.from_numpy(texts)])
+            stmt = encode_text_short(model, self.stmt_ids[torch.from_numpy(texts)])
         img, cap, stmt = img.float(), cap.float(), stmt.float()
         scale = model.logit_scale.exp().clamp(max=100)
         logits = scale * img @ cap.T
@@ -300,26 +357,16 @@ def train(s: TrainSettings, progress: Callable[[str, int, int, dict], None] | No
             weights.get(k, 1.0) for k in fam)
         loss = l_clip + s.group_weight * l_group
         info = {}
+        fade = max(1, s.steps // 4)
         if s.probe_steps > 0 and step < fade:
-            l_probe = _probe_loss(probe, img_raw, pool.cells[torch.from_numpy(idx)])
+            l_probe = _probe_loss(self.probe, img_raw, self.pool.cells[torch.from_numpy(idx)])
             loss = loss + (1 - step / fade) * l_probe
             info["probe"] = l_probe.item()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self._update(loss)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        info = {"loss": loss.item(), "clip": l_clip.item(), "group": l_group.item(),
+        return {"loss": loss.item(), "clip": l_clip.item(), "group": l_group.item(),
                 **{f"g_{k}": v.item() for k, v in fam.items()}, "scale": scale.item(), **info}
-        history.append({"phase": "train", **info})
-        if progress is not None:
-            progress("train", step + 1, s.steps, info)
-    model.eval()
-    t3 = time.time()
-    timing = {"pool_s": round(t_pool, 1), "probe_s": round(t2 - t1, 1), "train_s": round(t3 - t2, 1),
-              "probe_step_s": round((t2 - t1) / max(1, s.probe_steps), 3),
-              "step_s": round((t3 - t2) / max(1, s.steps), 3)}
-    return model, {"history": history, "timing": timing}
 
 
 def save_teacher(model, out: Path, settings: TrainSettings, extra: dict | None = None) -> Path:
