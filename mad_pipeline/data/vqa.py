@@ -130,34 +130,54 @@ def parse_vqa(questions: Path, annotations: Path | None = None, *,
         raise InputError(f"{questions}: expected a JSON object with a 'questions' list (VQA v2 questions file)")
     if not qdoc["questions"]:
         raise InputError(f"{questions}: no questions")
-
     anns: dict[int, dict[str, Any]] | None = None
     bad_ann_qids: set[int] = set()
     if annotations is not None:
         annotations = Path(annotations)
-        adoc = load_json(annotations, "VQA v2 annotations file")
-        if not isinstance(adoc, dict) or not isinstance(adoc.get("annotations"), list):
-            raise InputError(f"{annotations}: expected a JSON object with an 'annotations' list "
-                             "(VQA v2 annotations file)")
-        anns = {}
-        for i, a in enumerate(adoc["annotations"]):
-            qid = _peek_qid(a)
-            where = f"{annotations}:question_id={qid}" if qid is not None else f"{annotations}:annotations[{i}]"
-            try:
-                rec = _check_annotation(a)
-                if rec["question_id"] in anns:
-                    raise ValueError("duplicate annotation for this question_id")
-            except ValueError as e:
-                if qid is not None:
-                    bad_ann_qids.add(qid)
-                fail(where, None if qid is None else str(qid), str(e))
-                continue
-            anns[rec["question_id"]] = rec
+        anns, bad_ann_qids = _read_annotations(annotations, fail)
+    samples, all_qids = _read_questions(questions, qdoc["questions"], annotations, anns, bad_ann_qids, image_for,
+                                        fail)
+    if anns is not None:
+        for qid in anns:
+            if qid not in all_qids:
+                fail(f"{annotations}:question_id={qid}", str(qid), f"annotation has no question in {questions}")
+    return samples, skipped
 
+
+def _read_annotations(annotations: Path, fail: Callable[[str, str | None, str], None],
+                      ) -> tuple[dict[int, dict[str, Any]], set[int]]:
+    """(checked annotations by question_id, question_ids whose annotation was bad and skipped)."""
+    adoc = load_json(annotations, "VQA v2 annotations file")
+    if not isinstance(adoc, dict) or not isinstance(adoc.get("annotations"), list):
+        raise InputError(f"{annotations}: expected a JSON object with an 'annotations' list "
+                         "(VQA v2 annotations file)")
+    anns: dict[int, dict[str, Any]] = {}
+    bad_ann_qids: set[int] = set()
+    for i, a in enumerate(adoc["annotations"]):
+        qid = _peek_qid(a)
+        where = f"{annotations}:question_id={qid}" if qid is not None else f"{annotations}:annotations[{i}]"
+        try:
+            rec = _check_annotation(a)
+            if rec["question_id"] in anns:
+                raise ValueError("duplicate annotation for this question_id")
+        except ValueError as e:
+            if qid is not None:
+                bad_ann_qids.add(qid)
+            fail(where, None if qid is None else str(qid), str(e))
+            continue
+        anns[rec["question_id"]] = rec
+    return anns, bad_ann_qids
+
+
+def _read_questions(questions: Path, records: list, annotations: Path | None,
+                    anns: dict[int, dict[str, Any]] | None, bad_ann_qids: set[int],
+                    image_for: Callable[[int], str] | None, fail: Callable[[str, str | None, str], None],
+                    ) -> tuple[list[Sample], set[int]]:
+    """(samples, every question_id seen, good or bad) of the questions file's records, joined with ``anns``."""
     samples: list[Sample] = []
     seen: set[int] = set()
     all_qids: set[int] = set()
-    for i, q in enumerate(qdoc["questions"]):
+    for i, q in enumerate(records):
         qid = _peek_qid(q)
         if qid is not None:
             all_qids.add(qid)
@@ -188,12 +208,7 @@ def parse_vqa(questions: Path, annotations: Path | None = None, *,
             continue
         seen.add(qid)
         samples.append(Sample(id=str(qid), image=image, texts=(text,), meta=meta))
-
-    if anns is not None:
-        for qid in anns:
-            if qid not in all_qids:
-                fail(f"{annotations}:question_id={qid}", str(qid), f"annotation has no question in {questions}")
-    return samples, skipped
+    return samples, all_qids
 
 
 def _peek_qid(rec: Any) -> int | None:
