@@ -3,7 +3,8 @@
 Layout under the cache root (``--cache`` / ``MAD_CACHE`` / the user cache dir)::
 
     stores/<kind>/<key>.zarr     published, complete stores (manifest present)
-    partial/<kind>/<key>.zarr    stores being built; a killed run resumes from here
+    partial/<kind>/<key>.zarr    stores being built; a killed run resumes from here (pulls copy into a
+                                 partial/<kind>/<key>.pull-*.zarr of their own)
     locks/<key>.lock             one writer per key at a time (flock; released by the OS if the process dies)
     used/<key>                   touched whenever a lookup serves the key (``mad store gc --older-than``)
 
@@ -18,14 +19,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import FORMAT_VERSION
 from .hashing import content_key
-from .store.writer import is_complete
+from .store.layout import FORMAT_VERSION
+from .store.location import PARTIAL, STORES, Location, find_in, is_complete, is_url, partial_rel, store_glob, store_rel
+from .store.transfer import pull_store
+
+SHARED_ENV = "MAD_SHARED_CACHE"
+PULL_ENV = "MAD_PULL"
 
 
 def default_cache_dir() -> Path:
@@ -35,6 +41,19 @@ def default_cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("mad"))
+
+
+def split_locations(value: str | None) -> list[str]:
+    """``MAD_SHARED_CACHE``: several locations separated by whitespace or ``;`` (not ``:`` — URLs contain it)."""
+    return [p for p in re.split(r"[;\s]+", value or "") if p]
+
+
+def env_shared() -> list[str]:
+    return split_locations(os.environ.get(SHARED_ENV))
+
+
+def env_pull() -> bool:
+    return os.environ.get(PULL_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def make_key(kind: str, **parts) -> str:
@@ -62,8 +81,6 @@ class Cache:
            pull: bool | None = None) -> Cache:
         """The local cache at ``root`` (else ``MAD_CACHE``, else the user cache dir) with the shared caches
         ``shared`` (else ``MAD_SHARED_CACHE``) behind it; ``pull`` defaults to ``MAD_PULL``."""
-        from .store.remote import env_pull, env_shared, split_locations
-
         root_p = Path(root).expanduser() if root else default_cache_dir()
         if shared is None:
             locs = env_shared()
@@ -74,10 +91,28 @@ class Cache:
         return cls(root_p, tuple(_dedupe(locs, root_p)), env_pull() if pull is None else bool(pull))
 
     def store_path(self, kind: str, key: str) -> Path:
-        return self.root / "stores" / kind / f"{key}.zarr"
+        """Where the published store ``key`` of ``kind`` lives (whether or not it is there)."""
+        return self.root / store_rel(kind, key)
 
-    def partial_path(self, kind: str, key: str) -> Path:
-        return self.root / "partial" / kind / f"{key}.zarr"
+    def partial_path(self, kind: str, key: str, purpose: str | None = None) -> Path:
+        """Where the store is built (resumable), or with ``purpose`` (``pull``) a scratch name unique to this call."""
+        return self.root / partial_rel(kind, key, purpose)
+
+    @property
+    def stores_dir(self) -> Path:
+        return self.root / STORES
+
+    def stores(self, kind: str | None = None, prefix: str = "") -> list[Path]:
+        """Store directories of ``kind`` (any) whose key starts with ``prefix``, sorted; complete or not."""
+        return sorted(self.root.glob(store_glob(kind, prefix)))
+
+    def store_entries(self) -> list[Path]:
+        """Everything under ``stores/<kind>/``, sorted: stores with or without a manifest, leftovers of removals."""
+        return sorted(self.root.glob(f"{STORES}/*/*"))
+
+    def partial_entries(self) -> list[Path]:
+        """Everything under ``partial/<kind>/``, sorted: builds, pulls and pushes under way or interrupted."""
+        return sorted(self.root.glob(f"{PARTIAL}/*/*"))
 
     def lookup(self, kind: str, key: str) -> Path | None:
         """The complete store in the local cache only (see ``find`` for the layered lookup)."""
@@ -90,8 +125,6 @@ class Cache:
         p = self.lookup(kind, key)
         if p is not None:
             return Hit(str(p), "local")
-        from .store.remote import find_in
-
         for loc in self.shared:
             try:
                 hit = find_in(loc, kind, key)
@@ -110,8 +143,6 @@ class Cache:
         if hit is None:
             return None
         if hit.source.startswith("shared:") and self.pull:
-            from .store.remote import Location, pull_store
-
             loc = hit.source[len("shared:") :]
             if log:
                 log(f"{kind} store {key[:12]}: pulling from {loc}")
@@ -177,8 +208,6 @@ class Cache:
 
 def _dedupe(locs: list[str], local_root: Path) -> list[str]:
     """Shared locations in order, without repeats and without the local cache itself."""
-    from .store.remote import is_url
-
     out: list[str] = []
     seen = {str(local_root.resolve())}
     for loc in locs:

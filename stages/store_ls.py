@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from mad_pipeline.cache import Cache
+from mad_pipeline.store.location import Location, is_url, manifest_of, store_glob
 
 
 @dataclass(frozen=True)
@@ -16,17 +16,12 @@ class StoreLsConfig:
 
 
 def run(cfg: StoreLsConfig) -> list[dict]:
-    from mad_pipeline.store.remote import is_url
-
     if cfg.cache is not None and is_url(str(cfg.cache)):
         return _remote(str(cfg.cache), cfg.kind)
     cache = Cache.at(cfg.cache)
     out = []
-    for p in sorted((cache.root / "stores").glob(f"{cfg.kind or '*'}/*.zarr")):
-        try:
-            man = json.loads((p / "zarr.json").read_text()).get("attributes", {}).get("mad")
-        except (OSError, json.JSONDecodeError):
-            man = None
+    for p in cache.stores(cfg.kind):
+        man = manifest_of(p)
         if not man:
             continue
         size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
@@ -42,11 +37,9 @@ def _row(man: dict, size: int | None, path: str) -> dict:
 
 def _remote(url: str, kind: str | None) -> list[dict]:
     """A shared cache over fsspec (s3:// lists; http(s):// cannot and says so)."""
-    from mad_pipeline.store.remote import Location, manifest_of
-
     root = Location(url)
     out = []
-    for rel in root.glob(f"stores/{kind or '*'}/*.zarr"):
+    for rel in root.glob(store_glob(kind)):
         store = root.child(rel)
         man = manifest_of(store)
         if not man:
@@ -60,8 +53,6 @@ def _remote(url: str, kind: str | None) -> list[dict]:
 
 
 def cache_root(cache: Path | str | None) -> Path | str:
-    from mad_pipeline.store.remote import is_url
-
     if cache is not None and is_url(str(cache)):
         return str(cache)
     return Cache.at(cache).root

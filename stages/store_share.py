@@ -13,11 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mad_pipeline.cache import Cache
+from mad_pipeline.cache import Cache, env_shared
 from mad_pipeline.errors import StoreError
-from mad_pipeline.store import remote
-from mad_pipeline.store.remote import Location, Transfer
-from mad_pipeline.store.writer import is_complete
+from mad_pipeline.store.location import (
+    KINDS,
+    Location,
+    find_any_kind,
+    find_in,
+    is_complete,
+    parse_store_rel,
+    store_glob,
+)
+from mad_pipeline.store.transfer import Transfer, discard, pull_store, push_store
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -31,15 +38,16 @@ class PushConfig:
 
 
 def push(cfg: PushConfig, log: Callable[[str], None] | None = None) -> list[Transfer]:
-    return [remote.push_store(p, cfg.dest, log=log) for p in _push_sources(cfg)]
+    return [push_store(p, cfg.dest, log=log) for p in _push_sources(cfg)]
 
 
 def _push_sources(cfg: PushConfig) -> list[Path]:
     src = Path(cfg.source).expanduser()
     if (src / "zarr.json").is_file():
         return [src]
-    if (src / "stores").is_dir():  # a whole cache root
-        found = [p for p in sorted((src / "stores").glob("*/*.zarr")) if is_complete(p)]
+    as_cache = Cache(src)
+    if as_cache.stores_dir.is_dir():  # a whole cache root
+        found = [p for p in as_cache.stores() if is_complete(p)]
         if not found:
             raise StoreError(f"{src}: no published stores in this cache")
         return found
@@ -47,7 +55,7 @@ def _push_sources(cfg: PushConfig) -> list[Path]:
         raise StoreError(f"{src}: neither a store (no zarr.json) nor a cache root (no stores/)")
     if re.fullmatch(r"[0-9a-f]{6,64}", cfg.source):  # a key (or unique prefix) in the local cache
         cache = Cache.at(cfg.cache, shared=())
-        hits = [p for p in sorted((cache.root / "stores").glob(f"*/{cfg.source}*.zarr")) if is_complete(p)]
+        hits = [p for p in cache.stores(prefix=cfg.source) if is_complete(p)]
         if len(hits) == 1:
             return hits
         if len(hits) > 1:
@@ -68,12 +76,12 @@ class PullConfig:
 
 def pull(cfg: PullConfig, log: Callable[[str], None] | None = None) -> Transfer:
     cache = Cache.at(cfg.cache, shared=())
-    sources = list(cfg.sources) or remote.env_shared()
+    sources = list(cfg.sources) or env_shared()
     if not sources:
         raise StoreError("no location to pull from: pass --from URL or set MAD_SHARED_CACHE")
-    kinds = (cfg.kind,) if cfg.kind else remote.KINDS
-    if cfg.kind and cfg.kind not in remote.KINDS:
-        raise StoreError(f"--kind {cfg.kind}: expected one of {', '.join(remote.KINDS)}")
+    kinds = (cfg.kind,) if cfg.kind else KINDS
+    if cfg.kind and cfg.kind not in KINDS:
+        raise StoreError(f"--kind {cfg.kind}: expected one of {', '.join(KINDS)}")
     if not re.fullmatch(r"[0-9a-f]{6,64}", cfg.key):
         raise StoreError(f"{cfg.key!r} is not a store key (sha256 hex, or a unique prefix of one)")
     errors = []
@@ -89,27 +97,27 @@ def pull(cfg: PullConfig, log: Callable[[str], None] | None = None) -> Transfer:
             kind, key, loc = found
             if log and cache.lookup(kind, key) is None:
                 log(f"pulling {kind} store {key[:12]} from {src}")
-            return remote.pull_store(cache, kind, key, loc, verify=cfg.verify)
+            return pull_store(cache, kind, key, loc, verify=cfg.verify)
     more = f" ({'; '.join(errors)})" if errors else ""
     raise StoreError(f"no complete store with key {cfg.key} in {', '.join(sources)}{more}")
 
 
 def _find(src: str, key: str, kinds) -> tuple[str, str, Location] | None:
     if len(key) == 64:
-        hit = remote.find_any_kind(src, key, kinds)
+        hit = find_any_kind(src, key, kinds)
         return (hit[0], key, hit[1]) if hit else None
     loc = Location(src)
     if not loc.writable:
         raise StoreError(f"{src}: a key prefix cannot be resolved over {loc.protocol}:// (no listing); "
                          f"give the full key")
-    names = [n for k in kinds for n in loc.glob(f"stores/{k}/{key}*.zarr")]
-    keys = {(n.split("/")[1], n.split("/")[2][:-5]) for n in names if HEX64.fullmatch(n.split("/")[2][:-5])}
+    names = [n for k in kinds for n in loc.glob(store_glob(k, key))]
+    keys = {parsed for n in names if (parsed := parse_store_rel(n)) is not None}
     if len(keys) > 1:
         raise StoreError(f"key prefix {key} is ambiguous in {src} ({len(keys)} stores)")
     if not keys:
         return None
     kind, full = keys.pop()
-    hit = remote.find_in(src, kind, full)
+    hit = find_in(src, kind, full)
     return (kind, full, hit) if hit else None
 
 
@@ -146,9 +154,9 @@ def gc(cfg: GcConfig) -> GcResult:
     cache = Cache.at(cfg.cache, shared=())
     res = GcResult(str(cache.root), dry_run=cfg.dry_run)
     now = time.time()
-    for p in sorted(cache.root.glob("partial/*/*")):
+    for p in cache.partial_entries():
         _consider(cache, p, _key_of(p.name), "incomplete (partial build, pull or push)", res, cfg.dry_run)
-    for p in sorted(cache.root.glob("stores/*/*")):
+    for p in cache.store_entries():
         name = p.name
         if name.startswith(".") and ".trash-" in name:
             _remove(p, "leftover of an earlier removal", None, res, cfg.dry_run)
@@ -186,10 +194,10 @@ def _remove(p: Path, why: str, key: str | None, res: GcResult, dry_run: bool) ->
     if dry_run:
         return
     if p.is_dir():
-        remote.discard(p)
+        discard(p)
     else:
         p.unlink(missing_ok=True)
-    if p.exists():  # _discard renames aside first; a failure there leaves it in place
+    if p.exists():  # discard renames aside first; a failure there leaves it in place
         shutil.rmtree(p, ignore_errors=True)
 
 

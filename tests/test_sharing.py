@@ -231,7 +231,7 @@ def test_s3_compatible_server_push_then_in_place_and_pull(team_a, tmp_path, monk
         assert {k: (v["ETag"], v["LastModified"]) for k, v in fs.find("team-bucket", detail=True).items()} == objects
 
         # a store whose root zarr.json (the manifest) is missing is never served
-        from mad_pipeline.store.remote import find_in
+        from mad_pipeline.store.location import find_in
 
         index_key = team_a["result"]["stores"]["index"]["key"]
         assert find_in("s3://team-bucket/cache", "index", index_key) is not None

@@ -9,7 +9,7 @@ import numpy as np
 import zarr
 
 from ..errors import StoreError
-from .writer import is_complete
+from .location import Location, is_complete
 
 
 class FeatureStore:
@@ -17,17 +17,16 @@ class FeatureStore:
 
     def __init__(self, path: str | Path):
         self.path = str(path)
-        if "://" not in self.path and not is_complete(Path(self.path)):
-            if not (Path(self.path) / "zarr.json").exists():
+        loc = Location(self.path)
+        if loc.local and not is_complete(loc):
+            if not (Path(loc.url) / "zarr.json").exists():
                 raise StoreError(f"{self.path}: not a zarr store")
             raise StoreError(f"{self.path}: incomplete store (no manifest); it was never published")
         try:
-            if "://" in self.path:  # a shared location: read-only through fsspec, known keys only
-                from .remote import Location
-
-                self.group = zarr.open_group(store=Location(self.path).zarr_store(), mode="r", use_consolidated=True)
-            else:
-                self.group = zarr.open_group(self.path, mode="r", use_consolidated=True)
+            if loc.local:
+                self.group = zarr.open_group(loc.url, mode="r", use_consolidated=True)
+            else:  # a shared location: read-only through fsspec, known keys only
+                self.group = zarr.open_group(store=loc.zarr_store(), mode="r", use_consolidated=True)
         except Exception as e:  # noqa: BLE001
             raise StoreError(f"{self.path}: cannot open ({e})") from None
         self.manifest: dict[str, Any] = dict(self.group.attrs.get("mad", {}))

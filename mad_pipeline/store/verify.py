@@ -11,7 +11,7 @@ Then the manifest: format version, kind, cache key (and the directory name), ``n
 leading dimension, the arrays format v1 requires for the kind with their dtypes, row shapes against the manifest's
 ``geometry``, ``dimension_names`` on every array, and ``image_hash`` / ``text_hash`` sorted and unique.
 
-Works on a local path or any URL a :class:`~mad_pipeline.store.remote.Location` understands (reads only).
+Works on a local path or any URL a :class:`~mad_pipeline.store.location.Location` understands (reads only).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .layout import FORMAT_VERSION, image_arrays, index_arrays, text_arrays
-from .remote import Location, chunk_keys
+from .location import Location, chunk_counts, chunk_keys
 
 EMPTY = 2**64 - 1  # sharding index entry of a chunk that was never written
 
@@ -167,8 +167,7 @@ def _meta_core(m: dict) -> dict:
 
 
 def _n_chunk_files(m: dict) -> int:
-    shape, grid = m["shape"], m["chunk_grid"]["configuration"]["chunk_shape"]
-    return math.prod(math.ceil(s / c) if c else 0 for s, c in zip(shape, grid, strict=True))
+    return math.prod(chunk_counts(m))
 
 
 # ---------------------------------------------------------------------- pass 1: raw bytes
@@ -192,7 +191,7 @@ def _check_raw(loc: Location, name: str, m: dict, rep: VerifyReport, progress, t
     bad: set[str] = set()
     keys = list(chunk_keys(m))
     grid = m["chunk_grid"]["configuration"]["chunk_shape"]
-    counts = [math.ceil(s / c) if c else 0 for s, c in zip(m["shape"], grid, strict=True)]
+    counts = chunk_counts(m)
     for start in range(0, len(keys), 64):
         batch = keys[start : start + 64]
         got = loc.cat_many([f"{name}/{k}" for k in batch])
@@ -283,7 +282,7 @@ def _check_decode(group, name: str, m: dict, bad_keys: set[str], rep: VerifyRepo
         rep.problems.append(Problem(name, f"zarr cannot open the array: {e}"))
         return None
     grid = m["chunk_grid"]["configuration"]["chunk_shape"]
-    counts = [math.ceil(s / c) if c else 0 for s, c in zip(m["shape"], grid, strict=True)]
+    counts = chunk_counts(m)
     keep = name in ("image_hash", "text_hash") and len(m["shape"]) == 1
     parts = []
     for idx, k in zip(itertools.product(*(range(c) for c in counts)), chunk_keys(m), strict=True):

@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from .layout import FORMAT_VERSION, ArraySpec, codecs_for, rows_per_chunk, rows_per_shard
+from .location import is_complete
 
 PROGRESS_DIR = "_mad_progress"
 LAYOUT_FILE = "_mad_progress/layout.json"
@@ -145,18 +146,6 @@ class StoreWriter:
             else:
                 raise
         return final_path
-
-
-def is_complete(path: Path, key: str | None = None) -> bool:
-    """A store is complete when its root metadata holds a manifest (and, if given, the expected cache key)."""
-    try:
-        meta = json.loads((Path(path) / "zarr.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    manifest = meta.get("attributes", {}).get("mad")
-    if not isinstance(manifest, dict) or "cache_key" not in manifest:
-        return False
-    return key is None or manifest["cache_key"] == key
 
 
 def _atomic_write(path: Path, text: str) -> None:
