@@ -8,9 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import FORMAT_VERSION
 from ..cache import Cache
-from ..store.layout import ArraySpec
+from ..store.layout import FORMAT_VERSION, ArraySpec
 from ..store.writer import StoreWriter
 from ..versions import library_versions
 

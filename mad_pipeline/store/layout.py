@@ -1,4 +1,4 @@
-"""Feature-store format v1 (SPEC section 3): which arrays each store kind has, their chunking and codecs.
+"""Feature-store format v1: which arrays each store kind has, their chunking and codecs.
 
 Rows are the leading dimension of every array. Chunks hold whole rows and are sized to at least ~1 MB for the
 big token arrays (a random read touches one chunk per row group, not the store); shards group chunks into files of
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # in every cache key (mad_pipeline.cache.make_key) and every manifest; bump both by bumping this
 CHUNK_TARGET_BYTES = 1 << 20  # at least ~1 MB per token chunk
 SHARD_TARGET_BYTES = 32 << 20  # one shard file per ~32 MB of token rows
 
