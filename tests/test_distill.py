@@ -15,23 +15,21 @@ import torch
 from conftest import last_json, mad
 from mad_pipeline.stages import extract as extract_stage
 from mad_pipeline.stages import score as score_stage
-from mad_pipeline.stages.distill import DistillConfig, build_mad_config
+from mad_pipeline.stages.distill import DistillConfig
 from mad_pipeline.stages.distill import run as distill_run
 
 from mad_pipeline.data import load_dataset
 from mad_pipeline.errors import InputError
-from mad_pipeline.losses import MADConfig, MADLoss
+from mad_pipeline.losses import MADConfig, MADLoss, TargetBuilder, build_targets
 from mad_pipeline.students import build_student, load_student
-from mad_pipeline.training.data import (
-    Collate,
-    DistillDataset,
-    StorePaths,
-    StudentTokenizer,
-    TargetPlan,
-    fit_snli_calibration,
-    store_widths,
-)
-from mad_pipeline.training.trainer import OnlineTeacher, TrainConfig, student_batch
+from mad_pipeline.tasks import get_task
+from mad_pipeline.training.collate import Collate, StudentTokenizer
+from mad_pipeline.training.config import TrainConfig
+from mad_pipeline.training.dataset import DistillDataset, OnlineTeacherInput, StorePaths
+from mad_pipeline.training.online import OnlineTeacher
+from mad_pipeline.training.trainer import student_batch
+
+build_mad_config = MADConfig.from_switches
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +109,7 @@ def _cli(*args: str) -> dict:
 
 
 def _extracted(task: str, tiny_clip, world, cache):
-    """The task's training split extracted with tiny-clip: (dataset, stores, vocab, calibration, a vilt-tiny)."""
-    from mad_pipeline.tasks.vqa import build_answer_vocab
-
+    """The task's training split extracted with tiny-clip: (dataset, stores, the fitted task, a vilt-tiny)."""
     _, weights = tiny_clip
     root = world / task
     ex = extract_stage.run(extract_stage.ExtractConfig(
@@ -121,11 +117,12 @@ def _extracted(task: str, tiny_clip, world, cache):
         cache=cache, num_workers=0, vocab_min_count=1, progress=False), log=lambda m: None)
     stores = StorePaths(**{k: ex.stores[k].path for k in ("image", "text", "index", "zeroshot")})
     ds = load_dataset(task, root, split="train")
-    vocab = build_answer_vocab(ds.samples, min_count=1) if task == "vqa" else None
-    calib = fit_snli_calibration(stores.zeroshot, ds.samples) if task == "snli-ve" else None
+    t = get_task(task, vocab_min_count=1)
+    t.fit(ds.samples)
+    t.fit_confidence(stores.zeroshot, ds.samples)
     torch.manual_seed(0)
-    student = build_student("vilt-tiny", task, len(vocab) if vocab else (3 if task == "snli-ve" else 4))
-    return ds, stores, vocab, calib, student
+    student = build_student("vilt-tiny", task, t.num_classes)
+    return ds, stores, t, student
 
 
 def _spread(n_items: int, n: int) -> list[int]:
@@ -133,38 +130,35 @@ def _spread(n_items: int, n: int) -> list[int]:
 
 
 def _batch_pair(task: str, tiny_clip, world, cache, n: int = 6):
-    """The same samples, collated store-fed and online, with the student and MAD objective."""
+    """The same samples read store-fed and online: the student, the teacher, the store widths, the store-fed batch
+    with its raw store features, and the online batch."""
     from mad_pipeline.teachers import load_teacher
 
-    ds, stores, vocab, calib, student = _extracted(task, tiny_clip, world, cache)
+    ds, stores, t, student = _extracted(task, tiny_clip, world, cache)
     teacher = load_teacher("tiny-clip", str(tiny_clip[1]), "cpu", "auto")
-    common = dict(stores=stores, vocab=vocab, calibration=calib)
-    fed = DistillDataset(ds.samples, ds.root, task, student.image_preprocess, **common)
-    onl = DistillDataset(ds.samples, ds.root, task, student.image_preprocess, online=True,
-                         teacher_preprocess=teacher.preprocess, teacher_crop_box=teacher.crop_box_fn, **common)
+    fed = DistillDataset(ds.samples, ds.root, t, student.image_preprocess, stores)
+    onl = DistillDataset(ds.samples, ds.root, t, student.image_preprocess, stores,
+                         OnlineTeacherInput(teacher.preprocess, teacher.crop_box_fn))
     idx = _spread(len(fed), n)
-    collate = Collate(task, StudentTokenizer(student), fed.grid)
-    b_fed = collate(fed.__getitems__(idx))
+    collate = Collate(t, StudentTokenizer(student), None, student.grid, fed.grid)
+    items = fed.__getitems__(idx)
+    b_fed, raw = collate(items), collate.teacher_batch(items)
     b_onl = collate(onl.__getitems__(idx))
-    w = store_widths(stores)
-    return student, teacher, w, b_fed, b_onl
+    assert b_onl.online.texts == [fed.teacher_texts[i] for i in idx]
+    return student, teacher, stores.widths(), b_fed, raw, b_onl
 
 
 def _planned(task, tiny_clip, world, cache, cfg, n: int = 6):
-    """The samples of :func:`_batch_pair`, with the teacher-side targets made by the data pipeline (TargetPlan)."""
-    ds, stores, vocab, calib, student = _extracted(task, tiny_clip, world, cache)
-    plan = TargetPlan.for_objective(cfg, student.grid)
-    data = DistillDataset(ds.samples, ds.root, task, student.image_preprocess, stores=stores, vocab=vocab,
-                          calibration=calib, plan=plan)
-    collate = Collate(task, StudentTokenizer(student), data.grid, plan)
+    """The samples of :func:`_batch_pair`, with the targets made by the data pipeline (TargetBuilder in Collate)."""
+    ds, stores, t, student = _extracted(task, tiny_clip, world, cache)
+    data = DistillDataset(ds.samples, ds.root, t, student.image_preprocess, stores)
+    collate = Collate(t, StudentTokenizer(student), TargetBuilder(cfg, cache_mb=256), student.grid, data.grid)
     return data, collate, _spread(len(data), n)
 
 
 @pytest.mark.parametrize("task", ["vqa", "snli-ve", "vcr"])
 def test_store_fed_equals_online_teacher(task, tiny_clip, world, cache):
-    student, teacher, w, b_fed, b_onl = _batch_pair(task, tiny_clip, world, cache)
-    assert b_fed.teacher_texts == b_onl.teacher_texts
-    t_fed = b_fed.teacher
+    student, teacher, w, b_fed, t_fed, b_onl = _batch_pair(task, tiny_clip, world, cache)
     t_onl = OnlineTeacher(teacher, teacher)(b_onl)
     # the features themselves: stored fp16 vs computed fp32
     for name in ("image_tokens", "image_pooled", "text_tokens", "text_pooled"):
@@ -177,12 +171,11 @@ def test_store_fed_equals_online_teacher(task, tiny_clip, world, cache):
     torch.manual_seed(1)
     objective = MADLoss(cfg, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
     with torch.no_grad():
-        out = student(b_fed.pixel_values, b_fed.crop_boxes, b_fed.text.input_ids, b_fed.text.attention_mask,
-                      b_fed.text.char_spans)
-        sb = student_batch(task, out, b_fed)
+        out = student(*b_fed.student_args())
+        sb = student_batch(out, b_fed)
         task_l = torch.tensor(1.0)
-        l_fed = objective(sb, t_fed, task_l, target=b_fed.target)
-        l_onl = objective(sb, t_onl, task_l, target=b_onl.target)
+        l_fed = objective(sb, build_targets(cfg, t_fed, sb), task_l, target=b_fed.target)
+        l_onl = objective(sb, build_targets(cfg, t_onl, sb), task_l, target=b_onl.target)
     for k in ("tok_v", "tok_t", "pool", "kd", "distill", "total", "conf_mean"):
         assert l_fed[k].item() == pytest.approx(l_onl[k].item(), rel=2e-3, abs=2e-4), k
     assert l_fed["tok_v"] > 0 and l_fed["pool"] > 0 and l_fed["kd"] > 0
@@ -190,12 +183,10 @@ def test_store_fed_equals_online_teacher(task, tiny_clip, world, cache):
     # what training uses: alignment and selection done by the data pipeline, only K tokens per sample carried
     data, collate, idx = _planned(task, tiny_clip, world, cache, cfg)
     b_plan = collate(data.__getitems__(idx))
-    t_plan = b_plan.teacher
-    assert t_plan.image_tokens is None and t_plan.text_tokens is None
-    assert t_plan.image_targets.tokens.shape[1] == 32  # top half of the 8 x 8 student grid
+    assert b_plan.targets.image.tokens.shape[1] == 32  # top half of the 8 x 8 student grid
     assert torch.equal(b_plan.pixel_values, b_fed.pixel_values) and torch.equal(b_plan.target, b_fed.target)
     with torch.no_grad():
-        l_plan = objective(sb, t_plan, task_l, target=b_plan.target)
+        l_plan = objective(sb, b_plan.targets, task_l, target=b_plan.target)
     for k in ("tok_v", "tok_t", "pool", "kd", "distill", "total", "conf_mean"):
         assert l_plan[k].item() == pytest.approx(l_onl[k].item(), rel=2e-3, abs=2e-4), k
 
@@ -205,40 +196,44 @@ def test_precomputed_targets_do_not_depend_on_the_batch_or_the_cache(tiny_clip, 
     (so a resumed run, whose cache starts empty, sees the same values)."""
     cfg = MADConfig.full()
     data, collate, idx = _planned("vqa", tiny_clip, world, cache, cfg, n=8)
-    together = data.__getitems__(idx)
-    assert len(data._targets) == len({int(r) for r in data.image_rows()[idx]})
-    again = data.__getitems__(idx[::-1])  # every row from the cache
-    fresh, _, _ = _planned("vqa", tiny_clip, world, cache, cfg, n=8)
-    alone = [fresh.__getitems__([i])[0] for i in idx]
+    builder = collate.targets
+    together = collate(data.__getitems__(idx)).targets.image.rows()
+    assert len(builder._cache) == len({int(r) for r in data.image_rows()[idx]})
+    again = collate(data.__getitems__(idx[::-1])).targets.image.rows()  # every row from the cache
+    fresh, fresh_collate, _ = _planned("vqa", tiny_clip, world, cache, cfg, n=8)
+    alone = [fresh_collate(fresh.__getitems__([i])).targets.image for i in idx]
     for a, b, c in zip(together, again[::-1], alone, strict=True):
         for name in ("index", "tokens", "mask"):
-            x = getattr(a["t_targets"], name)
-            assert torch.equal(x, getattr(b["t_targets"], name)) and torch.equal(x, getattr(c["t_targets"], name))
+            x = getattr(a, name)
+            assert torch.equal(x, getattr(b, name)) and torch.equal(x, getattr(c, name))
     # the cache is bounded: a budget of one row keeps only the current batch's rows
-    data.plan = dataclasses.replace(data.plan, cache_mb=1e-6)
-    data._targets.clear()
-    data._targets_bytes = 0
-    data.__getitems__(idx[:2])
-    data.__getitems__(idx[2:3])
-    assert len(data._targets) == 1
-    # random / student-gap selection cannot be done ahead: no plan, the step does it
-    assert TargetPlan.for_objective(cfg.replace(select_v="random", select_t="student-gap"), (8, 8)) is None
-    assert TargetPlan.for_objective(MADConfig.baseline(), (8, 8)) is None
+    builder.cache_mb = 1e-6
+    builder._cache.clear()
+    builder._cache_bytes = 0
+    collate(data.__getitems__(idx[:2]))
+    collate(data.__getitems__(idx[2:3]))
+    assert len(builder._cache) == 1
+    # random / student-gap selection needs the step (its generator, the student's tokens): the data pipeline hands
+    # every aligned position over as a candidate
+    step_side = TargetBuilder(cfg.replace(select_v="random", select_t="student-gap"))
+    targets = Collate(collate.task, collate.tokenize, step_side, collate.student_grid,
+                      collate.teacher_grid)(data.__getitems__(idx)).targets
+    assert not targets.image.selected and not targets.text.selected
+    assert targets.image.tokens.shape[1] == 64  # every cell of the 8 x 8 student grid
 
 
 def test_every_off_switch_removes_its_term(tiny_clip, world, cache):
-    student, _, w, batch, _ = _batch_pair("vqa", tiny_clip, world, cache)
+    student, _, w, batch, raw, _ = _batch_pair("vqa", tiny_clip, world, cache)
     with torch.no_grad():
-        out = student(batch.pixel_values, batch.crop_boxes, batch.text.input_ids, batch.text.attention_mask,
-                      batch.text.char_spans)
-    sb = student_batch("vqa", out, batch)
+        out = student(*batch.student_args())
+    sb = student_batch(out, batch)
     task_l = torch.tensor(2.5)
 
     def losses(cfg):
         torch.manual_seed(1)
         obj = MADLoss(cfg, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
         with torch.no_grad():
-            return obj(sb, batch.teacher, task_l, target=batch.target)
+            return obj(sb, build_targets(cfg, raw, sb), task_l, target=batch.target)
 
     on = losses(MADConfig.full(logit_kd=True, alpha_schedule="constant", alpha0=1.0))
     assert all(on[k] > 0 for k in ("tok_v", "tok_t", "pool", "kd"))

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from mad_pipeline.tasks import get_task
 from mad_pipeline.students import (
     STUDENTS,
     StudentError,
     build_student,
     center_crop_box,
     load_student,
-    task_loss,
 )
 from mad_pipeline.students.vilt import VILT_CONFIGS, grid_visual_embed
 
@@ -71,7 +71,7 @@ def test_classification_heads_shapes_and_loss(task, num_classes):
     assert out.pooled.shape == (2, hidden)
     assert out.logits.shape == (2, num_classes)
     target = torch.rand(2, num_classes) if task == "vqa" else torch.tensor([0, 2])
-    loss = task_loss(task, out.logits, target)
+    loss = get_task(task).loss(out.logits, target)
     loss.backward()
     assert torch.isfinite(loss)
     assert student.backbone.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
@@ -93,16 +93,16 @@ def test_vcr_scores_each_choice_pair():
     # the pair order is sample-major: logit [b, c] is the pair (image b, text b * 4 + c)
     single = student(pixels[1:], boxes[1:], text.input_ids[6:7], text.attention_mask[6:7])
     torch.testing.assert_close(single.logits[0, 0], out.logits[1, 2], atol=1e-5, rtol=1e-5)
-    assert torch.isfinite(task_loss("vcr", out.logits, torch.tensor([1, 3])))
+    assert torch.isfinite(get_task("vcr").loss(out.logits, torch.tensor([1, 3])))
     with pytest.raises(StudentError, match="texts for"):
         student(pixels, boxes, text.input_ids[:3], text.attention_mask[:3])
 
 
 def test_task_losses_by_hand():
     logits = torch.zeros(2, 5)
-    assert task_loss("vqa", logits, torch.rand(2, 5)).item() == pytest.approx(5 * math.log(2), rel=1e-6)
-    assert task_loss("snli-ve", torch.zeros(2, 3), torch.tensor([0, 1])).item() == pytest.approx(math.log(3))
-    assert task_loss("vcr", torch.zeros(2, 4), torch.tensor([0, 1])).item() == pytest.approx(math.log(4))
+    assert get_task("vqa").loss(logits, torch.rand(2, 5)).item() == pytest.approx(5 * math.log(2), rel=1e-6)
+    assert get_task("snli-ve").loss(torch.zeros(2, 3), torch.tensor([0, 1])).item() == pytest.approx(math.log(3))
+    assert get_task("vcr").loss(torch.zeros(2, 4), torch.tensor([0, 1])).item() == pytest.approx(math.log(4))
 
 
 # ------------------------------------------------------------------------------------------ patch order
@@ -172,7 +172,7 @@ def test_visual_centers_point_at_the_patch_in_the_original_image(vqa_student, si
 
 
 def _centers(student, box) -> torch.Tensor:
-    from mad_pipeline.students import patch_centers
+    from mad_pipeline.losses import patch_centers
 
     return patch_centers(torch.tensor([box]), student.grid)[0]
 

@@ -187,7 +187,7 @@ def load_predictions(path: Path, key: str, expected: Mapping[Any, Any], annotati
                      parse: Callable[[dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
     """A JSON array of prediction objects keyed by ``key``; exactly one per record of ``expected``. Any mistake is
     one :class:`InputError` naming the file and the record."""
-    from ..data.vqa import load_json
+    from ..data.jsonio import load_json
 
     doc = load_json(path, "predictions file")
     if not isinstance(doc, list):

@@ -74,14 +74,15 @@ class Collate:
                                         torch.from_numpy(np.stack([it.teacher_box for it in items])),
                                         [it.teacher_text for it in items])
         if items[0].teacher:
-            teacher = self._teacher(items)
+            teacher = self.teacher_batch(items)
             if self.targets is None or batch.online is not None:  # zero-shot logits only
                 batch.targets = DistillTargets(zs_logits=teacher.zs_logits, zs_mask=teacher.zs_mask)
             else:
                 batch.targets = self._targets(teacher, batch, [it.image_key for it in items])
         return batch
 
-    def _teacher(self, items: list[Item]) -> TeacherBatch:
+    def teacher_batch(self, items: list[Item]) -> TeacherBatch:
+        """The items' raw store features, stacked."""
         t = items[0].teacher
         parts = {}
         for name, dtype in (("image_tokens", None), ("image_pooled", None), ("crop_box", np.float32),
