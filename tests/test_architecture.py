@@ -1,6 +1,6 @@
 """The architecture is the layout: imports only go down (cli -> stages -> library), no import cycles between modules
-(function-level imports count), library modules stay small, and no code outside ``mad_pipeline/tasks`` decides
-anything on a benchmark's name.
+(function-level imports count), library modules and all functions stay small, and no code outside
+``mad_pipeline/tasks`` decides anything on a benchmark's name.
 
 ``python tests/test_architecture.py`` prints the import graph's layers (also printed by the test with ``-s``).
 """
@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 # source folder -> installed package (pyproject's package-dir)
 ROOTS = {"mad_pipeline": "mad_pipeline", "stages": "mad_pipeline.stages", "cli": "mad_pipeline.cli"}
 MAX_LIBRARY_LINES = 400
+MAX_FUNCTION_LINES = 80
 TASK_NAMES = {"vqa", "snli-ve", "snli_ve", "vcr"}
 
 
@@ -155,6 +156,17 @@ def test_library_modules_are_small():
         if layer(name) == 0 and n > MAX_LIBRARY_LINES:
             big.append(f"{path.relative_to(REPO)} ({n} lines)")
     assert not big, f"library modules over {MAX_LIBRARY_LINES} lines: " + ", ".join(big)
+
+
+def test_functions_read_in_one_sitting():
+    long = []
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: " + ", ".join(long)
 
 
 def _names(node: ast.AST) -> set[str]:
