@@ -1,6 +1,6 @@
 """Stage 1 — extract: run frozen teachers over a dataset once and publish token-level feature stores by key.
 
-Three stores come out, each cached by its own content key (SPEC section 4):
+Three stores come out, each cached by its own content key:
   image  rows = unique images (by sha256 of the file bytes), key = image-teacher identity + the set of image hashes
   text   rows = unique texts (by sha256 of the UTF-8), key = text-teacher identity + the set of text hashes
   index  rows = samples, key = the dataset's samples (ids, content hashes, fields); teacher-independent

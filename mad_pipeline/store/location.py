@@ -197,13 +197,19 @@ def store_glob(kind: str | None = None, prefix: str = "") -> str:
     return f"{STORES}/{kind or '*'}/{prefix}*.zarr"
 
 
+def key_of_store_name(name: str) -> str | None:
+    """The key in a published store's directory name ``<key>.zarr`` (a full sha256 key); None for other names."""
+    key = name[: -len(".zarr")] if name.endswith(".zarr") else ""
+    return key if _HEX64.fullmatch(key) else None
+
+
 def parse_store_rel(rel: str) -> tuple[str, str] | None:
     """(kind, key) of ``stores/<kind>/<key>.zarr`` with a full sha256 key; None for anything else."""
     parts = rel.strip("/").split("/")
-    if len(parts) != 3 or parts[0] != STORES or not parts[2].endswith(".zarr"):
+    if len(parts) != 3 or parts[0] != STORES:
         return None
-    key = parts[2][: -len(".zarr")]
-    return (parts[1], key) if _HEX64.fullmatch(key) else None
+    key = key_of_store_name(parts[2])
+    return (parts[1], key) if key is not None else None
 
 
 # ---------------------------------------------------------------------- completeness

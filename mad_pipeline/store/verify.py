@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .layout import FORMAT_VERSION, image_arrays, index_arrays, text_arrays
-from .location import Location, chunk_counts, chunk_keys
+from .location import Location, chunk_counts, chunk_keys, key_of_store_name
 
 EMPTY = 2**64 - 1  # sharding index entry of a chunk that was never written
 
@@ -315,7 +315,8 @@ def _check_manifest(loc: Location, man: dict, arrays: dict[str, dict], columns: 
         bad(f"cache_key {key!r} is not a sha256 hex digest")
     else:
         name = PurePosixPath(loc.url.rstrip("/")).name
-        if name.endswith(".zarr") and re.fullmatch(r"[0-9a-f]{64}", name[:-5]) and name[:-5] != key:
+        named = key_of_store_name(name)
+        if named is not None and named != key:
             bad(f"the directory is named {name} but the manifest's cache_key is {key}")
     n_rows = man.get("n_rows")
     if not isinstance(n_rows, int) or n_rows < 0:
