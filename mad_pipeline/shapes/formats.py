@@ -43,8 +43,8 @@ from .world import (
     SPLITS,
     Scene,
     encode_jpeg,
+    make_scene,
     render,
-    sample_scene,
     scene_rng,
 )
 
@@ -138,7 +138,7 @@ def write_split(root: Path, split: str, n: int, seed: int, progress: Callable[[i
     vqa_b, snli_b = Balancer(), Balancer()
     questions, annotations, snli_lines, vcr_lines, scene_lines = [], [], [], [], []
     for idx in range(n):
-        scene = sample_scene(scene_rng(seed, split, idx), split)
+        scene = make_scene(seed, split, idx)
         rng = scene_rng(seed, split, idx, 1)
         iid = image_id(split, idx)
         # the image: written once, hard-linked into the other tasks' official places

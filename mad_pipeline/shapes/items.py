@@ -145,7 +145,6 @@ TEMPLATES: tuple[Template, ...] = (
              lambda sc, s, p: _is_there(sc, None, s, p),
              lambda a, s, p: _yes_no_prompt(a, None, s, p), YES_NO),
 )
-TEMPLATE_BY_NAME = {t.name: t for t in TEMPLATES}
 
 
 class QuestionIndex:

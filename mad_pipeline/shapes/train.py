@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .captions import BANK, scene_caption
-from .world import COLOUR_NAMES, GRID, SHAPES, decode_jpeg, encode_jpeg, render, sample_scene, scene_rng
+from .world import COLOUR_NAMES, GRID, SHAPES, decode_jpeg, encode_jpeg, make_scene, render
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OPENAI_DATASET_MEAN / STD
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -125,7 +125,7 @@ def cell_targets(scene) -> np.ndarray:
 def make_pool(seed: int, n: int, progress: Callable[[int], None] | None = None) -> Pool:
     scenes, images, labels, cells = [], [], [], []
     for i in range(n):
-        scene = sample_scene(scene_rng(seed, "pretrain", i), "pretrain")
+        scene = make_scene(seed, "pretrain", i)
         scenes.append(scene)
         images.append(decode_jpeg(encode_jpeg(render(scene))))
         labels.append(BANK.labels(scene))

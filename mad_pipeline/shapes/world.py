@@ -219,4 +219,5 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 
 def make_scene(seed: int, split: str, index: int) -> Scene:
+    """Scene ``index`` of ``split`` for ``seed``: the same on every machine, whatever the split's size."""
     return sample_scene(scene_rng(seed, split, index), split)

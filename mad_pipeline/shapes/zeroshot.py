@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .items import FAMILIES, QUESTIONS, Balancer, ask_vqa
-from .world import decode_jpeg, encode_jpeg, render, sample_scene, scene_rng
+from .world import decode_jpeg, encode_jpeg, make_scene, render, scene_rng
 
 
 def candidates(question: str) -> tuple[str, tuple[str, ...], list[str]] | None:
@@ -110,7 +110,7 @@ def generated_questions(seed: int, split: str, n_images: int, render_images: boo
     bal = Balancer()
     imgs, fams, qs, truth, image_of = [], [], [], [], []
     for i in range(n_images):
-        scene = sample_scene(scene_rng(seed, split, i), split)
+        scene = make_scene(seed, split, i)
         for q in ask_vqa(scene, bal, scene_rng(seed, split, i, 1)):
             fams.append(q.family)
             qs.append(q.text)
@@ -215,17 +215,3 @@ def evaluate_dir(root: Path, split: str, teacher, batch: int = 256) -> dict[str,
 def _family(question: str) -> str | None:
     c = candidates(question)
     return c[0] if c is not None else None
-
-
-def format_report(rep: dict[str, Any]) -> str:
-    lines = [f"{'type':8s} {'n':>6s} {'zero-shot':>10s} {'majority':>9s}  majority answer"]
-    for fam, r in rep.items():
-        if not isinstance(r, dict):
-            continue
-        lines.append(f"{fam:8s} {r['n']:6d} {100 * r['zero_shot']:9.1f}% {100 * r['majority']:8.1f}%  "
-                     f"{r.get('majority_answer', '')}")
-    return "\n".join(lines)
-
-
-def dump(rep: dict[str, Any]) -> str:
-    return json.dumps(rep, indent=2)
