@@ -1,4 +1,4 @@
-"""Bad input (SPEC section 9): clear one-line errors naming the file and line, or recorded skips; never a
+"""Bad input: clear one-line errors naming the file and line, or recorded skips; never a
 traceback, never a published partial store."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The shapes world: a small, self-contained vision-language world shipped with mad, written in the official
-VQA v2, SNLI-VE and VCR formats so every reader, teacher and trainer runs on it without downloads.
+VQA v2, SNLI-VE and VCR formats, with the tiny CLIP teacher ``shapes-clip`` trained on it: the whole pipeline
+runs on it offline.
 
 - :mod:`.world`     scenes (1-3 coloured shapes on a 3x3 grid, one grey box), sampling per seed, rendering
 - :mod:`.language`  the phrases shared by questions, hypotheses, captions and prompts

@@ -229,8 +229,8 @@ def _clip_char_spans(text: str, tokenizer, length: int, n_pieces: int) -> np.nda
 
     open_clip's SimpleTokenizer lowercases and collapses whitespace (after ftfy/html clean-up). When that clean-up
     leaves the text's characters unchanged apart from case and spacing, each regex word maps back to a span of the
-    original text and each BPE piece to a sub-span; otherwise all spans are -1 (text distillation then uses pooled
-    embeddings only, SPEC 5.1).
+    original text and each BPE piece to a sub-span; otherwise all spans are -1, no student token aligns with the
+    teacher's tokens, and only the pooled text embedding is distilled (see :mod:`mad_pipeline.losses.align`).
     """
     spans = np.full((length, 2), -1, np.int32)
     pat = getattr(tokenizer, "pat", None)
