@@ -2,7 +2,8 @@
 (function-level imports count), library modules and all functions stay small, and no code outside
 ``mad_pipeline/tasks`` decides anything on a benchmark's name.
 
-``python tests/test_architecture.py`` prints the import graph's layers (also printed by the test with ``-s``).
+``python tests/test_architecture.py`` prints the import graph's layers (also printed by the test with ``-s``);
+``python tests/test_architecture.py --dot | dot -Tsvg > imports.svg`` draws it.
 """
 
 from __future__ import annotations
@@ -219,5 +220,19 @@ def test_the_checks_see_what_they_check(tmp_path):
         globals()["REPO"] = old
 
 
+def render_dot(g: dict[str, set[str]]) -> str:
+    """The import graph in Graphviz's dot language (``dot -Tsvg``), one cluster per layer of the layout."""
+    lines = ["digraph mad {", "  rankdir=LR; node [shape=box, fontsize=10];"]
+    for level, title in ((2, "cli"), (1, "stages"), (0, "library")):
+        lines.append(f'  subgraph cluster_{title} {{ label="{title}";')
+        lines += [f'    "{v.removeprefix("mad_pipeline.")}";' for v in sorted(g) if layer(v) == level]
+        lines.append("  }")
+    lines += [f'  "{a.removeprefix("mad_pipeline.")}" -> "{b.removeprefix("mad_pipeline.")}";'
+              for a in sorted(g) for b in sorted(g[a])]
+    return "\n".join([*lines, "}"])
+
+
 if __name__ == "__main__":
-    print(render_layers(graph()))
+    import sys
+
+    print(render_dot(graph()) if "--dot" in sys.argv else render_layers(graph()))

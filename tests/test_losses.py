@@ -477,3 +477,24 @@ def test_precomputed_targets_give_the_objectives_own_values():
     other = MADConfig.full(k_v=0.25)
     with pytest.raises(ValueError, match="made for selection"):
         MADLoss(other, H, DV, DT, E, E)(student, cached, torch.tensor(1.0), target=torch.tensor([0, 2]))
+
+
+def test_a_new_selection_policy_is_one_function():
+    """docs/architecture.md's example: a registered scoring function is a --select value everywhere."""
+    from mad_pipeline.losses import SELECTION_POLICIES, register_policy
+
+    @register_policy("teacher-norm")
+    def teacher_norm(tokens, ref, mask, proj, generator, index, positions):
+        return tokens.float().norm(dim=-1)
+
+    try:
+        cfg = MADConfig.from_switches("full", select="teacher-norm", top_k="1")
+        student, teacher = make_batch()
+        targets = build_targets(cfg, teacher, student)
+        assert targets.image.selected and targets.image.mask.sum(1).tolist() == [1, 1]
+        norms = teacher.image_tokens[:, 1:].float().norm(dim=-1)  # the aligned tokens are the grid's own here
+        assert targets.image.index[:, 0].tolist() == norms.argmax(1).tolist()
+        out = MADLoss(cfg, H, DV, DT, E, E)(student, targets, torch.tensor(1.0), target=torch.tensor([0, 2]))
+        assert out["tok_v"] > 0
+    finally:
+        SELECTION_POLICIES.pop("teacher-norm")
