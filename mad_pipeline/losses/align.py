@@ -1,4 +1,4 @@
-"""Alignment of student tokens with teacher tokens (SPEC section 5.1, this project's own formulation).
+"""Alignment of student tokens with teacher tokens (this project's own formulation; see docs/method.md).
 
 Vision: both patch grids are placed in *original-image* pixel coordinates. The teacher saw the square region
 ``crop_box = (x0, y0, x1, y1)`` of the original image, cut into a ``Gh x Gw`` grid, so teacher patch ``(i, j)`` has its
