@@ -1,7 +1,7 @@
 """Stage 2 end to end on a small shapes world with the tiny-clip test teacher and the vilt-tiny student:
 `mad distill` writes metrics, curves, a plot, a saved student and official predictions (read back by `mad score`
-and reproduced by `mad eval`); store-fed and online-teacher modes give the same distillation loss on the same batch
-(issue 4, acceptance 1); every off switch removes its term, and the baseline touches no teacher at all."""
+and reproduced by `mad eval`); store-fed and online-teacher modes give the same distillation loss on the same batch;
+every off switch removes its term, and the baseline touches no teacher at all."""
 
 from __future__ import annotations
 

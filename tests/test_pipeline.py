@@ -1,4 +1,4 @@
-"""`mad run` and `mad report` (issue 5) with real stages on tiny configs: the tiny-clip teacher (random weights from
+"""`mad run` and `mad report` with real stages on tiny configs: the tiny-clip teacher (random weights from
 a file), a generated shapes world of 16 training images, the vilt-tiny student, two training steps.
 
 The partial-rerun rules, asserted from `mad run --json`: an unchanged config is served entirely from the cache (no

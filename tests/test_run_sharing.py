@@ -1,4 +1,4 @@
-"""`mad run` over a shared cache (issue 5, acceptance 3): team A runs an experiment; team B, on an empty local cache
+"""`mad run` over a shared cache: team A runs an experiment; team B, on an empty local cache
 with A's cache as its shared cache, runs the same config and performs no extraction — asserted from every extract
 stage's stores (found by key in the shared cache, ``rows_computed`` 0, ``source`` the shared location) and from the
 run's ``extracted`` flag — through a real `python -m http.server` and a real S3-compatible server (moto) on

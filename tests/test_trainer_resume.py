@@ -1,5 +1,5 @@
 """SIGKILL a real `mad distill` after a checkpoint and rerun the same command: the resumed run ends with exactly the
-weights (and logs exactly the losses) of an uninterrupted run (issue 4, acceptance 5; CPU)."""
+weights (and logs exactly the losses) of an uninterrupted run (CPU)."""
 
 from __future__ import annotations
 
