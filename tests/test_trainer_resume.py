@@ -84,7 +84,7 @@ def test_sigkill_then_resume_equals_uninterrupted(select, tiny_clip, tmp_path):
 
 def test_num_workers_auto_and_counts():
     from mad_pipeline.errors import InputError
-    from mad_pipeline.training.trainer import TrainConfig, parse_num_workers, resolve_num_workers
+    from mad_pipeline.training.config import TrainConfig, parse_num_workers, resolve_num_workers
 
     assert TrainConfig().num_workers == "auto"
     assert resolve_num_workers("auto", "cpu") == 0  # the CPU step already uses every core
