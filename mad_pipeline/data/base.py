@@ -36,7 +36,7 @@ class Skipped:
 
 @dataclass
 class Dataset:
-    name: str  # reader name: "jsonl", "vqa", "snli-ve", "vcr"
+    name: str  # reader name (``--dataset``): "jsonl" or a registered reader's
     root: Path  # data root; every Sample.image is relative to it
     split: str | None
     samples: list[Sample]
