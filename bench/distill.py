@@ -2,11 +2,10 @@
 
 In one run, with the ``vilt-tiny`` student on the VQA task of a generated shapes world, it measures
 
-  (a) training step time (DataLoader batch + forward + losses + backward + clip + AdamW step, through the real
-      ``Trainer``) of plain finetuning (``MADConfig.baseline()``: task loss only, no store read) and of store-fed MAD
-      (``MADConfig.full()``: teacher features read from real zarr stores through the real ``DistillDataset`` /
-      ``Collate`` / ``DataLoader`` path), interleaved and repeated; the ratio MAD / plain (SPEC section 8 and issue 4:
-      at most 1.15), and where the extra CPU time goes (data, student, loss, backward, optimizer);
+  (a) training step time (DataLoader batch + forward + losses + backward + clip + AdamW step) of plain finetuning
+      (``MADConfig.baseline()``: task loss only, no store read) and of store-fed MAD (``MADConfig.full()``: teacher
+      features read from real zarr stores), interleaved and repeated; the ratio MAD / plain (target: at most 1.15),
+      and where the CPU time goes (data, student, teacher, loss, backward, optimizer);
   (b) store-fed MAD against online-teacher MAD (``--online-teacher``: the same objective with a ViT-B-16-sized
       teacher -- open_clip ``ViT-B-16-quickgelu`` at random weights saved to a temp file and loaded through the
       registry as ``load_teacher("clip-vit-b16", weights=...)`` -- run inside the loop); a few steps only;
@@ -16,21 +15,42 @@ In one run, with the ``vilt-tiny`` student on the VQA task of a generated shapes
       per epoch (``ChunkCache.reads``); and random reads of a text store (77 x 512), which is how training reads text
       rows whatever the sampler (they are ordered by content hash).
 
-The stores of (a) and (b) come from the real stage-1 path (``stages.extract``: hashing, ``StoreWriter``, manifests,
-zero-shot store) with the ViT-B-16 teacher's forward replaced by random outputs of the same shapes, so building them
-takes seconds rather than the minutes of a CPU forward; the bytes stored and read are the same (random fp16
-compresses no better than real features). Everything runs offline in a temp dir that is removed at the end.
+What is timed is the real trainer: each run of (a) and (b) is built by the stage's own
+``mad_pipeline.stages.distill.build_training`` (student, objective, dataset, collate, exactly as ``mad distill``
+builds them) and trained by ``Trainer.fit()``, observed only through the trainer's public ``on_event`` hook: a step
+is the time between consecutive ``"optimizer"`` events (the first from ``"start"``), and a phase (``"data"``,
+``"student"``, ``"teacher"``, ``"loss"``, ``"backward"``, ``"optimizer"``) the time from the previous event to its
+own, so the phases of a step add up to the step. The stores of (a) and (b) come from the real stage-1 path
+(``stages.extract``: hashing, ``StoreWriter``, manifests, zero-shot store) with the ViT-B-16 teacher's forward
+replaced by random outputs of the same shapes, so building them takes seconds rather than the minutes of a CPU
+forward; the bytes stored and read are the same (random fp16 compresses no better than real features). Everything
+runs offline in a temp dir that is removed at the end.
 
 Measurement: one torch thread by default (``--threads``): on a shared machine multi-threaded torch is dominated by
 other processes' load, and with one thread and in-process loading the process's CPU time per step is a load-robust
 companion to the wall clock (both are reported; with ``--num-workers`` > 0 the CPU time covers the main process
 only). Modes are interleaved within each repeat (rotating their order); step times are the median over the steps
-after ``--warmup`` of each run, then the median over repeats; ratios are also given per repeat. Each part prints the
-load average and the cores other processes used meanwhile.
+after ``--warmup`` of each run, then the median over repeats; ratios are also given per repeat. The per-phase
+breakdown is the median, phase by phase, over all the timed steps (after warmup) of a mode's runs. Each part prints
+the load average and the cores other processes used meanwhile.
+
+Old code against new (``--compare-with REF``, REF a commit, branch or tag of this repository): the commit's files
+are exported with ``git archive`` and this checkout's working tree (uncommitted changes included) is copied, both
+into a temp dir, each with a package tree that makes it importable without installing (``bench/gitref.py``). For
+each of ``--repeats`` repeats, the two versions run one after the other, in alternating order (old, new), (new, old),
+..., each in a child process that imports its own ``mad_pipeline`` and runs that version's own ``bench/distill.py
+--skip online,loader --repeats 1`` with the same sizes (``--steps``, ``--warmup``, ``--batch-size``, ``--student``,
+``--world-size``, ``--num-workers``, ``--threads``); every bench version times the same thing, the time between
+consecutive optimizer steps of the real trainer. Reported per mode (plain, mad): the median wall and CPU ms/step of
+old and new, the ratio new / old per repeat and overall (median new / median old), and whether it is within 5%
+(0.95 to 1.05). Only (a) is compared; the parts (b) and (c) do not run. The temp dir goes at the end. REF needs a
+bench/distill.py that runs against its own code (1d9bda5 does; the commits between the trainer refactor and this
+bench's rewrite do not), and one that writes ``steps.<mode>.wall_ms`` / ``cpu_ms`` to ``--json``.
 
     nice -n 5 python bench/distill.py            # defaults: about 3 minutes on a 2-core machine
     python bench/distill.py --steps 40 --repeats 7 --json bench-distill.json
     python bench/distill.py --skip online,loader  # (a) only
+    python bench/distill.py --compare-with 1d9bda5 --repeats 6 --json bench-compare.json  # old vs new code
 """
 
 from __future__ import annotations
@@ -45,6 +65,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +78,9 @@ import torch  # noqa: E402
 from measure import Meter  # noqa: E402  (bench/measure.py: python puts the script's folder on sys.path)
 
 TASK = "vqa"
+MODES = ("plain", "mad")
+PHASES = ("data", "student", "teacher", "loss", "backward", "optimizer")
+WITHIN = 0.05  # --compare-with: new / old within 5%
 
 
 # --------------------------------------------------------------------------- measurement
@@ -71,6 +95,39 @@ def med(xs):
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class EventClock:
+    """The trainer's ``on_event`` hook: the wall and CPU clocks at each event, nothing else."""
+
+    def __init__(self):
+        self.marks: list[tuple[str, float, float]] = []
+
+    def __call__(self, name: str) -> None:
+        self.marks.append((name, time.perf_counter(), time.process_time()))
+
+    def steps(self) -> list[dict]:
+        """One record per optimizer step: ``wall`` and ``cpu`` seconds since the previous step (the first: since
+        ``"start"``), and ``phase_wall`` / ``phase_cpu``: the seconds from each event's predecessor to it, summed per
+        event name over the step (with gradient accumulation a step has several micro-batches)."""
+        out: list[dict] = []
+        prev = step0 = None
+        pw: dict[str, float] = defaultdict(float)
+        pc: dict[str, float] = defaultdict(float)
+        for name, wall, cpu in self.marks:
+            if name == "start":
+                prev = step0 = (wall, cpu)
+                continue
+            if prev is None:
+                raise RuntimeError(f"trainer event {name!r} before 'start'")
+            pw[name] += wall - prev[0]
+            pc[name] += cpu - prev[1]
+            prev = (wall, cpu)
+            if name == "optimizer":
+                out.append({"wall": wall - step0[0], "cpu": cpu - step0[1], "phase_wall": dict(pw),
+                            "phase_cpu": dict(pc)})
+                step0, pw, pc = prev, defaultdict(float), defaultdict(float)
+        return out
 
 
 # --------------------------------------------------------------------------- the world, the teacher, the stores
@@ -124,7 +181,7 @@ def build_stores(teacher, weights: Path, root: Path, cache: Path):
     from mad_pipeline.stages import extract as extract_stage
 
     from mad_pipeline.teachers import identity
-    from mad_pipeline.training.data import StorePaths
+    from mad_pipeline.training.dataset import StorePaths
 
     fake = RandomOutputs(teacher)
     with mock.patch.object(identity, "load_teacher", lambda *a, **k: fake):
@@ -138,119 +195,42 @@ def build_stores(teacher, weights: Path, root: Path, cache: Path):
 class Setup:
     root: Path
     samples: list
-    vocab: object
     stores: object
     teacher: object
+    weights: Path
     tmp: Path
     student: str = "vilt-tiny"
 
 
-def build_run(setup: Setup, mode: str, steps: int, batch_size: int, num_workers: int, out: Path):
-    """A fresh student, objective, dataset and real ``Trainer`` for ``mode`` in (plain, mad, online), built exactly
-    as ``stages.distill.run`` builds them."""
-    from mad_pipeline.stages.distill import seed_everything
+def build_run(setup: Setup, mode: str, steps: int, args, out: Path, on_event):
+    """The real ``Trainer`` for ``mode`` in (plain, mad, online), its student, objective, dataset and collate made
+    by ``stages.distill.build_training`` from a ``DistillConfig`` as ``mad distill`` makes them (the task fitted on
+    the training split, its confidence on the zero-shot store, then seeded), with ``on_event`` as its hook."""
+    from mad_pipeline.stages.distill import DistillConfig, build_training, seed_everything
 
-    from mad_pipeline.losses import MADConfig, MADLoss
-    from mad_pipeline.students import build_student
-    from mad_pipeline.training.data import (
-        Collate,
-        DistillDataset,
-        StorePaths,
-        StudentTokenizer,
-        TargetPlan,
-        store_widths,
-    )
-    from mad_pipeline.training.trainer import OnlineTeacher, TrainConfig, Trainer
+    from mad_pipeline.losses import MADConfig
+    from mad_pipeline.tasks import get_task
+    from mad_pipeline.training.config import TrainConfig
+    from mad_pipeline.training.dataset import StorePaths
+    from mad_pipeline.training.online import OnlineTeacher
+    from mad_pipeline.training.trainer import Trainer
 
     distill = mode != "plain"
-    cfg = MADConfig.full() if distill else MADConfig.baseline()
+    train = TrainConfig(steps=steps, batch_size=args.batch_size, log_every=1, num_workers=args.num_workers,
+                        device="cpu", seed=0)
+    cfg = DistillConfig(task=TASK, data_root=setup.root, out=out, teacher="clip-vit-b16", weights=str(setup.weights),
+                        student=setup.student, mad=MADConfig.full() if distill else MADConfig.baseline(), train=train,
+                        online_teacher=mode == "online", progress=False)
     stores = setup.stores if distill else StorePaths()
     online = OnlineTeacher(setup.teacher, setup.teacher) if mode == "online" else None
-    seed_everything(0)
-    student = build_student(setup.student, TASK, len(setup.vocab))
-    w = store_widths(stores)
-    objective = MADLoss(cfg, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
-    plan = None if online else TargetPlan.for_objective(cfg, student.grid)
-    data = DistillDataset(setup.samples, setup.root, TASK, student.image_preprocess, stores=stores, vocab=setup.vocab,
-                          features=distill, online=online is not None,
-                          teacher_preprocess=setup.teacher.preprocess if online else None,
-                          teacher_crop_box=setup.teacher.crop_box_fn if online else None, plan=plan)
-    grid = tuple(setup.teacher.grid) if online else data.grid
-    collate = Collate(TASK, StudentTokenizer(student), grid, plan)
-    tcfg = TrainConfig(steps=steps, batch_size=batch_size, log_every=1, num_workers=num_workers, device="cpu", seed=0)
-    return Trainer(tcfg, student, objective, data, collate, out, evaluator=None, online_teacher=online)
-
-
-def fit_step_times(trainer) -> tuple[list[float], list[float]]:
-    """``Trainer.fit()``; the wall and CPU seconds of each step, taken between consecutive optimizer steps (the
-    optimizer's ``step`` is wrapped for this; nothing else of the trainer is touched). One step = a DataLoader batch,
-    forward, losses, backward, clip and the AdamW step (plus a metrics row: ``log_every=1``)."""
-    marks: list[tuple[float, float]] = []
-    step = trainer.optimizer.step
-
-    def timed_step(*a, **k):
-        out = step(*a, **k)
-        marks.append((time.perf_counter(), time.process_time()))
-        return out
-
-    trainer.optimizer.step = timed_step
-    first: list[tuple[float, float]] = []
-    stream = trainer._stream
-
-    def stream_marked():  # the first step starts when the trainer starts pulling batches
-        first.append((time.perf_counter(), time.process_time()))
-        yield from stream()
-
-    trainer._stream = stream_marked
-    with contextlib.redirect_stdout(sys.stderr):
-        trainer.fit()
-    trainer.optimizer.step = step
-    marks = first[:1] + marks
-    wall = [b[0] - a[0] for a, b in zip(marks, marks[1:], strict=False)]
-    cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:], strict=False)]
-    return wall, cpu
-
-
-PHASES = ("data", "student", "teacher", "loss", "backward", "optimizer")
-
-
-def profile_steps(trainer, n: int) -> dict[str, float]:
-    """Median CPU seconds per phase over ``n`` steps, mirroring ``Trainer._micro_step`` and the optimizer step with
-    the trainer's own loader, student, objective and optimizer (first step dropped)."""
-    from mad_pipeline.losses import TeacherBatch
-    from mad_pipeline.students.base import task_loss
-    from mad_pipeline.training.trainer import student_batch
-
-    tr = trainer
-    tr.student.train()
-    tr.objective.train()
-    stream = tr._stream()
-    times: dict[str, list[float]] = {p: [] for p in PHASES}
-    clock = time.process_time
-    for i in range(n + 1):
-        t0 = clock()
-        batch = next(stream).to(tr.device)
-        tr.micro += 1
-        t1 = clock()
-        out = tr.student(batch.pixel_values, batch.crop_boxes, batch.text.input_ids, batch.text.attention_mask,
-                         batch.text.char_spans)
-        t2 = clock()
-        teacher = tr.online(batch) if tr.online is not None else batch.teacher
-        t3 = clock()
-        loss_task = task_loss(tr.task, out.logits, batch.target)
-        losses = tr.objective(student_batch(tr.task, out, batch), teacher or TeacherBatch(), loss_task,
-                              target=batch.target, step=i, total_steps=n + 1, generator=tr.generator)
-        t4 = clock()
-        losses["total"].backward()
-        t5 = clock()
-        torch.nn.utils.clip_grad_norm_(tr.params, tr.cfg.grad_clip, foreach=False)
-        tr.optimizer.step()
-        tr.optimizer.zero_grad(set_to_none=True)
-        t6 = clock()
-        if i:
-            for p, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
-                times[p].append(dt)
-    return {p: statistics.median(v) for p, v in times.items()}
+    task = get_task(TASK, vocab_min_count=cfg.vocab_min_count)
+    task.fit(setup.samples, split=cfg.train_split)
+    if stores.zeroshot is not None:
+        task.fit_confidence(stores.zeroshot, setup.samples)
+    seed_everything(train.seed)
+    student, objective, data, collate = build_training(cfg, task, setup.samples, setup.root, stores, online)
+    return Trainer(train, student, objective, data, collate, out, evaluator=None, online_teacher=online,
+                   on_event=on_event)
 
 
 # --------------------------------------------------------------------------- (a) and (b)
@@ -263,21 +243,34 @@ def _summary(runs: list[dict], batch_size: int) -> dict:
 
 
 def timed_run(setup: Setup, mode: str, steps: int, skip: int, args, name: str) -> dict:
+    """One ``Trainer.fit()`` of ``steps`` steps, observed through ``on_event``: the median wall and CPU seconds per
+    step over the steps after the first ``skip``, each step's times, and the timed steps' per-phase times."""
     out = setup.tmp / "runs" / name
-    tr = build_run(setup, mode, steps, args.batch_size, args.num_workers, out)
-    with Meter() as m:
-        wall, cpu = fit_step_times(tr)
+    clock = EventClock()
+    trainer = build_run(setup, mode, steps, args, out, clock)
+    with Meter() as m, contextlib.redirect_stdout(sys.stderr):
+        trainer.fit()
     shutil.rmtree(out, ignore_errors=True)
-    w, c = wall[skip:] or wall, cpu[skip:] or cpu
-    return {"wall": statistics.median(w), "cpu": statistics.median(c), "wall_steps": wall, "cpu_steps": cpu,
-            "foreign": m.foreign, "load1": m.load1}
+    steps_ = clock.steps()
+    if len(steps_) != steps:
+        raise RuntimeError(f"{mode}: {len(steps_)} optimizer events for {steps} steps")
+    timed = steps_[skip:] or steps_
+    return {"wall": statistics.median(s["wall"] for s in timed), "cpu": statistics.median(s["cpu"] for s in timed),
+            "wall_steps": [s["wall"] for s in steps_], "cpu_steps": [s["cpu"] for s in steps_],
+            "phases": timed, "foreign": m.foreign, "load1": m.load1}
+
+
+def breakdown(runs: list[dict], key: str) -> dict[str, float]:
+    """Per phase, the median over every timed step of ``runs`` (ms); an event the trainer never sent counts 0."""
+    steps = [s[key] for r in runs for s in r["phases"]]
+    names = [*PHASES, *sorted({n for s in steps for n in s} - set(PHASES))]
+    return {p: 1000 * statistics.median(s.get(p, 0.0) for s in steps) for p in names}
 
 
 def bench_steps(setup: Setup, args) -> dict:
-    runs: dict[str, list[dict]] = {"plain": [], "mad": []}
-    modes = ["plain", "mad"]
+    runs: dict[str, list[dict]] = {m: [] for m in MODES}
     for rep in range(args.repeats):
-        for mode in modes[rep % 2:] + modes[: rep % 2]:
+        for mode in MODES[rep % 2:] + MODES[: rep % 2]:
             r = timed_run(setup, mode, args.steps, args.warmup, args, f"{mode}-{rep}")
             runs[mode].append(r)
             log(f"  (a) repeat {rep + 1}/{args.repeats} {mode:5s}: {r['wall'] * 1000:7.1f} ms/step wall, "
@@ -288,14 +281,10 @@ def bench_steps(setup: Setup, args) -> dict:
     out["ratio_cpu"] = out["mad"]["cpu_ms"] / out["plain"]["cpu_ms"]
     out["ratio_wall_runs"] = [round(m["wall"] / p["wall"], 3) for p, m in pairs]
     out["ratio_cpu_runs"] = [round(m["cpu"] / p["cpu"], 3) for p, m in pairs]
-    # where the time goes (one instrumented run per mode, same objects as the Trainer's)
-    out["breakdown_cpu_ms"] = {}
-    for mode in modes:
-        tr = build_run(setup, mode, args.steps, args.batch_size, args.num_workers, setup.tmp / "runs" / f"prof-{mode}")
-        with contextlib.redirect_stdout(sys.stderr):
-            ph = profile_steps(tr, max(8, args.steps // 2))
-        out["breakdown_cpu_ms"][mode] = {k: v * 1000 for k, v in ph.items()}
-        shutil.rmtree(setup.tmp / "runs" / f"prof-{mode}", ignore_errors=True)
+    # where the time goes: the same timed steps, phase by phase
+    out["breakdown_steps"] = {mode: sum(len(r["phases"]) for r in rs) for mode, rs in runs.items()}
+    out["breakdown_cpu_ms"] = {mode: breakdown(rs, "phase_cpu") for mode, rs in runs.items()}
+    out["breakdown_wall_ms"] = {mode: breakdown(rs, "phase_wall") for mode, rs in runs.items()}
     return out
 
 
@@ -304,7 +293,8 @@ def bench_online(setup: Setup, args, store_fed: dict | None = None) -> dict:
     against store-fed MAD (from (a) when it ran, else measured here)."""
     res: dict = {}
     r = timed_run(setup, "online", args.online_steps + 1, 1, args, "b-online")
-    res["online"] = {**_summary([r], args.batch_size), "wall_ms_steps": [round(x * 1000, 1) for x in r["wall_steps"]]}
+    res["online"] = {**_summary([r], args.batch_size), "wall_ms_steps": [round(x * 1000, 1) for x in r["wall_steps"]],
+                     "breakdown_cpu_ms": breakdown([r], "phase_cpu")}
     log(f"  (b) online: {r['wall'] * 1000:9.1f} ms/step wall, {r['cpu'] * 1000:9.1f} ms CPU "
         f"(other processes {r['foreign']:.2f} cores, {load_str()})")
     if store_fed is None:
@@ -313,6 +303,82 @@ def bench_online(setup: Setup, args, store_fed: dict | None = None) -> dict:
     res["speedup_wall"] = res["online"]["wall_ms"] / res["mad"]["wall_ms"]
     res["speedup_cpu"] = res["online"]["cpu_ms"] / res["mad"]["cpu_ms"]
     return res
+
+
+# --------------------------------------------------------------------------- --compare-with: old code vs new code
+def child_args(args) -> list[str]:
+    """What each version's own bench is run with: part (a) once, at this invocation's sizes."""
+    return ["--skip", "online,loader", "--repeats", "1", "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--batch-size", str(args.batch_size), "--student", args.student, "--world-size", str(args.world_size),
+            "--num-workers", str(args.num_workers), "--threads", str(args.threads)]
+
+
+def run_version(tree, name: str, rep: int, args, tmp: Path) -> dict:
+    """One child: ``tree``'s own ``bench/distill.py`` for part (a); its plain and MAD ms/step."""
+    from gitref import run_script
+
+    out = tmp / f"{name}-{rep}.json"
+    with Meter() as m:
+        child = run_script(tree, "bench/distill.py", [*child_args(args), "--json", str(out)], tmp)
+    if child.returncode != 0 or not out.exists():
+        raise RuntimeError(f"{name} ({tree.label}): bench/distill.py failed (exit {child.returncode}):\n"
+                           + "\n".join(child.stderr.splitlines()[-25:]))
+    if child.outside or not child.imported_from or not child.imported_from.startswith(str(tree.pkg)):
+        raise RuntimeError(f"{name} ({tree.label}): the child imported mad_pipeline from {child.imported_from}; "
+                           f"modules from elsewhere: {child.outside}")
+    steps = json.loads(out.read_text())["steps"]
+    r = {mode: {k: steps[mode][k] for k in ("wall_ms", "cpu_ms")} for mode in MODES}
+    r.update(seconds=m.wall, foreign=m.foreign, modules=child.modules)
+    log(f"  repeat {rep + 1}/{args.repeats} {name}: plain {r['plain']['wall_ms']:7.1f} ms/step wall "
+        f"{r['plain']['cpu_ms']:7.1f} CPU, mad {r['mad']['wall_ms']:7.1f} wall {r['mad']['cpu_ms']:7.1f} CPU "
+        f"({m.wall:.0f} s; other processes {m.foreign:.2f} cores, {load_str()})")
+    return r
+
+
+def compare_figures(runs: dict[str, list[dict]]) -> dict:
+    """Per mode: old and new medians and their runs, new / old overall and per repeat, and the verdicts."""
+    out: dict = {}
+    for mode in MODES:
+        d: dict = {"old": {}, "new": {}}
+        for key in ("wall", "cpu"):
+            old = [r[mode][f"{key}_ms"] for r in runs["old"]]
+            new = [r[mode][f"{key}_ms"] for r in runs["new"]]
+            for side, xs in (("old", old), ("new", new)):
+                d[side][f"{key}_ms"] = med(xs)
+                d[side][f"{key}_ms_runs"] = [round(x, 1) for x in xs]
+            ratio = med(new) / med(old)
+            d[f"ratio_{key}"] = ratio
+            d[f"ratio_{key}_runs"] = [round(n / o, 3) for o, n in zip(old, new, strict=True)]
+            d[f"within_{key}"] = abs(ratio - 1.0) <= WITHIN
+        out[mode] = d
+    return out
+
+
+def bench_compare(args) -> dict:
+    import gitref
+
+    tmp = Path(tempfile.mkdtemp(prefix="mad-bench-compare-"))
+    try:
+        trees = {"old": gitref.export_commit(args.compare_with, tmp / "old"),
+                 "new": gitref.snapshot_worktree(tmp / "new")}
+        res: dict = {"ref": args.compare_with, "within": WITHIN, "repeats": args.repeats, "order": [], "child_args":
+                     child_args(args)}
+        for name, tree in trees.items():
+            where = gitref.probe(tree, tmp)
+            res[f"{name}_version"] = {"label": tree.label, "commit": tree.commit, "dirty": tree.dirty}
+            log(f"  {name}: {tree.label}; a child imports mad_pipeline from {where}")
+        runs: dict[str, list[dict]] = {"old": [], "new": []}
+        for rep in range(args.repeats):
+            order = ("old", "new") if rep % 2 == 0 else ("new", "old")
+            res["order"].append(list(order))
+            for name in order:
+                runs[name].append(run_version(trees[name], name, rep, args, tmp))
+        res.update(compare_figures(runs))
+        res["foreign_cores_runs"] = {n: [round(r["foreign"], 2) for r in rs] for n, rs in runs.items()}
+        res["seconds_runs"] = {n: [round(r["seconds"], 1) for r in rs] for n, rs in runs.items()}
+        return res
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- (c) loader throughput
@@ -454,8 +520,91 @@ def bench_loader(tmp: Path, args) -> dict:
 
 
 # --------------------------------------------------------------------------- report
+def report_steps(a: dict, args: dict) -> list[str]:
+    lines = [f"(a) step time, plain finetuning vs store-fed MAD: median of {args['repeats']} runs x "
+             f"{args['steps'] - args['warmup']} steps (real Trainer, timed through its on_event hook between "
+             f"optimizer steps; wall clock, and this process's CPU time)",
+             f"  {'':26s} {'ms/step':>9s} {'CPU ms':>8s} {'samples/s':>10s}   runs: wall ms / CPU ms"]
+    for mode, name in (("plain", "plain (baseline)"), ("mad", "MAD store-fed (full)")):
+        r = a[mode]
+        runs = ", ".join(f"{x:.0f}/{y:.0f}" for x, y in zip(r["wall_ms_runs"], r["cpu_ms_runs"], strict=True))
+        lines.append(f"  {name:26s} {r['wall_ms']:9.1f} {r['cpu_ms']:8.1f} {r['samples_per_s']:10.1f}   {runs}")
+    for key, name in (("cpu", "CPU time"), ("wall", "wall clock")):
+        ratio = a[f"ratio_{key}"]
+        verdict = "within" if ratio <= 1.15 else "ABOVE"
+        lines.append(f"  ratio MAD / plain ({name}): {ratio:.3f} ({verdict} the 1.15 target); per repeat "
+                     + ", ".join(f"{x:.3f}" for x in a[f"ratio_{key}_runs"]))
+    n = a.get("breakdown_steps", {})
+    lines += ["  where the CPU time goes (ms/step; per phase, the median over the timed steps of the runs, "
+              "from the trainer's events)",
+              f"    {'':20s} " + "  ".join(f"{p:>9s}" for p in PHASES)]
+    for mode in MODES:
+        bd = a["breakdown_cpu_ms"][mode]
+        label = f"{mode} ({n[mode]} steps)" if mode in n else mode
+        lines.append(f"    {label:20s} " + "  ".join(f"{bd.get(p, 0.0):9.1f}" for p in PHASES))
+    return [*lines, ""]
+
+
+def verdict(ratio: float) -> str:
+    if abs(ratio - 1.0) <= WITHIN:
+        return f"within {WITHIN:.0%}"
+    return f"new {abs(ratio - 1.0):.0%} {'SLOWER' if ratio > 1 else 'FASTER'}"
+
+
+def report_compare(c: dict, args: dict) -> list[str]:
+    lines = [f"old code vs new code, part (a) only: old = {c['old_version']['label']}, new = "
+             f"{c['new_version']['label']}",
+             f"  each version's own bench/distill.py in its own process, {c['repeats']} repeats in alternating order "
+             f"(old first in repeats 1, 3, ...), each {args['steps'] - args['warmup']} timed steps per mode",
+             f"  {'':18s} {'old ms':>9s} {'new ms':>9s} {'new/old':>8s}  {'verdict':16s}  "
+             f"per repeat: new/old (old ms, new ms)"]
+    for mode, name in (("plain", "plain"), ("mad", "MAD store-fed")):
+        d = c[mode]
+        for key, what in (("wall", "wall"), ("cpu", "CPU")):
+            runs = ", ".join(f"{r:.3f} ({o:.0f}, {n:.0f})" for r, o, n in
+                             zip(d[f"ratio_{key}_runs"], d["old"][f"{key}_ms_runs"], d["new"][f"{key}_ms_runs"],
+                                 strict=True))
+            lines.append(f"  {name + ' ' + what:18s} {d['old'][f'{key}_ms']:9.1f} {d['new'][f'{key}_ms']:9.1f} "
+                         f"{d[f'ratio_{key}']:8.3f}  {verdict(d[f'ratio_{key}']):16s}  {runs}")
+    lines.append(f"  verdict: new/old (median new / median old) within {WITHIN:.0%} means 0.95 to 1.05")
+    return [*lines, ""]
+
+
+def report_online(b: dict) -> list[str]:
+    steps = ", ".join(f"{x / 1000:.1f}" for x in b["online"]["wall_ms_steps"])
+    return ["(b) store-fed MAD vs online-teacher MAD (ViT-B-16 teacher forward in every step)",
+            f"  online teacher {b['online']['wall_ms']:10.1f} ms/step  {b['online']['cpu_ms']:10.1f} CPU ms"
+            f"   (steps: {steps} s; first not counted)",
+            f"  store-fed      {b['mad']['wall_ms']:10.1f} ms/step  {b['mad']['cpu_ms']:10.1f} CPU ms",
+            f"  the stores make a step {b['speedup_wall']:.1f}x faster (CPU time: {b['speedup_cpu']:.1f}x)", ""]
+
+
+def report_loader(c: dict, args: dict) -> list[str]:
+    lines = [f"(c) loader, one epoch per run, batch {args['batch_size']}, {c['num_workers']} DataLoader "
+             f"workers, cold ChunkCache (32 chunks) per epoch, files in the OS page cache",
+             f"  {'':44s} {'samples/s':>10s} {'per CPU-s':>10s} {'chunks decoded':>15s}   runs (samples/s)"]
+    for kind in ("image", "text"):
+        k = c.get(kind)
+        if not k:
+            continue
+        lines.append(f"  {kind} store: {k['rows']} rows, {k['chunk_rows']} rows/chunk, {k['chunks']} chunks, "
+                     f"{k['store_mib']:.0f} MiB on disk")
+        for mode, name in (("chunk-aware", f"chunk-aware (ChunkShuffleSampler, {c['buffer_chunks']} chunks)"),
+                           ("random", "naive random (RandomSampler)")):
+            r = k.get(mode)
+            if r:
+                lines.append(f"    {name:42s} {r['samples_per_s']:10.0f} {r['samples_per_cpu_s']:10.0f} "
+                             f"{r['chunk_reads_per_epoch']:15.0f}   "
+                             + ", ".join(f"{x:.0f}" for x in r["samples_per_s_runs"]))
+        if "speedup" in k:
+            fewer = k["random"]["chunk_reads_per_epoch"] / max(1, k["chunk-aware"]["chunk_reads_per_epoch"])
+            lines.append(f"    chunk-aware: {k['speedup']:.2f}x the samples/s ({k['speedup_cpu']:.2f}x per CPU "
+                         f"second), {fewer:.1f}x fewer chunks decoded")
+    return [*lines, ""]
+
+
 def report(res: dict) -> str:
-    a, b, c = res.get("steps"), res.get("online"), res.get("loader")
+    a, b, c, cmp = res.get("steps"), res.get("online"), res.get("loader"), res.get("compare")
     env, w, args = res["machine"], res.get("world"), res["args"]
     lines = [f"mad distill benchmark -- {env['cpu']}, {env['cores']} cores, torch {env['torch']} "
              f"({env['threads']} thread{'s' if env['threads'] > 1 else ''}), student {args['student']}, task {TASK}, "
@@ -464,60 +613,21 @@ def report(res: dict) -> str:
         lines.append(f"teacher stores (stage 1, ViT-B-16 geometry: image 197x768 + 512, text 77x512 + 512, fp16): "
                      f"{w['train_samples']} samples, {w['images']} images, {w['texts']} texts")
     lines.append("")
+    if cmp:
+        lines += report_compare(cmp, args)
     if a:
-        lines += [f"(a) step time, plain finetuning vs store-fed MAD: median of {args['repeats']} runs x "
-                  f"{args['steps'] - args['warmup']} steps (real Trainer; wall clock, and this process's CPU time)",
-                  f"  {'':26s} {'ms/step':>9s} {'CPU ms':>8s} {'samples/s':>10s}   runs: wall ms / CPU ms"]
-        for mode, name in (("plain", "plain (baseline)"), ("mad", "MAD store-fed (full)")):
-            r = a[mode]
-            runs = ", ".join(f"{x:.0f}/{y:.0f}" for x, y in zip(r["wall_ms_runs"], r["cpu_ms_runs"], strict=True))
-            lines.append(f"  {name:26s} {r['wall_ms']:9.1f} {r['cpu_ms']:8.1f} {r['samples_per_s']:10.1f}   {runs}")
-        for key, name in (("cpu", "CPU time"), ("wall", "wall clock")):
-            ratio = a[f"ratio_{key}"]
-            verdict = "within" if ratio <= 1.15 else "ABOVE"
-            lines.append(f"  ratio MAD / plain ({name}): {ratio:.3f} ({verdict} the 1.15 target); per repeat "
-                         + ", ".join(f"{x:.3f}" for x in a[f"ratio_{key}_runs"]))
-        lines.append(f"  where the CPU time goes (ms/step): {'  '.join(f'{p:>9s}' for p in PHASES)}")
-        for mode in ("plain", "mad"):
-            bd = a["breakdown_cpu_ms"][mode]
-            lines.append(f"    {mode:32s} " + "  ".join(f"{bd[p]:9.1f}" for p in PHASES))
-        lines.append("")
+        lines += report_steps(a, args)
     if b:
-        steps = ", ".join(f"{x / 1000:.1f}" for x in b["online"]["wall_ms_steps"])
-        lines += ["(b) store-fed MAD vs online-teacher MAD (ViT-B-16 teacher forward in every step)",
-                  f"  online teacher {b['online']['wall_ms']:10.1f} ms/step  {b['online']['cpu_ms']:10.1f} CPU ms"
-                  f"   (steps: {steps} s; first not counted)",
-                  f"  store-fed      {b['mad']['wall_ms']:10.1f} ms/step  {b['mad']['cpu_ms']:10.1f} CPU ms",
-                  f"  the stores make a step {b['speedup_wall']:.1f}x faster (CPU time: {b['speedup_cpu']:.1f}x)", ""]
+        lines += report_online(b)
     if c:
-        lines.append(f"(c) loader, one epoch per run, batch {args['batch_size']}, {c['num_workers']} DataLoader "
-                     f"workers, cold ChunkCache (32 chunks) per epoch, files in the OS page cache")
-        lines.append(f"  {'':44s} {'samples/s':>10s} {'per CPU-s':>10s} {'chunks decoded':>15s}   runs (samples/s)")
-        for kind in ("image", "text"):
-            k = c.get(kind)
-            if not k:
-                continue
-            lines.append(f"  {kind} store: {k['rows']} rows, {k['chunk_rows']} rows/chunk, {k['chunks']} chunks, "
-                         f"{k['store_mib']:.0f} MiB on disk")
-            for mode, name in (("chunk-aware", f"chunk-aware (ChunkShuffleSampler, {c['buffer_chunks']} chunks)"),
-                               ("random", "naive random (RandomSampler)")):
-                r = k.get(mode)
-                if r:
-                    lines.append(f"    {name:42s} {r['samples_per_s']:10.0f} {r['samples_per_cpu_s']:10.0f} "
-                                 f"{r['chunk_reads_per_epoch']:15.0f}   "
-                                 + ", ".join(f"{x:.0f}" for x in r["samples_per_s_runs"]))
-            if "speedup" in k:
-                fewer = k["random"]["chunk_reads_per_epoch"] / max(1, k["chunk-aware"]["chunk_reads_per_epoch"])
-                lines.append(f"    chunk-aware: {k['speedup']:.2f}x the samples/s ({k['speedup_cpu']:.2f}x per CPU "
-                             f"second), {fewer:.1f}x fewer chunks decoded")
-        lines.append("")
+        lines += report_loader(c, args)
     lines.append(f"machine: {res['load_start']} at the start, {res['load_end']} at the end; "
                  f"other processes used {res.get('foreign_cores', float('nan')):.2f} cores on average; "
                  f"total {res['seconds']:.0f} s")
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20, help="training steps per run in (a) (default 20)")
@@ -536,8 +646,56 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: stable on a shared machine; 0 = torch's default)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: steps, online, loader")
+    p.add_argument("--compare-with", metavar="REF", default=None,
+                   help="a commit, branch or tag of this repository: measure (a) with that version's code and bench "
+                        "and with the working tree's, in alternating order, --repeats times; (b) and (c) do not run")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def bench_parts(args, skip: set[str], tmp: Path, res: dict) -> None:
+    """Parts (a), (b) and (c) of this version, into ``res``."""
+    if not {"steps", "online"} <= skip:
+        from mad_pipeline.data import load_dataset
+        from mad_pipeline.shapes.formats import write_dataset
+        from mad_pipeline.tasks import get_task
+
+        write_dataset(tmp / "world", size=args.world_size, seed=0)
+        root = tmp / "world" / TASK
+        with Meter() as m:
+            teacher, weights = make_teacher(tmp)
+        log(f"  ViT-B-16 teacher (random weights) saved and loaded in {m.wall:.1f} s")
+        with Meter() as m:
+            stores, ex = build_stores(teacher, weights, root, tmp / "cache")
+        log(f"  stage-1 stores built in {m.wall:.1f} s ({ex.samples} samples, {ex.images} images, {ex.texts} texts)")
+        ds = load_dataset(TASK, root, split="train")
+        setup = Setup(ds.root, ds.samples, stores, teacher, weights, tmp, args.student)
+        task = get_task(TASK)
+        task.fit(ds.samples)
+        res["world"] = {"train_samples": ex.samples, "images": ex.images, "texts": ex.texts,
+                        "answers": task.num_classes}
+        if "steps" not in skip:
+            log("(a) plain finetuning vs store-fed MAD")
+            res["steps"] = bench_steps(setup, args)
+        if "online" not in skip:
+            log("(b) online teacher vs stores")
+            res["online"] = bench_online(setup, args, res["steps"]["mad"] if "steps" in res else None)
+        del setup, teacher
+    if "loader" not in skip:
+        log("(c) loader: chunk-aware vs random access")
+        res["loader"] = bench_loader(tmp, args)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.compare_with:
+        from gitref import resolve
+
+        try:
+            resolve(args.compare_with)
+        except ValueError as e:
+            log(str(e))
+            return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -548,40 +706,16 @@ def main(argv=None) -> int:
                              "python": platform.python_version()},
                  "load_start": load_str()}
     log(f"mad distill benchmark ({load_str()}, torch threads {torch.get_num_threads()})")
-    tmp = Path(tempfile.mkdtemp(prefix="mad-bench-distill-"))
     whole = Meter().__enter__()
-    try:
-        if not {"steps", "online"} <= skip:
-            from mad_pipeline.data import load_dataset
-            from mad_pipeline.shapes.formats import write_dataset
-            from mad_pipeline.tasks.vqa import build_answer_vocab
-
-            write_dataset(tmp / "world", size=args.world_size, seed=0)
-            root = tmp / "world" / TASK
-            with Meter() as m:
-                teacher, weights = make_teacher(tmp)
-            log(f"  ViT-B-16 teacher (random weights) saved and loaded in {m.wall:.1f} s")
-            with Meter() as m:
-                stores, ex = build_stores(teacher, weights, root, tmp / "cache")
-            log(f"  stage-1 stores built in {m.wall:.1f} s ({ex.samples} samples, {ex.images} images, "
-                f"{ex.texts} texts)")
-            ds = load_dataset(TASK, root, split="train")
-            vocab = build_answer_vocab(ds.samples)
-            setup = Setup(ds.root, ds.samples, vocab, stores, teacher, tmp, args.student)
-            res["world"] = {"train_samples": ex.samples, "images": ex.images, "texts": ex.texts,
-                            "answers": len(vocab)}
-            if "steps" not in skip:
-                log("(a) plain finetuning vs store-fed MAD")
-                res["steps"] = bench_steps(setup, args)
-            if "online" not in skip:
-                log("(b) online teacher vs stores")
-                res["online"] = bench_online(setup, args, res["steps"]["mad"] if "steps" in res else None)
-            del setup, teacher
-        if "loader" not in skip:
-            log("(c) loader: chunk-aware vs random access")
-            res["loader"] = bench_loader(tmp, args)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if args.compare_with:
+        log(f"old code ({args.compare_with}) vs new code (this working tree), part (a)")
+        res["compare"] = bench_compare(args)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="mad-bench-distill-"))
+        try:
+            bench_parts(args, skip, tmp, res)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     whole.__exit__(None, None, None)
     res["load_end"] = load_str()
     res["foreign_cores"] = whole.foreign
