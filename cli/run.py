@@ -189,11 +189,10 @@ def _report_table(table: dict) -> Table:
     for m in ms:
         t.add_column(report_lib.method_title(m), justify="right")
     for row in table["rows"]:
-        best = max((c["mean"] for c in row["cells"].values()), default=None)
         cells = []
         for m in ms:
             c = row["cells"].get(m)
-            s = "–" if not c else (f"{c['mean']:.2f} ± {c['std']:.2f}" if c["n"] > 1 else f"{c['mean']:.2f}")
-            cells.append(f"[bold]{s}[/]" if c and len(row["cells"]) > 1 and c["mean"] == best else s)
+            text = report_lib.cell_text(c)
+            cells.append(f"[bold]{text}[/]" if report_lib.is_best(row, c) else text)
         t.add_row(*([row["split"]] if multi else []), f"{row['fraction'] * 100:g}%", *cells)
     return t

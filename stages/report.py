@@ -46,9 +46,7 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
         raise InputError(f"no finished runs under {', '.join(str(p) for p in cfg.runs)} (looked for metrics.json of "
                          "`mad distill` and stage.json of `mad run`)")
     table = report_lib.aggregate(records, title=cfg.title)
-    out = Path(cfg.out)
-    files = report_lib.write_report(table, out)
-    (out / "report.json").write_text(json.dumps({"table": table, "records": records}, indent=2) + "\n")
+    files = report_lib.write_report(table, Path(cfg.out), records=records)
     return {"table": table, "files": files, "runs": len({r["source"] for r in records}), "records": len(records)}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,17 @@ def aggregate(records: list[dict[str, Any]], title: str = "results") -> dict[str
             "seeds": seeds, "rows": rows}
 
 
-def _cell(c: dict | None) -> str:
+def cell_text(c: dict | None) -> str:
+    """One cell: ``mean ± std`` over seeds (the mean alone for one seed), ``–`` without runs."""
     if not c:
         return "–"
     return f"{c['mean']:.2f} ± {c['std']:.2f}" if c["n"] > 1 else f"{c['mean']:.2f}"
+
+
+def is_best(row: dict[str, Any], c: dict | None) -> bool:
+    """Whether ``c`` holds the best mean of its row (marked only when the row compares several methods)."""
+    best = max((x["mean"] for x in row["cells"].values()), default=None)
+    return bool(c) and len(row["cells"]) > 1 and c["mean"] == best
 
 
 def caption(table: dict[str, Any]) -> str:
@@ -92,12 +100,10 @@ def to_markdown(table: dict[str, Any]) -> str:
         for row in table["rows"]:
             if row["split"] != split:
                 continue
-            best = max((c["mean"] for c in row["cells"].values()), default=None)
             cells = []
             for m in ms:
                 c = row["cells"].get(m)
-                s = _cell(c)
-                cells.append(f"**{s}**" if c and len(row["cells"]) > 1 and c["mean"] == best else s)
+                cells.append(f"**{cell_text(c)}**" if is_best(row, c) else cell_text(c))
             lines.append(f"| {row['fraction'] * 100:g}% | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -157,15 +163,20 @@ def plot(table: dict[str, Any], out_png: str | Path) -> Path:
     return out
 
 
-def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report") -> dict[str, str]:
-    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` under ``out_dir``; returns their paths."""
+def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report",
+                 records: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.png`` under ``out_dir``; returns their paths. With
+    ``records``, also ``<stem>.json``: the table and the records it was made from."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     md, csv_p, png = d / f"{stem}.md", d / f"{stem}.csv", d / f"{stem}.png"
     md.write_text(to_markdown(table), encoding="utf-8")
     csv_p.write_text(to_csv(table), encoding="utf-8")
     plot(table, png)
+    if records is not None:
+        (d / f"{stem}.json").write_text(json.dumps({"table": table, "records": records}, indent=2) + "\n")
     return {"markdown": str(md), "csv": str(csv_p), "png": str(png)}
 
 
-__all__ = ["METHOD_ORDER", "aggregate", "caption", "method_title", "plot", "to_csv", "to_markdown", "write_report"]
+__all__ = ["METHOD_ORDER", "aggregate", "caption", "cell_text", "is_best", "method_title", "plot", "to_csv",
+           "to_markdown", "write_report"]
