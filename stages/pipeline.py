@@ -1,10 +1,11 @@
 """``mad run``: one YAML file -> data, extract, distill, eval and report stages, each cached by content key.
 
-``run(cfg)`` loads and validates the config (:mod:`mad_pipeline.pipeline.config`), expands it into stages
-(:mod:`mad_pipeline.pipeline.plan`), then walks them in order. For each stage it computes the key from its own
-value-changing settings and its inputs' keys, and either serves it from ``<cache>/runs/<kind>/<key>/stage.json``
-(written last, so only complete stages are served) or runs it through the ordinary stages (:mod:`.extract`,
-:mod:`.distill`, :mod:`.evaluate`) and then writes the marker. Feature stores are stage 1's own content-addressed
+``run(cfg)`` loads and validates the config (:func:`load_config`: the schema of :mod:`mad_pipeline.pipeline.config`
+with the DistillConfig settings of :data:`YAML_KEYS`), expands it into stages (:mod:`mad_pipeline.pipeline.plan`),
+then walks them in order. For each stage the resolver (:mod:`mad_pipeline.pipeline.resolve`) computes the key from
+its own value-changing settings and its inputs' keys and serves it from ``<cache>/runs/<kind>/<key>/stage.json``
+(written last, so only complete stages are served); otherwise it runs through the ordinary stages (:mod:`.extract`,
+:mod:`.distill`, :mod:`.evaluate`) and then the marker is written. Feature stores are stage 1's own content-addressed
 stores: an extract stage is cached when its marker is there and every store it names is found by
 :meth:`Cache.locate` (local, then the shared caches); when it runs but every store is found in a cache, no teacher
 forward runs and it still counts as cached.
@@ -25,20 +26,50 @@ from pathlib import Path
 from typing import Any
 
 from mad_pipeline.cache import Cache
-from mad_pipeline.errors import InputError
-from mad_pipeline.hashing import to_jsonable
 from mad_pipeline.pipeline import config as config_lib
 from mad_pipeline.pipeline import plan as plan_lib
 from mad_pipeline.pipeline import report as report_lib
+from mad_pipeline.pipeline.config import PipelineConfig
 from mad_pipeline.pipeline.plan import Stage
+from mad_pipeline.pipeline.resolve import Resolver
+from mad_pipeline.pipeline.schema import settings_keys
+from mad_pipeline.tasks import task_names
 
 from . import distill as distill_stage
 from . import evaluate as eval_stage
 from . import extract as extract_stage
+from .distill import DistillConfig
 
-# TrainConfig fields that do not change the trained weights (never part of a key)
-_TRAIN_NOT_IN_KEY = ("num_workers", "device", "eval_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
-                     "log_every")
+# The DistillConfig fields a `mad run` YAML sets, by their YAML key: the one table between the two names. Defaults,
+# help and bounds are DistillConfig's own; the plan sets its other fields per stage (data root, run directory,
+# objective, trainer, training fraction; the subset seed and evaluation split resolved).
+YAML_KEYS = {
+    "task": "task", "dataset": "data.dataset", "train_split": "data.train_split", "eval_split": "data.eval_split",
+    "teacher": "teacher", "weights": "teacher_weights", "text_teacher": "text_teacher",
+    "text_weights": "text_weights", "precision": "precision", "student": "student", "pretrained": "pretrained",
+    "subset_seed": "subset_seed", "vocab_min_count": "vocab_min_count", "extract_batch_size": "extract_batch_size",
+}
+
+
+def schema() -> dict[str, Any]:
+    """The ``mad run`` YAML schema (:func:`mad_pipeline.pipeline.config.schema`) with the DistillConfig settings of
+    :data:`YAML_KEYS`."""
+    names = task_names()
+    one_of = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+    extras = {  # what DistillConfig's field descriptions do not say
+        "task": {"choices": names, "help": f"{one_of} (required)"},
+        "weights": {"kind": "path"}, "text_weights": {"kind": "path"},  # local files, relative to the YAML
+        "precision": {"choices": ("auto", "fp32", "bf16")},
+        "subset_seed": {"min": 0}, "vocab_min_count": {"min": 1}, "extract_batch_size": {"min": 1},
+    }
+    keys = settings_keys(DistillConfig, YAML_KEYS, extras=extras)
+    return config_lib.schema({YAML_KEYS[name]: key for name, key in keys.items()})
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read, override and validate a ``mad run`` YAML; any mistake is one :class:`InputError` line naming the file
+    (or the override) and the key."""
+    return config_lib.load_config(path, overrides, schema=schema())
 
 
 @dataclass(frozen=True)
@@ -87,7 +118,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print,
     """Run (or, with ``dry_run``, plan) the pipeline. ``on_stage(stage, i, n, event)`` is called with event
     ``start`` before a stage runs and ``done`` once it is cached, ran or is known to need a run."""
     t0 = time.perf_counter()
-    pcfg = config_lib.load_config(cfg.config, cfg.overrides)
+    pcfg = load_config(cfg.config, cfg.overrides)
     _quiet_transformers()  # transformers' own "Loading weights" bars would interleave with the stage lines
     values = pcfg.values
     root = cfg.cache or (Path(values["cache"]) if values["cache"] else None)
@@ -111,197 +142,32 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print,
     rep = stages[-1]
     if rep.record is not None:
         result.table = rep.record["result"]["table"]
-        files = dict(rep.record["result"]["files"])
         out = cfg.out or (Path(values["out"]) if values["out"] else None)
-        if out is not None and not cfg.dry_run:
-            out = Path(out)
-            out.mkdir(parents=True, exist_ok=True)
-            for k, p in list(files.items()):
-                dst = out / Path(p).name
-                shutil.copyfile(p, dst)
-                files[k] = str(dst)
-            (out / "config.resolved.json").write_text(json.dumps(values, indent=2) + "\n")
-        result.report_files = files
+        files = dict(rep.record["result"]["files"])
+        result.report_files = _copy_report(files, Path(out), values) if out is not None and not cfg.dry_run else files
     result.seconds = time.perf_counter() - t0
     return result
 
 
-class _Runner:
-    def __init__(self, values: dict[str, Any], source: str, cache: Cache, cfg: RunConfig, log):
-        from mad_pipeline.training.data import DEFAULT_EVAL_SPLITS
+def _copy_report(files: dict[str, str], out: Path, values: dict[str, Any]) -> dict[str, str]:
+    """The report files copied to ``out`` (``--out`` / the YAML's ``out``) with the resolved config next to them."""
+    out.mkdir(parents=True, exist_ok=True)
+    copied = {}
+    for k, p in files.items():
+        copied[k] = str(out / Path(p).name)
+        shutil.copyfile(p, copied[k])
+    (out / "config.resolved.json").write_text(json.dumps(values, indent=2) + "\n")
+    return copied
 
-        self.v = values
-        self.source = source
-        self.cache = cache
+
+class _Runner(Resolver):
+    """Runs the stages the resolver could not serve from the cache, through the ordinary stages."""
+
+    def __init__(self, values: dict[str, Any], source: str, cache: Cache, cfg: RunConfig, log):
+        super().__init__(values, source, cache, dry_run=cfg.dry_run)
         self.cfg = cfg
         self.log = log
-        self.by_id: dict[str, Stage] = {}
-        self.task = values["task"]
-        self.reader = values["data"]["dataset"] or self.task
-        self.eval_split = values["data"]["eval_split"] or DEFAULT_EVAL_SPLITS[self.task]
-        self.data_root: Path | None = Path(values["data"]["root"]) if values["data"]["root"] else None
-        self._fp: dict[str, str] = {}
-        self._ident: dict[str, Any] | None = None
-        if self.data_root is not None and not self.data_root.is_dir():
-            raise InputError(f"{source}: data.root: {self.data_root} is not a directory")
-        self._check_names()
 
-    def _check_names(self) -> None:
-        """Names a run needs, checked before any work (one line naming the YAML key)."""
-        from mad_pipeline.errors import MadError
-        from mad_pipeline.students import STUDENTS
-        from mad_pipeline.teachers.registry import get_teacher_spec
-
-        if self.v["student"] not in STUDENTS:
-            raise InputError(f"{self.source}: student: unknown student {self.v['student']!r}; expected one of "
-                             f"{', '.join(STUDENTS)}")
-        if all(m["preset"] == "baseline" for m in self.v["methods"].values()):
-            return
-        for key in ("teacher", "text_teacher"):
-            if self.v[key]:
-                try:
-                    get_teacher_spec(self.v[key])
-                except MadError as e:
-                    raise InputError(f"{self.source}: {key}: {e}") from None
-        for key in ("teacher_weights", "text_weights"):
-            w = self.v[key]
-            if w and not w.startswith("local-dir:") and not Path(w).exists():
-                raise InputError(f"{self.source}: {key}: {w} does not exist")
-
-    # ---------------------------------------------------------------------------------------------- keys
-    def fingerprint(self, split: str) -> str | None:
-        if self.data_root is None:
-            return None
-        if split not in self._fp:
-            memo = self.cache.root / "hash-memo"  # a dry run reads it and writes nothing
-            self._fp[split] = plan_lib.split_fingerprint(self.reader, self.data_root, split, memo,
-                                                         write_memo=not self.cfg.dry_run)
-        return self._fp[split]
-
-    def teacher_identity(self) -> dict[str, Any] | None:
-        """The identities stage 1 keys its stores by (memoised under the cache's identities/). In a dry run an
-        identity that is not memoised yet is unknown (it would take loading the teacher): None."""
-        if self._ident is not None:
-            return self._ident
-        from mad_pipeline.teachers.identity import LazyTeacher
-
-        memo = self.cache.root / "identities"
-        v = self.v
-
-        def lazy(name, weights):
-            return LazyTeacher(name, weights, v["device"], v["precision"], None, memo)
-
-        try:
-            image = lazy(v["teacher"], v["teacher_weights"])
-            text = lazy(v["text_teacher"], v["text_weights"]) if v["text_teacher"] else None
-        except (ValueError, OSError) as e:
-            raise InputError(f"{self.source}: teacher: {e}") from None
-        if self.cfg.dry_run and any(t is not None and not t._memo.exists() for t in (image, text)):
-            return None
-        ident = {"teacher": v["teacher"], "image": image.identity("image") if "image" in image.towers else None,
-                 "text": image.identity("text") if "text" in image.towers else None,
-                 "text_teacher": None}
-        if text is not None:
-            ident["text_teacher"] = {"name": v["text_teacher"], "text": text.identity("text")}
-        self._ident = ident
-        return ident
-
-    def resolve(self, st: Stage) -> None:
-        """Compute the stage's key (None when an input is not known yet) and serve it from the cache if complete."""
-        got = getattr(self, f"_key_{st.kind}")(st)
-        if got is None:
-            st.key = None
-            return
-        params, inputs = got
-        st.meta["_inputs"] = inputs
-        st.meta["_params"] = params
-        st.key = plan_lib.stage_key(st.kind, params, inputs)
-        rec = plan_lib.read_marker(self.cache.root, st.kind, st.key)
-        if rec is not None and self._still_valid(st, rec):
-            st.record = rec
-            st.status = "cached"
-
-    def _still_valid(self, st: Stage, rec: dict) -> bool:
-        if st.kind == "extract":  # every store it names must still be found (gc may have removed one)
-            return all(self.cache.locate(kind, s["key"]) is not None for kind, s in rec["result"]["stores"].items())
-        if st.kind == "distill":
-            return (Path(rec["path"]) / "run" / "student" / "student.json").exists()
-        if st.kind == "data":
-            return (Path(rec["path"]) / "world" / "shapes.json").exists()
-        if st.kind == "report":
-            return all(Path(p).exists() for p in rec["result"]["files"].values())
-        return True
-
-    def _dep(self, st: Stage, role: str) -> Stage | None:
-        d = self.by_id.get(st.deps[role])
-        return d if d is not None and d.record is not None else None
-
-    def _key_data(self, st: Stage):
-        from mad_pipeline.shapes.formats import FORMAT_VERSION as SHAPES_FORMAT
-
-        return {**st.params, "generator_format": SHAPES_FORMAT}, {}
-
-    def _data_ready(self, st: Stage) -> bool:
-        if "data" not in st.deps:
-            return True
-        d = self._dep(st, "data")
-        if d is None:
-            return False
-        if self.data_root is None:
-            self.data_root = Path(d.record["path"]) / "world" / d.record["result"]["data_roots"][self.task]
-        return True
-
-    def _key_extract(self, st: Stage):
-        if not self._data_ready(st):
-            return None
-        ident = self.teacher_identity()
-        if ident is None:
-            return None
-        params = {**st.params, "task": self.task, "reader": self.reader, "vocab_min_count": self.v["vocab_min_count"],
-                  "zs_prompt": "auto", "teachers": ident}
-        return params, {"data": self.fingerprint(st.params["split"])}
-
-    def _key_distill(self, st: Stage):
-        if not self._data_ready(st):
-            return None
-        m = st.meta
-        mad = config_lib.mad_config(self.v, m["method"], self.source)
-        train = dataclasses.asdict(self._train(m["seed"]))
-        for k in _TRAIN_NOT_IN_KEY:
-            train.pop(k, None)
-        params = {"method": m["method"], "task": self.task, "reader": self.reader,
-                  "train_split": self.v["data"]["train_split"], "eval_split": self.eval_split,
-                  "student": self.v["student"], "pretrained": _pretrained_ident(self.v["pretrained"]),
-                  "mad": to_jsonable(dataclasses.asdict(mad)), "train": to_jsonable(train),
-                  "fraction": m["fraction"], "subset_seed": m["subset_seed"],
-                  "vocab_min_count": self.v["vocab_min_count"]}
-        inputs: dict[str, Any] = {"train_data": self.fingerprint(self.v["data"]["train_split"]),
-                                  "eval_data": self.fingerprint(self.eval_split)}
-        if "train_stores" in st.deps:
-            tr, ev = self._dep(st, "train_stores"), self._dep(st, "eval_stores")
-            if tr is None or ev is None:
-                return None
-            inputs["stores"] = {"train": {k: s["key"] for k, s in tr.record["result"]["stores"].items()},
-                                "eval": {k: s["key"] for k, s in ev.record["result"]["stores"].items()}}
-        return params, inputs
-
-    def _key_eval(self, st: Stage):
-        d = self._dep(st, "distill")
-        if d is None or not self._data_ready(st):
-            return None
-        return {**st.params, "task": self.task, "reader": self.reader}, {
-            "distill": d.key, "data": self.fingerprint(st.params["split"])}
-
-    def _key_report(self, st: Stage):
-        evals = []
-        for eid in st.deps.values():
-            e = self.by_id.get(eid)
-            if e is None or e.key is None or e.record is None:
-                return None
-            evals.append([e.meta["method"], e.meta["fraction"], e.meta["seed"], e.meta["split"], e.key])
-        return {**st.params, "task": self.task}, {"evals": evals}
-
-    # ---------------------------------------------------------------------------------------------- execution
     def execute(self, st: Stage) -> None:
         if st.key is None:  # an input became known only now (upstream ran): key it again
             self.resolve(st)
@@ -310,9 +176,7 @@ class _Runner:
             if st.status == "cached":
                 return
         with self.cache.lock(f"stage-{st.key}", on_wait=lambda: self.log(f"{st.id}: another run holds it; waiting")):
-            rec = plan_lib.read_marker(self.cache.root, st.kind, st.key)  # another run may have just finished it
-            if rec is not None and self._still_valid(st, rec):
-                st.record, st.status = rec, "cached"
+            if self.serve_cached(st):  # another run may have just finished it
                 return
             t0 = time.perf_counter()
             result, summary, status = getattr(self, f"_run_{st.kind}")(st)
@@ -329,21 +193,14 @@ class _Runner:
         return ({"data_roots": man["data_roots"], "manifest": man},
                 {"size": st.params["size"], "seed": st.params["seed"]}, "ran")
 
-    def _distill_cfg(self, method: str, fraction: float, seed: int, subset_seed: int, out: Path, overwrite=False):
-        v = self.v
-        return distill_stage.DistillConfig(
-            task=self.task, data_root=self.data_root, out=out, teacher=v["teacher"], weights=v["teacher_weights"],
-            text_teacher=v["text_teacher"], text_weights=v["text_weights"], student=v["student"],
-            pretrained=v["pretrained"], dataset=v["data"]["dataset"], train_split=v["data"]["train_split"],
-            eval_split=self.eval_split, mad=config_lib.mad_config(v, method, self.source), train=self._train(seed),
-            train_fraction=fraction, subset_seed=subset_seed, vocab_min_count=v["vocab_min_count"],
-            precision=v["precision"], cache=self.cache.root, extract_batch_size=v["extract_batch_size"],
-            overwrite=overwrite, progress=self.cfg.progress)
-
-    def _train(self, seed: int):
-        from mad_pipeline.training.trainer import TrainConfig
-
-        return TrainConfig(**config_lib.train_kwargs(self.v), seed=seed)
+    def _distill_cfg(self, method: str, fraction: float, seed: int, subset_seed: int, out: Path) -> DistillConfig:
+        """The DistillConfig of one run: the YAML's settings (:data:`YAML_KEYS`), then what the plan decides."""
+        from_yaml = {name: config_lib.lookup(self.v, key) for name, key in YAML_KEYS.items()}
+        return DistillConfig(**{
+            **from_yaml, "data_root": self.data_root, "out": out, "eval_split": self.eval_split,
+            "mad": config_lib.mad_config(self.v, method, self.source), "train": config_lib.train_config(self.v, seed),
+            "train_fraction": fraction, "subset_seed": subset_seed, "cache": self.cache.root,
+            "progress": self.cfg.progress})
 
     def _run_extract(self, st: Stage):
         p = st.params
@@ -376,7 +233,7 @@ class _Runner:
         return {"metrics": met}, summary, "ran"
 
     def _run_eval(self, st: Stage):
-        d = self._dep(st, "distill")
+        d = self.dep(st, "distill")
         run_dir = Path(d.record["path"]) / "run"
         out = plan_lib.stage_dir(self.cache.root, "eval", st.key) / "predictions.json"
         res = eval_stage.run(eval_stage.EvalConfig(run=run_dir, split=st.params["split"], data_root=self.data_root,
@@ -392,11 +249,9 @@ class _Runner:
             s = e.record["summary"]
             records.append({"method": e.meta["method"], "fraction": e.meta["fraction"], "seed": e.meta["seed"],
                             "split": e.meta["split"], "metric": s["metric"], "value": s["value"], "task": self.task,
-                            "source": str((Path(self._dep(e, "distill").record["path"]) / "run").resolve())})
+                            "source": str((Path(self.dep(e, "distill").record["path"]) / "run").resolve())})
         table = report_lib.aggregate(records, title=self.v["name"])
-        d = plan_lib.stage_dir(self.cache.root, "report", st.key)
-        files = report_lib.write_report(table, d)
-        (d / "report.json").write_text(json.dumps({"table": table, "records": records}, indent=2) + "\n")
+        files = report_lib.write_report(table, plan_lib.stage_dir(self.cache.root, "report", st.key), records=records)
         return {"table": table, "files": files, "records": records}, {"files": files}, "ran"
 
 
@@ -410,15 +265,4 @@ def _quiet_transformers() -> None:
         pass
 
 
-def _pretrained_ident(p: str | None):
-    if not p:
-        return None
-    path = Path(p)
-    if path.exists():
-        from mad_pipeline.hashing import sha256_weights
-
-        return {"sha256": sha256_weights(path)}
-    return p
-
-
-__all__ = ["RunConfig", "RunResult", "run"]
+__all__ = ["YAML_KEYS", "RunConfig", "RunResult", "load_config", "run", "schema"]

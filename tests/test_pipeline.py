@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 from conftest import last_json, mad
+from mad_pipeline.stages.pipeline import load_config, schema
 
 from mad_pipeline.errors import InputError
-from mad_pipeline.pipeline.config import from_dict, load_config
+from mad_pipeline.pipeline.config import from_dict
 
 CONFIG = """\
 name: tiny pipeline
@@ -248,11 +249,11 @@ def test_config_overrides_and_paths(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"x\.yaml: methods\.mad\.select: 'nope' is not one of"):
         load_config(f, ["methods.mad.select=nope"])
     with pytest.raises(InputError, match=r"unknown key methods\.mad\.top"):
-        from_dict({"task": "vqa", "data": {"root": "."}, "methods": {"mad": {"top": 1}}}, source="x.yaml")
+        from_dict({"task": "vqa", "data": {"root": "."}, "methods": {"mad": {"top": 1}}}, schema(), source="x.yaml")
     with pytest.raises(InputError, match=r"data: give data.root .* or data.shapes.size"):
-        from_dict({"task": "vqa"}, source="x.yaml")
+        from_dict({"task": "vqa"}, schema(), source="x.yaml")
     with pytest.raises(InputError, match=r"x\.yaml: missing key task \(vqa, snli-ve or vcr"):
-        from_dict({"data": {"root": "."}}, source="x.yaml")
+        from_dict({"data": {"root": "."}}, schema(), source="x.yaml")
     assert os.path.basename(load_config(f).source) == "x.yaml"
 
 
@@ -279,3 +280,37 @@ def test_mad_demo_is_the_bundled_config_through_mad_run(tmp_path):
                 assert study["data"]["shapes"] == demo["data"]["shapes"], name
             else:
                 assert study[key] == demo[key], (name, key)
+
+
+def test_schema_is_read_from_the_settings_dataclasses():
+    """One description per option: ``train:`` is TrainConfig's fields (not those marked yaml=False, nor the trainer
+    settings written at the top level), ``distill:`` the objective's switches, the stage settings DistillConfig's
+    fields (under their YAML names), each with the field's own default and bounds."""
+    import dataclasses
+
+    from mad_pipeline.stages.distill import DistillConfig
+    from mad_pipeline.stages.pipeline import YAML_KEYS
+
+    from mad_pipeline.losses import SWITCHES, MADConfig
+    from mad_pipeline.pipeline.config import mad_config
+    from mad_pipeline.pipeline.schema import TOP_LEVEL_TRAIN
+    from mad_pipeline.training.config import TrainConfig
+
+    sch = schema()
+    train = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(sch["train"]) == {n for n, f in train.items() if f.metadata.get("yaml", True)} - set(TOP_LEVEL_TRAIN)
+    for name, key in sch["train"].items():
+        assert key.default == train[name].default and key.min == train[name].metadata.get("min"), name
+    assert all(k in sch for k in TOP_LEVEL_TRAIN)
+    assert set(sch["distill"]) == set(SWITCHES)
+    distill = {f.name: f for f in dataclasses.fields(DistillConfig)}
+    for name, dotted in YAML_KEYS.items():
+        node = sch
+        for part in dotted.split("."):
+            node = node[part]
+        assert node.default == (None if distill[name].default is dataclasses.MISSING else distill[name].default), name
+    # no methods: the three presets; a method's switches go through MADConfig.from_switches
+    v = from_dict({"task": "vqa", "data": {"root": "."}, "distill": {"top_k": 4}}, sch).values
+    assert list(v["methods"]) == ["baseline", "naive", "full"]
+    assert mad_config(v, "full") == MADConfig.from_switches("full", top_k=4)
+    assert mad_config(v, "baseline") == MADConfig.baseline()

@@ -1,6 +1,7 @@
-"""``mad run``'s library half: the YAML schema (:mod:`.config`), the stage plan and its keys (:mod:`.plan`), and the
-results table (:mod:`.report`). The stages that do the work are :mod:`mad_pipeline.stages.pipeline` and
-:mod:`mad_pipeline.stages.report`."""
+"""``mad run``'s library half: what a YAML key accepts, read from the settings dataclasses (:mod:`.schema`), reading
+and validating a YAML (:mod:`.config`), the stage plan and the stage outputs in the cache (:mod:`.plan`), each
+stage's key (:mod:`.resolve`) and the results table (:mod:`.report`). The stages that do the work, and the schema
+with the stage settings, are :mod:`mad_pipeline.stages.pipeline` and :mod:`mad_pipeline.stages.report`."""
 
 from .config import PipelineConfig, load_config
 from .plan import Stage, expand, stage_key

@@ -11,10 +11,11 @@ Stages, in order (each depends only on stages before it):
 A stage's key is the sha256 of the canonical JSON of ``{format, kind, params, inputs}``: ``params`` are the stage's
 own settings that change its values (never batch sizes, workers or devices), ``inputs`` the content keys of what it
 reads: the data (a fingerprint of the split's samples and image bytes), the teachers' identities, the feature
-stores' keys, the upstream stages' keys. Outputs live at ``<cache>/runs/<kind>/<key>/`` with ``stage.json`` (the
-resolved config, the keys, the library versions, the result) written last, atomically: a stage directory without it
-is unfinished and never served. Feature stores stay where stage 1 publishes them (``<cache>/stores/``), found by key
-through :class:`mad_pipeline.cache.Cache` (local, then shared caches).
+stores' keys, the upstream stages' keys (what each kind puts in them: :mod:`.resolve`). Outputs live at
+``<cache>/runs/<kind>/<key>/`` with ``stage.json`` (the resolved config, the keys, the library versions, the result)
+written last, atomically: a stage directory without it is unfinished and never served. Feature stores stay where
+stage 1 publishes them (``<cache>/stores/``), found by key through :class:`mad_pipeline.cache.Cache` (local, then
+shared caches).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +70,18 @@ def fraction_label(f: float) -> str:
 # expansion
 
 
+def eval_split_of(values: dict[str, Any]) -> str:
+    """The split training is evaluated on: ``data.eval_split``, else the task's default."""
+    from ..tasks import task_class
+
+    return values["data"]["eval_split"] or task_class(values["task"]).default_eval_split
+
+
 def expand(values: dict[str, Any]) -> list[Stage]:
     """The stages of a validated config (see :mod:`.config`), in execution order, without keys."""
-    from ..training.data import DEFAULT_EVAL_SPLITS
-
-    task = values["task"]
     data = values["data"]
     train_split = data["train_split"]
-    eval_split = data["eval_split"] or DEFAULT_EVAL_SPLITS[task]
+    eval_split = eval_split_of(values)
     eval_splits = [eval_split] + [s for s in data["eval_splits"] if s != eval_split]
     stages: list[Stage] = []
     data_dep: dict[str, str] = {}
@@ -155,6 +161,21 @@ def read_marker(cache_root: Path, kind: str, key: str) -> dict[str, Any] | None:
     return rec
 
 
+def still_valid(kind: str, rec: dict[str, Any], locate: Callable[[str, str], Any]) -> bool:
+    """Whether a completed stage's outputs are all still there: an extract stage's stores (found by
+    ``locate(kind, key)``: gc may have removed one), a distill stage's student, the generated world, the report
+    files."""
+    if kind == "extract":
+        return all(locate(k, s["key"]) is not None for k, s in rec["result"]["stores"].items())
+    if kind == "distill":
+        return (Path(rec["path"]) / "run" / "student" / "student.json").exists()
+    if kind == "data":
+        return (Path(rec["path"]) / "world" / "shapes.json").exists()
+    if kind == "report":
+        return all(Path(p).exists() for p in rec["result"]["files"].values())
+    return True
+
+
 def write_marker(cache_root: Path, stage: Stage, *, inputs: dict[str, Any], config: dict[str, Any],
                  result: dict[str, Any], summary: dict[str, Any], seconds: float) -> dict[str, Any]:
     """Write ``stage.json`` last and atomically: from now on the stage is served from the cache."""
@@ -178,7 +199,19 @@ def write_marker(cache_root: Path, stage: Stage, *, inputs: dict[str, Any], conf
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# data fingerprints
+# content identities of inputs
+
+
+def pretrained_identity(p: str | None) -> str | dict[str, str] | None:
+    """The student's pretrained weights in a key: the sha256 of a local path's weights, else the hub id."""
+    if not p:
+        return None
+    path = Path(p)
+    if path.exists():
+        from ..hashing import sha256_weights
+
+        return {"sha256": sha256_weights(path)}
+    return p
 
 
 def split_fingerprint(reader: str, root: Path, split: str, memo_dir: Path | None, write_memo: bool = True) -> str:
@@ -231,5 +264,6 @@ def split_fingerprint(reader: str, root: Path, split: str, memo_dir: Path | None
                         "missing": sorted(inputs.missing)})
 
 
-__all__ = ["KINDS", "MARKER", "PIPELINE_FORMAT", "Stage", "expand", "fraction_label", "read_marker",
-           "split_fingerprint", "stage_dir", "stage_key", "write_marker"]
+__all__ = ["KINDS", "MARKER", "PIPELINE_FORMAT", "Stage", "eval_split_of", "expand", "fraction_label",
+           "pretrained_identity", "read_marker", "split_fingerprint", "stage_dir", "stage_key", "still_valid",
+           "write_marker"]
