@@ -171,37 +171,37 @@ class Cache:
     @contextlib.contextmanager
     def try_lock(self, key: str) -> Iterator[bool]:
         """Take the lock for ``key`` without waiting; yields False (holding nothing) if a live process has it."""
-        d = self.root / "locks"
-        d.mkdir(parents=True, exist_ok=True)
-        with open(d / f"{key}.lock", "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with self._lock_file(key, wait=False) as held:
+            yield held is not False
 
     @contextlib.contextmanager
     def lock(self, key: str, on_wait=None) -> Iterator[None]:
         """Exclusive lock for building ``key``. ``on_wait`` is called once if another process holds it."""
+        with self._lock_file(key, wait=True, on_wait=on_wait) as f:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()} {time.time():.0f}\n")
+            f.flush()
+            yield
+
+    @contextlib.contextmanager
+    def _lock_file(self, key: str, wait: bool, on_wait=None):
+        """``locks/<key>.lock`` held exclusively (``flock``): yields the open file, or False when ``wait`` is False
+        and a live process holds it."""
         d = self.root / "locks"
         d.mkdir(parents=True, exist_ok=True)
         with open(d / f"{key}.lock", "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
                 if on_wait:
                     on_wait()
                 fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                f.seek(0)
-                f.truncate()
-                f.write(f"{os.getpid()} {time.time():.0f}\n")
-                f.flush()
-                yield
+                yield f
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 

@@ -1,3 +1,10 @@
-"""Stage-1 machinery in the style of clip-retrieval's ``clip_inference``: ``reader`` (decode + preprocess in
-DataLoader workers), ``mapper`` (teacher forward), ``writer`` (background shard assembly and zarr writes), and
-``runner`` (wires them with bounded queues)."""
+"""Stage-1 machinery, in the style of clip-retrieval's ``clip_inference``:
+
+- :mod:`.inputs`   content hashes of a dataset's images and texts (the rows of the stores)
+- :mod:`.reader`   decode + preprocess in DataLoader workers
+- :mod:`.runner`   the teacher forward, with decode and writing overlapped through bounded queues
+- :mod:`.writer`   background shard assembly and zarr writes
+- :mod:`.build`    get-or-build one store by key: cache lookup, lock, resumable partial build, atomic publication
+- :mod:`.stores`   the image, text, index and zero-shot stores of a dataset
+- :mod:`.zeroshot` the teacher's zero-shot logits and its official-format predictions
+"""
