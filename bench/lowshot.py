@@ -318,9 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 def study(args, config: Path, overrides: list[str], out: Path, deadline: float) -> dict:
     """One config through (sharded) ``mad run``; the report in ``out``. Cut short by the deadline: a partial report
     from the evaluated runs there are, titled INCOMPLETE."""
-    from mad_pipeline.stages.pipeline import RunConfig, run
+    from mad_pipeline.stages.pipeline import RunConfig, load_config, run
 
-    from mad_pipeline.pipeline.config import load_config
     from mad_pipeline.pipeline.report import aggregate, write_report
 
     values = load_config(config, overrides).values

@@ -89,7 +89,7 @@ class Collate:
                             ("text_tokens", None), ("text_pooled", None), ("text_spans", np.int64),
                             ("text_length", np.int64), ("zs_logits", None), ("zs_mask", bool)):
             if name in t:
-                parts[name] = torch.from_numpy(np.stack([np.asarray(it.teacher[name], dtype) for it in items]))
+                parts[name] = torch.from_numpy(_stack([it.teacher[name] for it in items], dtype))
         if "image_tokens" in parts:
             parts.update(image_grid=self.teacher_grid, image_valid=torch.ones(len(items), dtype=torch.bool))
         return TeacherBatch(**parts)
@@ -100,6 +100,19 @@ class Collate:
         if batch.choice is not None:  # the spans of the choice the teacher text describes
             spans = spans[torch.arange(len(batch)), batch.choice]
         return self.targets.build(teacher, centers, spans, image_keys=image_keys)
+
+
+def _stack(values: list, dtype) -> np.ndarray:
+    """Stack per-sample arrays; a None (image tokens whose targets are cached) leaves its row as zeros, which the
+    target builder never reads (an untouched ``np.zeros`` row costs no memory traffic)."""
+    if all(v is not None for v in values):
+        return np.stack([np.asarray(v, dtype) for v in values])
+    first = np.asarray(next(v for v in values if v is not None), dtype)
+    out = np.zeros((len(values), *first.shape), first.dtype)
+    for j, v in enumerate(values):
+        if v is not None:
+            out[j] = v
+    return out
 
 
 def make_loader(dataset, collate: Collate, batch_size: int, num_workers: int, seed: int, device: torch.device,

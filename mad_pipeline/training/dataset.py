@@ -99,13 +99,17 @@ class DistillDataset(SampleDataset):
 
     Samples the index store lacks (skipped at extraction) and samples whose image the image store marks invalid are
     dropped (see ``dropped``). ``online``: the online teacher's input; then no image or text features are read.
+    ``has_image_targets(row)``: True when the image row's targets are already made (the target builder's cache), so
+    its teacher tokens need not be read (its item then carries ``image_tokens`` None).
     """
 
     def __init__(self, samples: Sequence[Sample], root: str | Path, task: Task, preprocess: Callable,
-                 stores: StorePaths, online: OnlineTeacherInput | None = None, cache_chunks: int = 32):
+                 stores: StorePaths, online: OnlineTeacherInput | None = None, cache_chunks: int = 32,
+                 has_image_targets: Callable[[int], bool] | None = None):
         super().__init__(samples, root, task, preprocess)
         self.stores = stores
         self.online = online
+        self.has_image_targets = has_image_targets
         self.cache_chunks = cache_chunks
         self.dropped: list[dict[str, str]] = []
         n = len(self.samples)
@@ -247,9 +251,12 @@ class DistillDataset(SampleDataset):
             if kind in h:
                 rows = all_rows[idx]
                 for array, name in names.items():
-                    values = cache.rows(h[kind][array], rows)
-                    for j, it in enumerate(items):
-                        it.teacher[name] = values[j]
+                    need = np.ones(len(rows), bool)
+                    if name == "image_tokens" and self.has_image_targets is not None:
+                        need = np.asarray([not self.has_image_targets(int(r)) for r in rows], bool)
+                    values = iter(cache.rows(h[kind][array], rows[need]))
+                    for it, needed in zip(items, need.tolist(), strict=True):
+                        it.teacher[name] = next(values) if needed else None
         if "zeroshot" in h:
             self._zeroshot(h, idx, items)
         return items
