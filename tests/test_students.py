@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mad_pipeline.tasks import get_task
 from mad_pipeline.students import (
     STUDENTS,
     StudentError,
@@ -19,6 +18,7 @@ from mad_pipeline.students import (
     load_student,
 )
 from mad_pipeline.students.vilt import VILT_CONFIGS, grid_visual_embed
+from mad_pipeline.tasks import get_task
 
 TEXTS = ["What colour is the circle?", "Is there a red square left of it?"]
 
