@@ -151,8 +151,9 @@ def _batch_pair(task: str, tiny_clip, world, cache, n: int = 6):
 def _planned(task, tiny_clip, world, cache, cfg, n: int = 6):
     """The samples of :func:`_batch_pair`, with the targets made by the data pipeline (TargetBuilder in Collate)."""
     ds, stores, t, student = _extracted(task, tiny_clip, world, cache)
-    data = DistillDataset(ds.samples, ds.root, t, student.image_preprocess, stores)
-    collate = Collate(t, StudentTokenizer(student), TargetBuilder(cfg, cache_mb=256), student.grid, data.grid)
+    builder = TargetBuilder(cfg, cache_mb=256)
+    data = DistillDataset(ds.samples, ds.root, t, student.image_preprocess, stores, has_image_targets=builder.cached)
+    collate = Collate(t, StudentTokenizer(student), builder, student.grid, data.grid)
     return data, collate, _spread(len(data), n)
 
 
@@ -199,7 +200,9 @@ def test_precomputed_targets_do_not_depend_on_the_batch_or_the_cache(tiny_clip, 
     builder = collate.targets
     together = collate(data.__getitems__(idx)).targets.image.rows()
     assert len(builder._cache) == len({int(r) for r in data.image_rows()[idx]})
-    again = collate(data.__getitems__(idx[::-1])).targets.image.rows()  # every row from the cache
+    cached_items = data.__getitems__(idx[::-1])
+    assert all(it.teacher["image_tokens"] is None for it in cached_items)  # cached rows: no token read
+    again = collate(cached_items).targets.image.rows()  # every row from the cache
     fresh, fresh_collate, _ = _planned("vqa", tiny_clip, world, cache, cfg, n=8)
     alone = [fresh_collate(fresh.__getitems__([i])).targets.image for i in idx]
     for a, b, c in zip(together, again[::-1], alone, strict=True):

@@ -107,7 +107,10 @@ def _stack(values: list, dtype) -> np.ndarray:
     target builder never reads (an untouched ``np.zeros`` row costs no memory traffic)."""
     if all(v is not None for v in values):
         return np.stack([np.asarray(v, dtype) for v in values])
-    first = np.asarray(next(v for v in values if v is not None), dtype)
+    present = [v for v in values if v is not None]
+    if not present:  # every image's targets are cached: nothing reads the tokens
+        return np.zeros((len(values), 0), np.float32)
+    first = np.asarray(present[0], dtype)
     out = np.zeros((len(values), *first.shape), first.dtype)
     for j, v in enumerate(values):
         if v is not None:

@@ -112,7 +112,10 @@ class Trainer:
         while True:
             epoch, position = divmod(self.micro, per_epoch)
             self.batches.set(epoch, position)
+            before = self.micro
             yield from self.loader
+            if self.micro == before:  # (a StopIteration escaping the data path also ends a loader early)
+                raise RuntimeError(f"the training data gave no batch at epoch {epoch}, position {position}")
 
     def checkpoint(self) -> Path:
         state = {"step": self.step, "micro": self.micro, "rng": rng_state(self.generator),
