@@ -62,7 +62,8 @@ class Task:
     order: ClassVar[int] = 100  # position in listings (the paper's three benchmarks first)
 
     def __init__(self, **options: Any):
-        self.options = options
+        """``options``: task settings by name (e.g. VQA's ``vocab_min_count``); a task ignores the ones it does not
+        use, so callers can pass the same settings to any task."""
 
     # -- label space -------------------------------------------------------------------------------------------
     def fit(self, train_samples: Sequence[Sample], split: str = "train") -> None:
