@@ -1,13 +1,19 @@
-"""Paths inside a data root: a manifest may never point outside it."""
+"""Paths inside a data root: a path written in a manifest or an annotation file stays inside the root.
+
+The confinement is of the path as written: no absolute path, no ``~``, no ``..`` that climbs above the root.
+Symbolic links that the data root itself contains (``root/images -> /datasets/coco/train2014``, the usual way to
+lay out COCO or VCR images) are the user's own layout and are followed. What identifies an image is its content
+hash, never its path, so a linked layout and a copied one give the same store keys.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path, PurePosixPath
 
 
-def safe_relpath(rel: str, root: Path) -> str:
-    """Normalise ``rel`` (relative to ``root``) to a POSIX relative path; ValueError if it escapes the root."""
+def safe_relpath(rel: str, root: Path | None = None) -> str:
+    """Normalise ``rel`` (relative to the data root) to a POSIX relative path; ValueError if, as written, it is
+    absolute or climbs out of the root. (``root`` is not read: links inside it are followed.)"""
     if not isinstance(rel, str) or not rel.strip():
         raise ValueError("empty image path")
     if "\x00" in rel:
@@ -27,10 +33,4 @@ def safe_relpath(rel: str, root: Path) -> str:
             parts.append(part)
     if not parts:
         raise ValueError(f"image path {rel!r} is empty")
-    norm = "/".join(parts)
-    # symlinks inside the root that lead outside it escape too
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(os.path.join(real_root, norm))
-    if os.path.commonpath([real_root, real]) != real_root:
-        raise ValueError(f"image path {rel!r} escapes the data root (through a link)")
-    return norm
+    return "/".join(parts)

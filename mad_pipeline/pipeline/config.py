@@ -29,6 +29,7 @@ from .schema import (
     top_level_train_keys,
     train_section,
 )
+from .yaml_io import load_value, load_yaml
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,6 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
                 schema: dict[str, Any]) -> PipelineConfig:
     """Read, override and validate a pipeline YAML against ``schema`` (:func:`schema`). Raises :class:`InputError`
     (one line) on any mistake."""
-    import yaml
-
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -174,13 +173,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise InputError(f"{p}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{p}: cannot read ({e})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise InputError(f"{p}:{where} not valid YAML ({problem})") from None
+    raw = load_yaml(text, str(p))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -203,16 +196,14 @@ def from_dict(raw: dict[str, Any], schema: dict[str, Any], source: str = "<confi
 
 def _parse_override(ov: str) -> tuple[str, list[str], str, Any]:
     """``key=value`` -> (key, its parts, the value's text, the value parsed as YAML)."""
-    import yaml
-
     if "=" not in ov:
         raise InputError(f"override {ov!r}: expected key=value (e.g. train.steps=50)")
     key, text = ov.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
+        value = load_value(text) if text.strip() else None
+    except InputError as e:
+        raise InputError(f"override {ov if len(ov) < 60 else ov[:57] + '...'!r}: {e}") from None
     return key, key.split("."), text, value
 
 

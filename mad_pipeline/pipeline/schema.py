@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,8 @@ class Key:
     help: str = ""
     choices: tuple = ()
     min: float | None = None
+    max: float | None = None
+    why: str = ""  # why ``max`` is the limit, said in the error
     required: bool = False
     # kind custom: (value, source, key) -> the parsed value, or an InputError naming source and key
     parse: Callable[[Any, str, str], Any] | None = None
@@ -81,7 +84,8 @@ def key_from_field(f: dataclasses.Field, **extra: Any) -> Key:
     else:
         default, required = None, True
     spec: dict[str, Any] = {"default": default, "required": required, "help": f.metadata.get("help", ""),
-                            "choices": tuple(f.metadata.get("choices", ())), "min": f.metadata.get("min")}
+                            "choices": tuple(f.metadata.get("choices", ())), "min": f.metadata.get("min"),
+                            "max": f.metadata.get("max"), "why": f.metadata.get("why", "")}
     spec.update(extra)
     if "kind" not in spec:
         spec["kind"] = "custom" if spec.get("parse") else kind_of(f.type)
@@ -110,9 +114,13 @@ def top_level_train_keys() -> dict[str, Key]:
     from ..training.config import TrainConfig, parse_num_workers
 
     def workers(v: Any, source: str, key: str) -> int | str:
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise expected(source, key, "a count >= 0 or auto", v)
         try:
             return parse_num_workers(v)
-        except InputError:
+        except InputError as e:
+            if "at most" in str(e):
+                raise InputError(f"{source}: {key}: {str(e).split(': ', 1)[1]}") from None
             raise expected(source, key, "a count >= 0 or auto", v) from None
 
     return settings_keys(TrainConfig, TOP_LEVEL_TRAIN, extras={"num_workers": {"parse": workers}})
@@ -198,11 +206,31 @@ def _bool(v: Any, spec: Key, source: str, key: str) -> bool:
 
 def _number(v: Any, spec: Key, source: str, key: str) -> int | float:
     integer = spec.kind == "int"
+    if isinstance(v, str):  # YAML 1.1 reads 1e-3 and 1E-3 (no dot) as text; Python's float() reads them
+        v = _number_text(v, integer)
+    if isinstance(v, float) and integer and v.is_integer() and math.isfinite(v):
+        v = int(v)  # steps: 1e3, 2.0
     if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
         raise expected(source, key, "an integer" if integer else "a number", v)
+    if isinstance(v, float) and not math.isfinite(v):
+        raise InputError(f"{source}: {key}: expected a finite number, got {v}")
     if spec.min is not None and v < spec.min:
         raise InputError(f"{source}: {key}: must be at least {spec.min:g}, got {v}")
+    if spec.max is not None and v > spec.max:
+        why = f" ({spec.why})" if spec.why else ""
+        raise InputError(f"{source}: {key}: must be at most {spec.max:,}{why}, got {v:.3g}")
     return v if integer else float(v)
+
+
+def _number_text(text: str, integer: bool) -> Any:
+    """A number written as text (``1e-3``, ``1E-3``, ``.5``, ``5.``, ``1_000``, ``+2``) as Python reads it; the text
+    itself when it is not one (reported by the caller as not a number)."""
+    for parse in ((int, float) if integer else (float,)):
+        try:
+            return parse(text.strip())
+        except (ValueError, OverflowError):
+            continue
+    return text
 
 
 _SCALARS = {"str": _text, "path": _text, "bool": _bool, "int": _number, "float": _number}

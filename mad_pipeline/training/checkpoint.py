@@ -4,7 +4,8 @@ A checkpoint directory ``step_NNNNNN`` holds ``model.safetensors`` (student + MA
 ``state.pt`` (step, micro-batch position, the RNG states of torch, numpy and python, the generator behind random
 token selection, the log accumulators) -- saved with ``torch.save`` as plain tensors / numbers / lists and loaded
 with ``weights_only=True``; never pickled objects. It is written under a temporary name and renamed into place, then
-``latest`` is updated atomically: a kill at any point leaves the previous checkpoint usable.
+``latest`` is updated atomically: a kill at any point leaves the previous checkpoint usable, and a write that fails
+(a full disk) is removed again and reported in one line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from .. import testhooks
+from ..errors import MadError
 
 
 class Trainable(nn.Module):
@@ -53,16 +57,36 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def save_checkpoint(ckdir: Path, step: int, model: nn.Module, optimizer, state: dict[str, Any], keep: int) -> Path:
-    """Write ``ckdir/step_NNNNNN`` atomically and point ``ckdir/latest`` at it; keep the newest ``keep``."""
-    from safetensors.torch import save_model
-
+    """Write ``ckdir/step_NNNNNN`` atomically and point ``ckdir/latest`` at it; keep the newest ``keep``. A write that
+    fails (a full disk) leaves the previous checkpoint as it was and is one :class:`MadError` line."""
     ckdir.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     tmp = ckdir / f".tmp-{name}-{os.getpid()}"
+    latest = ckdir / f".latest.tmp-{os.getpid()}"
+    try:
+        final = _write(ckdir, name, tmp, latest, step, model, optimizer, state)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest.unlink(missing_ok=True)
+        before = latest_checkpoint(ckdir)
+        kept = f"the last one ({before.name}) is intact" if before is not None else "there is no earlier one"
+        raise MadError(f"cannot write checkpoint {ckdir / name}: {e.strerror or e}; {kept}: free space and rerun "
+                       "the same command to resume") from None
+    done = sorted(p for p in ckdir.glob("step_*") if p.is_dir())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(ckdir: Path, name: str, tmp: Path, latest: Path, step: int, model: nn.Module, optimizer,
+           state: dict[str, Any]) -> Path:
+    from safetensors.torch import save_model
+
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
+    testhooks.fail("checkpoint", step)  # tests: a disk that fills up in the middle of a checkpoint
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(state, tmp / "state.pt")
     (tmp / "checkpoint.json").write_text(json.dumps({"step": step, "format": 1}) + "\n")
@@ -70,12 +94,8 @@ def save_checkpoint(ckdir: Path, step: int, model: nn.Module, optimizer, state: 
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    latest = ckdir / f".latest.tmp-{os.getpid()}"
     latest.write_text(name + "\n")
     os.replace(latest, ckdir / "latest")
-    done = sorted(p for p in ckdir.glob("step_*") if p.is_dir())
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -17,41 +17,65 @@ from ..errors import InputError
 from ..settings import setting as _f
 
 NUM_WORKERS_HELP = "DataLoader worker processes, or auto (none on CPU; on CUDA one per free core, at most 8)."
+MAX_STEPS = 100_000_000  # more steps than any run finishes (over a day at 1 ms a step)
+MAX_BATCH = 65_536  # samples in one (micro-)batch: far above what one device holds for these students
+WORKERS_PER_CORE = 4  # DataLoader workers beyond this many per CPU core only compete for the cores
+STEPS_WHY = "more steps than a run can finish"
+BATCH_WHY = "more samples than one batch can hold"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = _f(200, "optimizer steps", min=1)
-    batch_size: int = _f(32, "samples per micro-batch", min=1)
+    steps: int = _f(200, "optimizer steps", min=1, max=MAX_STEPS, why=STEPS_WHY)
+    batch_size: int = _f(32, "samples per micro-batch", min=1, max=MAX_BATCH, why=BATCH_WHY)
     lr: float = _f(1e-3, "peak learning rate (AdamW)", min=0)
     min_lr_ratio: float = _f(0.1, "cosine decay floor / peak", min=0)
     decay: str = _f("cosine", "learning-rate decay after warmup", choices=("cosine", "constant"))
-    warmup: int = _f(0, "linear warmup steps", min=0)
+    warmup: int = _f(0, "linear warmup steps", min=0, max=MAX_STEPS, why=STEPS_WHY)
     weight_decay: float = _f(0.01, "AdamW weight decay (matrices only, not biases / norms)", min=0)
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas", yaml=False)
     grad_clip: float = _f(1.0, "max global grad norm (0: off)", min=0)
-    grad_accum: int = _f(1, "micro-batches per step", min=1)
-    eval_every: int = _f(0, "evaluate every N steps (0: at the end only)", key=False, min=0)
-    eval_batch_size: int = _f(64, "samples per evaluation batch", key=False, min=1)
-    checkpoint_every: int = _f(0, "checkpoint every N steps (0: at the end only)", key=False, min=0)
+    grad_accum: int = _f(1, "micro-batches per step", min=1, max=MAX_BATCH, why=BATCH_WHY)
+    eval_every: int = _f(0, "evaluate every N steps (0: at the end only)", key=False, min=0, max=MAX_STEPS,
+                         why=STEPS_WHY)
+    eval_batch_size: int = _f(64, "samples per evaluation batch", key=False, min=1, max=MAX_BATCH, why=BATCH_WHY)
+    checkpoint_every: int = _f(0, "checkpoint every N steps (0: at the end only)", key=False, min=0, max=MAX_STEPS,
+                               why=STEPS_WHY)
     keep_checkpoints: int = _f(2, "checkpoints kept", key=False, min=1, yaml=False)
-    log_every: int = _f(10, "log training metrics every N steps", key=False, min=1)
+    log_every: int = _f(10, "log training metrics every N steps", key=False, min=1, max=MAX_STEPS, why=STEPS_WHY)
     seed: int = _f(0, "training seed", yaml=False)
     num_workers: int | str = _f("auto", NUM_WORKERS_HELP, key=False, yaml=False)
-    buffer_chunks: int = _f(8, "chunk-aware shuffling window (chunks of the image store)", min=1)
+    buffer_chunks: int = _f(8, "chunk-aware shuffling window (chunks of the image store)", min=1, max=MAX_BATCH,
+                            why="more chunks than a shuffling window can hold")
     device: str = _f("auto", "auto, cpu, cuda, cuda:1 ...", key=False, yaml=False)
     bf16: bool = _f(True, "bf16 autocast on CUDA (never on CPU)")
     deterministic: bool = _f(True, "torch.use_deterministic_algorithms during training")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "eval_batch_size", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr <= 0 or self.warmup < 0 or self.grad_clip < 0 or self.eval_every < 0 or self.checkpoint_every < 0:
-            raise InputError("learning rate must be > 0; warmup, grad clip, eval/checkpoint intervals >= 0")
-        if self.decay not in ("cosine", "constant"):
-            raise InputError(f"--decay {self.decay!r}: expected cosine or constant")
+        for f in fields(self):
+            check_bounds(f, getattr(self, f.name), f"--{f.name.replace('_', '-')}")
+        if self.lr <= 0:
+            raise InputError(f"--lr {self.lr!r}: the learning rate must be > 0")
         parse_num_workers(self.num_workers)
+        check_device(self.device)
+
+
+def check_bounds(f, value, name: str) -> None:
+    """``value`` against the ``min`` / ``max`` / ``choices`` of settings field ``f`` (numbers must be finite); one
+    :class:`InputError` naming ``name`` (the option or YAML key)."""
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise InputError(f"{name} {value!r}: expected {' or '.join(map(str, meta['choices']))}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{name}: {value} is not a finite number")
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and value < low:
+        raise InputError(f"{name} must be at least {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise InputError(f"{name} must be at most {high:,} ({meta.get('why', 'the largest value that works')}), "
+                         f"got {value:.3g}")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -66,17 +90,32 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def parse_num_workers(value: int | str) -> int | str:
-    """``"auto"`` or a count >= 0 (ints, or their text as a command line gives them); anything else is one clear
-    error."""
+    """``"auto"`` or a count from 0 to :func:`max_workers` (ints, or their text as a command line gives them);
+    anything else is one clear error."""
+    count = None
     if isinstance(value, str):
         text = value.strip().lower()
         if text == "auto":
             return "auto"
         if text.isdigit():
-            return int(text)
+            count = int(text)
     elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise InputError(f"--num-workers {value!r}: expected a count >= 0 or auto")
+        count = value
+    if count is None:
+        raise InputError(f"--num-workers {value!r}: expected a count >= 0 or auto")
+    if count > max_workers():
+        raise InputError(f"--num-workers {count}: at most {max_workers()} ({WORKERS_PER_CORE} per CPU core on this "
+                         "machine; more only compete for the cores)")
+    return count
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def max_workers() -> int:
+    """The most DataLoader workers a setting may ask for: :data:`WORKERS_PER_CORE` per usable CPU core."""
+    return WORKERS_PER_CORE * max(1, _cores())
 
 
 def resolve_num_workers(value: int | str, device: torch.device | str) -> int:
@@ -88,11 +127,33 @@ def resolve_num_workers(value: int | str, device: torch.device | str) -> int:
         return int(value)
     if torch.device(device).type != "cuda":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores - 1))
+    return max(1, min(8, _cores() - 1))
+
+
+def check_device(device: str) -> str:
+    """``device`` if it names a device this machine has: ``auto``, ``cpu``, ``cuda`` / ``cuda:N`` (checked against
+    ``torch.cuda.device_count()``) or another torch device type; else one :class:`InputError` line."""
+    if not isinstance(device, str) or not device.strip():
+        raise InputError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device!r}: not a device (expected auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise InputError(f"--device {device}: no CUDA device on this machine (use --device cpu or auto)")
+        if dev.index is not None and dev.index >= n:
+            raise InputError(f"--device {device}: this machine has {n} CUDA device{'s' if n > 1 else ''} "
+                             f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+    return device
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device of a setting (``auto``: CUDA when there is one); checked by :func:`check_device`."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -102,5 +163,5 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
 
 
-__all__ = ["NUM_WORKERS_HELP", "TrainConfig", "autocast", "lr_at", "parse_num_workers",
-           "resolve_device", "resolve_num_workers"]
+__all__ = ["MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "check_bounds", "check_device",
+           "lr_at", "max_workers", "parse_num_workers", "resolve_device", "resolve_num_workers"]
