@@ -102,6 +102,8 @@ def distill_cmd(
     bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (never on CPU)."),
     cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Store cache root [env MAD_CACHE]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in --out."),
+    wait: bool = typer.Option(False, "--wait", help="If another process is using --out, wait for it to end "
+                              "(default: stop with an error)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
@@ -119,7 +121,7 @@ def distill_cmd(
         text_weights=text_weights, student=student, pretrained=pretrained, dataset=dataset, train_split=train_split,
         eval_split=eval_split, test_splits=tuple(test_split), mad=mad, train=train, train_fraction=train_fraction,
         subset_seed=subset_seed, vocab_min_count=vocab_min_count, online_teacher=online_teacher, cache=cache,
-        overwrite=overwrite, progress=not (quiet or as_json))
+        overwrite=overwrite, wait=wait, progress=not (quiet or as_json))
     err = Console(stderr=True)
     result = stage.run(cfg, log=(lambda m: None) if (quiet or as_json) else (lambda m: err.print(m)))
     if as_json:

@@ -23,9 +23,7 @@ other settings in an existing ``out`` are refused unless ``overwrite``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mad_pipeline import testhooks
 from mad_pipeline.data import load_dataset
 from mad_pipeline.data.splits import subsample
 from mad_pipeline.errors import InputError
@@ -45,6 +44,7 @@ from mad_pipeline.settings import setting as _f
 from mad_pipeline.students import image_preprocess
 from mad_pipeline.tasks import Task, get_task
 from mad_pipeline.tasks.vqa import DEFAULT_MIN_COUNT
+from mad_pipeline.training import rundir
 from mad_pipeline.training.collate import Collate, StudentTokenizer
 from mad_pipeline.training.config import TrainConfig, resolve_device, resolve_num_workers
 from mad_pipeline.training.dataset import DistillDataset, OnlineTeacherInput, SampleDataset, StorePaths
@@ -83,6 +83,7 @@ class DistillConfig:
     cache: Path | None = _f(None, "store cache root", key=False)
     extract_batch_size: int = _f(32, "teacher batch size at extraction", key=False)
     overwrite: bool = _f(False, "replace a different run in out", key=False)
+    wait: bool = _f(False, "wait while another process uses out (default: stop with an error)", key=False)
     progress: bool = _f(True, "progress output", key=False)
 
 
@@ -130,13 +131,20 @@ def run(cfg: DistillConfig, log=print) -> DistillResult:
     if cfg.online_teacher and not distill:
         raise InputError("--online-teacher needs distillation (not --no-distill)")
     out = Path(cfg.out)
-    _prepare_run_dir(out, cfg)
+    with rundir.locked(out, wait=cfg.wait, on_wait=lambda who: log(f"--out {out}: in use ({who}); waiting")):
+        rundir.check(out, fingerprint(cfg), cfg.overwrite)  # before any work; writes nothing
+        testhooks.pause("run-dir-locked")
+        return _run(cfg, task, out, t0, log)
+
+
+def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log) -> DistillResult:
+    """:func:`run` with the run directory locked: read, extract, build, then claim ``out`` and train."""
+    distill = cfg.mad.distill
     data = _load_data(cfg, task)
     t_extract = time.perf_counter()
     stores, eval_stores, store_keys = _extract(cfg, data, log) if distill else (StorePaths(), None, {})
     if stores.zeroshot is not None:
         task.fit_confidence(stores.zeroshot, data.train)
-    task.save(out)
     extract_seconds = time.perf_counter() - t_extract
 
     device = resolve_device(cfg.train.device)
@@ -149,7 +157,9 @@ def run(cfg: DistillConfig, log=print) -> DistillResult:
         return evaluate(model, dataset, collate, batch_size=cfg.train.eval_batch_size,
                         num_workers=cfg.train.num_workers, device=device, bf16=cfg.train.bf16)
 
-    dump_json(out / "run.json", _run_json(cfg, data, len(train_data), store_keys))
+    # the run has started: claim the directory (a failure before this point leaves nothing in it)
+    rundir.claim(out, _run_json(cfg, data, len(train_data), store_keys), cfg.overwrite)
+    task.save(out)
     trainer = Trainer(cfg.train, student, objective, train_data, collate, out, evaluator=evaluator,
                       online_teacher=online, log=log)
     summary = trainer.fit()
@@ -259,37 +269,6 @@ def _extract_cfg(cfg: DistillConfig, dataset: str, split: str, fraction: float, 
         num_workers=resolve_num_workers(cfg.train.num_workers, resolve_device(cfg.train.device)), task=cfg.task,
         vocab_min_count=cfg.vocab_min_count,
         train_fraction=fraction, seed=seed, progress=cfg.progress)
-
-
-def _prepare_run_dir(out: Path, cfg: DistillConfig) -> None:
-    fp = fingerprint(cfg)
-    marker = out / "run.json"
-    if out.exists() and any(out.iterdir()):
-        if cfg.overwrite:
-            shutil.rmtree(out)
-        elif not marker.exists():
-            raise InputError(f"--out {out}: exists and is not a mad run directory; choose another --out")
-        else:
-            old = json.loads(marker.read_text()).get("fingerprint")
-            if old != fp:
-                diff = _first_difference(old or {}, fp)
-                raise InputError(f"--out {out}: holds a run with other settings ({diff}); use another --out or "
-                                 "--overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    if not marker.exists():  # claim the directory first (a killed run can then be resumed)
-        dump_json(marker, {"format": RUN_FORMAT, "task": cfg.task, "fingerprint": fp})
-
-
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            d = _first_difference(va, vb, f"{prefix}{k}.")
-            if d:
-                return d
-        elif va != vb:
-            return f"{prefix}{k}: {va!r} there, {vb!r} now"
-    return ""
 
 
 def _run_json(cfg: DistillConfig, data: _Data, n_train: int, store_keys: dict) -> dict[str, Any]:

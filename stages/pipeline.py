@@ -223,7 +223,10 @@ class _Runner(Resolver):
         dcfg = self._distill_cfg(m["method"], m["fraction"], m["seed"], m["subset_seed"], out)
         run_json = out / "run.json"
         if run_json.exists():  # an interrupted run of this key resumes; one with other (non-key) paths starts over
-            old = json.loads(run_json.read_text()).get("fingerprint")
+            try:
+                old = json.loads(run_json.read_text()).get("fingerprint")
+            except (OSError, ValueError, RecursionError, AttributeError):
+                old = None  # unreadable: start over
             if old != distill_stage.fingerprint(dcfg):
                 dcfg = dataclasses.replace(dcfg, overwrite=True)
         res = distill_stage.run(dcfg, log=self.log)
