@@ -7,6 +7,12 @@ Layout under the cache root (``--cache`` / ``MAD_CACHE`` / the user cache dir)::
                                  partial/<kind>/<key>.pull-*.zarr of their own)
     locks/<key>.lock             one writer per key at a time (flock; released by the OS if the process dies)
     used/<key>                   touched whenever a lookup serves the key (``mad store gc --older-than``)
+    quarantine/<kind>/<key>-<time>.zarr   corrupt stores moved aside by a lookup (kept for inspection, never served)
+
+A published store in the local cache is served only if it passes the checks that need no chunk reads (its chunk
+files all there with the bytes its manifest records, shapes that match the manifest: see
+:mod:`mad_pipeline.store.integrity`). ``find`` moves one that fails into ``quarantine/`` with a one-line warning, so
+the stage that asked for it rebuilds it; ``lookup`` and ``locate`` (no side effects) just do not serve it.
 
 Layered caches: the local cache (writable) sits in front of read-only *shared* ones (``MAD_SHARED_CACHE``: local
 directories, ``http(s)://`` or ``s3://`` cache roots, separated by whitespace or ``;``). ``Cache.find`` looks in the
@@ -17,15 +23,19 @@ zarr + fsspec) or, with ``MAD_PULL=1``, copied into the local cache first. Nothi
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import fcntl
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .hashing import content_key
+from .store.filesystems import SetupError
+from .store.integrity import local_problems
 from .store.layout import FORMAT_VERSION
 from .store.location import PARTIAL, STORES, Location, find_in, is_complete, is_url, partial_rel, store_glob, store_rel
 from .store.transfer import pull_store
@@ -117,7 +127,32 @@ class Cache:
     def lookup(self, kind: str, key: str) -> Path | None:
         """The complete store in the local cache only (see ``find`` for the layered lookup)."""
         p = self.store_path(kind, key)
-        return p if is_complete(p, key) else None
+        return p if is_complete(p, key) and not local_problems(p) else None
+
+    def quarantine_if_corrupt(self, kind: str, key: str, log: Callable[[str], None] | None = None) -> Path | None:
+        """Move the published local store ``key`` aside into ``quarantine/`` when it fails the integrity checks (a
+        chunk file missing or truncated, shapes that contradict the manifest); returns where it went, or None."""
+        p = self.store_path(kind, key)
+        if not is_complete(p, key):
+            return None
+        problems = local_problems(p)
+        if not problems:
+            return None
+        stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+        dest = self.root / "quarantine" / kind / f"{key}-{stamp}-{os.getpid()}.zarr"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(p, dest)
+        except FileNotFoundError:  # another process moved it first
+            return None
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        msg = (f"warning: {kind} store {key[:12]} is corrupt ({problems[0].describe()}{more}); moved to {dest} and "
+               "not served")
+        if log:
+            log(msg)
+        else:
+            print(msg, file=sys.stderr)
+        return dest
 
     def locate(self, kind: str, key: str, log: Callable[[str], None] | None = None) -> Hit | None:
         """Where the complete store is: the local cache first, then each shared cache. No side effects (a plan
@@ -128,6 +163,8 @@ class Cache:
         for loc in self.shared:
             try:
                 hit = find_in(loc, kind, key)
+            except SetupError:
+                raise  # a missing library or a bad setting: say so rather than skip and recompute everything
             except Exception as e:  # noqa: BLE001 - a shared cache that is down must not stop a run
                 if log:
                     log(f"shared cache {loc}: unreachable ({type(e).__name__}: {e}); skipped")
@@ -138,7 +175,8 @@ class Cache:
 
     def find(self, kind: str, key: str, log: Callable[[str], None] | None = None) -> Hit | None:
         """``locate``, then: a shared hit is pulled into the local cache when ``pull`` is set; the key is marked
-        used (for ``mad store gc --older-than``)."""
+        used (for ``mad store gc --older-than``). A corrupt local store is quarantined first (then built again)."""
+        self.quarantine_if_corrupt(kind, key, log=log)
         hit = self.locate(kind, key, log=log)
         if hit is None:
             return None

@@ -127,7 +127,7 @@ def test_not_a_store_is_a_one_line_error(tmp_path):
 
 def test_zeroshot_table_matches_the_writer():
     from mad_pipeline.extraction.zeroshot import zeroshot_arrays
+    from mad_pipeline.store.layout import zarr_data_type
     from mad_pipeline.store.verify import ZEROSHOT_ARRAYS
 
-    assert {s.name: ("string" if s.dtype == "str" else s.dtype, 1 + len(s.row_shape))
-                               for s in zeroshot_arrays(3)} == ZEROSHOT_ARRAYS
+    assert {s.name: (zarr_data_type(s.dtype), 1 + len(s.row_shape)) for s in zeroshot_arrays(3)} == ZEROSHOT_ARRAYS

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..store.layout import ArraySpec
+from ..store.layout import HASH_DTYPE, ArraySpec
 from ..store.reader import open_store
 
 
@@ -18,7 +18,7 @@ def zeroshot_arrays(max_candidates: int) -> list[ArraySpec]:
     k = max(max_candidates, 1)
     return [
         ArraySpec("sample_id", (), "str", ("sample",), fill=""),
-        ArraySpec("image_hash", (), "str", ("sample",), fill=""),
+        ArraySpec("image_hash", (), HASH_DTYPE, ("sample",), fill=""),
         ArraySpec("logits", (k,), "float32", ("sample", "candidate"), fill=float("nan")),
         ArraySpec("candidate_label", (k,), "str", ("sample", "candidate"), fill=""),
         ArraySpec("candidate_text", (k,), "str", ("sample", "candidate"), fill=""),

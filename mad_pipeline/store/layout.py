@@ -1,9 +1,15 @@
-"""Feature-store format v1: which arrays each store kind has, their chunking and codecs.
+"""Feature-store format v2: which arrays each store kind has, their chunking and codecs.
 
 Rows are the leading dimension of every array. Chunks hold whole rows and are sized to at least ~1 MB for the
 big token arrays (a random read touches one chunk per row group, not the store); shards group chunks into files of
 tens of MB so a writer writes one file per row range. Every chunk is Blosc/Zstd-compressed with byte shuffle and
 carries a crc32c checksum; every array has ``dimension_names`` so xarray and dask can open it.
+
+Content-hash columns (``image_hash``, ``text_hash``) are fixed-width unicode (numpy ``<U64``): zarr returns them as
+plain numpy ``<U64`` arrays, which every numpy sorts, compares with Python ``str`` and ``searchsorted`` correctly.
+Format v1 stored them as variable-length strings (zarr 3 returns numpy ``StringDType``); v1 stores stay readable.
+Format v2 also writes every chunk, fill values included, and records the chunk files in the manifest, so a missing
+file is corruption (see :mod:`.integrity`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FORMAT_VERSION = 1  # in every cache key (mad_pipeline.cache.make_key) and every manifest; bump both by bumping this
+FORMAT_VERSION = 2  # in every cache key (mad_pipeline.cache.make_key) and every manifest; bump both by bumping this
+READABLE_VERSIONS = (1, 2)  # versions the reader and `mad store verify` accept
+HASH_DTYPE = "<U64"  # a sha256 hex digest; "" where there is none
 CHUNK_TARGET_BYTES = 1 << 20  # at least ~1 MB per token chunk
 SHARD_TARGET_BYTES = 32 << 20  # one shard file per ~32 MB of token rows
 
@@ -22,7 +30,7 @@ SHARD_TARGET_BYTES = 32 << 20  # one shard file per ~32 MB of token rows
 class ArraySpec:
     name: str
     row_shape: tuple[int, ...]  # shape of one row
-    dtype: str  # numpy dtype name, or "str" for variable-length UTF-8
+    dtype: str  # numpy dtype name (HASH_DTYPE for content hashes), or "str" for variable-length UTF-8
     dims: tuple[str, ...]  # dimension names, leading "row" name first
     fill: object = 0
     big: bool = False  # chunked by bytes (token arrays); small arrays use one chunk per shard
@@ -34,7 +42,7 @@ class ArraySpec:
 
 def image_arrays(num_tokens: int, width: int, embed_dim: int) -> list[ArraySpec]:
     return [
-        ArraySpec("image_hash", (), "str", ("image",), fill=""),
+        ArraySpec("image_hash", (), HASH_DTYPE, ("image",), fill=""),
         ArraySpec("tokens", (num_tokens, width), "float16", ("image", "token", "channel"), big=True),
         ArraySpec("pooled", (embed_dim,), "float16", ("image", "embed")),
         ArraySpec("crop_box", (4,), "float32", ("image", "box")),
@@ -44,7 +52,7 @@ def image_arrays(num_tokens: int, width: int, embed_dim: int) -> list[ArraySpec]
 
 def text_arrays(max_length: int, width: int, embed_dim: int) -> list[ArraySpec]:
     return [
-        ArraySpec("text_hash", (), "str", ("text",), fill=""),
+        ArraySpec("text_hash", (), HASH_DTYPE, ("text",), fill=""),
         ArraySpec("text", (), "str", ("text",), fill=""),
         ArraySpec("tokens", (max_length, width), "float16", ("text", "token", "channel"), big=True),
         ArraySpec("length", (), "int32", ("text",)),
@@ -71,7 +79,7 @@ def _round_up(x: int, m: int) -> int:
 def codecs_for(spec: ArraySpec):
     import zarr.codecs as zc
 
-    if spec.dtype == "str":
+    if spec.dtype == "str" or np.dtype(spec.dtype).kind == "U":
         return [zc.ZstdCodec(level=3), zc.Crc32cCodec()]
     return [zc.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), zc.Crc32cCodec()]
 
@@ -80,7 +88,24 @@ def index_arrays(max_texts: int) -> list[ArraySpec]:
     """Dataset index: sample -> image row / text rows (by content hash, so any teacher's stores fit)."""
     return [
         ArraySpec("sample_id", (), "str", ("sample",), fill=""),
-        ArraySpec("image_hash", (), "str", ("sample",), fill=""),
-        ArraySpec("text_hash", (max(max_texts, 1),), "str", ("sample", "text"), fill=""),
+        ArraySpec("image_hash", (), HASH_DTYPE, ("sample",), fill=""),
+        ArraySpec("text_hash", (max(max_texts, 1),), HASH_DTYPE, ("sample", "text"), fill=""),
         ArraySpec("meta_json", (), "str", ("sample",), fill="{}"),
     ]
+
+
+def zarr_data_type(dtype: str) -> str | dict:
+    """The ``data_type`` a zarr v3 array of an ArraySpec dtype has in its ``zarr.json``."""
+    if dtype == "str":
+        return "string"
+    dt = np.dtype(dtype)
+    if dt.kind == "U":
+        return {"name": "fixed_length_utf32", "configuration": {"length_bytes": dt.itemsize}}
+    return dt.name
+
+
+def hash_column(values) -> np.ndarray:
+    """A hash column as numpy ``<U`` strings, whichever format wrote it (v1 variable-length strings come back from
+    zarr 3 as ``StringDType``, which ``searchsorted`` on some numpy versions gets wrong)."""
+    values = np.asarray(values)
+    return values if values.dtype.kind == "U" else np.asarray(values, dtype=object).astype(str)

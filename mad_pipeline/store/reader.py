@@ -1,4 +1,10 @@
-"""Open a published feature store. Plain zarr underneath: ``zarr.open_group(path)`` works without this module."""
+"""Open a published feature store. Plain zarr underneath: ``zarr.open_group(path)`` works without this module.
+
+Opening checks what can be checked without reading chunks (see :mod:`.integrity`): array shapes against bounds and
+against the manifest, and, for a local store, that every recorded chunk file is there with the recorded bytes. Reads
+then fail with one clear :class:`~mad_pipeline.errors.StoreError` naming the chunk file when a chunk is missing (a
+file deleted while in use, an HTTP 404) or cannot be decoded (a checksum mismatch), instead of reading fill values.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import numpy as np
 import zarr
 
 from ..errors import StoreError
+from .integrity import StoreArray, StrictStore, corrupt, store_problems
+from .layout import hash_column
 from .location import Location, is_complete
 
 
@@ -23,20 +31,27 @@ class FeatureStore:
                 raise StoreError(f"{self.path}: not a zarr store")
             raise StoreError(f"{self.path}: incomplete store (no manifest); it was never published")
         try:
-            if loc.local:
-                self.group = zarr.open_group(loc.url, mode="r", use_consolidated=True)
-            else:  # a shared location: read-only through fsspec, known keys only
-                self.group = zarr.open_group(store=loc.zarr_store(), mode="r", use_consolidated=True)
-        except Exception as e:  # noqa: BLE001
-            raise StoreError(f"{self.path}: cannot open ({e})") from None
-        self.manifest: dict[str, Any] = dict(self.group.attrs.get("mad", {}))
+            meta = loc.json("zarr.json") or {}
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot open ({type(e).__name__}: {e})") from None
+        self.manifest: dict[str, Any] = dict((meta.get("attributes") or {}).get("mad") or {})
         if not self.manifest:
             raise StoreError(f"{self.path}: incomplete store (no manifest)")
+        problems = store_problems(loc.url, meta, local=loc.local)
+        if problems:
+            raise corrupt(self.path, problems)
+        store = loc.zarr_store()
+        if isinstance(self.manifest.get("chunks"), dict):  # format v2: every chunk exists; an absent one is an error
+            store = StrictStore(store, self.manifest["chunks"], self.path)
+        try:
+            self.group = zarr.open_group(store=store, mode="r", use_consolidated=True)
+        except Exception as e:  # noqa: BLE001
+            raise StoreError(f"{self.path}: cannot open ({e})") from None
         self.kind: str = self.manifest.get("kind", "?")
         self._hashes: np.ndarray | None = None
 
-    def __getitem__(self, name: str):
-        return self.group[name]
+    def __getitem__(self, name: str) -> StoreArray:
+        return StoreArray(self.group[name], self.path, name)
 
     def array_names(self) -> list[str]:
         return sorted(name for name, _ in self.group.arrays())
@@ -46,19 +61,20 @@ class FeatureStore:
         return int(self.manifest.get("n_rows", 0))
 
     def hashes(self) -> np.ndarray:
+        """The sorted hash column as numpy ``<U64`` (also for format v1 stores, which zarr returns as StringDType)."""
         if self._hashes is None:
             col = "image_hash" if self.kind == "image" else "text_hash"
-            self._hashes = np.asarray(self.group[col][:], dtype=object).astype(str)
+            self._hashes = hash_column(self[col][:])
         return self._hashes
 
     def rows_for(self, hashes) -> np.ndarray:
         """Row index of each content hash (rows are sorted by hash); -1 where absent."""
         table = self.hashes()
         q = np.asarray(list(hashes), dtype=str)
-        idx = np.searchsorted(table, q)
-        idx = np.clip(idx, 0, max(len(table) - 1, 0))
-        found = (len(table) > 0) & (table[idx] == q) if len(table) else np.zeros(len(q), bool)
-        return np.where(found, idx, -1).astype(np.int64)
+        if not len(table):
+            return np.full(len(q), -1, np.int64)
+        idx = np.clip(np.searchsorted(table, q), 0, len(table) - 1)
+        return np.where(table[idx] == q, idx, -1).astype(np.int64)
 
 
 def open_store(path: str | Path) -> FeatureStore:

@@ -7,8 +7,13 @@ Two passes over every chunk (shard) file of every array:
 2. decode: each chunk region is read through zarr (decompression and zarr's own checksum codec), which catches
    anything the first pass cannot see.
 
+Before either pass, every array's shape is checked against bounds (an absurd shape is a problem, never a huge
+allocation). A format v2 store records its chunk files in the manifest: a chunk file (or an inner chunk of a shard)
+that is absent is a problem, and so are files whose sizes do not add up to the record; in a format v1 store an absent
+chunk was never written (all fill values) and is only counted.
+
 Then the manifest: format version, kind, cache key (and the directory name), ``n_rows`` against every array's
-leading dimension, the arrays format v1 requires for the kind with their dtypes, row shapes against the manifest's
+leading dimension, the arrays the format requires for the kind with their dtypes, row shapes against the manifest's
 ``geometry``, ``dimension_names`` on every array, and ``image_hash`` / ``text_hash`` sorted and unique.
 
 Works on a local path or any URL a :class:`~mad_pipeline.store.location.Location` understands (reads only).
@@ -29,19 +34,21 @@ from pathlib import PurePosixPath
 import numpy as np
 
 from ..errors import StoreError
-from .layout import FORMAT_VERSION, image_arrays, index_arrays, text_arrays
+from .integrity import Problem, manifest_problems, n_chunk_files, shape_problems
+from .layout import HASH_DTYPE, READABLE_VERSIONS, image_arrays, index_arrays, text_arrays, zarr_data_type
 from .location import Location, chunk_counts, chunk_keys, key_of_store_name
 
 EMPTY = 2**64 - 1  # sharding index entry of a chunk that was never written
+__all__ = ["EXPECTED", "ZEROSHOT_ARRAYS", "Problem", "VerifyReport", "verify_store"]
 
 
-def _table(specs) -> dict[str, tuple[str, int]]:
-    return {s.name: ("string" if s.dtype == "str" else s.dtype, 1 + len(s.row_shape)) for s in specs}
+def _table(specs) -> dict[str, tuple]:
+    return {s.name: (zarr_data_type(s.dtype), 1 + len(s.row_shape)) for s in specs}
 
 
-# name -> (zarr data_type, ndim) per kind, format v1. The zero-shot table mirrors
+# name -> (zarr data_type, ndim) per kind. The zero-shot table mirrors
 # mad_pipeline.extraction.zeroshot.zeroshot_arrays (kept here so verify does not import torch; a test compares them).
-ZEROSHOT_ARRAYS = {"sample_id": ("string", 1), "image_hash": ("string", 1), "logits": ("float32", 2),
+ZEROSHOT_ARRAYS = {"sample_id": ("string", 1), "image_hash": (zarr_data_type(HASH_DTYPE), 1), "logits": ("float32", 2),
                    "candidate_label": ("string", 2), "candidate_text": ("string", 2)}
 EXPECTED = {
     "image": _table(image_arrays(1, 1, 1)),
@@ -49,22 +56,15 @@ EXPECTED = {
     "index": _table(index_arrays(1)),
     "zeroshot": ZEROSHOT_ARRAYS,
 }
+HASH_COLUMNS = ("image_hash", "text_hash")  # format v1 stored them as variable-length strings
 SORTED_COLUMN = {"image": "image_hash", "text": "text_hash"}
 
 
-@dataclass
-class Problem:
-    array: str  # array name, or "manifest" / "metadata"
-    message: str
-    chunk: str = ""  # chunk key inside the array, e.g. "c/1/0/0"
-    file: str = ""  # the file (or object URL) that holds it
-
-    def describe(self) -> str:
-        where = f"{self.array}/{self.chunk}" if self.chunk else self.array
-        return f"{where}: {self.message}" + (f" [{self.file}]" if self.file else "")
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
+def expected_arrays(kind, version) -> dict[str, tuple]:
+    table = EXPECTED.get(kind, {})
+    if version == 1:
+        table = {n: ("string" if n in HASH_COLUMNS else t, nd) for n, (t, nd) in table.items()}
+    return table
 
 
 @dataclass
@@ -75,7 +75,7 @@ class VerifyReport:
     arrays: int = 0
     chunk_files: int = 0  # chunk or shard files read
     chunks: int = 0  # chunks checked (inner chunks of shards counted one by one)
-    absent: int = 0  # chunk files never written (all fill value), not an error
+    absent: int = 0  # chunk files not there (format v1: never written, all fill value; format v2: a problem)
     bytes_read: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
@@ -116,17 +116,26 @@ def verify_store(path: str, progress=None) -> VerifyReport:
 
     arrays = _array_metadata(loc, meta, rep)
     rep.arrays = len(arrays)
-    task = progress.add_task("verify", total=sum(_n_chunk_files(m) for m in arrays.values()), unit="file") \
+    absurd = set()
+    for name, m in list(arrays.items()):
+        bad_shape = shape_problems(name, m)
+        if bad_shape:  # never list the chunks of (or allocate) an absurd shape
+            rep.problems.extend(bad_shape)
+            absurd.add(name)
+            del arrays[name]
+    record = (manifest or {}).get("chunks")
+    record = record if isinstance(record, dict) else None
+    task = progress.add_task("verify", total=sum(n_chunk_files(m) for m in arrays.values()), unit="file") \
         if progress is not None else None
     group = _open_group(loc, rep)
     columns: dict[str, np.ndarray] = {}
     for name, m in arrays.items():
-        bad_keys = _check_raw(loc, name, m, rep, progress, task)
+        bad_keys = _check_raw(loc, name, m, rep, progress, task, (record or {}).get(name))
         decoded = _check_decode(group, name, m, bad_keys, rep, loc)
         if decoded is not None:
             columns[name] = decoded
     if manifest is not None:
-        _check_manifest(loc, manifest, arrays, columns, rep)
+        _check_manifest(loc, manifest, arrays, columns, rep, absurd)
     rep.seconds = time.perf_counter() - t0
     return rep
 
@@ -166,10 +175,6 @@ def _meta_core(m: dict) -> dict:
                                   "dimension_names")}
 
 
-def _n_chunk_files(m: dict) -> int:
-    return math.prod(chunk_counts(m))
-
-
 # ---------------------------------------------------------------------- pass 1: raw bytes
 def _has_crc(codecs: list[dict]) -> bool:
     return bool(codecs) and codecs[-1].get("name") == "crc32c"
@@ -181,14 +186,17 @@ def _crc_ok(data: bytes) -> bool:
     return len(data) >= 4 and struct.pack("<I", crc32c.crc32c(data[:-4])) == data[-4:]
 
 
-def _check_raw(loc: Location, name: str, m: dict, rep: VerifyReport, progress, task) -> set[str]:
-    """Check every chunk file of one array byte by byte; returns the keys found bad."""
+def _check_raw(loc: Location, name: str, m: dict, rep: VerifyReport, progress, task, record=None) -> set[str]:
+    """Check every chunk file of one array byte by byte; returns the keys found bad. ``record``: the manifest's
+    record of the array's chunk files (format v2), against which an absent file or inner chunk is a problem."""
     codecs = m.get("codecs", [])
     sharding = codecs[0].get("configuration", {}) if codecs and codecs[0].get("name") == "sharding_indexed" else None
     inner_codecs = sharding.get("codecs", []) if sharding is not None else codecs
     if not _has_crc(inner_codecs):
         rep.problems.append(Problem(name, "chunks carry no crc32c checksum codec (format v1 requires one)"))
     bad: set[str] = set()
+    strict = isinstance(record, dict)
+    nbytes = 0
     keys = list(chunk_keys(m))
     grid = m["chunk_grid"]["configuration"]["chunk_shape"]
     counts = chunk_counts(m)
@@ -199,24 +207,33 @@ def _check_raw(loc: Location, name: str, m: dict, rep: VerifyReport, progress, t
             data = got[f"{name}/{k}"]
             if progress is not None:
                 progress.update(task, advance=1)
+            file = loc.path(f"{name}/{k}")
             if data is None:
                 rep.absent += 1
+                if strict:
+                    bad.add(k)
+                    rep.problems.append(Problem(name, "missing chunk file (the manifest records every chunk file; "
+                                                      "a missing one would read as fill values)", k, file))
                 continue
             rep.chunk_files += 1
             rep.bytes_read += len(data)
-            file = loc.path(f"{name}/{k}")
+            nbytes += len(data)
             outer = np.unravel_index(start + j, counts) if counts else ()
             if sharding is None:
                 rep.chunks += 1
                 if _has_crc(inner_codecs) and not _crc_ok(data):
                     bad.add(k)
                     rep.problems.append(Problem(name, f"checksum mismatch (rows {_rows(outer, grid)})", k, file))
-            elif _check_shard(name, k, file, data, sharding, grid, outer, rep):
+            elif _check_shard(name, k, file, data, sharding, grid, outer, rep, strict, m["shape"]):
                 bad.add(k)
+    if strict and not bad and nbytes != record.get("bytes"):
+        rep.problems.append(Problem(name, f"chunk files hold {nbytes} bytes, the manifest records "
+                                          f"{record.get('bytes')} (a file was truncated or replaced)"))
     return bad
 
 
-def _check_shard(name, key, file, data: bytes, cfg: dict, shard_shape, outer, rep: VerifyReport) -> bool:
+def _check_shard(name, key, file, data: bytes, cfg: dict, shard_shape, outer, rep: VerifyReport,
+                 strict: bool = False, shape=()) -> bool:
     inner = cfg["chunk_shape"]
     per = [s // c for s, c in zip(shard_shape, inner, strict=True)]
     n = math.prod(per)
@@ -236,13 +253,17 @@ def _check_shard(name, key, file, data: bytes, cfg: dict, shard_shape, outer, re
     check_crc = _has_crc(cfg.get("codecs", []))
     for i in range(n):
         off, nb = entries[2 * i], entries[2 * i + 1]
-        if off == EMPTY and nb == EMPTY:
-            continue
-        rep.chunks += 1
         local = np.unravel_index(i, per)
         coords = tuple(int(o) * p + int(c) for o, p, c in zip(outer, per, local, strict=True))
         rows = _rows(coords, inner)
         where = f"inner chunk {','.join(map(str, coords))} (rows {rows})"
+        if off == EMPTY and nb == EMPTY:
+            if strict and all(c * ic < s for c, ic, s in zip(coords, inner, shape, strict=True)):
+                rep.problems.append(Problem(name, f"{where}: missing from the shard (format v2 writes every chunk)",
+                                            key, file))
+                bad = True
+            continue
+        rep.chunks += 1
         if off + nb > len(data):
             rep.problems.append(Problem(name, f"{where}: past the end of the shard (truncated file)", key, file))
             bad = True
@@ -304,12 +325,15 @@ def _check_decode(group, name: str, m: dict, bad_keys: set[str], rep: VerifyRepo
 
 
 # ---------------------------------------------------------------------- manifest
-def _check_manifest(loc: Location, man: dict, arrays: dict[str, dict], columns: dict, rep: VerifyReport) -> None:
+def _check_manifest(loc: Location, man: dict, arrays: dict[str, dict], columns: dict, rep: VerifyReport,
+                    skip: set[str] = frozenset()) -> None:
+    """``arrays``: those with sane shapes; ``skip``: the names whose shapes were already reported as absurd."""
     def bad(msg, array="manifest"):
         rep.problems.append(Problem(array, msg))
 
-    if man.get("format_version") != FORMAT_VERSION:
-        bad(f"format_version is {man.get('format_version')!r}, expected {FORMAT_VERSION}")
+    version = man.get("format_version")
+    if version not in READABLE_VERSIONS:
+        bad(f"format_version is {version!r}, expected one of {', '.join(map(str, READABLE_VERSIONS))}")
     key = man.get("cache_key")
     if not (isinstance(key, str) and re.fullmatch(r"[0-9a-f]{64}", key)):
         bad(f"cache_key {key!r} is not a sha256 hex digest")
@@ -318,42 +342,26 @@ def _check_manifest(loc: Location, man: dict, arrays: dict[str, dict], columns: 
         named = key_of_store_name(name)
         if named is not None and named != key:
             bad(f"the directory is named {name} but the manifest's cache_key is {key}")
-    n_rows = man.get("n_rows")
-    if not isinstance(n_rows, int) or n_rows < 0:
-        bad(f"n_rows {n_rows!r} is not a non-negative integer")
-        n_rows = None
+    if man.get("n_rows") is None:
+        bad("n_rows None is not a non-negative integer")
     kind = man.get("kind")
-    expected = EXPECTED.get(kind)
-    if expected is None:
+    if kind not in EXPECTED:
         bad(f"unknown kind {kind!r} (expected one of {', '.join(EXPECTED)})")
-        expected = {}
-    for name, (dtype, ndim) in expected.items():
+    for name, (dtype, ndim) in expected_arrays(kind, version).items():
         m = arrays.get(name)
         if m is None:
-            bad(f"missing: a {kind} store must have it", name)
+            if name not in skip:
+                bad(f"missing: a {kind} store must have it", name)
             continue
         if m.get("data_type") != dtype:
-            bad(f"dtype {m.get('data_type')} (format v1: {dtype})", name)
+            bad(f"dtype {m.get('data_type')} (format v{version}: {dtype})", name)
         if len(m["shape"]) != ndim:
-            bad(f"{len(m['shape'])} dimensions (format v1: {ndim})", name)
+            bad(f"{len(m['shape'])} dimensions (format v{version}: {ndim})", name)
     for name, m in arrays.items():
-        shape = m["shape"]
-        if n_rows is not None and (not shape or shape[0] != n_rows):
-            bad(f"shape {tuple(shape)} does not have n_rows = {n_rows} rows", name)
         dims = m.get("dimension_names")
-        if not dims or len(dims) != len(shape) or any(d is None for d in dims):
-            bad(f"dimension_names {dims} do not name all {len(shape)} dimensions", name)
-    geo = man.get("geometry") or {}
-    want = {}
-    if kind == "image" and geo:
-        want = {"tokens": (geo.get("num_tokens"), geo.get("width")), "pooled": (geo.get("embed_dim"),)}
-    elif kind == "text" and geo:
-        want = {"tokens": (geo.get("max_length"), geo.get("width")), "pooled": (geo.get("embed_dim"),),
-                "char_span": (geo.get("max_length"), 2)}
-    for name, row in want.items():
-        m = arrays.get(name)
-        if m is not None and None not in row and tuple(m["shape"][1:]) != tuple(row):
-            bad(f"row shape {tuple(m['shape'][1:])} does not match the manifest geometry {tuple(row)}", name)
+        if not dims or len(dims) != len(m["shape"]) or any(d is None for d in dims):
+            bad(f"dimension_names {dims} do not name all {len(m['shape'])} dimensions", name)
+    rep.problems.extend(p for p in manifest_problems(man, arrays) if p.array not in skip)
     col = SORTED_COLUMN.get(kind)
     values = columns.get(col) if col else None
     if values is not None:

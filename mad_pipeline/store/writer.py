@@ -2,9 +2,11 @@
 
 A store is built in a *partial* directory. Each shard (a row range covering one shard file of every array) is
 written whole and then marked done with a small marker file; a run that is killed and started again reopens the
-partial directory, keeps the shards marked done and recomputes only the others. When every shard is done, the
-manifest goes into the group attributes, metadata is consolidated, and the directory is renamed to its final name
-in one atomic step. Nothing without a manifest is ever served.
+partial directory, keeps the shards marked done and recomputes only the others. Every chunk is written, fill values
+included (zarr would skip an all-fill chunk), so a published store has every chunk file its metadata implies. When
+every shard is done, the manifest, with the record of the chunk files (count and bytes per array), goes into the
+group attributes, metadata is consolidated, and the directory is renamed to its final name in one atomic step.
+Nothing without a manifest is ever served.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.errors import UnstableSpecificationWarning
 
+from .integrity import chunk_record
 from .layout import FORMAT_VERSION, ArraySpec, codecs_for, rows_per_chunk, rows_per_shard
 from .location import is_complete
 
@@ -77,11 +81,13 @@ class StoreWriter:
         for s in self.specs.values():
             chunk_rows = layout["chunk_rows"] if s.big else layout["shard_rows"]
             shards = (layout["shard_rows"], *s.row_shape) if s.big else None
-            group.create_array(
-                s.name, shape=(n, *s.row_shape), chunks=(chunk_rows, *s.row_shape), shards=shards,
-                dtype=str if s.dtype == "str" else s.dtype, compressors=codecs_for(s), fill_value=s.fill,
-                dimension_names=list(s.dims),
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnstableSpecificationWarning)  # fixed-width hash strings
+                group.create_array(
+                    s.name, shape=(n, *s.row_shape), chunks=(chunk_rows, *s.row_shape), shards=shards,
+                    dtype=str if s.dtype == "str" else s.dtype, compressors=codecs_for(s), fill_value=s.fill,
+                    dimension_names=list(s.dims),
+                )
         (self.path / PROGRESS_DIR).mkdir(exist_ok=True)
         _atomic_write(self.path / LAYOUT_FILE, json.dumps(layout))
 
@@ -101,7 +107,8 @@ class StoreWriter:
             values = np.asarray(values)
             if values.shape[0] != hi - lo:
                 raise ValueError(f"shard {i}: {name} has {values.shape[0]} rows, expected {hi - lo}")
-            self.group[name][lo:hi] = values
+            # every chunk is written, even one that holds only fill values: a missing file is then corruption
+            self.group[name].with_config({"write_empty_chunks": True})[lo:hi] = values
         _atomic_write(self._marker(i), "")
 
     def record_errors(self, errors: list[dict]) -> None:
@@ -131,7 +138,7 @@ class StoreWriter:
         todo = set(range(self.n_shards)) - self.done_shards()
         if todo:
             raise RuntimeError(f"cannot publish {self.path}: shards {sorted(todo)[:5]} not written")
-        self.group.attrs["mad"] = manifest
+        self.group.attrs["mad"] = {**manifest, "chunks": chunk_record(self.path)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
             zarr.consolidate_metadata(str(self.path))
