@@ -15,6 +15,7 @@ from mad_pipeline.losses import MADConfig
 from mad_pipeline.training.config import NUM_WORKERS_HELP, TrainConfig, parse_num_workers
 
 from .app import app
+from .options import setting_option
 
 _D = TrainConfig()
 
@@ -85,6 +86,7 @@ def distill_cmd(
     seed: int = typer.Option(0, "--seed", help="Training seed (and the subset's, unless --subset-seed)."),
     subset_seed: int = typer.Option(None, "--subset-seed", help="Seed of the --train-fraction subset."),
     vocab_min_count: int = typer.Option(9, "--vocab-min-count", help="VQA: answers seen at least this often."),
+    vqa_eval: str = setting_option(stage.DistillConfig, "vqa_eval", "--vqa-eval"),
     online_teacher: bool = typer.Option(False, "--online-teacher", help="Run the teacher in the loop (no stores)."),
     steps: int = typer.Option(_D.steps, "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Samples per micro-batch."),
@@ -120,7 +122,8 @@ def distill_cmd(
         task=task, data_root=data_root, out=out, teacher=teacher, weights=weights, text_teacher=text_teacher,
         text_weights=text_weights, student=student, pretrained=pretrained, dataset=dataset, train_split=train_split,
         eval_split=eval_split, test_splits=tuple(test_split), mad=mad, train=train, train_fraction=train_fraction,
-        subset_seed=subset_seed, vocab_min_count=vocab_min_count, online_teacher=online_teacher, cache=cache,
+        subset_seed=subset_seed, vocab_min_count=vocab_min_count, vqa_eval=vqa_eval, online_teacher=online_teacher,
+        cache=cache,
         overwrite=overwrite, wait=wait, progress=not (quiet or as_json))
     err = Console(stderr=True)
     result = stage.run(cfg, log=(lambda m: None) if (quiet or as_json) else (lambda m: err.print(m)))
@@ -132,8 +135,9 @@ def distill_cmd(
 
 def _print_distill(result) -> None:
     m = result.metrics
+    rules = f", {m['vqa_eval']} VQA rules" if "vqa_eval" in m else ""
     table = Table(title=f"mad distill: {m['task']}, {m['objective']}, {m['train_samples']} training samples, "
-                  f"{m['steps']} steps")
+                  f"{m['steps']} steps{rules}")
     for col in ("split", "metric", "student (%)", "teacher zero-shot (%)"):
         table.add_column(col)
     tz = m.get("teacher_zeroshot") or {}
@@ -155,11 +159,12 @@ def eval_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Samples per batch."),
     num_workers: str = typer.Option("auto", "--num-workers", help=NUM_WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda ..."),
+    vqa_eval: str = setting_option(eval_stage.EvalConfig, "vqa_eval", "--vqa-eval"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
 ):
     res = eval_stage.run(eval_stage.EvalConfig(run=run, split=split, data_root=data_root, out=out,
                                                batch_size=batch_size, num_workers=parse_num_workers(num_workers),
-                                               device=device))
+                                               device=device, vqa_eval=vqa_eval))
     if as_json:
         res.pop("rows")
         typer.echo(json.dumps(res))
@@ -169,7 +174,8 @@ def eval_cmd(
         con.print(f"{res['task']} {split}: {res['n']} predictions (no labels to score) -> {res['predictions']}",
                   soft_wrap=True)
         return
-    table = Table(title=f"mad eval: {res['task']}, {split}, {res['n']} samples")
+    rules = f", {res['vqa_eval']} VQA rules" if "vqa_eval" in res else ""
+    table = Table(title=f"mad eval: {res['task']}, {split}, {res['n']} samples{rules}")
     table.add_column("metric")
     table.add_column("accuracy (%)", justify="right")
     for name, value, _ in res["rows"]:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .app import app
+from .options import setting_option
 
 _HELP = (
     "Score predictions with the task's official metric (accuracies in %).\n\n"
@@ -21,7 +22,9 @@ _HELP = (
     "  mad score --task vqa --zeroshot STORE --questions Q.json --annotations A.json --per-question-type\n\n"
     'vqa: official results format [{"question_id": ..., "answer": ...}]; Q = '
     "v2_OpenEnded_mscoco_val2014_questions.json, A = v2_mscoco_val2014_annotations.json; official answer "
-    "normalisation and 10-choose-9 averaging; prints overall and per-answer-type accuracy.\n\n"
+    "normalisation and 10-choose-9 averaging (--vqa-eval official: the official code as it is today, the default; "
+    "legacy: its 2017 Python 3 port, for comparing with papers that used it); prints overall and per-answer-type "
+    "accuracy.\n\n"
     'snli-ve: [{"pairID": ..., "label": "entailment" | "neutral" | "contradiction"}]; prints accuracy and '
     "accuracy per gold label.\n\n"
     'vcr: [{"annot_id": ..., "answer": 0-3, "rationale": 0-3}] (the rationale chosen given the right answer); '
@@ -41,17 +44,19 @@ def score_cmd(
                                      help="Ground truth: v2_mscoco_*_annotations.json, snli_ve_*.jsonl or *.jsonl."),
     questions: Path | None = typer.Option(None, "--questions",
                                           help="VQA only: the v2_OpenEnded_mscoco_*_questions.json file."),
+    vqa_eval: str = setting_option(stage.ScoreConfig, "vqa_eval", "--vqa-eval"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (last line) instead of a table."),
 ):
     res = stage.run(stage.ScoreConfig(task=task, predictions=predictions, annotations=annotations,
                                       questions=questions, zeroshot=zeroshot, write_predictions=write_predictions,
-                                      detail=per_question_type))
+                                      detail=per_question_type, vqa_eval=vqa_eval))
     if as_json:
         res.pop("rows")
         typer.echo(json.dumps(res))
         return
     source = predictions.name if predictions else f"zero-shot {Path(zeroshot).name[:16]}"
-    table = Table(title=f"{task}: {res['n']} scored ({source})")
+    rules = f", {res['vqa_eval']} VQA rules" if "vqa_eval" in res else ""
+    table = Table(title=f"{task}: {res['n']} scored ({source}{rules})")
     table.add_column("metric")
     table.add_column("accuracy (%)", justify="right")
     table.add_column("n", justify="right")

@@ -42,8 +42,8 @@ from mad_pipeline.losses import MADConfig, MADLoss, TargetBuilder
 from mad_pipeline.settings import not_in_key
 from mad_pipeline.settings import setting as _f
 from mad_pipeline.students import image_preprocess
-from mad_pipeline.tasks import Task, get_task
-from mad_pipeline.tasks.vqa import DEFAULT_MIN_COUNT
+from mad_pipeline.tasks import Task, get_task, task_class
+from mad_pipeline.tasks.vqa import DEFAULT_MIN_COUNT, vqa_eval_setting
 from mad_pipeline.training import rundir
 from mad_pipeline.training.collate import Collate, StudentTokenizer
 from mad_pipeline.training.config import TrainConfig, resolve_device, resolve_num_workers
@@ -78,6 +78,7 @@ class DistillConfig:
     train_fraction: float = _f(1.0, "deterministic low-shot subset of the training split")
     subset_seed: int | None = _f(None, "seed of the train_fraction subset (default: the training seed)")
     vocab_min_count: int = _f(DEFAULT_MIN_COUNT, "VQA: answers seen at least this often in the training split")
+    vqa_eval: str = vqa_eval_setting()
     online_teacher: bool = _f(False, "run the teacher in the loop instead of reading the stores")
     precision: str = _f("auto", "teacher precision (extraction and online teacher)")
     cache: Path | None = _f(None, "store cache root", key=False)
@@ -105,6 +106,9 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
         d.pop(k, None)
     for k in not_in_key(TrainConfig):
         d["train"].pop(k, None)
+    for f in dataclasses.fields(DistillConfig):  # a task setting only for the tasks that read it (VQA: vqa_eval)
+        if f.metadata.get("task_setting") and f.name not in task_class(cfg.task).keyed_settings:
+            d.pop(f.name, None)
     d["data_root"] = str(Path(cfg.data_root).resolve())
     d["out"] = str(Path(cfg.out).resolve())
     return d
@@ -124,7 +128,7 @@ class _Data:
 
 def run(cfg: DistillConfig, log=print) -> DistillResult:
     t0 = time.perf_counter()
-    task = get_task(cfg.task, vocab_min_count=cfg.vocab_min_count)
+    task = get_task(cfg.task, vocab_min_count=cfg.vocab_min_count, vqa_eval=cfg.vqa_eval)
     distill = cfg.mad.distill
     if distill and not cfg.teacher:
         raise InputError("distillation needs --teacher (or use --no-distill for the plain-finetuning baseline)")
@@ -172,7 +176,8 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log) -> DistillRe
         predictions[split] = _write_predictions(out, split, p)
     eval_metrics = evals[data.eval_split]
     metrics = {
-        "task": task.name, "student": cfg.student, "teacher": cfg.teacher if distill else None,
+        "task": task.name, **task.settings_in_key(vars(cfg)),  # the task's own settings (VQA: vqa_eval)
+        "student": cfg.student, "teacher": cfg.teacher if distill else None,
         "text_teacher": cfg.text_teacher if distill else None, "objective": cfg.mad.preset_name,
         "mad": to_jsonable(dataclasses.asdict(cfg.mad)),
         "online_teacher": cfg.online_teacher, "train_split": cfg.train_split, "train_fraction": cfg.train_fraction,

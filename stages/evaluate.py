@@ -3,7 +3,8 @@
 The run directory's ``run.json`` says the task, the dataset reader and data root, and where the student is; the
 task reads its own files there (VQA: the answer vocabulary). Predictions go to ``RUN/predictions/<split>.json`` (or
 ``out``) in the task's official results format, so ``mad score`` and the official tools read them. Splits without
-labels get predictions only.
+labels get predictions only. ``vqa_eval`` picks the VQA accuracy's rules (``official`` by default, whatever the run
+was trained with; other tasks ignore it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from mad_pipeline.data import load_dataset
 from mad_pipeline.errors import InputError
 from mad_pipeline.jsonio import dump_json
 from mad_pipeline.tasks import get_task
+from mad_pipeline.tasks.vqa import vqa_eval_setting
 from mad_pipeline.training.collate import Collate, StudentTokenizer
 from mad_pipeline.training.config import resolve_device
 from mad_pipeline.training.dataset import SampleDataset
@@ -32,6 +34,7 @@ class EvalConfig:
     batch_size: int = 64
     num_workers: int | str = "auto"  # a count, or auto: none on CPU, one per free core (at most 8) on CUDA
     device: str = "auto"
+    vqa_eval: str = vqa_eval_setting()
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
@@ -43,7 +46,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     student_dir = run_dir / meta.get("student_dir", "student")
     if not (student_dir / "student.json").exists():
         raise InputError(f"--run {run_dir}: no trained student yet ({student_dir} is missing; did training finish?)")
-    task = get_task(meta["task"]).load(run_dir)
+    task = get_task(meta["task"], vqa_eval=cfg.vqa_eval).load(run_dir)
     from mad_pipeline.students import image_preprocess, load_student
 
     device = resolve_device(cfg.device)
@@ -56,7 +59,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else run_dir / "predictions" / f"{cfg.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     dump_json(out, preds)
-    return {"task": task.name, "split": cfg.split, "n": len(preds), "predictions": str(out),
+    return {"task": task.name, **task.settings_in_key(vars(cfg)), "split": cfg.split, "n": len(preds),
+            "predictions": str(out),
             "metric": metrics["metric"] if metrics else None, "value": metrics["value"] if metrics else None,
             "metrics": metrics, "rows": task.report_rows(metrics) if metrics else []}
 

@@ -48,6 +48,7 @@ YAML_KEYS = {
     "teacher": "teacher", "weights": "teacher_weights", "text_teacher": "text_teacher",
     "text_weights": "text_weights", "precision": "precision", "student": "student", "pretrained": "pretrained",
     "subset_seed": "subset_seed", "vocab_min_count": "vocab_min_count", "extract_batch_size": "extract_batch_size",
+    "vqa_eval": "vqa_eval",
 }
 
 
@@ -241,7 +242,8 @@ class _Runner(Resolver):
         out = plan_lib.stage_dir(self.cache.root, "eval", st.key) / "predictions.json"
         res = eval_stage.run(eval_stage.EvalConfig(run=run_dir, split=st.params["split"], data_root=self.data_root,
                                                    out=out, batch_size=self.v["eval_batch_size"],
-                                                   num_workers=self.v["num_workers"], device=self.v["device"]))
+                                                   num_workers=self.v["num_workers"], device=self.v["device"],
+                                                   vqa_eval=self.v["vqa_eval"]))
         summary = {"metric": res["metric"], "value": res["value"], "n": res["n"]}
         return res, summary, "ran"
 

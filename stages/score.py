@@ -9,7 +9,9 @@ Prediction files (one JSON array; every annotated record needs exactly one predi
 - ``vcr``: ``[{"annot_id": str, "answer": 0-3, "rationale": 0-3}, ...]`` (``rationale`` is the choice made given
   the right answer, as in the official QA->R protocol), scored against ``val.jsonl``.
 
-All accuracies are percentages, unrounded (the official VQA code prints them rounded to 2 decimals).
+All accuracies are percentages, unrounded (the official VQA code prints them rounded to 2 decimals). VQA accuracy
+follows the rules ``vqa_eval`` names: ``official`` (the evaluation code as it is today, the default) or ``legacy``
+(its 2017 Python 3 port); see :mod:`mad_pipeline.tasks.metrics` for the difference. Other tasks ignore it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from mad_pipeline.errors import InputError
 from mad_pipeline.tasks import get_task
+from mad_pipeline.tasks.vqa import vqa_eval_setting
 
 
 @dataclass(frozen=True)
@@ -34,17 +37,19 @@ class ScoreConfig:
     zeroshot: Path | None = None  # score the teacher's zero-shot store instead of a predictions file
     write_predictions: Path | None = None  # with zeroshot: where to write them in the official format
     detail: bool = False  # more table rows (VQA: per question type)
+    vqa_eval: str = vqa_eval_setting()
 
 
 def run(cfg: ScoreConfig) -> dict[str, Any]:
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, vqa_eval=cfg.vqa_eval)
     if (cfg.predictions is None) == (cfg.zeroshot is None):
         raise InputError("give exactly one of --predictions FILE or --zeroshot STORE")
     if cfg.zeroshot is not None:
         return _score_zeroshot(cfg)
     out = task.score_file(Path(cfg.predictions), Path(cfg.annotations),
                           Path(cfg.questions) if cfg.questions else None)
-    return {"task": cfg.task, **out, "predictions": str(cfg.predictions), "annotations": str(cfg.annotations),
+    return {"task": cfg.task, **task.settings_in_key(vars(cfg)), **out, "predictions": str(cfg.predictions),
+            "annotations": str(cfg.annotations),
             "rows": task.report_rows(out, detail=cfg.detail)}
 
 

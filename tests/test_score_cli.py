@@ -1,5 +1,6 @@
-"""``mad score``: agrees with the official VQA evaluation (vqaEval.py) to 1e-9 on a crafted set exercising every
-normalisation rule and partial agreement; SNLI-VE accuracy; VCR Q->A, QA->R, Q->AR; user errors are one line."""
+"""``mad score``: agrees with the official VQA evaluation (vqaEval.py as it is today, and its legacy Python 3 port
+with ``--vqa-eval legacy``) to 1e-9 on a crafted set exercising every normalisation rule and partial agreement;
+SNLI-VE accuracy; VCR Q->A, QA->R, Q->AR; user errors are one line."""
 
 from __future__ import annotations
 
@@ -16,51 +17,65 @@ from mad_pipeline.errors import InputError
 
 FIX = Path(__file__).parent / "fixtures"
 
-# (question_id, answer_type, ten human answers, prediction, expected official accuracy)
-# With c = number of the ten (processed) answers equal to the processed prediction, the official accuracy is the mean
-# over the 10 leave-one-out subsets of min(1, matches/3) = (c*min(1,(c-1)/3) + (10-c)*min(1,c/3)) / 10:
+# (question_id, answer_type, ten human answers, prediction, expected legacy accuracy, expected official accuracy)
+# With c = number of the ten (processed) answers equal to the processed prediction, the accuracy is the mean over
+# the 10 leave-one-out subsets of min(1, matches/3) = (c*min(1,(c-1)/3) + (10-c)*min(1,c/3)) / 10:
 #   c=0 -> 0;  c=1 -> (0 + 9/3)/10 = 0.3;  c=2 -> (2/3 + 16/3)/10 = 0.6;  c=3 -> (2 + 7)/10 = 0.9;  c>=4 -> 1.
-# The prediction always gets processPunctuation + processDigitArticle; the ten answers get processPunctuation only,
-# and only when they are not all identical.
+# legacy (the comments below count c under these rules): the prediction always gets processPunctuation +
+# processDigitArticle; the ten answers get processPunctuation only, and only when they are not all identical.
+# official: answers and prediction are cleaned (strip); when the answers are not all identical both get
+# processPunctuation + processDigitArticle, else they are compared as they are. It differs on rows 2 ("two" = ten
+# "two": c=10 -> 1.0), 12 (answers lower-cased too: c=10 -> 1.0) and 13 ("hot-dog" = ten "hot-dog": 1.0); on every
+# other row the answers either disagree and are already normalised, or the prediction is matched the same way.
 CRAFTED = [
     # number words: "two" -> "2"; answers disagree, 3 say "2"                                      c=3 -> 0.9
-    (1, "number", ["2"] * 3 + ["3"] * 7, "two", 0.9),
+    (1, "number", ["2"] * 3 + ["3"] * 7, "two", 0.9, 0.9),
     # unanimous answers are not processed at all: "two" (pred -> "2") never equals "two"             c=0 -> 0.0
-    (2, "number", ["two"] * 10, "two", 0.0),
+    (2, "number", ["two"] * 10, "two", 0.0, 1.0),
     # article "a" dropped                                                                            c=2 -> 0.6
-    (3, "other", ["dog"] * 2 + ["cat"] * 8, "a dog", 0.6),
+    (3, "other", ["dog"] * 2 + ["cat"] * 8, "a dog", 0.6, 0.6),
     # article "the" + upper case                                                                     c=4 -> 1.0
-    (4, "other", ["frisbee"] * 4 + ["kite"] * 6, "The Frisbee", 1.0),
+    (4, "other", ["frisbee"] * 4 + ["kite"] * 6, "The Frisbee", 1.0, 1.0),
     # punctuation after a word: "!" not touching a space -> replaced by a space, then split/joined   c=1 -> 0.3
-    (5, "yes/no", ["yes"] + ["no"] * 9, "yes!", 0.3),
+    (5, "yes/no", ["yes"] + ["no"] * 9, "yes!", 0.3, 0.3),
     # punctuation inside a word, in prediction and answers: "t-shirt" -> "t shirt" (2 + 1 already)   c=3 -> 0.9
-    (6, "other", ["t-shirt"] * 2 + ["t shirt"] + ["shirt"] * 7, "t-shirt", 0.9),
+    (6, "other", ["t-shirt"] * 2 + ["t shirt"] + ["shirt"] * 7, "t-shirt", 0.9, 0.9),
     # "," touching a space is deleted: "red, white" -> "red white"                                    c=2 -> 0.6
-    (7, "other", ["red white"] * 2 + ["red"] * 8, "red, white", 0.6),
+    (7, "other", ["red white"] * 2 + ["red"] * 8, "red, white", 0.6, 0.6),
     # digit,digit switches every mark to deletion: "1,000" -> "1000"                                c=1 -> 0.3
-    (8, "number", ["1000"] + ["100"] * 9, "1,000", 0.3),
+    (8, "number", ["1000"] + ["100"] * 9, "1,000", 0.3, 0.3),
     # periodStrip: trailing "." goes, decimal point stays: "2.5." -> "2.5"                          c=3 -> 0.9
-    (9, "number", ["2.5"] * 3 + ["2"] * 7, "2.5.", 0.9),
+    (9, "number", ["2.5"] * 3 + ["2"] * 7, "2.5.", 0.9, 0.9),
     # contractions: "dont" -> "don't" (the answers keep their apostrophe: "'" is not a mark)          c=1 -> 0.3
-    (10, "other", ["don't know"] + ["no"] * 9, "dont know", 0.3),
+    (10, "other", ["don't know"] + ["no"] * 9, "dont know", 0.3, 0.3),
     # extra spaces, tab, newline, case: "  Fire   hydrant\t\n" -> "fire hydrant"                      c=9 -> 1.0
-    (11, "other", ["fire hydrant"] * 9 + ["hydrant"], "  Fire   hydrant\t\n", 1.0),
+    (11, "other", ["fire hydrant"] * 9 + ["hydrant"], "  Fire   hydrant\t\n", 1.0, 1.0),
     # answers are never lower-cased: "YES" -> "yes" matches only the two "yes"                        c=2 -> 0.6
-    (12, "yes/no", ["Yes"] * 8 + ["yes"] * 2, "YES", 0.6),
+    (12, "yes/no", ["Yes"] * 8 + ["yes"] * 2, "YES", 0.6, 1.0),
     # unanimous "hot-dog" is left as is; prediction becomes "hot dog"                                c=0 -> 0.0
-    (13, "other", ["hot-dog"] * 10, "hot-dog", 0.0),
+    (13, "other", ["hot-dog"] * 10, "hot-dog", 0.0, 1.0),
     # same prediction, answers disagree -> processed to "hot dog" (9)                                 c=9 -> 1.0
-    (14, "other", ["hot-dog"] * 9 + ["hotdog"], "hot-dog", 1.0),
+    (14, "other", ["hot-dog"] * 9 + ["hotdog"], "hot-dog", 1.0, 1.0),
     # no match                                                                                       c=0 -> 0.0
-    (15, "other", ["apple"] * 10, "banana", 0.0),
+    (15, "other", ["apple"] * 10, "banana", 0.0, 0.0),
     # "none" -> "0"                                                                                  c=4 -> 1.0
-    (16, "number", ["0"] * 4 + ["1"] * 6, "none", 1.0),
+    (16, "number", ["0"] * 4 + ["1"] * 6, "none", 1.0, 1.0),
 ]
-# per answer type:  number = (0.9 + 0 + 0.3 + 0.9 + 1.0) / 5 = 3.1 / 5 = 0.62
-#                   yes/no = (0.3 + 0.6) / 2 = 0.45
-#                   other  = (0.6 + 1.0 + 0.9 + 0.6 + 0.3 + 1.0 + 0 + 1.0 + 0) / 9 = 5.4 / 9 = 0.6
-#                   overall = (3.1 + 0.9 + 5.4) / 16 = 9.4 / 16 = 0.5875
-EXPECTED = {"overall": 58.75, "number": 62.0, "yes/no": 45.0, "other": 60.0}
+# legacy, per answer type:  number = (0.9 + 0 + 0.3 + 0.9 + 1.0) / 5 = 3.1 / 5 = 0.62
+#                           yes/no = (0.3 + 0.6) / 2 = 0.45
+#                           other  = (0.6 + 1.0 + 0.9 + 0.6 + 0.3 + 1.0 + 0 + 1.0 + 0) / 9 = 5.4 / 9 = 0.6
+#                           overall = (3.1 + 0.9 + 5.4) / 16 = 9.4 / 16 = 0.5875
+# official: rows 2, 12 and 13 score 1.0: number 4.1 / 5 = 0.82, yes/no 1.3 / 2 = 0.65, other 6.4 / 9,
+#           overall (4.1 + 1.3 + 6.4) / 16 = 11.8 / 16 = 0.7375
+EXPECTED = {"legacy": {"overall": 58.75, "number": 62.0, "yes/no": 45.0, "other": 60.0},
+            "official": {"overall": 73.75, "number": 82.0, "yes/no": 65.0, "other": 640 / 9}}
+# where the two rule sets part (each alone): (question_id, answer_type, answers, prediction, legacy, official)
+DIFFERENCES = [
+    (17, "number", ["two"] * 9 + ["2"], "2", 0.3, 1.0),     # legacy: answers keep "two" -> 1 match; official: all "2"
+    (18, "other", ["beach"] * 10, "the beach", 1.0, 0.0),   # legacy: prediction -> "beach"; official: compared as is
+    (19, "number", ["2"] * 5 + ["2 "] * 5, "two", 1.0, 0.0),  # official: cleaned answers identical -> as is
+    (20, "other", ["\u0663\u0665"] * 9 + ["x"], "\u0663.\u0665", 0.0, 1.0),  # official (Python 2): "." goes, \d is 0-9
+]
 
 
 def _write_vqa(tmp_path: Path, crafted=CRAFTED, predictions=None) -> tuple[Path, Path, Path]:
@@ -68,7 +83,7 @@ def _write_vqa(tmp_path: Path, crafted=CRAFTED, predictions=None) -> tuple[Path,
     lic = {"name": "Creative Commons Attribution 4.0 International License",
            "url": "http://creativecommons.org/licenses/by/4.0/"}
     qs, anns = [], []
-    for qid, atype, gts, _pred, _exp in crafted:
+    for qid, atype, gts, *_ in crafted:
         qs.append({"image_id": 100 + qid, "question": f"Question {qid}?", "question_id": qid})
         anns.append({"question_type": "what is" if atype == "other" else "how many" if atype == "number" else "is",
                      "multiple_choice_answer": gts[0],
@@ -83,7 +98,7 @@ def _write_vqa(tmp_path: Path, crafted=CRAFTED, predictions=None) -> tuple[Path,
     a.write_text(json.dumps({"info": info, "license": lic, "data_subtype": "val2014", "annotations": anns,
                              "data_type": "mscoco"}))
     if predictions is None:
-        predictions = [{"question_id": qid, "answer": pred} for qid, _t, _g, pred, _e in crafted]
+        predictions = [{"question_id": qid, "answer": pred} for qid, _t, _g, pred, *_ in crafted]
     p.write_text(json.dumps(predictions))
     return q, a, p
 
@@ -98,37 +113,69 @@ def _invoke(runner, args):
     return runner.invoke(cli_main.app, ["score", *map(str, args)])
 
 
-def test_vqa_crafted_set_matches_official(runner, tmp_path):
+@pytest.mark.parametrize("rules", [None, "official", "legacy"])
+def test_vqa_crafted_set_matches_official(runner, tmp_path, rules):
     q, a, p = _write_vqa(tmp_path)
-    res = _invoke(runner, ["--task", "vqa", "--predictions", p, "--questions", q, "--annotations", a, "--json"])
+    flag = [] if rules is None else ["--vqa-eval", rules]
+    res = _invoke(runner, ["--task", "vqa", "--predictions", p, "--questions", q, "--annotations", a, "--json", *flag])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output.strip().splitlines()[-1])
-    assert out["task"] == "vqa" and out["n"] == 16
-    assert out["overall"] == pytest.approx(EXPECTED["overall"], abs=1e-9)
+    rules = rules or "official"  # the default
+    expected = EXPECTED[rules]
+    assert out["task"] == "vqa" and out["n"] == 16 and out["vqa_eval"] == rules
+    assert out["overall"] == pytest.approx(expected["overall"], abs=1e-9)
     for t in ("number", "yes/no", "other"):
-        assert out["per_answer_type"][t] == pytest.approx(EXPECTED[t], abs=1e-9)
+        assert out["per_answer_type"][t] == pytest.approx(expected[t], abs=1e-9)
     assert out["n_per_answer_type"] == {"number": 5, "other": 9, "yes/no": 2}
-    assert out["per_question_type"]["how many"] == pytest.approx(62.0, abs=1e-9)
+    assert out["per_question_type"]["how many"] == pytest.approx(expected["number"], abs=1e-9)
 
 
-def test_vqa_per_question_values(tmp_path):
+@pytest.mark.parametrize("rules", ["legacy", "official"])
+def test_vqa_per_question_values(tmp_path, rules):
     # each crafted question alone, through the stage, to 1e-9
     from mad_pipeline.stages.score import ScoreConfig, run
 
-    for row in CRAFTED:
+    column = {"legacy": 4, "official": 5}[rules]
+    for row in CRAFTED + DIFFERENCES:
         d = tmp_path / str(row[0])
         d.mkdir()
         q, a, p = _write_vqa(d, [row])
-        out = run(ScoreConfig(task="vqa", predictions=p, annotations=a, questions=q))
-        assert out["overall"] == pytest.approx(100 * row[4], abs=1e-9), row
+        out = run(ScoreConfig(task="vqa", predictions=p, annotations=a, questions=q, vqa_eval=rules))
+        assert out["overall"] == pytest.approx(100 * row[column], abs=1e-9), row
 
 
 def test_vqa_table_output(runner, tmp_path):
     q, a, p = _write_vqa(tmp_path)
     res = _invoke(runner, ["--task", "vqa", "--predictions", p, "--questions", q, "--annotations", a])
     assert res.exit_code == 0, res.output
-    for s in ("overall", "58.75", "number", "62.00", "yes/no", "45.00", "other", "60.00"):
+    for s in ("official VQA rules", "overall", "73.75", "number", "82.00", "yes/no", "65.00", "other", "71.11"):
         assert s in res.output
+    res = _invoke(runner, ["--task", "vqa", "--predictions", p, "--questions", q, "--annotations", a,
+                           "--vqa-eval", "legacy"])
+    assert res.exit_code == 0, res.output
+    for s in ("legacy VQA rules", "overall", "58.75", "number", "62.00", "yes/no", "45.00", "other", "60.00"):
+        assert s in res.output
+
+
+def test_vqa_eval_option(runner, tmp_path):
+    q, a, p = _write_vqa(tmp_path)
+    res = _invoke(runner, ["--task", "vqa", "--predictions", p, "--questions", q, "--annotations", a,
+                           "--vqa-eval", "2017"])
+    assert isinstance(res.exception, InputError)
+    assert str(res.exception) == "--vqa-eval '2017': expected one of official, legacy"
+    # other tasks ignore it: same figures, and no rules in their results
+    ann = FIX / "snli_ve" / "snli_ve_dev.jsonl"
+    p = tmp_path / "preds.json"
+    p.write_text(json.dumps([{"pairID": "1000092795.jpg#2r1e", "label": "entailment"},
+                             {"pairID": "1000092795.jpg#2r1n", "label": "neutral"},
+                             {"pairID": "1000092795.jpg#2r1c", "label": 0}]))
+    outs = []
+    for rules in ("official", "legacy"):
+        res = _invoke(runner, ["--task", "snli-ve", "--predictions", p, "--annotations", ann, "--json",
+                               "--vqa-eval", rules])
+        assert res.exit_code == 0, res.output
+        outs.append(json.loads(res.output.strip().splitlines()[-1]))
+    assert outs[0] == outs[1] and "vqa_eval" not in outs[0]
 
 
 @pytest.mark.parametrize("preds, expect", [

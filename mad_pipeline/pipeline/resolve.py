@@ -7,9 +7,11 @@ sizes, workers or devices -- and its ``inputs``: the content keys of what it rea
 ``extract``  split, fraction, subset seed, task, reader, VQA vocabulary threshold, the teachers' identities (the same
              identity stage 1 keys its stores by); input: the split's fingerprint
 ``distill``  method, the method's whole MADConfig, the trainer's settings that change the weights, task, reader,
-             splits, student and its pretrained weights, fraction, subset seed; inputs: the fingerprints of the
-             training and evaluation splits, the keys of the feature stores it trains from
-``eval``     split, task, reader; inputs: the distill key, the split's fingerprint
+             splits, student and its pretrained weights, fraction, subset seed, the task settings the task reads
+             (VQA: ``vqa_eval``, the accuracy's rules); inputs: the fingerprints of the training and evaluation
+             splits, the keys of the feature stores it trains from
+``eval``     split, task, reader, the task settings the task reads; inputs: the distill key, the split's
+             fingerprint
 ``report``   name, task; input: every eval key with its method, fraction, seed and split
 
 A key that depends on something not computed yet (the world of a ``data`` stage that has not run, an upstream stage,
@@ -181,7 +183,7 @@ class Resolver:
                   "student": self.v["student"], "pretrained": plan_lib.pretrained_identity(self.v["pretrained"]),
                   "mad": to_jsonable(dataclasses.asdict(mad)), "train": to_jsonable(train),
                   "fraction": m["fraction"], "subset_seed": m["subset_seed"],
-                  "vocab_min_count": self.v["vocab_min_count"]}
+                  "vocab_min_count": self.v["vocab_min_count"], **task_class(self.task).settings_in_key(self.v)}
         inputs: dict[str, Any] = {"train_data": self.fingerprint(self.v["data"]["train_split"]),
                                   "eval_data": self.fingerprint(self.eval_split)}
         if "train_stores" in st.deps:
@@ -196,7 +198,8 @@ class Resolver:
         d = self.dep(st, "distill")
         if d is None or not self.data_ready(st):
             return None
-        return {**st.params, "task": self.task, "reader": self.reader}, {
+        return {**st.params, "task": self.task, "reader": self.reader,
+                **task_class(self.task).settings_in_key(self.v)}, {
             "distill": d.key, "data": self.fingerprint(st.params["split"])}
 
     def _key_report(self, st: Stage):

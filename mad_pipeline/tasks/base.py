@@ -60,6 +60,15 @@ class Task:
     prediction_key: ClassVar[str]  # the id field of a record in the official results format
     files: ClassVar[tuple[str, ...]] = ()  # files :meth:`save` writes into a run directory
     order: ClassVar[int] = 100  # position in listings (the paper's three benchmarks first)
+    # Settings that only some tasks read (marked ``task_setting=True`` where declared, e.g. ``vqa_eval``): a task
+    # lists those it reads, and only those enter the keys of its stages, so a setting that means nothing to a task
+    # never changes that task's keys (its cached results stay valid).
+    keyed_settings: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def settings_in_key(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Of ``values`` (settings by name), the task settings this task reads (:attr:`keyed_settings`)."""
+        return {k: values[k] for k in cls.keyed_settings if k in values}
 
     def __init__(self, **options: Any):
         """``options``: task settings by name (e.g. VQA's ``vocab_min_count``); a task ignores the ones it does not

@@ -1,23 +1,44 @@
 """Official metrics: VQA v2 accuracy (a port of the VQA API's ``vqaEval.py``), SNLI-VE accuracy, VCR Q->A / QA->R /
 Q->AR.
 
-VQA: ported from ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of https://github.com/GT-Vision-Lab/VQA
-(the Python 3 version), rule for rule, quirks included:
+VQA: ported from ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of https://github.com/GT-Vision-Lab/VQA, rule
+for rule, quirks included, in two versions (``rules``):
 
-- the prediction is cleaned (newlines/tabs -> spaces, strip), then ``processPunctuation`` and
-  ``processDigitArticle`` (lower-case, number words -> digits, articles dropped, contractions restored);
-- the ten ground-truth answers get ``processPunctuation`` **only** when they are not all identical, and never
-  ``processDigitArticle`` nor lower-casing (the released answers are already normalised);
+``official`` (the default): the code on the repository's ``master`` as it is today (its last change, "Fixed
+processing answers bug", 2021):
+
+- the ten ground-truth answers and the prediction are cleaned (newlines/tabs -> spaces, strip);
+- **only when the cleaned answers are not all identical**, the answers *and* the prediction get
+  ``processPunctuation`` then ``processDigitArticle`` (lower-case, number words -> digits, articles dropped,
+  contractions restored);
+- when the ten answers are identical nothing else is done: the cleaned prediction must equal them character for
+  character (case, articles, number words and punctuation all count: "2" against ten "two" scores 0, and so does
+  "the beach" against ten "beach");
+- that code is Python 2: ``\\d`` in its ``periodStrip`` / ``commaStrip`` patterns matches the ASCII digits 0-9 only
+  (the legacy port, on Python 3, matches any Unicode decimal digit there).
+
+``legacy``: the Python 3 port of the 2017 code (branch ``feature/update_style``), which many papers used:
+
+- the prediction is always cleaned, then ``processPunctuation`` and ``processDigitArticle``;
+- the ten answers are never cleaned and get ``processPunctuation`` **only** when they are not all identical, and
+  never ``processDigitArticle`` nor lower-casing ("2" against nine "two" and one "2" scores 30, against master's 100;
+  "the beach" against ten "beach" scores 100, against master's 0).
+
+Common to both:
+
 - ``processPunctuation`` deletes a punctuation mark when it touches a space somewhere in the text (or when the text
   contains ``digit,digit``), else replaces it by a space; ``periodStrip`` (whose ``(?!<=\\d)`` is a look-*ahead*
   typo, so it removes every ``.`` not followed by a digit) runs with ``re.UNICODE`` passed as its *count*, i.e. at
   most 32 periods are removed;
+- ``processDigitArticle``'s ``manualMap.setdefault(word, word)`` adds every unknown word to the map as itself (no
+  effect on the result); the contraction keys with capitals (``Im``, ``Ive``...) never match after lower-casing;
 - per question, accuracy = mean over the ten leave-one-annotator-out subsets of ``min(1, #matches / 3)``, where an
-  annotator is left out by answer-record equality (the record dicts, as the official code compares them);
+  annotator is left out by answer-record equality (the record dicts, after processing, as the official code compares
+  them);
 - overall / per-answer-type / per-question-type accuracy = mean of the per-question accuracies.
 
-The official code reports ``round(100 * acc, 2)``; these functions return unrounded percentages so they can be
-checked to 1e-9.
+The official code rewrites the annotation records in place; these functions leave the caller's records untouched.
+It reports ``round(100 * acc, 2)``; these functions return unrounded percentages so they can be checked to 1e-9.
 """
 
 from __future__ import annotations
@@ -63,21 +84,30 @@ MANUAL_MAP: dict[str, str] = {
 }
 ARTICLES = ("a", "an", "the")
 PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+VQA_EVAL_RULES = ("official", "legacy")  # see the module docstring
+DEFAULT_VQA_EVAL = "official"
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: "(?!<=" is the official typo (a look-ahead)
 COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+# master's vqaEval.py is Python 2 code: its str patterns, compiled without re.UNICODE, read \d as [0-9] only; the
+# legacy port runs on Python 3, where \d is any Unicode decimal digit
+DIGIT_PATTERNS = {
+    "official": (re.compile(PERIOD_STRIP.pattern, re.ASCII), re.compile(COMMA_STRIP.pattern, re.ASCII)),
+    "legacy": (PERIOD_STRIP, COMMA_STRIP),
+}
 # The official call is periodStrip.sub("", outText, re.UNICODE): the flag lands in the *count* argument.
 PERIOD_STRIP_COUNT = int(re.UNICODE)  # 32
 
 
-def process_punctuation(in_text: str) -> str:
-    """``VQAEval.processPunctuation``."""
+def process_punctuation(in_text: str, rules: str = DEFAULT_VQA_EVAL) -> str:
+    """``VQAEval.processPunctuation`` (``rules`` decide only which digits ``\\d`` matches)."""
+    period_strip, comma_strip = DIGIT_PATTERNS[rules]
     out_text = in_text
     for p in PUNCT:
-        if (p + " " in in_text or " " + p in in_text) or (COMMA_STRIP.search(in_text) is not None):
+        if (p + " " in in_text or " " + p in in_text) or (comma_strip.search(in_text) is not None):
             out_text = out_text.replace(p, "")
         else:
             out_text = out_text.replace(p, " ")
-    return PERIOD_STRIP.sub("", out_text, count=PERIOD_STRIP_COUNT)
+    return period_strip.sub("", out_text, count=PERIOD_STRIP_COUNT)
 
 
 def process_digit_article(in_text: str) -> str:
@@ -90,30 +120,52 @@ def process_digit_article(in_text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in out_text)
 
 
+def clean_answer(answer: str) -> str:
+    """The official cleaning of an answer: newlines and tabs become spaces, then the ends are stripped."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
 @functools.lru_cache(maxsize=1 << 16)
+def normalize_answer(answer: str, rules: str = DEFAULT_VQA_EVAL) -> str:
+    """Cleaning, ``processPunctuation`` and ``processDigitArticle``: the whole normalisation of an answer (memoised:
+    human answers repeat a lot)."""
+    return process_digit_article(process_punctuation(clean_answer(answer), rules))
+
+
 def normalize_prediction(answer: str) -> str:
-    """How the official evaluation normalises a predicted answer (also used for answer vocabularies and the soft
-    targets of every training step; memoised: human answers repeat a lot)."""
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(answer))
+    """How the evaluation normalises a predicted answer (``legacy`` patterns, which differ from ``official`` only on
+    non-ASCII digits); what answer vocabularies and the soft targets of every training step are made of."""
+    return normalize_answer(answer, "legacy")
 
 
-def vqa_question_accuracy(prediction: str, gt_answers: Sequence[str | Mapping[str, Any]]) -> float:
-    """Official accuracy (0..1) of one predicted answer against a question's ground-truth answers.
+def vqa_question_accuracy(prediction: str, gt_answers: Sequence[str | Mapping[str, Any]],
+                          rules: str = DEFAULT_VQA_EVAL) -> float:
+    """Official accuracy (0..1) of one predicted answer against a question's ground-truth answers, under ``rules``
+    (:data:`VQA_EVAL_RULES`).
 
     ``gt_answers``: the answer records of the annotation (``{"answer", "answer_confidence", "answer_id"}``, compared
     as records when leaving one annotator out, as the official code does) or plain strings (one annotator each).
     """
-    res_ans = normalize_prediction(prediction)
     records: list[dict[str, Any]] = [
         dict(a) if isinstance(a, Mapping) else {"answer": a, "_annotator": i} for i, a in enumerate(gt_answers)
     ]
     if not records:
         raise ValueError("no ground-truth answers")
-    gt_strings = [r["answer"] for r in records]
-    if len(set(gt_strings)) > 1:
+    if rules == "official":
+        res_ans = clean_answer(prediction)
         for r in records:
-            r["answer"] = process_punctuation(r["answer"])
+            r["answer"] = clean_answer(r["answer"])
+        if len({r["answer"] for r in records}) > 1:
+            for r in records:
+                r["answer"] = normalize_answer(r["answer"], rules)
+            res_ans = normalize_answer(res_ans, rules)
+    elif rules == "legacy":
+        res_ans = normalize_answer(prediction, rules)
+        if len({r["answer"] for r in records}) > 1:
+            for r in records:
+                r["answer"] = process_punctuation(r["answer"], rules)
+    else:
+        raise ValueError(f"VQA accuracy rules {rules!r}: expected one of {', '.join(VQA_EVAL_RULES)}")
     gt_acc = []
     for gt_datum in records:
         other_gt = [item for item in records if item != gt_datum]
@@ -122,10 +174,11 @@ def vqa_question_accuracy(prediction: str, gt_answers: Sequence[str | Mapping[st
     return float(sum(gt_acc)) / len(gt_acc)
 
 
-def vqa_evaluate(predictions: Mapping[Any, str], annotations: Mapping[Any, Mapping[str, Any]]) -> dict[str, Any]:
+def vqa_evaluate(predictions: Mapping[Any, str], annotations: Mapping[Any, Mapping[str, Any]],
+                 rules: str = DEFAULT_VQA_EVAL) -> dict[str, Any]:
     """Score predictions ``{question_id: answer}`` against annotations ``{question_id: {"answers" or
-    "answer_records", "answer_type", "question_type"}}``, iterating over the annotated questions (every one must
-    have a prediction, as the official ``loadRes`` asserts).
+    "answer_records", "answer_type", "question_type"}}`` under ``rules`` (:data:`VQA_EVAL_RULES`), iterating over
+    the annotated questions (every one must have a prediction, as the official ``loadRes`` asserts).
 
     Returns percentages: ``overall``, ``per_answer_type``, ``per_question_type`` and ``per_question``; plus ``n``
     and ``n_per_answer_type``.
@@ -138,7 +191,7 @@ def vqa_evaluate(predictions: Mapping[Any, str], annotations: Mapping[Any, Mappi
         if qid not in predictions:
             raise KeyError(qid)
         answers = ann.get("answer_records") or ann["answers"]
-        acc = vqa_question_accuracy(predictions[qid], answers)
+        acc = vqa_question_accuracy(predictions[qid], answers, rules)
         acc_qa.append(acc)
         per_ans.setdefault(ann["answer_type"], []).append(acc)
         per_ques.setdefault(ann["question_type"], []).append(acc)

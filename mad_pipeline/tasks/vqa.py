@@ -18,6 +18,10 @@ Standard practice (bottom-up attention / UNITER / ViLT lineage):
   ``auto`` picks ``shapes`` when every question is a shapes-world question. The teacher's logits are placed in
   answer-vocabulary space (each candidate's logit at its class, :data:`ZS_FILL` elsewhere), so confidence is the
   expectation of the teacher's answer distribution under the soft scores and logit KD lines up with the classes.
+- **Scoring**: the official accuracy under the rules of :data:`~mad_pipeline.tasks.metrics.VQA_EVAL_RULES`
+  (``vqa_eval``: ``official``, the evaluation code as it is today, by default; ``legacy``, its 2017 Python 3 port;
+  see :mod:`~mad_pipeline.tasks.metrics`). The rules change scores only, never the vocabulary or the soft targets
+  above; they enter the keys of the stages that score VQA, and no other task's (:attr:`VQATask.keyed_settings`).
 """
 
 from __future__ import annotations
@@ -35,12 +39,29 @@ import torch
 
 from ..data.base import Sample
 from ..errors import InputError
+from ..settings import setting
 from .base import ZS_FILL, Candidates, Task, ZeroShotSetup
-from .metrics import normalize_prediction, vqa_evaluate
+from .metrics import DEFAULT_VQA_EVAL, VQA_EVAL_RULES, normalize_prediction, vqa_evaluate
 from .registry import register_task
 
 DEFAULT_MIN_COUNT = 9
 DEFAULT_TEMPLATE = "question: {q} answer: {a}"
+
+
+def vqa_eval_setting():
+    """The ``vqa_eval`` setting of every settings dataclass that scores (``mad distill``, ``mad eval``,
+    ``mad score``, the ``mad run`` YAML): one description for all. ``task_setting``: it enters the keys only of the
+    tasks that list it in :attr:`Task.keyed_settings` (VQA)."""
+    return setting(DEFAULT_VQA_EVAL, "VQA accuracy rules: official (the VQA evaluation code as it is today) or "
+                   "legacy (its 2017 Python 3 port, used by older papers); other tasks ignore it",
+                   choices=VQA_EVAL_RULES, task_setting=True)
+
+
+def check_vqa_eval(rules: str) -> str:
+    """``rules`` if it names a rule set, else a one-line :class:`InputError`."""
+    if rules not in VQA_EVAL_RULES:
+        raise InputError(f"--vqa-eval {rules!r}: expected one of {', '.join(VQA_EVAL_RULES)}")
+    return rules
 
 
 @dataclass(frozen=True)
@@ -174,7 +195,8 @@ def _all_shapes(samples: Sequence[Sample]) -> bool:
 class VQATask(Task):
     """VQA v2: a classifier over the answer vocabulary, trained on soft scores, scored by the official accuracy.
 
-    Options: ``vocab_min_count`` (default :data:`DEFAULT_MIN_COUNT`)."""
+    Options: ``vocab_min_count`` (default :data:`DEFAULT_MIN_COUNT`), ``vqa_eval`` (the accuracy's rules, default
+    ``official``)."""
 
     name = "vqa"
     dataset = "vqa"
@@ -184,10 +206,13 @@ class VQATask(Task):
     metric_key = "overall"
     prediction_key = "question_id"
     files = ("vocab.json",)
+    keyed_settings = ("vqa_eval",)
 
-    def __init__(self, vocab_min_count: int = DEFAULT_MIN_COUNT, vocab: AnswerVocab | None = None, **options):
+    def __init__(self, vocab_min_count: int = DEFAULT_MIN_COUNT, vocab: AnswerVocab | None = None,
+                 vqa_eval: str = DEFAULT_VQA_EVAL, **options):
         super().__init__(**options)
         self.vocab_min_count = vocab_min_count
+        self.vqa_eval = check_vqa_eval(vqa_eval)
         self.vocab = vocab
         self._maps: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -276,7 +301,7 @@ class VQATask(Task):
         anns = {int(s.meta["question_id"]): s.meta for s in samples if s.meta.get("answers")}
         if not anns:
             return None
-        res = vqa_evaluate({p["question_id"]: p["answer"] for p in records}, anns)
+        res = vqa_evaluate({p["question_id"]: p["answer"] for p in records}, anns, self.vqa_eval)
         res.pop("per_question", None)
         return res
 
