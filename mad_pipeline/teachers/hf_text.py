@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,9 @@ import torch
 
 from ..errors import TeacherError
 from ..hashing import sha256_file, sha256_tree
+from .arch import check_text
 from .base import TextBatch, autocast
+from .digest import tensor_digest, tensor_shapes
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
                     "special_tokens_map.json")
@@ -30,37 +34,95 @@ def packaged_minilm_dir() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class TextSource:
+    """Where a transformers text teacher comes from: a ``save_pretrained`` directory (the given one, the packaged
+    one, or the hub cache's snapshot), or None when only a hub download can tell."""
+
+    teacher: str
+    model_id: str
+    local: Path | None
+    where: str  # how the user named the weights, for messages
+    flag: str
+
+    def weight_file(self) -> Path | None:
+        return next((self.local / f for f in _WEIGHT_FILES if (self.local / f).exists()), None) if self.local else None
+
+    def check_shapes(self, shapes: dict[str, list[int]]) -> None:
+        config = json.loads((self.local / "config.json").read_text()) if self.local else {}
+        check_text(shapes, config, self.where, self.teacher, self.model_id)
+
+
+def resolve_text_source(teacher: str, model_id: str, weights: str | None, packaged: str | None,
+                        flag: str = "--weights") -> TextSource:
+    if weights:
+        if not Path(weights).is_dir():
+            raise TeacherError(f"{flag} {weights}: expected a transformers save_pretrained directory")
+        return TextSource(teacher, model_id, Path(weights), f"{weights} ({flag})", flag)
+    local = Path(packaged) if packaged else _hub_snapshot_dir(model_id)
+    return TextSource(teacher, model_id, local, str(local or model_id), flag)
+
+
+def hf_text_identity(source: TextSource, precision: str, max_length: int, memo_dir) -> dict[str, Any] | None:
+    """The text identity read from the directory's files (None without a local directory: a hub download first)."""
+    if source.local is None or not (source.local / "config.json").is_file():
+        return None
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(source.local))
+    except (OSError, ValueError) as e:
+        raise TeacherError(f"could not read the config of text teacher {source.teacher} from {source.where}: "
+                           f"{str(e).strip().splitlines()[0][:200]}") from None
+    f = source.weight_file()
+    if f is not None:
+        digest = tensor_digest(f, memo_dir)
+        source.check_shapes(digest["shapes"])
+        weights = digest["sha256"]
+    else:
+        weights = sha256_tree(source.local)
+    return {"family": "transformers", "arch": {"model_type": config.model_type, "config": _config_fingerprint(config)},
+            "weights_sha256": weights, "tokenizer": {"sha256": _tokenizer_digest(source.local),
+                                                     "max_length": max_length},
+            "pooling": "mean", "precision": precision}
+
+
 class HFTextTeacher:
-    def __init__(self, name: str, model_id: str, weights: str | None, device, precision: str, max_length: int):
+    def __init__(self, source: TextSource, device, precision: str, max_length: int):
         from transformers import AutoModel, AutoTokenizer
 
-        self.name = name
+        self.name = source.teacher
+        self.source = source
         self.device = device
         self.precision = precision
         self.max_length = max_length
-        source = weights or model_id
-        if weights and not Path(weights).is_dir():
-            raise TeacherError(f"--weights {weights}: expected a transformers save_pretrained directory")
+        where = str(source.local) if source.local else source.model_id
+        f = source.weight_file()
+        if f is not None:
+            source.check_shapes(tensor_shapes(f))  # a wrong architecture is one line
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
-            self.model = AutoModel.from_pretrained(source).to(device)
-        except OSError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            hint = "" if weights else "; offline? pass --weights PATH to a save_pretrained directory"
-            raise TeacherError(f"could not load text teacher {name} from {source}: {first[:200]}{hint}") from None
+            self.tokenizer = AutoTokenizer.from_pretrained(where, use_fast=True)
+            self.model = AutoModel.from_pretrained(where).to(device)
+        except Exception as e:  # noqa: BLE001 - a missing or unreadable model is one line
+            first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+            hint = "" if source.where != source.model_id else f"; offline? pass {source.flag} PATH to a " \
+                "save_pretrained directory"
+            raise TeacherError(f"could not load text teacher {self.name} from {source.where}: {first[:200]}"
+                               f"{hint}") from None
         self.model.eval().requires_grad_(False)
         self.width = int(self.model.config.hidden_size)
         self.embed_dim = self.width
-        local = Path(source) if Path(source).is_dir() else _hub_snapshot_dir(model_id)
-        self._weights_sha = _weights_digest(local) if local else f"hub:{model_id}@{_hub_revision(self.model)}"
-        self._tok_sha = _tokenizer_digest(local) if local else f"hub:{model_id}"
+        self._identity: dict | None = None
 
     def text_identity(self) -> dict[str, Any]:
-        return {"family": "transformers", "arch": {"model_type": self.model.config.model_type,
-                                                    "config": _config_fingerprint(self.model.config)},
-                "weights_sha256": self._weights_sha, "tokenizer": {"sha256": self._tok_sha,
-                                                                  "max_length": self.max_length},
+        if self._identity is None:
+            self._identity = hf_text_identity(self.source, self.precision, self.max_length, None) or {
+                "family": "transformers", "arch": {"model_type": self.model.config.model_type,
+                                                   "config": _config_fingerprint(self.model.config)},
+                "weights_sha256": f"hub:{self.source.model_id}@{_hub_revision(self.model)}",
+                "tokenizer": {"sha256": f"hub:{self.source.model_id}", "max_length": self.max_length},
                 "pooling": "mean", "precision": self.precision}
+        return self._identity
 
     def tokenize(self, texts: list[str]) -> TextBatch:
         enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_length,
@@ -80,15 +142,6 @@ class HFTextTeacher:
         m = mask.unsqueeze(-1).float()
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
         return hidden, pooled
-
-
-def _weights_digest(d: Path) -> str:
-    for f in _WEIGHT_FILES:
-        if (d / f).exists():
-            from ..hashing import sha256_weights
-
-            return sha256_weights(d / f)
-    return sha256_tree(d)
 
 
 def _tokenizer_digest(d: Path) -> str:

