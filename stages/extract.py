@@ -81,17 +81,17 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
         raise InputError("--batch-size must be at least 1")
     cache = Cache.at(cfg.cache)
     memo = cache.root / "identities"
-    ds = load_dataset(cfg.dataset, cfg.data_root, split=cfg.split, manifest=cfg.manifest, on_error=cfg.on_error)
     task = get_task(cfg.task, vocab_min_count=cfg.vocab_min_count) if cfg.task is not None else None
-    if task is not None and task.dataset != cfg.dataset:
+    if task is not None and task.dataset != cfg.dataset:  # checked before reading: an unknown task is named first
         raise InputError(f"--task {cfg.task} needs --dataset {task.dataset} (got --dataset {cfg.dataset})")
+    ds = load_dataset(cfg.dataset, cfg.data_root, split=cfg.split, manifest=cfg.manifest, on_error=cfg.on_error)
     if cfg.train_fraction != 1.0:
         ds.samples = subsample(ds.samples, cfg.train_fraction, cfg.seed)
 
     image_teacher = LazyTeacher(cfg.teacher, cfg.weights, cfg.device, cfg.precision, cfg.max_text_length, memo)
     if cfg.text_teacher:
         text_teacher = LazyTeacher(cfg.text_teacher, cfg.text_weights, cfg.device, cfg.precision,
-                                   cfg.max_text_length, memo)
+                                   cfg.max_text_length, memo, flag="--text-weights")
     else:
         text_teacher = image_teacher if "text" in image_teacher.towers else None
     has_image = "image" in image_teacher.towers

@@ -218,3 +218,18 @@ def test_cli_text_teacher_hint_and_wrong_weights_are_one_line(tiny_clip, tmp_pat
     p = mad(*args, "--weights", str(SHAPES_CLIP / "open_clip_model.safetensors"), env=env, check=False)
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(err) == 1 and "(by its tensor shapes); teacher tiny-clip expects" in err[0], err
+
+
+def test_extract_names_an_unknown_task_before_reading_the_data(tiny_clip, tmp_path):
+    from mad_pipeline.stages import extract
+
+    from mad_pipeline.errors import InputError
+
+    def run(**kw):
+        extract.run(extract.ExtractConfig(teacher="tiny-clip", data_root=tmp_path, cache=tmp_path / "c",
+                                          progress=False, **kw), log=lambda m: None)
+
+    with pytest.raises(InputError, match=r"^--task 'vqa2': expected one of vqa, snli-ve, vcr"):
+        run(task="vqa2", dataset="vqa", split="val")  # not "questions file not found"
+    with pytest.raises(InputError, match=r"^--task vqa needs --dataset vqa \(got --dataset jsonl\)$"):
+        run(task="vqa", split="val")  # not "--manifest is required with --dataset jsonl"
