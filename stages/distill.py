@@ -252,7 +252,7 @@ def _online_teacher(cfg: DistillConfig, device: torch.device) -> OnlineTeacher |
     from mad_pipeline.teachers import load_teacher
 
     image_teacher = load_teacher(cfg.teacher, cfg.weights, str(device), cfg.precision)
-    text_teacher = (load_teacher(cfg.text_teacher, cfg.text_weights, str(device), cfg.precision)
+    text_teacher = (load_teacher(cfg.text_teacher, cfg.text_weights, str(device), cfg.precision, flag="--text-weights")
                     if cfg.text_teacher else image_teacher)
     return OnlineTeacher(image_teacher, text_teacher)
 
