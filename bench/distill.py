@@ -184,7 +184,13 @@ def build_stores(teacher, weights: Path, root: Path, cache: Path):
     from mad_pipeline.training.dataset import StorePaths
 
     fake = RandomOutputs(teacher)
-    with mock.patch.object(identity, "load_teacher", lambda *a, **k: fake):
+    real = identity.compute_identity  # identities are read from files: mark them here too
+
+    def marked(*a, **k):
+        return {t: v and {**v, "bench": "random outputs"} for t, v in real(*a, **k).items()}
+
+    with mock.patch.object(identity, "load_teacher", lambda *a, **k: fake), \
+            mock.patch.object(identity, "compute_identity", marked):
         res = extract_stage.run(extract_stage.ExtractConfig(
             teacher="clip-vit-b16", weights=str(weights), data_root=root, dataset=TASK, split="train", task=TASK,
             cache=cache, device="cpu", num_workers=0, progress=False), log=lambda m: None)

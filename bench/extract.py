@@ -383,7 +383,7 @@ def bench_model(name: str, args, tmp: Path, log) -> dict:
     parts = breakdown(teacher, paths, batches, modes["forward"], tmp / f"{name}-breakdown")
     max_diff = check_store(next(iter(stores.values())), teacher, batches)
 
-    arch = teacher.image_identity()["arch"]["open_clip_model"]
+    arch = teacher.model_name
     res = {"teacher": name, "arch": arch, "images": n, "photos_mean_kb": mean_kb,
            "tokens_per_image": [teacher.num_tokens, teacher.width],
            "modes": {k: m.summary() for k, m in modes.items()}, "breakdown_ms_per_image": parts,
