@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import typer
@@ -9,7 +10,23 @@ from mad_pipeline.stages import store_info as stage
 from rich.console import Console
 from rich.table import Table
 
+from mad_pipeline.errors import StoreError
+
 from .app import store_app
+
+
+def _printer(console: Console):
+    """Print progress lines as they are: no rich markup (``pip install 'mad-pipeline[s3]'`` keeps its brackets)."""
+    return lambda m: console.print(m, markup=False, highlight=False)
+
+
+@contextlib.contextmanager
+def _remote_errors(what: str):
+    """A location that answers with an error (HTTP 403 / 500, S3 access denied, a timeout) is one error line."""
+    try:
+        yield
+    except OSError as e:
+        raise StoreError(f"{what}: {e}") from None
 
 
 @store_app.command("info", help="Print a store's manifest and array shapes as a table.\n\n"
@@ -45,7 +62,8 @@ def ls_cmd(cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE",
            as_json: bool = typer.Option(False, "--json", help="Print one JSON list.")):
     from mad_pipeline.stages import store_ls
 
-    rows = store_ls.run(store_ls.StoreLsConfig(cache=cache, kind=kind))
+    with _remote_errors(f"cannot list {cache}"):
+        rows = store_ls.run(store_ls.StoreLsConfig(cache=cache, kind=kind))
     if as_json:
         typer.echo(json.dumps(rows))
         return
@@ -71,7 +89,7 @@ def verify_cmd(path: str = typer.Argument(..., help="Store directory or URL (htt
 
     from mad_pipeline.progress import make_progress
 
-    with make_progress(not (quiet or as_json)) as progress:
+    with _remote_errors(f"cannot read {path}"), make_progress(not (quiet or as_json)) as progress:
         rep = store_verify.run(store_verify.StoreVerifyConfig(path=path), progress=progress)
     if as_json:
         typer.echo(json.dumps(rep.as_dict()))
@@ -101,8 +119,9 @@ def push_cmd(source: str = typer.Argument(..., help="Store directory, local cach
     from mad_pipeline.stages import store_share
 
     err = Console(stderr=True)
-    done = store_share.push(store_share.PushConfig(source=source, dest=dest, cache=cache),
-                            log=None if as_json else (lambda m: err.print(m)))
+    with _remote_errors(f"pushing to {dest} failed"):
+        done = store_share.push(store_share.PushConfig(source=source, dest=dest, cache=cache),
+                                log=None if as_json else _printer(err))
     if as_json:
         typer.echo(json.dumps([t.as_dict() for t in done]))
         return
@@ -112,22 +131,25 @@ def push_cmd(source: str = typer.Argument(..., help="Store directory, local cach
 
 
 @store_app.command("pull", help="Copy a store by key from a shared cache into the local cache (atomically: "
-                   "partial/, then a rename into stores/), so later runs work offline. Without --from, the "
+                   "partial/, verified, then a rename into stores/), so later runs work offline. Without --from, the "
                    "locations in MAD_SHARED_CACHE are tried in order.\n\nExamples:\n\n"
                    "  mad store pull <key> --from http://server/mad-cache\n\n"
-                   "  mad store pull <key> --from s3://team-bucket/mad-cache --verify")
+                   "  mad store pull <key> --from s3://team-bucket/mad-cache --no-verify")
 def pull_cmd(key: str = typer.Argument(..., help="Store key (a unique prefix works for directories and s3://)."),
              sources: list[str] = typer.Option(None, "--from", help="Shared cache root(s) (default: those in "
                                                "MAD_SHARED_CACHE)."),
              cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Local cache."),
              kind: str = typer.Option(None, "--kind", help="image, text, index or zeroshot (default: any)."),
-             verify: bool = typer.Option(False, "--verify", help="Verify every chunk of the copy before publishing."),
+             verify: bool = typer.Option(None, "--verify/--no-verify", help="Verify every chunk's checksum and the "
+                                         "manifest of the copy before publishing it (the default; MAD_PULL_VERIFY=0 "
+                                         "turns it off). --no-verify: for caches you trust."),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
     from mad_pipeline.stages import store_share
 
     err = Console(stderr=True)
-    t = store_share.pull(store_share.PullConfig(key=key, sources=tuple(sources or ()), cache=cache, kind=kind,
-                                                verify=verify), log=None if as_json else (lambda m: err.print(m)))
+    cfg = store_share.PullConfig(key=key, sources=tuple(sources or ()), cache=cache, kind=kind, verify=verify)
+    with _remote_errors(f"pulling {key} failed"):
+        t = store_share.pull(cfg, log=None if as_json else _printer(err))
     if as_json:
         typer.echo(json.dumps(t.as_dict()))
         return

@@ -71,7 +71,7 @@ class PullConfig:
     sources: tuple[str, ...] = ()  # cache roots to look in (default: MAD_SHARED_CACHE)
     cache: Path | None = None
     kind: str | None = None
-    verify: bool = False
+    verify: bool | None = None  # verify the copy before publishing it (None: MAD_PULL_VERIFY, on by default)
 
 
 def pull(cfg: PullConfig, log: Callable[[str], None] | None = None) -> Transfer:

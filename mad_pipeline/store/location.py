@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import StoreError
-from .filesystems import READ_ONLY_PROTOCOLS, filesystem, protocol_of
+from .filesystems import READ_ONLY_PROTOCOLS, fetch_many, filesystem, protocol_of, read_local
+from .safety import META_MAX_BYTES, check_array, check_chunk_files, check_key, max_chunk_bytes
 
 KINDS = ("image", "text", "index", "zeroshot")
 STORES = "stores"
@@ -87,29 +88,27 @@ class Location:
         return Location(str(Path(self.url) / rel) if self.local else f"{self.url}/{rel}")
 
     # ------------------------------------------------------------------ reads
-    def cat(self, rel: str = "") -> bytes | None:
-        """The bytes at ``rel``; None when there is nothing there."""
+    def cat(self, rel: str = "", max_bytes: int | None = None) -> bytes | None:
+        """The bytes at ``rel``; None when there is nothing there. A remote answer (or local file) larger than
+        ``max_bytes`` (default and cap: ``MAD_SHARED_MAX_BYTES``) raises ``TooLarge`` instead of being read whole."""
         if self.local:
             try:
-                return Path(self.path(rel)).read_bytes()
+                return read_local(self.path(rel), max_bytes)
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return None
-        try:
-            return self.fs.cat_file(self.path(rel))
-        except FileNotFoundError:
-            return None
+        return self.cat_many([rel], {rel: max_bytes})[rel]
 
-    def cat_many(self, rels: list[str]) -> dict[str, bytes | None]:
-        """Several keys at once (concurrently for remote filesystems); None for absent ones."""
+    def cat_many(self, rels: list[str], limits: dict[str, int | None] | None = None) -> dict[str, bytes | None]:
+        """Several keys at once (concurrently for remote filesystems); None for absent ones. ``limits``: the most
+        bytes each key may have (see ``cat``)."""
+        limits = limits or {}
         if self.local or not rels:
-            return {r: self.cat(r) for r in rels}
+            return {r: self.cat(r, limits.get(r)) for r in rels}
         paths = {self.path(r): r for r in rels}
-        got = self.fs.cat(list(paths), on_error="return")
-        if not isinstance(got, dict):  # a single path comes back bare
-            got = {next(iter(paths)): got}
+        got = fetch_many(self.fs, {p: limits.get(r) for p, r in paths.items()})
         out: dict[str, bytes | None] = {}
         for p, r in paths.items():
-            v = got.get(p, FileNotFoundError(p))
+            v = got[p]
             if isinstance(v, FileNotFoundError):
                 out[r] = None
             elif isinstance(v, BaseException):
@@ -119,7 +118,7 @@ class Location:
         return out
 
     def json(self, rel: str) -> dict | None:
-        data = self.cat(rel)
+        data = self.cat(rel, META_MAX_BYTES)
         if data is None:
             return None
         try:
@@ -253,19 +252,30 @@ def find_any_kind(cache_root: str, key: str, kinds: tuple[str, ...] = KINDS) -> 
 def store_keys(store: Location) -> list[str]:
     """Every key a published store may hold, from its consolidated metadata: array metadata and chunk (or shard)
     keys, with the root ``zarr.json`` LAST. Chunks never written (all fill value) are simply absent."""
+    return [k for k, _ in store_files(store)]
+
+
+def store_files(store: Location) -> list[tuple[str, int | None]]:
+    """``store_keys`` with the most bytes each key may hold; every key checked safe (relative, normalised, zarr's
+    characters) before it is returned, so nothing is fetched or written for a store whose metadata lies."""
     meta = store.json("zarr.json")
     if meta is None:
         raise StoreError(f"{store.url}: no readable zarr.json (not a zarr store)")
     cons = (meta.get("consolidated_metadata") or {}).get("metadata")
     if cons is None:
         raise StoreError(f"{store.url}: no consolidated metadata (an unpublished store?)")
-    keys = []
+    if not isinstance(cons, dict) or not all(isinstance(m, dict) for m in cons.values()):
+        raise StoreError(f"{store.url}: consolidated metadata is not a mapping of node metadata")
+    files: list[tuple[str, int | None]] = []
     for name, m in sorted(cons.items()):
-        keys.append(f"{name}/zarr.json")
+        files.append((check_key(f"{name}/zarr.json", store.url), META_MAX_BYTES))
         if m.get("node_type") == "array":
-            keys.extend(f"{name}/{c}" for c in chunk_keys(m))
-    keys.append("zarr.json")
-    return keys
+            check_array(name, m, store.url)
+            check_chunk_files(len(files) + math.prod(chunk_counts(m)), store.url)
+            bound = max_chunk_bytes(m)
+            files.extend((check_key(f"{name}/{c}", store.url), bound) for c in chunk_keys(m))
+    files.append(("zarr.json", META_MAX_BYTES))
+    return files
 
 
 def chunk_counts(array_meta: dict) -> list[int]:

@@ -2,8 +2,9 @@
 
 Publishing (``push_store``) is atomic for readers: into a directory, the store is copied under a temporary name in
 the destination's ``partial/`` and renamed; into an object store, every object is uploaded first and the root
-``zarr.json`` (with the manifest) last, so a reader that finds the manifest finds every chunk. Pulling copies into
-the local cache's ``partial/`` and renames into ``stores/``.
+``zarr.json`` (with the manifest) last, so a reader that finds the manifest finds every chunk. Pulling checks every
+key the source's metadata names, copies into the local cache's ``partial/``, verifies the copy (unless
+``MAD_PULL_VERIFY=0``) and renames it into ``stores/``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StoreError
-from .location import KINDS, Location, is_complete, manifest_of, partial_rel, store_keys, store_rel
+from .location import KINDS, Location, is_complete, manifest_of, partial_rel, store_files, store_rel
 
 BATCH = 64  # files per concurrent fetch / upload
+PULL_VERIFY_ENV = "MAD_PULL_VERIFY"
 
 
 @dataclass
@@ -89,17 +91,24 @@ def push_store(store_path: str | Path, dest_root: str, log: Callable[[str], None
 
 
 def copy_store(src: Location, dst_dir: Path) -> tuple[int, int]:
-    """Copy a published store (any location) into a new local directory by its known keys; root zarr.json last."""
-    keys = store_keys(src)
+    """Copy a published store (any location) into a new local directory by its known keys; root zarr.json last.
+
+    Every key comes from the source's metadata and is checked (relative, normalised, zarr's characters) before
+    anything is fetched or written; each file is fetched with the size bound its array's metadata implies."""
+    files = store_files(src)
+    base = dst_dir.resolve()
     n = nbytes = 0
-    for i in range(0, len(keys), BATCH):
-        got = src.cat_many(keys[i : i + BATCH])
+    for i in range(0, len(files), BATCH):
+        batch = dict(files[i : i + BATCH])
+        got = src.cat_many(list(batch), batch)
         for rel, data in got.items():
             if data is None:
                 if rel == "zarr.json" or rel.endswith("/zarr.json"):
                     raise StoreError(f"{src.url}/{rel}: missing")
                 continue  # a chunk never written: fill value
-            p = dst_dir / rel
+            p = base / rel
+            if not p.resolve().is_relative_to(base):  # checked keys cannot get here; kept as a last guard
+                raise StoreError(f"{src.url}: key {rel!r} leaves the store; nothing was published")
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
             n += 1
@@ -107,9 +116,18 @@ def copy_store(src: Location, dst_dir: Path) -> tuple[int, int]:
     return n, nbytes
 
 
-def pull_store(cache, kind: str, key: str, src: Location, verify: bool = False, locked: bool = False) -> Transfer:
+def pull_verify_default() -> bool:
+    """Whether pulls verify the copy before publishing it: yes, unless ``MAD_PULL_VERIFY`` is 0 / false / no / off."""
+    return os.environ.get(PULL_VERIFY_ENV, "").strip().lower() not in ("0", "false", "no", "off")
+
+
+def pull_store(cache, kind: str, key: str, src: Location, verify: bool | None = None, locked: bool = False) -> Transfer:
     """Copy the published store ``src`` into ``cache`` (a :class:`mad_pipeline.cache.Cache`): into its
-    ``partial/``, then an atomic rename into ``stores/``."""
+    ``partial/``, verified (every chunk's checksum and the manifest against the arrays; ``verify=None`` means
+    ``MAD_PULL_VERIFY``, on by default), then an atomic rename into ``stores/``. A copy that fails any check is
+    removed, never published."""
+    if verify is None:
+        verify = pull_verify_default()
     final = cache.store_path(kind, key)
     result = Transfer(kind, key, src.url, str(final))
     if not locked:
@@ -133,11 +151,7 @@ def pull_store(cache, kind: str, key: str, src: Location, verify: bool = False, 
         if not is_complete(tmp, key):
             raise StoreError(f"{src.url}: the copied store has no manifest for key {key}")
         if verify:
-            from .verify import verify_store
-
-            rep = verify_store(tmp)
-            if not rep.ok:
-                raise StoreError(f"{src.url}: pulled copy fails verification: {rep.problems[0].describe()}")
+            _verify_copy(tmp, src)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             discard(final)  # not complete (lookup said so above): never served, safe to replace
@@ -145,6 +159,16 @@ def pull_store(cache, kind: str, key: str, src: Location, verify: bool = False, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _verify_copy(tmp: Path, src: Location) -> None:
+    from .verify import verify_store
+
+    rep = verify_store(str(tmp))
+    if not rep.ok:
+        more = f" (and {len(rep.problems) - 1} more)" if len(rep.problems) > 1 else ""
+        raise StoreError(f"{src.url}: the pulled copy fails verification, nothing was published: "
+                         f"{rep.problems[0].describe()}{more}")
 
 
 def discard(path: Path) -> None:
