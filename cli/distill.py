@@ -126,7 +126,8 @@ def distill_cmd(
         cache=cache,
         overwrite=overwrite, wait=wait, progress=not (quiet or as_json))
     err = Console(stderr=True)
-    result = stage.run(cfg, log=(lambda m: None) if (quiet or as_json) else (lambda m: err.print(m)))
+    result = stage.run(cfg, log=(lambda m: None) if (quiet or as_json)
+                       else (lambda m: err.print(m, markup=False, soft_wrap=True)))
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
     else:

@@ -60,7 +60,7 @@ def extract_cmd(
         zs_template=zs_template, train_fraction=train_fraction, seed=seed, progress=not (quiet or as_json),
     )
     err = Console(stderr=True)
-    result = stage.run(cfg, log=lambda m: err.print(m))
+    result = stage.run(cfg, log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return

@@ -117,7 +117,8 @@ def _run_and_print(config: Path, overrides, dry_run: bool, cache: Path | None, o
 
     cfg = stage.RunConfig(config=config, overrides=tuple(overrides or ()), dry_run=dry_run, cache=cache, out=out,
                           progress=not silent)
-    result = stage.run(cfg, log=(lambda m: None) if silent else (lambda m: err.print(m, highlight=False)),
+    result = stage.run(cfg, log=(lambda m: None) if silent else (lambda m: err.print(m, markup=False, highlight=False,
+                                                                                        soft_wrap=True)),
                        on_stage=on_stage)
     if as_json:
         typer.echo(json.dumps(result.as_dict(), default=str))

@@ -145,9 +145,9 @@ class Cache:
             os.rename(p, dest)
         except FileNotFoundError:  # another process moved it first
             return None
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        msg = (f"warning: {kind} store {key[:12]} is corrupt ({problems[0].describe()}{more}); moved to {dest} and "
-               "not served")
+        p0, more = problems[0], f"; {len(problems) - 1} more" if len(problems) > 1 else ""
+        where = f"{p0.array}/{p0.chunk}" if p0.chunk else p0.array
+        msg = f"warning: {kind} store {key[:12]} is corrupt ({where}: {p0.message}{more}); moved to {dest}, not served"
         if log:
             log(msg)
         else:
