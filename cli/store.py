@@ -79,7 +79,8 @@ def ls_cmd(cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE",
 
 @store_app.command("verify", help="Check every chunk's crc32c checksum (every inner chunk of every shard) and the "
                    "manifest against the arrays. Prints OK, or a table naming each corrupted chunk (array, chunk key, "
-                   "file) and exits 1. A path that is not a store at all is an error (exit 2).\n\n"
+                   "file) and exits 1. A path that is not a store at all, or a location that cannot be read (an HTTP "
+                   "error, no answer in time), is one error line (exit 2).\n\n"
                    "Examples:\n\n  mad store verify ~/.cache/mad/stores/image/<key>.zarr\n\n"
                    "  mad store verify http://server/mad-cache/stores/image/<key>.zarr --json")
 def verify_cmd(path: str = typer.Argument(..., help="Store directory or URL (http(s)://, s3://)."),
