@@ -111,7 +111,7 @@ def train_section() -> dict[str, Key]:
 
 
 def top_level_train_keys() -> dict[str, Key]:
-    from ..training.config import TrainConfig, parse_num_workers
+    from ..training.config import TrainConfig, check_device, parse_num_workers
 
     def workers(v: Any, source: str, key: str) -> int | str:
         if isinstance(v, bool) or not isinstance(v, (int, str)):
@@ -123,7 +123,16 @@ def top_level_train_keys() -> dict[str, Key]:
                 raise InputError(f"{source}: {key}: {str(e).split(': ', 1)[1]}") from None
             raise expected(source, key, "a count >= 0 or auto", v) from None
 
-    return settings_keys(TrainConfig, TOP_LEVEL_TRAIN, extras={"num_workers": {"parse": workers}})
+    def device(v: Any, source: str, key: str) -> str:
+        if not isinstance(v, str):
+            raise expected(source, key, "auto, cpu, cuda or cuda:N", v)
+        try:
+            return check_device(v)  # against the devices of this machine
+        except InputError as e:
+            raise InputError(f"{source}: {key}: {str(e).removeprefix('--device ')}") from None
+
+    return settings_keys(TrainConfig, TOP_LEVEL_TRAIN,
+                         extras={"num_workers": {"parse": workers}, "device": {"parse": device}})
 
 
 def distill_section() -> dict[str, Key]:
