@@ -1,5 +1,9 @@
 """Run a teacher over the unfinished shards of a store: decode in workers, forward in the main process, write in
-a background thread. Everything is bounded: DataLoader prefetch and the writer queue."""
+a background thread. Everything is bounded: DataLoader prefetch and the writer queue.
+
+With a ``ReusePlan``, rows that a donor store already holds are copied from it (shard by shard, as the teacher's
+batches reach each shard, so only a few shards are ever buffered) and the teacher runs only on the others; with
+nothing left to compute it is not needed at all (``teacher`` may then be None)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from torch.utils.data import DataLoader
 from ..errors import InputError
 from ..store.writer import StoreWriter
 from .reader import ImageRows, collate
+from .reuse import ReusePlan
 from .writer import ShardAssembler
 
 
@@ -20,6 +25,7 @@ from .writer import ShardAssembler
 class PassStats:
     rows_total: int = 0
     rows_computed: int = 0
+    rows_reused: int = 0  # copied from donor stores of the same teacher identity
     shards_total: int = 0
     shards_resumed: int = 0
     shards_computed: int = 0
@@ -34,19 +40,62 @@ def _pending_rows(writer: StoreWriter) -> tuple[list[int], list[int]]:
     return todo, rows
 
 
-def _fill(writer: StoreWriter, label: str, unit: str, progress, batches) -> PassStats:
-    """Run ``batches(rows)`` over the rows of unfinished shards and hand each batch to the background writer."""
+def rows_to_compute(writer: StoreWriter, reuse: ReusePlan | None) -> list[int]:
+    """Rows of the unfinished shards that the teacher must compute (the others come from donor stores)."""
+    _, rows = _pending_rows(writer)
+    return rows if reuse is None else reuse.missing(rows)
+
+
+def _write_empty_shards(writer: StoreWriter, todo: list[int]) -> None:
+    """A store with no rows (every input skipped) still has its one (empty) shard marked done."""
+    for s in todo:
+        lo, hi = writer.shard_range(s)
+        if hi == lo:
+            writer.write_shard(s, {name: np.empty((0, *spec.row_shape), object if spec.dtype == "str" else spec.dtype)
+                                   for name, spec in writer.specs.items()})
+
+
+def _merged(writer: StoreWriter, todo: list[int], reuse: ReusePlan | None, computed, hashes: np.ndarray):
+    """Yield (rows, arrays, was_computed): the teacher's batches, with each shard's donor rows copied just before
+    the first batch that reaches past that shard (so shards complete in order and few are ever buffered)."""
+    names = list(writer.specs)
+    queue = list(todo) if reuse is not None else []
+
+    def copies(upto: int):
+        while queue and queue[0] <= upto:
+            s = queue.pop(0)
+            lo, hi = writer.shard_range(s)
+            writer.record_reuse(s, reuse.shard_rows(lo, hi))
+            for rows, arrays in reuse.copy(lo, hi, names, hashes):
+                yield rows, arrays, False
+
+    for batch_rows, arrays in computed:
+        yield from copies(int(np.max(batch_rows)) // writer.shard_rows)
+        yield batch_rows, arrays, True
+    yield from copies(writer.n_shards)
+
+
+def _fill(writer: StoreWriter, label: str, unit: str, progress, batches, reuse: ReusePlan | None = None,
+          hashes: np.ndarray | None = None) -> PassStats:
+    """Run ``batches(rows)`` over the rows of unfinished shards that no donor has, copy the others from their donor,
+    and hand each batch to the background writer."""
     t0 = time.perf_counter()
     todo, rows = _pending_rows(writer)
     stats = PassStats(rows_total=writer.n_rows, shards_total=writer.n_shards,
                       shards_resumed=writer.n_shards - len(todo))
     task = progress.add_task(label, total=len(rows), unit=unit) if progress else None
+    _write_empty_shards(writer, todo)
     if rows:
+        compute = rows if reuse is None else reuse.missing(rows)
         sink = ShardAssembler(writer, todo)
         try:
-            for batch_rows, arrays in batches(rows, stats):
+            for batch_rows, arrays, computed in _merged(writer, todo, reuse, batches(compute, stats) if compute else (),
+                                                         hashes):
                 sink.put(batch_rows, arrays)
-                stats.rows_computed += len(batch_rows)
+                if computed:
+                    stats.rows_computed += len(batch_rows)
+                else:
+                    stats.rows_reused += len(batch_rows)
                 if progress:
                     progress.update(task, advance=len(batch_rows))
             sink.close()
@@ -59,7 +108,8 @@ def _fill(writer: StoreWriter, label: str, unit: str, progress, batches) -> Pass
 
 
 def extract_images(teacher, writer: StoreWriter, hashes: list[str], paths: list[str], *, batch_size: int,
-                   num_workers: int, on_error: str, progress=None, pin_memory: bool = False) -> PassStats:
+                   num_workers: int, on_error: str, progress=None, pin_memory: bool = False,
+                   reuse: ReusePlan | None = None) -> PassStats:
     """Fill an image store. ``hashes[i]``/``paths[i]`` belong to row i (rows sorted by content hash)."""
     hash_arr = np.asarray(hashes, dtype=object)
 
@@ -86,11 +136,11 @@ def extract_images(teacher, writer: StoreWriter, hashes: list[str], paths: list[
             yield batch_rows, {"image_hash": hash_arr[batch_rows], "tokens": tokens, "pooled": pooled,
                                "crop_box": boxes, "valid": valid}
 
-    return _fill(writer, "image teacher", "img", progress, batches)
+    return _fill(writer, "image teacher", "img", progress, batches, reuse, hash_arr)
 
 
 def extract_texts(teacher, writer: StoreWriter, hashes: list[str], texts: list[str], *, batch_size: int,
-                  progress=None) -> PassStats:
+                  progress=None, reuse: ReusePlan | None = None) -> PassStats:
     """Fill a text store. Tokenising is cheap and runs in the main process; writes overlap the forward."""
     hash_arr = np.asarray(hashes, dtype=object)
     text_arr = np.asarray(texts, dtype=object)
@@ -107,4 +157,4 @@ def extract_texts(teacher, writer: StoreWriter, hashes: list[str], texts: list[s
                                "length": batch.lengths, "pooled": pooled.to(torch.float16).cpu().numpy(),
                                "char_span": batch.spans}
 
-    return _fill(writer, "text teacher", "text", progress, batches)
+    return _fill(writer, "text teacher", "text", progress, batches, reuse, hash_arr)

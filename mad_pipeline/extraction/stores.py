@@ -1,7 +1,9 @@
 """Get-or-build each kind of store for a dataset: image, text, index, zero-shot.
 
 Each function computes the store's key from what determines its values, and only touches the teacher (loading it,
-running it) when the store is not already in the cache.
+running it) when the store is not already in the cache. An image or text store that must be built first copies the
+rows that published stores of the same teacher identity already hold (``reuse.py``); the teacher is loaded only if
+some row is left to compute.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from ..store.layout import image_arrays, index_arrays, text_arrays
 from ..store.reader import open_store
 from .build import StoreResult, get_or_build
 from .inputs import DatasetInputs, samples_digest
-from .runner import extract_images, extract_texts
+from .reuse import ReusePlan, plan_reuse
+from .runner import extract_images, extract_texts, rows_to_compute
 from .zeroshot import fill_zeroshot, zeroshot_arrays
 
 
@@ -39,29 +42,69 @@ def dataset_identity(ds) -> dict:
             "sources": [str(Path(p).resolve()) for p in ds.sources], "samples": len(ds.samples)}
 
 
+class _Reuse:
+    """The reuse plan of one store, made only when the store must be built (a cached store looks for no donor)."""
+
+    def __init__(self, ctx: BuildContext, kind: str, key: str, ident: dict, hashes: list[str]):
+        self.ctx, self.kind, self.key, self.ident, self.hashes = ctx, kind, key, ident, hashes
+        self._plan: ReusePlan | None | bool = False
+
+    @property
+    def plan(self) -> ReusePlan | None:
+        if self._plan is False:
+            self._plan = plan_reuse(self.ctx.cache, self.kind, self.ident, self.hashes, log=self.ctx.log)
+            if self._plan is not None:
+                n = self._plan.covered()
+                names = ", ".join(f"{d.key[:12]} ({d.source})" for d in self._plan.donors)
+                self.ctx.log(f"{self.kind} store {self.key[:12]}: {n} of {len(self.hashes)} rows already extracted "
+                             f"in {names}; copying them, computing {len(self.hashes) - n}")
+        return self._plan
+
+    def geometry(self, teacher, from_teacher) -> dict:
+        """The store's geometry: from a donor (same identity, so the same geometry) or else from the teacher."""
+        return self.plan.geometry if self.plan is not None else from_teacher(teacher.get())
+
+    def teacher_for(self, teacher, writer):
+        """The loaded teacher if any row is left to compute, else None (nothing is loaded)."""
+        return teacher.get() if rows_to_compute(writer, self.plan) else None
+
+    def manifest(self, writer) -> dict:
+        donors = writer.recorded_reuse()
+        return {"reused": {"rows": sum(d["rows"] for d in donors.values()),
+                           "stores": [{"key": k, **d} for k, d in sorted(donors.items())]}}
+
+
+def _image_geometry(t) -> dict:
+    return {"grid": list(t.grid), "image_size": t.image_size, "num_tokens": t.num_tokens, "width": t.width,
+            "embed_dim": t.embed_dim, "token_order": "CLS, then patches row-major"}
+
+
+def _text_geometry(t) -> dict:
+    return {"max_length": t.max_length, "width": getattr(t, "text_width", t.width), "embed_dim": t.embed_dim}
+
+
 def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreResult:
     """Rows = unique images sorted by content hash; key = image-teacher identity + the set of image hashes."""
     hashes, rels = inputs.unique_images()
     paths = [str(ds.root / r) for r in rels]
     ident = teacher.identity("image")
     key = make_key("image", teacher=ident, inputs=hash_of_set(hashes))
+    reuse = _Reuse(ctx, "image", key, ident, hashes)
 
     def specs():
-        t = teacher.get()
-        return image_arrays(t.num_tokens, t.width, t.embed_dim)
+        g = reuse.geometry(teacher, _image_geometry)
+        return image_arrays(g["num_tokens"], g["width"], g["embed_dim"])
 
     def fill(writer):
-        t = teacher.get()
+        t = reuse.teacher_for(teacher, writer)
         return extract_images(t, writer, hashes, paths, batch_size=ctx.batch_size, num_workers=ctx.num_workers,
-                              on_error=ctx.on_error, progress=ctx.progress,
+                              on_error=ctx.on_error, progress=ctx.progress, reuse=reuse.plan,
                               pin_memory=str(getattr(t, "device", "cpu")).startswith("cuda"))
 
     def manifest(writer):
-        t = teacher.get()
         return {"teacher": {"name": teacher.name, "tower": "image", **ident},
-                "geometry": {"grid": list(t.grid), "image_size": t.image_size, "num_tokens": t.num_tokens,
-                             "width": t.width, "embed_dim": t.embed_dim, "token_order": "CLS, then patches row-major"},
-                "dataset": dataset_identity(ds), "inputs_sha256": hash_of_set(hashes)}
+                "geometry": reuse.geometry(teacher, _image_geometry),
+                "dataset": dataset_identity(ds), "inputs_sha256": hash_of_set(hashes), **reuse.manifest(writer)}
 
     return get_or_build(ctx.cache, "image", key, len(hashes), specs, fill, manifest, shard_rows=ctx.shard_rows,
                         log=ctx.log)
@@ -72,20 +115,20 @@ def text_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreRe
     hashes, texts = inputs.unique_texts()
     ident = teacher.identity("text")
     key = make_key("text", teacher=ident, inputs=hash_of_set(hashes))
+    reuse = _Reuse(ctx, "text", key, ident, hashes)
 
     def specs():
-        t = teacher.get()
-        return text_arrays(t.max_length, getattr(t, "text_width", t.width), t.embed_dim)
+        g = reuse.geometry(teacher, _text_geometry)
+        return text_arrays(g["max_length"], g["width"], g["embed_dim"])
 
     def fill(writer):
-        return extract_texts(teacher.get(), writer, hashes, texts, batch_size=ctx.batch_size, progress=ctx.progress)
+        return extract_texts(reuse.teacher_for(teacher, writer), writer, hashes, texts, batch_size=ctx.batch_size,
+                             progress=ctx.progress, reuse=reuse.plan)
 
     def manifest(writer):
-        t = teacher.get()
         return {"teacher": {"name": teacher.name, "tower": "text", **ident},
-                "geometry": {"max_length": t.max_length, "width": getattr(t, "text_width", t.width),
-                             "embed_dim": t.embed_dim},
-                "dataset": dataset_identity(ds), "inputs_sha256": hash_of_set(hashes)}
+                "geometry": reuse.geometry(teacher, _text_geometry),
+                "dataset": dataset_identity(ds), "inputs_sha256": hash_of_set(hashes), **reuse.manifest(writer)}
 
     return get_or_build(ctx.cache, "text", key, len(hashes), specs, fill, manifest, shard_rows=ctx.shard_rows,
                         log=ctx.log)

@@ -7,13 +7,19 @@ included (zarr would skip an all-fill chunk), so a published store has every chu
 every shard is done, the manifest, with the record of the chunk files (count and bytes per array), goes into the
 group attributes, metadata is consolidated, and the directory is renamed to its final name in one atomic step.
 Nothing without a manifest is ever served.
+
+A write that fails (a full disk: ``ENOSPC``) leaves the partial directory as a kill would: the shards marked done are
+kept and the next run resumes from them. ``MAD_TEST_DISK_FULL_AFTER=N`` (tests only) makes every write of this
+module after the first N in the process fail with ``ENOSPC``, the way a disk that fills up does.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -27,6 +33,24 @@ from .location import is_complete
 
 PROGRESS_DIR = "_mad_progress"
 LAYOUT_FILE = "_mad_progress/layout.json"
+DISK_FULL_ENV = "MAD_TEST_DISK_FULL_AFTER"
+_writes = {"spec": None, "count": 0}
+_writes_lock = threading.Lock()
+
+
+def _before_write(path: Path) -> None:
+    """Test hook (``MAD_TEST_DISK_FULL_AFTER=N``): every write after the first N in this process raises ENOSPC."""
+    spec = os.environ.get(DISK_FULL_ENV)
+    if not spec:
+        _writes["spec"] = None  # the count starts again when the variable is set again
+        return
+    with _writes_lock:
+        if _writes["spec"] != spec:
+            _writes.update(spec=spec, count=0)
+        n = _writes["count"]
+        _writes["count"] = n + 1
+    if n >= int(spec):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 class StoreWriter:
@@ -76,9 +100,11 @@ class StoreWriter:
 
     def _create(self, layout: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _before_write(self.path / "zarr.json")
         group = zarr.open_group(str(self.path), mode="w")
         n = max(self.n_rows, 0)
         for s in self.specs.values():
+            _before_write(self.path / s.name / "zarr.json")
             chunk_rows = layout["chunk_rows"] if s.big else layout["shard_rows"]
             shards = (layout["shard_rows"], *s.row_shape) if s.big else None
             with warnings.catch_warnings():
@@ -107,6 +133,7 @@ class StoreWriter:
             values = np.asarray(values)
             if values.shape[0] != hi - lo:
                 raise ValueError(f"shard {i}: {name} has {values.shape[0]} rows, expected {hi - lo}")
+            _before_write(self.path / name)
             # every chunk is written, even one that holds only fill values: a missing file is then corruption
             self.group[name].with_config({"write_empty_chunks": True})[lo:hi] = values
         _atomic_write(self._marker(i), "")
@@ -114,23 +141,54 @@ class StoreWriter:
     def record_errors(self, errors: list[dict]) -> None:
         """Append per-row failures (skip mode) so they survive a kill and reach the manifest."""
         if errors:
-            with open(self.path / PROGRESS_DIR / "errors.jsonl", "a") as f:
-                for e in errors:
-                    f.write(json.dumps(e) + "\n")
+            self._append("errors.jsonl", errors)
 
     def recorded_errors(self) -> list[dict]:
-        try:
-            lines = (self.path / PROGRESS_DIR / "errors.jsonl").read_text().splitlines()
-        except OSError:
-            return []
         out: dict[str, dict] = {}
-        for line in lines:
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
+        for e in self._records("errors.jsonl"):
             out[json.dumps(e, sort_keys=True)] = e
         return list(out.values())
+
+    def record_reuse(self, shard: int, donors: dict[str, dict]) -> None:
+        """Which donor stores shard ``shard``'s rows were copied from (``{key: {"source", "rows"}}``); recorded
+        before the shard is written, so every shard marked done has its record (a later record of a shard wins)."""
+        self._append("reuse.jsonl", [{"shard": shard, "donors": donors}])
+
+    def recorded_reuse(self) -> dict[str, dict]:
+        """Rows copied from each donor store over the whole store: ``{key: {"source", "rows"}}``."""
+        last: dict[int, dict] = {}
+        for r in self._records("reuse.jsonl"):
+            last[int(r["shard"])] = r["donors"]
+        total: dict[str, dict] = {}
+        for shard in sorted(last):
+            for key, d in last[shard].items():
+                t = total.setdefault(key, {"source": d["source"], "rows": 0})
+                t["rows"] += int(d["rows"])
+        return total
+
+    def _append(self, name: str, records: list[dict]) -> None:
+        path = self.path / PROGRESS_DIR / name
+        _before_write(path)
+        text = "".join(json.dumps(r) + "\n" for r in records).encode()
+        with open(path, "ab+") as f:
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut by a kill or a full disk: start on a line of our own
+                    text = b"\n" + text
+            f.write(text)
+
+    def _records(self, name: str) -> list[dict]:
+        try:
+            lines = (self.path / PROGRESS_DIR / name).read_text().splitlines()
+        except OSError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill or a full disk
+                continue
+        return out
 
     # ----------------------------------------------------------------- publish
     def finalize(self, manifest: dict, final_path: Path) -> Path:
@@ -138,7 +196,9 @@ class StoreWriter:
         todo = set(range(self.n_shards)) - self.done_shards()
         if todo:
             raise RuntimeError(f"cannot publish {self.path}: shards {sorted(todo)[:5]} not written")
+        _before_write(self.path / "zarr.json")
         self.group.attrs["mad"] = {**manifest, "chunks": chunk_record(self.path)}
+        _before_write(self.path / "zarr.json")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
             zarr.consolidate_metadata(str(self.path))
@@ -157,5 +217,10 @@ class StoreWriter:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        _before_write(path)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no stray temporary file
+        raise
