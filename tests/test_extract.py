@@ -65,7 +65,7 @@ print(json.dumps({{"dims": dims, "manifest": man, "mad_imported": "mad_pipeline"
     assert got["dims"]["text/tokens"] == ["text", "token", "channel"]
     assert got["dims"]["text/char_span"] == ["text", "token", "span"]
     man = got["manifest"]
-    assert man["format_version"] == 1 and man["kind"] == "image" and man["cache_key"] == res["stores"]["image"]["key"]
+    assert man["format_version"] == 2 and man["kind"] == "image" and man["cache_key"] == res["stores"]["image"]["key"]
     assert len(man["teacher"]["weights_sha256"]) == 64 and man["teacher"]["preprocess"]["image_size"] == 32
     assert {"torch", "open_clip_torch", "zarr"} <= set(man["library_versions"])
 
