@@ -131,10 +131,15 @@ def test_weights_are_loaded_for_a_teacher_shipped_as_a_local_dir(tmp_path):
     import open_clip
     from safetensors.torch import load_file, save_file
 
+    from mad_pipeline.data.images import load_image
+
+    # the shipped teacher (the demo's) is open_clip's own load of its directory: same weights, same preprocessing
     own = load_teacher("shapes-clip", device="cpu", precision="fp32")
-    ref = open_clip.create_model(f"local-dir:{SHAPES_CLIP}")  # the shipped teacher is open_clip's own load
+    ref, _, ref_preprocess = open_clip.create_model_and_transforms(f"local-dir:{SHAPES_CLIP}")
     for k, v in ref.state_dict().items():
         assert torch.equal(own.model.state_dict()[k], v), k
+    image = load_image(EXAMPLES / "images" / "coffee.jpg")
+    assert torch.equal(own.preprocess(image), ref_preprocess(image))
 
     sd = load_file(str(SHAPES_CLIP / "open_clip_model.safetensors"))
     g = torch.Generator().manual_seed(0)
