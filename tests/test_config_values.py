@@ -5,11 +5,19 @@ no stages run."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from mad_pipeline.stages.pipeline import load_config
 
 from mad_pipeline.errors import InputError
-from mad_pipeline.training.config import MAX_BATCH, MAX_STEPS, TrainConfig, max_workers
+from mad_pipeline.training.config import TrainConfig
+
+MAX_STEPS, MAX_BATCH = 100_000_000, 65_536
+
+
+def max_workers() -> int:
+    return 4 * len(os.sched_getaffinity(0))
 
 BASE = "task: vqa\ndata: {root: .}\n"
 
