@@ -262,7 +262,7 @@ def lying_server(node: str, separator: str = "/"):
 
 def _lies(tmp_path: Path) -> dict[str, tuple[str, str]]:
     """Node name and separator of each lie, each aimed at a directory of tmp_path outside the local cache."""
-    return {"parent": ("../../../../../escaped", "/"), "absolute": (str(tmp_path / "absolute"), "/"),
+    return {"parent": ("../../../../escaped", "/"), "absolute": (str(tmp_path / "absolute"), "/"),
             "separator": ("x", "/../../../../../../sep-")}
 
 
