@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, REPO, last_json, mad
+from conftest import EXAMPLES, REPO, last_json
 from mad_pipeline.stages import store_share
 
 from mad_pipeline.cache import Cache
@@ -276,14 +276,14 @@ def test_lying_node_names_never_write_outside_the_cache(lie, tmp_path):
     _nothing_published(cache_dir)
 
 
-def test_lying_store_with_mad_pull_and_the_cli(tmp_path):
+def test_lying_store_with_mad_pull_and_the_cli(tmp_path, monkeypatch, capsys):
     node, sep = _lies(tmp_path)["parent"]
     with lying_server(node, sep) as srv:
         cache = Cache(tmp_path / "pull-cache", shared=(srv.url,), pull=True)  # what MAD_PULL=1 does in a run
         with pytest.raises(StoreError, match="unsafe key"):
             cache.find("image", LIE_KEY)
-        proc = mad("store", "pull", LIE_KEY, "--from", srv.url, env={"MAD_CACHE": str(tmp_path / "cli-cache")},
-                   check=False)
+        monkeypatch.setenv("MAD_CACHE", str(tmp_path / "cli-cache"))
+        proc = cli(capsys, "store", "pull", LIE_KEY, "--from", srv.url)
     assert "unsafe key" in _error_line(proc)
     assert _pwned_files(tmp_path) == []
     _nothing_published(tmp_path / "pull-cache")
