@@ -31,7 +31,8 @@ The library:
 Single modules: ``errors`` (user-facing errors: one line, exit code 2), ``hashing`` (content hashes and canonical
 JSON, the basis of every key), ``settings`` (settings dataclasses that describe their own fields), ``plugins``
 (modules that register tasks, readers, teachers or students), ``jsonio`` (atomic JSON files), ``progress``
-(progress bars), ``versions`` (library versions recorded in manifests).
+(progress bars), ``versions`` (library versions recorded in manifests), ``testhooks`` (fixed points where tests
+pause a process or inject a full disk; inert otherwise).
 """
 
 __version__ = "0.1.0"

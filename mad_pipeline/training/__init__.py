@@ -10,5 +10,6 @@
 - :mod:`.trainer`     the loop (:class:`Trainer`)
 - :mod:`.evaluate`    predictions and official scores through the task
 - :mod:`.checkpoint`  exact-resume checkpoints
+- :mod:`.rundir`      the run directory: locked while in use, claimed once the run has started
 - :mod:`.plot`        the curves of a run
 """
