@@ -1,7 +1,7 @@
 """What a `mad run` YAML (and a `key=value` override) accepts as a value: every spelling of a number a user writes,
 and one `error:` line (exit 2) naming the file, line or key for values nothing can run with -- NaN / infinity,
-repeated keys, absurd nesting, a CUDA device the machine lacks, sizes and step counts no run can use. In process,
-no stages run."""
+repeated keys, absurd nesting (also in JSON data files), a CUDA device the machine lacks, sizes and step counts no
+run can use. In process, no stages run."""
 
 from __future__ import annotations
 
@@ -107,3 +107,21 @@ def test_train_config_bounds_on_the_command_line():
         with pytest.raises(InputError, match=expect):
             TrainConfig(**kw)
     assert TrainConfig(steps=MAX_STEPS, batch_size=MAX_BATCH, num_workers=max_workers()).steps == MAX_STEPS
+
+
+def test_deeply_nested_json_in_data_files_is_one_line(tmp_path):
+    """A JSON document or JSONL line nested deeper than Python's parser recurses is a bad input like any other."""
+    from mad_pipeline.data.jsonio import load_json
+    from mad_pipeline.data.manifest import read_jsonl_manifest
+
+    deep = "[" * 100_000 + "]" * 100_000
+    doc = tmp_path / "annotations.json"
+    doc.write_text(deep)
+    with pytest.raises(InputError, match=r"annotations\.json: JSON nested too deeply to read"):
+        load_json(doc)
+    man = tmp_path / "m.jsonl"
+    man.write_text('{"id": 0, "text": "ok"}\n{"id": 1, "text": ' + deep + "}\n")
+    with pytest.raises(InputError, match=r"m\.jsonl:2: JSON nested too deeply to read"):
+        read_jsonl_manifest(man, tmp_path)
+    ds = read_jsonl_manifest(man, tmp_path, on_error="skip")
+    assert [s.id for s in ds.samples] == ["0"] and ds.skipped[0].reason == "JSON nested too deeply to read"

@@ -34,6 +34,8 @@ def load_json(path: Path, what: str = "JSON file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to read") from None
 
 
 def decode_line(line: bytes) -> Any:
@@ -46,6 +48,8 @@ def decode_line(line: bytes) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
 
 
 def peek_field(line: bytes, field: str) -> str | None:

@@ -65,5 +65,5 @@ def _peek_id(line: bytes) -> str | None:
     try:
         rec = json.loads(line.decode("utf-8", errors="replace"))
         return str(rec.get("id")) if isinstance(rec, dict) and "id" in rec else None
-    except (json.JSONDecodeError, ValueError):
+    except (ValueError, RecursionError):
         return None
