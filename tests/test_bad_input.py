@@ -146,3 +146,44 @@ def test_skip_mode_records_every_bad_input_and_keeps_the_good(tiny_clip, corpus,
     idx = zarr.open_group(res["stores"]["index"]["path"], mode="r")
     assert "missing" not in set(idx["sample_id"][:])  # samples whose file is missing are not indexed
     assert len(dict(idx.attrs)["mad"]["skipped"]) == 4  # 3 manifest lines + the missing file
+
+
+@pytest.mark.parametrize("case", ["all-missing", "all-malformed", "all-corrupt"])
+def test_skip_mode_with_every_input_unreadable_publishes_valid_stores(tiny_clip, corpus, tmp_path, case):
+    """Nothing readable at all: the run still ends cleanly with every skip recorded, publishes valid (empty) stores,
+    leaves nothing half-made, and a rerun is served from the cache."""
+    cfg_file, weights = tiny_clip
+    m = tmp_path / "m.jsonl"
+    if case == "all-missing":
+        write_manifest(m, _records([("a", "missing.jpg"), ("b", "gone/also-missing.jpg")]))
+    elif case == "all-malformed":
+        m.write_bytes(b'{"id": "a", "image": "good.jpg"\n{"id": "b", "image": "../x.jpg", "text": "t"}\n')
+    else:
+        write_manifest(m, _records([("a", "corrupt.jpg"), ("b", "empty.jpg")]))
+    cache = tmp_path / "cache"
+    cfg = _cfg(tiny_clip, corpus, m, cache, on_error="skip")
+    if case == "all-missing":  # through the CLI: no traceback, exit 0
+        env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache)}
+        p = mad("extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(m), "--data-root",
+                str(corpus), "--on-error", "skip", "--num-workers", "0", "--json", env=env, check=False)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+        res = last_json(p)
+    else:
+        res = stage.run(cfg, log=lambda _: None).as_dict()
+    assert len(res["skipped"]) == 2, res["skipped"]
+    assert not list(cache.glob("partial/*/*"))  # nothing half-made for the next run to "resume"
+    for kind, s in res["stores"].items():
+        g = zarr.open_group(s["path"], mode="r")
+        man = dict(g.attrs)["mad"]
+        assert man["cache_key"] == s["key"] and man["n_rows"] == s["rows"], kind
+        assert all(arr.shape[0] == s["rows"] for _, arr in g.arrays()), kind
+    image = zarr.open_group(res["stores"]["image"]["path"], mode="r")
+    index = zarr.open_group(res["stores"]["index"]["path"], mode="r")
+    if case == "all-corrupt":  # rows kept with valid = false, the reasons in the image manifest
+        assert image["valid"].shape == (2,) and not image["valid"][:].any()
+        assert len(dict(image.attrs)["mad"]["errors"]) == 2
+    else:  # no image at all: an empty image store and an empty index that lists the skips
+        assert image["tokens"].shape[0] == 0 and index["sample_id"].shape == (0,)
+        assert len(dict(index.attrs)["mad"]["skipped"]) == 2
+    again = stage.run(cfg, log=lambda _: None).as_dict()
+    assert all(s["cached"] for s in again["stores"].values()) and again["skipped"] == res["skipped"]
