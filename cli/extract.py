@@ -65,11 +65,12 @@ def extract_cmd(
         typer.echo(json.dumps(result.as_dict()))
         return
     table = Table(title=f"mad extract ({result.samples} samples, {result.seconds:.1f} s)")
-    for col in ("store", "status", "rows", "computed", "seconds", "key"):
+    for col in ("store", "status", "rows", "computed", "reused", "seconds", "key"):
         table.add_column(col)
     for kind, s in result.stores.items():
         status = "cached" if s.cached else ("resumed" if s.shards_resumed else "built")
-        table.add_row(kind, status, str(s.rows), str(s.rows_computed), f"{s.seconds:.1f}", s.key[:16])
+        table.add_row(kind, status, str(s.rows), str(s.rows_computed), str(s.rows_reused), f"{s.seconds:.1f}",
+                      s.key[:16])
     console = Console()
     console.print(table)
     for kind, s in result.stores.items():

@@ -13,8 +13,10 @@ import zarr
 from conftest import make_photos, write_manifest
 from mad_pipeline.stages import extract as stage
 
+from mad_pipeline.errors import StoreError
 from mad_pipeline.store.reader import open_store
 from mad_pipeline.store.verify import verify_store
+from mad_pipeline.store.writer import DISK_FULL_ENV
 
 N = 16  # the full manifest: photos 0..15; the overlapping one: photos 8..23
 
@@ -79,14 +81,20 @@ def test_subset_copies_every_row_and_never_loads_the_teacher(corpus, tmp_path):
         assert open_store(sub.stores[kind].path)["tokens"][:].any()
 
 
-def test_overlapping_split_computes_only_the_missing_rows(corpus, tmp_path):
+def test_overlapping_split_computes_only_the_missing_rows(corpus, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     shutil.copytree(corpus["base"] / "donor-cache", cache)
+    # first interrupted inside the image store (a full disk after its first shard), then resumed
+    monkeypatch.setenv(DISK_FULL_ENV, "20")
+    with pytest.raises(StoreError, match="no space left"):
+        _run(corpus, cache, corpus["other"])
+    monkeypatch.delenv(DISK_FULL_ENV)
     got = _run(corpus, cache, corpus["other"])
     assert got.teacher_loaded
-    for kind in ("image", "text"):
-        s = got.stores[kind]
-        assert s.rows == N and s.rows_reused == N // 2 and s.rows_computed == N // 2, s
+    image, text = got.stores["image"], got.stores["text"]
+    assert image.shards_resumed >= 1 and image.rows_reused + image.rows_computed < N, image
+    assert text.rows == N and text.rows_reused == N // 2 and text.rows_computed == N // 2, text
+    for s in (image, text):  # the manifest counts the rows of every shard, whichever run wrote it
         assert open_store(s.path).manifest["reused"]["rows"] == N // 2
     _assert_identical(got, _run(corpus, tmp_path / "empty", corpus["other"]))
 
