@@ -98,12 +98,12 @@ class Resolver:
         memo = self.cache.root / "identities"
         v = self.v
 
-        def lazy(name, weights):
-            return LazyTeacher(name, weights, v["device"], v["precision"], None, memo)
+        def lazy(name, weights, flag):
+            return LazyTeacher(name, weights, v["device"], v["precision"], None, memo, flag=flag)
 
         try:
-            image = lazy(v["teacher"], v["teacher_weights"])
-            text = lazy(v["text_teacher"], v["text_weights"]) if v["text_teacher"] else None
+            image = lazy(v["teacher"], v["teacher_weights"], "weights:")
+            text = lazy(v["text_teacher"], v["text_weights"], "text_weights:") if v["text_teacher"] else None
         except (ValueError, OSError) as e:
             raise InputError(f"{self.source}: teacher: {e}") from None
         if self.dry_run and any(t is not None and not t._memo.exists() for t in (image, text)):
