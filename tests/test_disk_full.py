@@ -1,7 +1,8 @@
 """A full disk during `mad extract`: one `error:` line naming the path and "no space left", exit 2, nothing
 half-made published; once space is freed the same command resumes and gives the same stores as a run that never
 failed. The disk fills up at every kind of write (array creation, shard data, shard markers, the manifest, metadata
-consolidation), through the writer's ENOSPC test hook, and on a real, tiny tmpfs where the machine allows mounting."""
+consolidation), through the writer's test hook point (``MAD_TEST_FAIL=store-write@N``), and on a real, tiny tmpfs
+where the machine allows mounting one."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from mad_pipeline.stages import extract as stage
 from mad_pipeline.errors import StoreError
 from mad_pipeline.store import writer as store_writer
 from mad_pipeline.store.location import is_complete
+from mad_pipeline.testhooks import FAIL_ENV as HOOK
 
-HOOK = store_writer.DISK_FULL_ENV
+
+def _at(n: int) -> str:
+    return f"{store_writer.WRITE_POINT}@{n}"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,7 @@ def setup(tiny_clip, tmp_path_factory):
                                                  for i, r in enumerate(rels)])
     s = {"base": base, "manifest": manifest, "tiny_clip": tiny_clip}
     mp = pytest.MonkeyPatch()
-    mp.setenv(HOOK, str(10**9))  # counts writes, never fails
+    mp.setenv(HOOK, _at(10**9))  # counts the writes, fails none
     try:
         s["ref"] = _run(s, base / "ref")
         s["writes"] = store_writer._writes["count"]
@@ -66,7 +70,7 @@ def test_disk_full_at_every_kind_of_write_is_one_error_then_resumes(setup, tmp_p
     points = sorted({0, writes - 1, *np.linspace(1, writes - 2, 6).astype(int).tolist()})
     for n in points:
         cache = tmp_path / f"cache-{n}"
-        monkeypatch.setenv(HOOK, str(n))
+        monkeypatch.setenv(HOOK, _at(n))
         with pytest.raises(StoreError) as e:
             _run(setup, cache)
         msg = str(e.value)
@@ -87,7 +91,7 @@ def test_cli_disk_full_prints_one_line_and_exits_2(setup, tmp_path):
             "--data-root", str(setup["base"] / "data"), "--shard-rows", "2", "--batch-size", "1", "--num-workers", "0",
             "-q"]
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache)}
-    p = mad(*args, env={**env, HOOK: str(setup["writes"] // 5)}, check=False)  # inside the image store, past a shard
+    p = mad(*args, env={**env, HOOK: _at(setup["writes"] // 5)}, check=False)  # inside the image store, past a shard
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no space left" in lines[0], p.stderr

@@ -16,7 +16,7 @@ from mad_pipeline.stages import extract as stage
 from mad_pipeline.errors import StoreError
 from mad_pipeline.store.reader import open_store
 from mad_pipeline.store.verify import verify_store
-from mad_pipeline.store.writer import DISK_FULL_ENV
+from mad_pipeline.testhooks import FAIL_ENV
 
 N = 16  # the full manifest: photos 0..15; the overlapping one: photos 8..23
 
@@ -85,10 +85,10 @@ def test_overlapping_split_computes_only_the_missing_rows(corpus, tmp_path, monk
     cache = tmp_path / "cache"
     shutil.copytree(corpus["base"] / "donor-cache", cache)
     # first interrupted inside the image store (a full disk after its first shard), then resumed
-    monkeypatch.setenv(DISK_FULL_ENV, "20")
+    monkeypatch.setenv(FAIL_ENV, "store-write@20")
     with pytest.raises(StoreError, match="no space left"):
         _run(corpus, cache, corpus["other"])
-    monkeypatch.delenv(DISK_FULL_ENV)
+    monkeypatch.delenv(FAIL_ENV)
     got = _run(corpus, cache, corpus["other"])
     assert got.teacher_loaded
     image, text = got.stores["image"], got.stores["text"]

@@ -9,13 +9,13 @@ group attributes, metadata is consolidated, and the directory is renamed to its 
 Nothing without a manifest is ever served.
 
 A write that fails (a full disk: ``ENOSPC``) leaves the partial directory as a kill would: the shards marked done are
-kept and the next run resumes from them. ``MAD_TEST_DISK_FULL_AFTER=N`` (tests only) makes every write of this
-module after the first N in the process fail with ``ENOSPC``, the way a disk that fills up does.
+kept and the next run resumes from them. Tests fill the disk at a chosen write: ``MAD_TEST_FAIL=store-write@N`` (see
+:mod:`mad_pipeline.testhooks`) makes the write numbered N (from 0, counted over this process while the variable keeps
+its value) fail with ``ENOSPC``, naming the file it was about to write.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -27,21 +27,22 @@ import numpy as np
 import zarr
 from zarr.errors import UnstableSpecificationWarning
 
+from .. import testhooks
 from .integrity import chunk_record
 from .layout import FORMAT_VERSION, ArraySpec, codecs_for, rows_per_chunk, rows_per_shard
 from .location import is_complete
 
 PROGRESS_DIR = "_mad_progress"
 LAYOUT_FILE = "_mad_progress/layout.json"
-DISK_FULL_ENV = "MAD_TEST_DISK_FULL_AFTER"
+WRITE_POINT = "store-write"  # MAD_TEST_FAIL=store-write@N: the N-th write fails as on a full disk (tests only)
 _writes = {"spec": None, "count": 0}
 _writes_lock = threading.Lock()
 
 
 def _before_write(path: Path) -> None:
-    """Test hook (``MAD_TEST_DISK_FULL_AFTER=N``): every write after the first N in this process raises ENOSPC."""
-    spec = os.environ.get(DISK_FULL_ENV)
-    if not spec:
+    """Test hook point before every write of a store (``MAD_TEST_FAIL=store-write@N``); inert otherwise."""
+    spec = os.environ.get(testhooks.FAIL_ENV, "")
+    if not spec.startswith(WRITE_POINT + "@"):
         _writes["spec"] = None  # the count starts again when the variable is set again
         return
     with _writes_lock:
@@ -49,8 +50,10 @@ def _before_write(path: Path) -> None:
             _writes.update(spec=spec, count=0)
         n = _writes["count"]
         _writes["count"] = n + 1
-    if n >= int(spec):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    try:
+        testhooks.fail(WRITE_POINT, n)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 class StoreWriter:
