@@ -19,6 +19,7 @@ S3: credentials and the endpoint come from the usual places (``AWS_ACCESS_KEY_ID
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import weakref
 from dataclasses import dataclass
@@ -294,7 +295,12 @@ def filesystem(url: str, asynchronous: bool = False):
     try:
         from fsspec import url_to_fs
 
-        return url_to_fs(url, asynchronous=asynchronous) if asynchronous else url_to_fs(url)
+        if protocol in _NEEDS:  # fsspec keeps an imported implementation; ask for the package itself
+            importlib.import_module(_NEEDS[protocol][0])
+        # a fresh instance: fsspec's instance cache would keep one made under other credentials or endpoint
+        # settings (the environment), e.g. in a notebook or a test session that changes them
+        kw = {"skip_instance_cache": True, **({"asynchronous": True} if asynchronous else {})}
+        return url_to_fs(url, **kw)
     except ImportError as e:
         raise _missing(url, protocol, e) from None
     except ValueError as e:
