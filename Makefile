@@ -26,9 +26,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mad demo --cache $(CACHE) --out demo-report
 
+# The suite runs in worker processes (pytest-xdist, one per core, at most 4): most tests wait on real subprocesses.
 test: $(TSTAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --durations 15
 
 lint: $(TSTAMP)
 	$(BIN)/ruff check .

@@ -583,6 +583,9 @@ class Hostile(http.server.ThreadingHTTPServer):
         self.root, self.mode = root, mode
         super().__init__(("127.0.0.1", 0), _Handler)
 
+    def handle_error(self, request, client_address):
+        pass  # clients hang up on this server by design
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):

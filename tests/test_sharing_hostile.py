@@ -85,6 +85,9 @@ class Hostile:
                 outer.connections += 1
                 return got
 
+            def handle_error(self, request, client_address):
+                pass  # a client that hangs up (as the bounded client does) is not news; the default prints to stderr
+
         self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
