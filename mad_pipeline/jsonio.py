@@ -16,4 +16,17 @@ def dump_json(path: str | Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["dump_json"]
+def save_memo(path: str | Path, obj: Any) -> None:
+    """Write a memo (a cache of something recomputable) atomically, compactly; a failure to write it is ignored:
+    the next run recomputes what it holds."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+__all__ = ["dump_json", "save_memo"]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hashing import canonical_json, content_key, sha256_file, sha256_text
+from ..jsonio import save_memo
 
 PIPELINE_FORMAT = 1
 MARKER = "stage.json"
@@ -253,13 +254,7 @@ def split_fingerprint(reader: str, root: Path, split: str, memo_dir: Path | None
         changed = True
     inputs.text_hash = {t: sha256_text(t) for t in ds.texts()}
     if memo_file is not None and changed and write_memo:
-        try:
-            memo_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(memo))
-            os.replace(tmp, memo_file)
-        except OSError:
-            pass
+        save_memo(memo_file, memo)
     return content_key({"reader": reader, "split": split, "samples": samples_digest(ds, inputs),
                         "missing": sorted(inputs.missing)})
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import TeacherError
 from ..hashing import canonical_json, content_key
+from ..jsonio import save_memo
 
 SAFETENSORS = ".safetensors"
 
@@ -108,11 +109,5 @@ def tensor_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None) -
             pass
     got = _compute(p)
     if memo is not None:
-        try:
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(got))
-            os.replace(tmp, memo)
-        except OSError:
-            pass
+        save_memo(memo, got)
     return got
