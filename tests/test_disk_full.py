@@ -84,13 +84,18 @@ def test_disk_full_at_every_kind_of_write_is_one_error_then_resumes(setup, tmp_p
     assert sum(s.shards_total for s in setup["ref"].stores.values()) == 7  # 3 image, 3 text, 1 index shards
 
 
-def test_cli_disk_full_prints_one_line_and_exits_2(setup, tmp_path):
+def _cli(setup, cache: Path) -> tuple[list[str], dict]:
+    """``mad extract`` arguments and environment of the setup's manifest into ``cache``."""
     cfg_file, weights = setup["tiny_clip"]
-    cache = tmp_path / "cache"
     args = ["extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(setup["manifest"]),
             "--data-root", str(setup["base"] / "data"), "--shard-rows", "2", "--batch-size", "1", "--num-workers", "0",
             "-q"]
-    env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache)}
+    return args, {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache)}
+
+
+def test_cli_disk_full_prints_one_line_and_exits_2(setup, tmp_path):
+    cache = tmp_path / "cache"
+    args, env = _cli(setup, cache)
     p = mad(*args, env={**env, HOOK: _at(setup["writes"] // 5)}, check=False)  # inside the image store, past a shard
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
@@ -122,12 +127,8 @@ def tiny_fs(tmp_path):
 
 
 def test_real_full_filesystem(setup, tiny_fs):
-    cfg_file, weights = setup["tiny_clip"]
     cache = tiny_fs / "cache"
-    args = ["extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(setup["manifest"]),
-            "--data-root", str(setup["base"] / "data"), "--shard-rows", "2", "--batch-size", "1", "--num-workers", "0",
-            "-q"]
-    env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache)}
+    args, env = _cli(setup, cache)
     filler = tiny_fs / "filler"
     with open(filler, "wb") as f:  # leave ~100 kB: room for a few shard files, not for all three stores
         f.write(b"\0" * (shutil.disk_usage(tiny_fs).free - 100_000))

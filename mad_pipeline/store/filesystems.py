@@ -218,6 +218,17 @@ async def _bounded_get(fs, url: str, headers: dict, kw: dict, max_bytes: int | N
     return r.status, bytes(body)
 
 
+async def _within_deadline(url: str, answer):
+    """Await ``answer`` (a request to ``url``'s host) within ``MAD_SHARED_TIMEOUT``; a host that misses it is marked
+    unreachable."""
+    check_reachable(url)
+    timeout = Limits.from_env().timeout
+    try:
+        return await asyncio.wait_for(answer, timeout)
+    except asyncio.TimeoutError:
+        raise _unreachable(url, f"no answer within {timeout:g} s") from None
+
+
 def _http_fs_class():
     from fsspec.implementations.http import HTTPFileSystem
 
@@ -243,18 +254,10 @@ def _http_fs_class():
             return out
 
         async def _exists(self, path, **kwargs):
-            check_reachable(path)
-            try:
-                return await asyncio.wait_for(super()._exists(path, **kwargs), Limits.from_env().timeout)
-            except asyncio.TimeoutError:
-                raise _unreachable(path, f"no answer within {Limits.from_env().timeout:g} s") from None
+            return await _within_deadline(path, super()._exists(path, **kwargs))
 
         async def _info(self, url, **kwargs):
-            check_reachable(url)
-            try:
-                return await asyncio.wait_for(super()._info(url, **kwargs), Limits.from_env().timeout)
-            except asyncio.TimeoutError:
-                raise _unreachable(url, f"no answer within {Limits.from_env().timeout:g} s") from None
+            return await _within_deadline(url, super()._info(url, **kwargs))
 
         async def set_session(self):
             new = self._session is None
