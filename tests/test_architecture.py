@@ -72,10 +72,14 @@ def graph() -> dict[str, set[str]]:
     return {name: imports(name, path, known) for name, path in known.items()}
 
 
+# the Python API calls stages as the CLI does; the package root re-exports it (imported on first use)
+FACADE = {"mad_pipeline", "mad_pipeline.api"}
+
+
 def layer(name: str) -> int:
     if name.startswith("mad_pipeline.cli"):
         return 2
-    if name.startswith("mad_pipeline.stages"):
+    if name.startswith("mad_pipeline.stages") or name in FACADE:
         return 1
     return 0
 
