@@ -86,6 +86,7 @@ class StoreWriter:
         self.chunk_rows = layout["chunk_rows"]
         self.shard_rows = layout["shard_rows"]
         self.group = zarr.open_group(str(self.path), mode="r+")
+        self._arrays: dict = {}
 
     # ----------------------------------------------------------------- layout
     @property
@@ -137,9 +138,17 @@ class StoreWriter:
             if values.shape[0] != hi - lo:
                 raise ValueError(f"shard {i}: {name} has {values.shape[0]} rows, expected {hi - lo}")
             _before_write(self.path / name)
-            # every chunk is written, even one that holds only fill values: a missing file is then corruption
-            self.group[name].with_config({"write_empty_chunks": True})[lo:hi] = values
+            self._array(name)[lo:hi] = values
         _atomic_write(self._marker(i), "")
+
+    def _array(self, name: str):
+        """The array opened once for writing (shards are written from several threads; each writes its own files).
+
+        Every chunk is written, even one that holds only fill values: a missing file is then corruption."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self.group[name].with_config({"write_empty_chunks": True})
+        return arr
 
     def record_errors(self, errors: list[dict]) -> None:
         """Append per-row failures (skip mode) so they survive a kill and reach the manifest."""
