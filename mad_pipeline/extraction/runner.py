@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import InputError
 from ..store.writer import StoreWriter
+from .device import FastPath, overlapped_forward, prepare, teacher_device
 from .reader import ImageRows, collate
 from .reuse import ReusePlan
 from .writer import ShardAssembler
@@ -31,6 +32,7 @@ class PassStats:
     shards_computed: int = 0
     seconds: float = 0.0
     errors: list[dict] = field(default_factory=list)  # rows that failed to decode (skip mode)
+    timings: dict = field(default_factory=dict)  # seconds per step (device.overlapped_forward) and of the writers
 
 
 def _pending_rows(writer: StoreWriter) -> tuple[list[int], list[int]]:
@@ -76,7 +78,7 @@ def _merged(writer: StoreWriter, todo: list[int], reuse: ReusePlan | None, compu
 
 
 def _fill(writer: StoreWriter, label: str, unit: str, progress, batches, reuse: ReusePlan | None = None,
-          hashes: np.ndarray | None = None) -> PassStats:
+          hashes: np.ndarray | None = None, writers: int = 1) -> PassStats:
     """Run ``batches(rows)`` over the rows of unfinished shards that no donor has, copy the others from their donor,
     and hand each batch to the background writer."""
     t0 = time.perf_counter()
@@ -87,7 +89,7 @@ def _fill(writer: StoreWriter, label: str, unit: str, progress, batches, reuse: 
     _write_empty_shards(writer, todo)
     if rows:
         compute = rows if reuse is None else reuse.missing(rows)
-        sink = ShardAssembler(writer, todo)
+        sink = ShardAssembler(writer, todo, writers=writers)
         try:
             for batch_rows, arrays, computed in _merged(writer, todo, reuse, batches(compute, stats) if compute else (),
                                                          hashes):
@@ -103,28 +105,35 @@ def _fill(writer: StoreWriter, label: str, unit: str, progress, batches, reuse: 
             sink.abort()
             raise
         stats.shards_computed = sink.shards_written
+        stats.timings.update(sink.stats())
     stats.seconds = time.perf_counter() - t0
     return stats
 
 
 def extract_images(teacher, writer: StoreWriter, hashes: list[str], paths: list[str], *, batch_size: int,
                    num_workers: int, on_error: str, progress=None, pin_memory: bool = False,
-                   reuse: ReusePlan | None = None) -> PassStats:
-    """Fill an image store. ``hashes[i]``/``paths[i]`` belong to row i (rows sorted by content hash)."""
+                   reuse: ReusePlan | None = None, fast: FastPath | None = None) -> PassStats:
+    """Fill an image store. ``hashes[i]``/``paths[i]`` belong to row i (rows sorted by content hash). ``fast``: how
+    the device is driven (pinned memory, copies overlapping the forward, writer threads; see :mod:`.device`), by
+    default from the teacher's device."""
     hash_arr = np.asarray(hashes, dtype=object)
+    fast = fast or FastPath.for_device(teacher_device(teacher))
 
     def batches(rows, stats):
         ds = ImageRows([(r, paths[r]) for r in rows], teacher.preprocess, teacher.crop_box_fn, teacher.image_size)
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                            pin_memory=pin_memory, prefetch_factor=4 if num_workers > 0 else None)
-        for batch_rows, pixels, boxes, errors in loader:
+        loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate, **fast.loader_options(num_workers))
+
+        def checked():
+            for batch_rows, pixels, boxes, errors in loader:
+                bad = [i for i, e in enumerate(errors) if e]
+                if bad and on_error != "skip":
+                    i = bad[0]
+                    raise InputError(f"{paths[batch_rows[i]]}: {errors[i]} (use --on-error skip to record and go on)")
+                yield (batch_rows, boxes, errors), pixels
+
+        for (batch_rows, boxes, errors), (tokens, pooled) in overlapped_forward(prepare(teacher, fast), checked(),
+                                                                                fast, stats.timings):
             bad = [i for i, e in enumerate(errors) if e]
-            if bad and on_error != "skip":
-                i = bad[0]
-                raise InputError(f"{paths[batch_rows[i]]}: {errors[i]} (use --on-error skip to record and go on)")
-            tokens, pooled = teacher.encode_image_tokens(pixels)
-            tokens = tokens.to(torch.float16).cpu().numpy()
-            pooled = pooled.to(torch.float16).cpu().numpy()
             valid = np.asarray([not e for e in errors])
             if bad:
                 tokens[~valid] = 0
@@ -136,7 +145,7 @@ def extract_images(teacher, writer: StoreWriter, hashes: list[str], paths: list[
             yield batch_rows, {"image_hash": hash_arr[batch_rows], "tokens": tokens, "pooled": pooled,
                                "crop_box": boxes, "valid": valid}
 
-    return _fill(writer, "image teacher", "img", progress, batches, reuse, hash_arr)
+    return _fill(writer, "image teacher", "img", progress, batches, reuse, hash_arr, fast.writers)
 
 
 def extract_texts(teacher, writer: StoreWriter, hashes: list[str], texts: list[str], *, batch_size: int,
