@@ -215,9 +215,28 @@ def test_overlapped_forward_on_cpu_gives_the_forward_in_fp16(teacher, tmp_path):
     clock: dict = {}
     out = list(fast_lib.overlapped_forward(teacher, ((b[0], b[1]) for b in batches), fast, clock))
     assert [list(rows) for rows, _ in out] == [[0, 1], [2, 3], [4]]
-    for (rows, (tokens, pooled)), b in zip(out, batches, strict=True):
+    for (_rows, (tokens, pooled)), b in zip(out, batches, strict=True):
         ref_t, ref_p = teacher.encode_image_tokens(b[1])
         assert tokens.dtype == np.float16 and pooled.dtype == np.float16
         np.testing.assert_array_equal(tokens, ref_t.to(torch.float16).numpy())
         np.testing.assert_array_equal(pooled, ref_p.to(torch.float16).numpy())
     assert set(clock) == {"input_wait", "forward", "to_host"} and clock["forward"] > 0
+
+
+def test_extract_images_with_a_writer_pool_gives_the_same_store(teacher, tmp_path):
+    """The real stage-1 image pass (decode, forward, writer threads) with 3 writers: the same bytes as with one."""
+    from mad_pipeline.extraction.runner import extract_images
+
+    paths = [str(tmp_path / "img" / r) for r in make_photos(tmp_path / "img", 11, size=48)]
+    hashes = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+    specs = image_arrays(teacher.num_tokens, teacher.width, teacher.embed_dim)
+    stores = {}
+    for writers in (1, 3):
+        w = StoreWriter(tmp_path / f"w{writers}.partial", "image", len(paths), specs, key="k", shard_rows=2)
+        fast = FastPath.for_device("cpu", writers=writers)
+        stats = extract_images(teacher, w, hashes, paths, batch_size=3, num_workers=0, on_error="fail", fast=fast)
+        assert stats.timings["writers"] == writers and stats.shards_computed == 6
+        assert stats.timings["forward"] > 0 and stats.timings["write_s"] > 0
+        stores[writers] = _files(w.finalize({"cache_key": "k"}, tmp_path / f"w{writers}.zarr"))
+    assert stores[1].keys() == stores[3].keys()
+    assert [k for k in stores[1] if stores[1][k] != stores[3][k]] == []
