@@ -101,12 +101,13 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
         ctx = BuildContext(cache, cfg.batch_size, cfg.num_workers, cfg.on_error, cfg.shard_rows, progress, log)
         inputs = hash_inputs(ds, progress if has_image else None)
         skipped = [s.as_dict() for s in ds.skipped]
+        where = ds.image_source().where  # a file under the data root, or shard.tar:member, file.parquet:row N
         if inputs.missing and has_image:
             if cfg.on_error != "skip":
                 rel, why = next(iter(inputs.missing.items()))
                 sid = next(s.id for s in ds.samples if s.image == rel)
-                raise InputError(f"{ds.root / rel}: {why} (sample {sid}; use --on-error skip to record and go on)")
-            skipped += [{"source": str(ds.root / s.image), "sample_id": s.id, "reason": inputs.missing[s.image]}
+                raise InputError(f"{where(rel)}: {why} (sample {sid}; use --on-error skip to record and go on)")
+            skipped += [{"source": str(where(s.image)), "sample_id": s.id, "reason": inputs.missing[s.image]}
                         for s in ds.samples if s.image in inputs.missing]
         if has_image:
             stores["image"] = stores_lib.image_store(ctx, image_teacher, ds, inputs)

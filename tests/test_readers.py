@@ -297,8 +297,8 @@ def test_vcr_bad_json_line_and_missing_file(tmp_path):
 def test_reader_registry_lists_the_builtin_readers_and_refuses_unknown_names(tmp_path):
     from mad_pipeline.data import DATASETS
 
-    assert DATASETS == ("jsonl", "vqa", "snli-ve", "vcr")
-    with pytest.raises(InputError, match=r"unknown dataset 'nope'; known: jsonl, vqa, snli-ve, vcr"):
+    assert DATASETS == ("jsonl", "webdataset", "parquet", "csv", "vqa", "snli-ve", "vcr")
+    with pytest.raises(InputError, match=r"unknown dataset 'nope'; known: jsonl, webdataset, parquet, csv, vqa, snli-ve, vcr"):
         load_dataset("nope", tmp_path, split="train")
     with pytest.raises(InputError, match="--split is required with --dataset vcr"):
         load_dataset("vcr", FIX / "vcr")

@@ -6,14 +6,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .sources import FileImages, ImageSource
+
 
 @dataclass(frozen=True)
 class Sample:
     """One dataset record.
 
-    ``image`` is a POSIX path relative to the dataset's root (already checked not to escape it); ``texts`` are the
-    texts the text teacher encodes for this sample (a question; a hypothesis; VCR's question and choices rendered as
-    text). ``meta`` carries task fields (labels, answers, question type) that stage 1 ignores.
+    ``image`` is a reference the dataset's image source resolves (:mod:`mad_pipeline.data.sources`): a POSIX path
+    relative to the dataset's root (already checked not to escape it), or for images held inside a container the
+    location ``shard.tar:member`` / ``file.parquet:row N``. ``texts`` are the texts the text teacher encodes for
+    this sample (a caption or several; a question; a hypothesis; VCR's question and choices rendered as text).
+    ``meta`` carries task fields (labels, answers, question type) that stage 1 ignores.
     """
 
     id: str
@@ -41,7 +45,11 @@ class Dataset:
     split: str | None
     samples: list[Sample]
     skipped: list[Skipped] = field(default_factory=list)
-    sources: list[Path] = field(default_factory=list)  # the annotation files read
+    sources: list[Path] = field(default_factory=list)  # the annotation files (or tar shards) read
+    images: ImageSource | None = None  # where Sample.image is read from; None: files under ``root``
+
+    def image_source(self) -> ImageSource:
+        return self.images if self.images is not None else FileImages(self.root)
 
     def image_paths(self) -> list[str]:
         """Distinct image paths in first-seen order."""

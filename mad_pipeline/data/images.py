@@ -6,6 +6,7 @@ does (``Image.convert("RGB")``), so stored features equal open_clip's on the sam
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -30,10 +31,21 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageDecodeError(f"cannot read file ({e.strerror})") from None
     if size == 0:
         raise ImageDecodeError("empty file (0 bytes)")
+    return _decode(p, max_pixels)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode image bytes (a tar member, a parquet cell) exactly as :func:`load_image` decodes a file."""
+    if not data:
+        raise ImageDecodeError("empty image (0 bytes)")
+    return _decode(io.BytesIO(data), max_pixels)
+
+
+def _decode(fp, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
+            with Image.open(fp) as im:
                 w, h = im.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(f"image too large ({w}x{h} pixels > {max_pixels}; decompression bomb?)")

@@ -105,6 +105,15 @@ def check_text(value: Any, field: str) -> str:
     return value
 
 
+def check_texts(value: Any, field: str) -> list[str]:
+    """A caption field: one string, or a list of strings (several captions of one image, one sample)."""
+    if isinstance(value, str):
+        return [check_text(value, field)]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
+        raise ValueError(f"field {field!r} must be a string or a list of strings")
+    return [check_text(t, field) for t in value]
+
+
 def check_int(value: Any, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"field {field!r} must be an integer")
@@ -117,4 +126,4 @@ def require(rec: dict, field: str) -> Any:
     return rec[field]
 
 
-__all__ = ["check_int", "check_text", "decode_line", "load_json", "peek_field", "read_jsonl", "require"]
+__all__ = ["check_int", "check_text", "check_texts", "decode_line", "load_json", "peek_field", "read_jsonl", "require"]

@@ -8,13 +8,15 @@ from typing import Any
 
 from ..errors import InputError
 from .base import Dataset, Sample
-from .jsonio import read_jsonl
+from .jsonio import check_texts, read_jsonl
 from .paths import safe_relpath
 
 
 def read_jsonl_manifest(manifest: Path, root: Path, on_error: str = "fail") -> Dataset:
-    """Parse a manifest. Fields: ``id`` (str/int, unique), ``image`` (path under ``root``), ``text`` (str) or
-    ``texts`` (list of str); other fields go to ``Sample.meta``. Every problem names ``manifest:line``."""
+    """Parse a manifest. Fields: ``id`` (str/int, unique), ``image`` (path under ``root``), ``text`` (a caption, or
+    a list of captions of the same image) or ``texts`` (list of str); other fields go to ``Sample.meta``. A list
+    of captions stays one sample whose ``texts`` are the captions (the index store's row lists them all). Every
+    problem names ``manifest:line``."""
     manifest = Path(manifest)
     root = Path(root)
     if not root.is_dir():
@@ -43,18 +45,11 @@ def _parse_record(rec: Any, root: Path, seen: set[str]) -> Sample:
             raise ValueError("field 'image' must be a string path")
         image = safe_relpath(image, root)
     if "texts" in rec:
-        texts = rec["texts"]
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise ValueError("field 'texts' must be a list of strings")
+        texts = check_texts(rec["texts"], "texts")
     elif "text" in rec:
-        if not isinstance(rec["text"], str):
-            raise ValueError("field 'text' must be a string")
-        texts = [rec["text"]]
+        texts = check_texts(rec["text"], "text")  # a caption, or a list of captions of the same image
     else:
         texts = []
-    for t in texts:
-        if "\ufffd" in t or any(0xD800 <= ord(c) <= 0xDFFF for c in t):
-            raise ValueError("text is not valid Unicode (replacement characters or lone surrogates)")
     if image is None and not texts:
         raise ValueError("record has neither 'image' nor 'text'")
     meta = {k: v for k, v in rec.items() if k not in ("id", "image", "text", "texts")}

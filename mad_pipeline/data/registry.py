@@ -7,8 +7,8 @@ A reader module registers its reader on import::
 
 A plugin module outside the package does the same (``register_reader("mytask", read_mytask)`` works too); plugins
 named by ``MAD_PLUGINS`` or the ``mad_pipeline.plugins`` entry points are imported before a reader is looked up
-(see :mod:`mad_pipeline.plugins`). ``jsonl`` (the generic manifest) is built in and takes a manifest rather than a
-split, so it is not a registered reader.
+(see :mod:`mad_pipeline.plugins`). The generic inputs are built in and take no split, so they are not registered
+readers: ``jsonl``, ``parquet`` and ``csv`` (a manifest file) and ``webdataset`` (tar shards).
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from ..plugins import load_plugins
 from .base import Dataset
 
 GENERIC = "jsonl"
+_BUILTIN = {GENERIC: "JSONL manifest", "webdataset": "webdataset tar shards", "parquet": "parquet manifest",
+            "csv": "CSV manifest"}
+BUILTIN = tuple(_BUILTIN)  # the generic inputs (no split), read by load_dataset itself
 
 
 class Reader(Protocol):
@@ -35,8 +38,8 @@ def register_reader(name: str, reader: Reader | None = None) -> Callable[[Reader
     a decorator that does."""
 
     def add(fn: Reader) -> Reader:
-        if name == GENERIC:
-            raise ValueError(f"dataset name {GENERIC!r} is the built-in JSONL manifest reader")
+        if name in BUILTIN:
+            raise ValueError(f"dataset name {name!r} is the built-in {_BUILTIN[name]} reader")
         _READERS[name] = fn
         return fn
 
@@ -49,9 +52,9 @@ def get_reader(name: str) -> Reader | None:
 
 
 def dataset_names() -> tuple[str, ...]:
-    """``jsonl`` and every registered reader, in registration order."""
+    """The built-in generic readers, then every registered reader in registration order."""
     load_plugins()
-    return (GENERIC, *_READERS)
+    return (*BUILTIN, *_READERS)
 
 
-__all__ = ["GENERIC", "Reader", "dataset_names", "get_reader", "register_reader"]
+__all__ = ["BUILTIN", "GENERIC", "Reader", "dataset_names", "get_reader", "register_reader"]

@@ -1,23 +1,25 @@
-"""Content hashes of a dataset's inputs: images by the sha256 of their bytes, texts by the sha256 of their UTF-8."""
+"""Content hashes of a dataset's inputs: images by the sha256 of their bytes, texts by the sha256 of their UTF-8.
+
+The bytes are the same whether an image is a file, a tar member or a parquet cell, so the same images give the same
+image store key and rows whichever reader listed them."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..data.base import Dataset
-from ..hashing import content_key, sha256_file, sha256_text
+from ..hashing import content_key, sha256_text
 
 
 @dataclass
 class DatasetInputs:
-    image_hash: dict[str, str]  # relpath -> sha256 (readable files only)
-    missing: dict[str, str] = field(default_factory=dict)  # relpath -> reason
+    image_hash: dict[str, str]  # Sample.image -> sha256 (readable images only)
+    missing: dict[str, str] = field(default_factory=dict)  # Sample.image -> reason
     text_hash: dict[str, str] = field(default_factory=dict)
 
     def unique_images(self) -> tuple[list[str], list[str]]:
-        """(sorted hashes, one relpath per hash): the rows of the image store."""
+        """(sorted hashes, one Sample.image per hash): the rows of the image store."""
         first: dict[str, str] = {}
         for rel, h in self.image_hash.items():
             first.setdefault(h, rel)
@@ -31,21 +33,15 @@ class DatasetInputs:
         return hashes, [by_hash[h] for h in hashes]
 
 
-def _hash_one(path: Path) -> tuple[str | None, str]:
-    try:
-        if not path.is_file():
-            return None, "file not found" if not path.exists() else "not a regular file"
-        return sha256_file(path), ""
-    except OSError as e:
-        return None, f"cannot read file ({e.strerror})"
-
-
 def hash_inputs(ds: Dataset, progress=None, threads: int = 4) -> DatasetInputs:
+    """Hash every distinct image (through the dataset's image source: files, tar members, parquet cells) and
+    text. An image that cannot be read goes to ``missing`` with the reason."""
     rels = ds.image_paths()
+    source = ds.image_source()
     task = progress.add_task("hashing images", total=len(rels), unit="img") if progress else None
     out = DatasetInputs(image_hash={})
     with ThreadPoolExecutor(threads) as pool:
-        for rel, (h, why) in zip(rels, pool.map(_hash_one, (ds.root / r for r in rels)), strict=True):
+        for rel, (h, why) in zip(rels, pool.map(source.sha256, rels), strict=True):
             if h is None:
                 out.missing[rel] = why
             else:

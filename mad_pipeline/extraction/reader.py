@@ -1,4 +1,7 @@
-"""Decode and preprocess images in DataLoader worker processes; bad files come back as recorded errors."""
+"""Decode and preprocess images in DataLoader worker processes; bad files come back as recorded errors.
+
+An item's location is a file path, or a location that reads its own bytes (:mod:`mad_pipeline.data.sources`: a tar
+member, a parquet cell) through handles each worker opens lazily for itself."""
 
 from __future__ import annotations
 
@@ -9,10 +12,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.images import MAX_PIXELS, ImageDecodeError, load_image
+from ..data.sources import ImageLocation
 
 
 class ImageRows(Dataset):
-    """Items are (row, absolute path); yields (row, pixels, crop_box, error)."""
+    """Items are (row, location): a file path, or an ``ImageLocation`` that reads its own bytes (a tar member, a
+    parquet cell); yields (row, pixels, crop_box, error)."""
 
     def __init__(self, items: list[tuple[int, str]], preprocess: Callable, crop_box: Callable, image_size: int,
                  max_pixels: int = MAX_PIXELS):
@@ -28,7 +33,8 @@ class ImageRows(Dataset):
     def __getitem__(self, i: int):
         row, path = self.items[i]
         try:
-            image = load_image(path, self.max_pixels)
+            image = (path.load(self.max_pixels) if isinstance(path, ImageLocation)
+                     else load_image(path, self.max_pixels))
             box = np.asarray(self.crop_box(*image.size), np.float32)
             pixels = self.preprocess(image)
             return row, pixels, box, ""

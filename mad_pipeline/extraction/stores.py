@@ -86,7 +86,7 @@ def _text_geometry(t) -> dict:
 def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreResult:
     """Rows = unique images sorted by content hash; key = image-teacher identity + the set of image hashes."""
     hashes, rels = inputs.unique_images()
-    paths = [str(ds.root / r) for r in rels]
+    paths = list(map(ds.image_source().where, rels))  # file paths, or tar members / parquet cells
     ident = teacher.identity("image")
     key = make_key("image", teacher=ident, inputs=hash_of_set(hashes))
     reuse = _Reuse(ctx, "image", key, ident, hashes)
