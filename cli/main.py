@@ -15,7 +15,7 @@ from .app import app
 
 def _register() -> None:
     # one import per command module; each attaches its commands to `app` (or `store_app`)
-    from . import datasets, distill, extract, run, score, store, teacher, teachers  # noqa: F401
+    from . import datasets, distill, extract, predict, run, score, store, teacher, teachers  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -205,6 +205,7 @@ def build_training(cfg: DistillConfig, task: Task, samples: list, root: Path, st
     from mad_pipeline.students import build_student
 
     student = build_student(cfg.student, task.name, task.num_classes, cfg.pretrained)
+    student.labels = task.label_names()  # the saved student's id2label
     w = stores.widths()
     objective = MADLoss(cfg.mad, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
     online_input = OnlineTeacherInput(online.image.preprocess, online.image.crop_box_fn) if online else None

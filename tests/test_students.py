@@ -216,7 +216,7 @@ def test_save_load_round_trip_gives_identical_outputs(vqa_student, tmp_path):
     pixels, boxes, text = _batch(vqa_student)
     vqa_student.save(tmp_path / "s")
     files = {p.name for p in (tmp_path / "s").rglob("*") if p.is_file()}
-    assert {"student.json", "heads.safetensors", "model.safetensors", "config.json"} <= files
+    assert {"student.json", "model.safetensors", "config.json", "tokenizer.json", "README.md"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
     loaded = load_student(tmp_path / "s")
     assert (loaded.name, loaded.task, loaded.num_classes, loaded.training) == ("vilt-tiny", "vqa", 7, False)

@@ -9,6 +9,9 @@ span in its text. To plug in another student, implement :class:`Student` and reg
 ``name``, ``task``, ``num_classes``
     registry name, the task's registry name (:mod:`mad_pipeline.tasks`) and the size of its label space (VQA:
     answer vocabulary; SNLI-VE: 3; a multiple-choice task such as VCR: the number of choices, 4).
+``labels``
+    the class names (:meth:`mad_pipeline.tasks.Task.label_names`, set by ``mad distill``), written into the saved
+    directory (a transformers ``config.json``'s ``id2label``); None when unknown or for a multiple-choice task.
 ``hidden_size``
     width H of the tokens and the pooled vector (the MAD projections map H to the teachers' widths).
 ``image_size``, ``grid``
@@ -45,7 +48,8 @@ import torch
 
 from ..errors import MadError
 
-STUDENT_FORMAT = 1  # version of the save() directory layout
+STUDENT_FORMAT = 2  # version of the save() directory layout: 2 = transformers' layout (1: backbone/ + heads)
+READABLE_FORMATS = (1, 2)
 
 
 class StudentError(MadError):
@@ -81,6 +85,7 @@ class Student(Protocol):
     name: str
     task: str
     num_classes: int
+    labels: tuple[str, ...] | None
     hidden_size: int
     image_size: int
     grid: tuple[int, int]
@@ -109,4 +114,5 @@ def center_crop_box(size: int, width: int, height: int) -> tuple[float, float, f
     return (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
 
 
-__all__ = ["STUDENT_FORMAT", "Student", "StudentError", "StudentOutput", "TextInput", "center_crop_box"]
+__all__ = ["READABLE_FORMATS", "STUDENT_FORMAT", "Student", "StudentError", "StudentOutput", "TextInput",
+           "center_crop_box"]

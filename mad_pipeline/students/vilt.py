@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses.align import patch_centers
-from .base import STUDENT_FORMAT, StudentError, StudentOutput, TextInput, center_crop_box
+from .base import READABLE_FORMATS, STUDENT_FORMAT, StudentError, StudentOutput, TextInput, center_crop_box
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ class ViltStudent(nn.Module):
 
     family = "vilt"
 
-    def __init__(self, name: str, task: str, num_classes: int, backbone, tokenizer):
+    def __init__(self, name: str, task: str, num_classes: int, backbone, tokenizer,
+                 labels: list[str] | tuple[str, ...] | None = None):
         super().__init__()
         self.choices = _multiple_choice(task)
         if num_classes < 1:
@@ -143,6 +144,8 @@ class ViltStudent(nn.Module):
         self.name, self.task, self.num_classes = name, task, int(num_classes)
         self.backbone = backbone
         self.tokenizer = tokenizer
+        tokenizer.model_max_length = min(tokenizer.model_max_length, cfg.max_position_embeddings)
+        self.labels = None if labels is None else tuple(str(x) for x in labels)  # class names, for the saved config
         self.head = ClassifierHead(cfg.hidden_size, 1 if self.choices else self.num_classes, cfg.initializer_range)
         self.image_preprocess = ViltImagePreprocess(cfg.image_size)
 
@@ -215,15 +218,13 @@ class ViltStudent(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> None:
-        """``backbone/`` (``save_pretrained``), ``tokenizer/``, ``heads.safetensors`` and ``student.json``."""
-        from safetensors.torch import save_file
+        """transformers' layout (``config.json``, ``model.safetensors``, the ``ViltProcessor``'s files, ``README.md``:
+        see :mod:`.hf`) + ``student.json``. ``ViltForQuestionAnswering.from_pretrained(directory)`` loads it."""
+        from .hf import save_transformers
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(d / "backbone")
-        self.tokenizer.save_pretrained(d / "tokenizer")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
-                  str(d / "heads.safetensors"))
+        save_transformers(self, d)
         meta = {"format": STUDENT_FORMAT, "family": self.family, "name": self.name, "task": self.task,
                 "num_classes": self.num_classes, "hidden_size": self.hidden_size, "image_size": self.image_size,
                 "grid": list(self.grid), "max_text_length": self.max_text_length}
@@ -231,17 +232,31 @@ class ViltStudent(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, map_location: Any = "cpu") -> ViltStudent:
-        """Restores :meth:`save`'s directory (safetensors and ``from_pretrained`` only). Returned in eval mode."""
+        """Restores :meth:`save`'s directory, or the layout of earlier versions (``backbone/``, ``tokenizer/``,
+        ``heads.safetensors``); safetensors and JSON only. Returned in eval mode."""
         from safetensors.torch import load_file
-        from transformers import ViltModel
 
         d = Path(directory)
         meta = read_student_json(d)
         if meta.get("family") != cls.family:
             raise StudentError(f"{d}: a {meta.get('family')!r} student, not {cls.family!r}")
-        backbone = ViltModel.from_pretrained(str(d / "backbone"), use_safetensors=True)
-        student = cls(meta["name"], meta["task"], meta["num_classes"], backbone, _load_tokenizer(d / "tokenizer"))
-        student.head.load_state_dict(load_file(str(d / "heads.safetensors")), strict=True)
+        if meta["format"] == 1:
+            from transformers import ViltModel
+
+            backbone = ViltModel.from_pretrained(str(d / "backbone"), use_safetensors=True)
+            head, labels, tokenizer = load_file(str(d / "heads.safetensors")), None, d / "tokenizer"
+        else:
+            from .hf import load_transformers
+
+            backbone, head, labels = load_transformers(d)
+            tokenizer = d
+        choices = _multiple_choice(meta["task"])
+        student = cls(meta["name"], meta["task"], meta["num_classes"], backbone, _load_tokenizer(tokenizer),
+                      labels=None if choices or labels is None or len(labels) != meta["num_classes"] else labels)
+        try:
+            student.head.load_state_dict(head, strict=True)
+        except RuntimeError as e:
+            raise StudentError(f"{d}: the saved head does not fit ({str(e).splitlines()[0]})") from None
         return student.to(map_location).eval()
 
 
@@ -263,8 +278,9 @@ def read_student_json(directory: Path) -> dict[str, Any]:
     if not path.exists():
         raise StudentError(f"{directory}: not a saved student (no student.json)")
     meta = json.loads(path.read_text())
-    if meta.get("format") != STUDENT_FORMAT:
-        raise StudentError(f"{path}: student format {meta.get('format')!r}, this version reads {STUDENT_FORMAT}")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise StudentError(f"{path}: student format {meta.get('format')!r}, this version reads "
+                           f"{', '.join(map(str, READABLE_FORMATS))}")
     return meta
 
 

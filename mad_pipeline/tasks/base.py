@@ -82,6 +82,15 @@ class Task:
     def num_classes(self) -> int:
         raise NotImplementedError
 
+    def label_names(self) -> list[str] | None:
+        """The name of each class, index ``i`` = class ``i`` (a saved student's ``id2label``); None when the classes
+        have no names (a multiple-choice task's are the sample's own choices)."""
+        return None
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The student's logits as the probabilities its loss trains (default: softmax over the classes)."""
+        return logits.float().softmax(-1)
+
     def save(self, run_dir: Path) -> None:
         """Write the fitted state into ``run_dir`` (:attr:`files`)."""
 

@@ -76,6 +76,9 @@ class SnliVeTask(Task):
     def num_classes(self) -> int:
         return NUM_LABELS
 
+    def label_names(self) -> list[str] | None:
+        return list(LABELS)
+
     def save(self, run_dir: Path) -> None:
         if self.calibration is not None:
             from ..jsonio import dump_json

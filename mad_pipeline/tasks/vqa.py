@@ -226,6 +226,12 @@ class VQATask(Task):
     def num_classes(self) -> int:
         return len(self.vocab) if self.vocab else 0
 
+    def label_names(self) -> list[str] | None:
+        return list(self.vocab.answers) if self.vocab else None
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().sigmoid()  # each answer's soft score (the loss is BCE per answer)
+
     def save(self, run_dir: Path) -> None:
         self.vocab.save(Path(run_dir) / "vocab.json")
 
