@@ -17,9 +17,31 @@ app = typer.Typer(
     "  mad store info ~/.cache/mad/stores/image/<key>.zarr",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, powershell)
     rich_markup_mode="rich",
 )
 store_app = typer.Typer(help="List, inspect, verify and share feature stores (ls, info, verify, push, pull, gc).",
                         no_args_is_help=True)
 app.add_typer(store_app, name="store")
+
+
+def package_version() -> str:
+    """The installed mad-pipeline distribution's version (``unknown`` when run from an uninstalled tree)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("mad-pipeline")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mad {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print mad's version and exit.")) -> None:
+    pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 
 import typer
 from mad_pipeline.stages import store_info as stage
@@ -20,6 +21,11 @@ def _printer(console: Console):
     return lambda m: console.print(m, markup=False, highlight=False)
 
 
+def _expand(where: str) -> str:
+    """``~`` expanded in a local path (a quoted ``"~/x"`` or ``--opt=~/x`` reaches us unexpanded); URLs as they are."""
+    return where if "://" in where else os.path.expanduser(where)
+
+
 @contextlib.contextmanager
 def _remote_errors(what: str):
     """A location that answers with an error (HTTP 403 / 500, S3 access denied, a timeout) is one error line."""
@@ -29,11 +35,16 @@ def _remote_errors(what: str):
         raise StoreError(f"{what}: {e}") from None
 
 
-@store_app.command("info", help="Print a store's manifest and array shapes as a table.\n\n"
-                   "Example:\n\n  mad store info ~/.cache/mad/stores/image/<key>.zarr")
-def info_cmd(path: str = typer.Argument(..., help="Store path (a .zarr directory)."),
+STORE_REF = "A store: its path (a .zarr directory) or URL, or its key (a unique prefix works) in --cache."
+
+
+@store_app.command("info", help="Print a store's manifest and array shapes as a table. STORE is a path, or a "
+                   "store key (or a unique prefix of one) in the local cache.\n\n"
+                   "Examples:\n\n  mad store info ~/.cache/mad/stores/image/<key>.zarr\n\n  mad store info 764b5a3a")
+def info_cmd(path: str = typer.Argument(..., help=STORE_REF, metavar="STORE"),
+             cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Local cache, for a key."),
              as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
-    info = stage.run(stage.StoreInfoConfig(path=path))
+    info = stage.run(stage.StoreInfoConfig(path=path, cache=cache))
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -54,8 +65,11 @@ def info_cmd(path: str = typer.Argument(..., help="Store path (a .zarr directory
     console.print(arr)
 
 
-@store_app.command("ls", help="List the published stores in a cache (a directory, or a shared s3:// cache root)."
-                   "\n\nExamples:\n\n  mad store ls --cache .mad-cache\n\n  mad store ls --cache s3://team-bucket/mad-cache")
+@store_app.command("ls", help="List the published stores in a cache (a directory, or a shared s3:// cache root): "
+                   "kind, key, rows, teacher, the teacher's weights (sha256 of the tensor contents, or the hub "
+                   "revision) and the dataset (reader, split, manifest file or data root), so two stores of one "
+                   "teacher can be told apart.\n\nExamples:\n\n  mad store ls --cache .mad-cache\n\n"
+                   "  mad store ls --cache s3://team-bucket/mad-cache")
 def ls_cmd(cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE",
                                      help="Cache root, local or s3://."),
            kind: str = typer.Option(None, "--kind", help="Only this kind: image, text, index."),
@@ -67,23 +81,43 @@ def ls_cmd(cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE",
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    table = Table(title=f"{len(rows)} stores in {store_ls.cache_root(cache)}/stores")
-    for col in ("kind", "key", "rows", "teacher", "created", "MB"):
-        table.add_column(col)
+    title = f"{len(rows)} stores in {store_ls.cache_root(cache)}/stores"
+    console = Console()
+    console.print(_ls_table(rows, title, wide=console.width >= 150))
+
+
+def _ls_table(rows: list[dict], title: str, wide: bool) -> Table:
+    """One line per store on a wide terminal; narrower, each cell holds two facts (kind over key, teacher over
+    weights, ...) so nothing is cut at 80 columns."""
+    table = Table(title=title, show_lines=not wide)
+    cols = ("kind", "key", "rows", "teacher", "weights", "dataset", "created", "MB") if wide else \
+        ("kind / key", "rows / MB", "teacher / weights", "dataset / created")
+    for col in cols:
+        table.add_column(col, overflow="fold", ratio=1 if col.startswith("dataset") else None,
+                         no_wrap=not col.startswith("dataset"), justify="right" if col in ("rows", "MB") else "left")
     for r in rows:
         created = (r["created"] or "")[:16].replace("T", " ")
         size = "-" if r["bytes"] is None else f"{r['bytes'] / 1e6:.1f}"
-        table.add_row(r["kind"], r["key"][:16], str(r["rows"]), r["teacher"], created, size)
-    Console().print(table)
+        if wide:
+            table.add_row(r["kind"], r["key"][:12], str(r["rows"]), r["teacher"], r["weights"], r["dataset"],
+                          created, size)
+        else:
+            table.add_row(f"{r['kind']}\n{r['key'][:12]}", f"{r['rows']}\n{size}", f"{r['teacher']}\n{r['weights']}",
+                          f"{r['dataset']}\n{created}")
+    return table
 
 
 @store_app.command("verify", help="Check every chunk's crc32c checksum (every inner chunk of every shard) and the "
-                   "manifest against the arrays. Prints OK, or a table naming each corrupted chunk (array, chunk key, "
+                   "manifest against the arrays. STORE is a path, a URL, or a store key (or a unique prefix of "
+                   "one) in the local cache. Prints OK, or a table naming each corrupted chunk (array, chunk key, "
                    "file) and exits 1. A path that is not a store at all, or a location that cannot be read (an HTTP "
                    "error, no answer in time), is one error line (exit 2).\n\n"
                    "Examples:\n\n  mad store verify ~/.cache/mad/stores/image/<key>.zarr\n\n"
+                   "  mad store verify 764b5a3a --cache /data/mad-cache\n\n"
                    "  mad store verify http://server/mad-cache/stores/image/<key>.zarr --json")
-def verify_cmd(path: str = typer.Argument(..., help="Store directory or URL (http(s)://, s3://)."),
+def verify_cmd(path: str = typer.Argument(..., help="A store: its directory or URL (http(s)://, s3://), or its key "
+                                          "(a unique prefix works) in --cache.", metavar="STORE"),
+               cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Local cache, for a key."),
                as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
                quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")):
     from mad_pipeline.stages import store_verify
@@ -91,7 +125,7 @@ def verify_cmd(path: str = typer.Argument(..., help="Store directory or URL (htt
     from mad_pipeline.progress import make_progress
 
     with _remote_errors(f"cannot read {path}"), make_progress(not (quiet or as_json)) as progress:
-        rep = store_verify.run(store_verify.StoreVerifyConfig(path=path), progress=progress)
+        rep = store_verify.run(store_verify.StoreVerifyConfig(path=path, cache=cache), progress=progress)
     if as_json:
         typer.echo(json.dumps(rep.as_dict()))
     elif rep.ok:
@@ -121,7 +155,7 @@ def push_cmd(source: str = typer.Argument(..., help="Store directory, local cach
 
     err = Console(stderr=True)
     with _remote_errors(f"pushing to {dest} failed"):
-        done = store_share.push(store_share.PushConfig(source=source, dest=dest, cache=cache),
+        done = store_share.push(store_share.PushConfig(source=_expand(source), dest=_expand(dest), cache=cache),
                                 log=None if as_json else _printer(err))
     if as_json:
         typer.echo(json.dumps([t.as_dict() for t in done]))
@@ -148,7 +182,8 @@ def pull_cmd(key: str = typer.Argument(..., help="Store key (a unique prefix wor
     from mad_pipeline.stages import store_share
 
     err = Console(stderr=True)
-    cfg = store_share.PullConfig(key=key, sources=tuple(sources or ()), cache=cache, kind=kind, verify=verify)
+    cfg = store_share.PullConfig(key=key, sources=tuple(_expand(s) for s in sources or ()), cache=cache, kind=kind,
+                                 verify=verify)
     with _remote_errors(f"pulling {key} failed"):
         t = store_share.pull(cfg, log=None if as_json else _printer(err))
     if as_json:

@@ -8,8 +8,11 @@ import typer
 from mad_pipeline.stages import teachers as stage
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .app import app
+
+WIDE = 140  # below this many columns, model, weights and description share one column (readable at 80)
 
 
 @app.command("teachers")
@@ -22,9 +25,35 @@ def teachers_cmd(as_json: bool = typer.Option(False, "--json", help="Print one J
     if as_json:
         typer.echo(json.dumps(rows))
         return
+    console = Console()
+    console.print(_wide(rows) if console.width >= WIDE else _narrow(rows))
+
+
+def _wide(rows: list[dict]) -> Table:
     table = Table(title="teachers")
-    for col in ("name", "towers", "model", "weights", "description"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("towers", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    table.add_column("weights", overflow="fold")
+    table.add_column("description", ratio=1, min_width=30)
     for r in rows:
         table.add_row(r["name"], "+".join(r["towers"]), r["model"], r["weights"], r["description"])
-    Console().print(table)
+    return table
+
+
+def _narrow(rows: list[dict]) -> Table:
+    """Each name whole with its towers under it; the model and weights on one line, the description wrapped under
+    them (at 80 columns the longest model id, sentence-transformers/all-MiniLM-L6-v2, still fits on its line)."""
+    table = Table(title="teachers", show_lines=True)
+    table.add_column("name / towers", no_wrap=True)
+    table.add_column("model · weights / description", ratio=1, overflow="fold")
+    for r in rows:
+        name = Text(r["name"], style="bold")
+        name.append("\n" + "+".join(r["towers"]), style="dim")
+        cell = Text(r["model"], style="cyan")
+        if r["weights"]:
+            cell.append(f" · {r['weights']}")
+        if r["description"]:
+            cell.append(f"\n{r['description']}")
+        table.add_row(name, cell)
+    return table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +31,31 @@ def run(cfg: StoreLsConfig) -> list[dict]:
 
 
 def _row(man: dict, size: int | None, path: str) -> dict:
+    teacher = man.get("teacher") or {}
     return {"kind": man.get("kind"), "key": man.get("cache_key"), "rows": man.get("n_rows"),
-            "teacher": (man.get("teacher") or {}).get("name", "-"), "created": man.get("created"),
+            "teacher": teacher.get("name", "-"), "weights": weights_label(teacher),
+            "dataset": dataset_label(man.get("dataset") or {}), "created": man.get("created"),
             "bytes": size, "path": path}
+
+
+def weights_label(teacher: dict) -> str:
+    """Which weights a store's teacher ran with, short enough for a table: ``sha256:<12 hex>`` of the tensor
+    contents (a local or packaged checkpoint; the same bytes under any file name or alias), ``hub:<id>@<revision>``,
+    ``random-init``; ``-`` for stores without a teacher (the dataset index)."""
+    w = str(teacher.get("weights_sha256") or "")
+    if not w:
+        return "-"
+    return f"sha256:{w[:12]}" if re.fullmatch(r"[0-9a-f]{64}", w) else w
+
+
+def dataset_label(ds: dict) -> str:
+    """Which data a store was built from: the reader (and split), then its manifest file(s) or data root."""
+    if not ds:
+        return "-"
+    reader = str(ds.get("reader") or "?") + (f":{ds['split']}" if ds.get("split") else "")
+    sources = [str(s) for s in ds.get("sources") or ()]
+    where = sources[0] + (f" (+{len(sources) - 1})" if len(sources) > 1 else "") if sources else ds.get("root")
+    return f"{reader} {where}" if where else reader
 
 
 def _remote(url: str, kind: str | None) -> list[dict]:
