@@ -8,6 +8,9 @@ import sys
 
 import typer
 
+# typer vendors click: its parse errors are typer._click's
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
 from mad_pipeline.errors import MadError
 
 from .app import app
@@ -22,10 +25,36 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _register()
     try:
-        app(args=argv, prog_name="mad")
+        # standalone_mode=False: Click's own parse errors come back to us as exceptions (one line below) instead
+        # of a rich box; --help, --version and typer.Exit come back as an exit code
+        code = app(args=argv, prog_name="mad", standalone_mode=False)
+    except NoArgsIsHelpError as e:  # `mad` / `mad store` alone: the help, as before
+        e.show()
+        sys.exit(e.exit_code)
+    except UsageError as e:
+        typer.echo(f"error: {usage_line(e)}", err=True)
+        sys.exit(e.exit_code)
+    except typer.TyperException as e:  # Click's other errors (a file that cannot be opened, ...)
+        typer.echo(f"error: {one_line(e.format_message())}", err=True)
+        sys.exit(e.exit_code)
     except MadError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def usage_line(e: UsageError) -> str:
+    """A parse error as one line that names the option and the command: ``No such option: --bogus (Possible
+    options: --out); see 'mad distill --help'``."""
+    msg = one_line(e.format_message()).rstrip(".")
+    return f"{msg}; see '{e.ctx.command_path} --help'" if e.ctx is not None else msg
