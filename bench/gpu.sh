@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Stage 1 on one GPU machine without network, in under 4 minutes: ViT-L/14 and ViT-B/16 (random weights), end to end
+# vs forward only, the GPU's busy fraction and the time split (bench/gpu_extract.py; docs/benchmarks.md#stage-1-on-a-gpu).
+#
+# What it assumes of the GPU machine, and nothing more:
+#   - a Python 3 (python3, or $PYTHON) with a CUDA build of torch and torchvision that sees a GPU: checked first, the
+#     script stops with exit code 3 otherwise (a CUDA torch is gigabytes and is not carried);
+#   - x86_64 Linux with the same CPython minor version the wheels were prepared for (bench/wheels.sh; PYVER=3.12
+#     bench/wheels.sh prepares them for another), when some of the other dependencies are missing there.
+# Everything else comes from bench/wheels/ (prepared here with bench/wheels.sh, carried with the working tree): only
+# the distributions that are not installed are installed, without network, into a run-local folder (bench/.gpu-site,
+# put on PYTHONPATH), so the machine's environment is left as it was. The package itself is used from the working
+# tree (PYTHONPATH=.): the library needs no build step. Where pip can install into the environment, the same wheels
+# work with `pip install --no-index --find-links bench/wheels -r bench/wheels/requirements.txt` and
+# `pip install --no-index --find-links bench/wheels --no-deps --no-build-isolation -e .`.
+#
+# Disk: the JPEGs (~0.3 GB), one weight file (ViT-L/14: 1.7 GB) and one store at a time (~1.6 GB) in a run folder
+# under $TMPDIR, removed at the end. Time: the Python step runs under `timeout` (GPU_BENCH_TIMEOUT, default 225 s)
+# and skips the optional switch measurements (channels-last, torch.compile) when its own budget is spent.
+#
+#   bench/gpu.sh                             # defaults: 3,000 JPEGs, ViT-L/14 then ViT-B/16, batch size auto
+#   IMAGES=2000 EXTRA="--skip compile" bench/gpu.sh
+#   DEVICE=cpu PYTHON=.venv/bin/python bench/gpu.sh   # the same steps on CPU with a tiny model and 32 JPEGs (a check)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+if [ "$DEVICE" = cpu ]; then IMAGES=${IMAGES:-32}; MODELS=${MODELS:-tiny}; EXTRA=${EXTRA:-"--batch-size 8"}; fi
+IMAGES=${IMAGES:-3000}
+SITE=$PWD/bench/.gpu-site
+T0=$(date +%s)
+log() { echo "[gpu.sh $(( $(date +%s) - T0 )) s] $*" >&2; }
+
+# 1. torch with CUDA must already be there
+if ! DEVICE=$DEVICE $PY - <<'PYEOF'
+import os, sys
+try:
+    import torch, torchvision
+except ImportError as e:
+    sys.exit(f"gpu.sh: {e}; this machine needs a CUDA build of torch and torchvision (not carried: gigabytes)")
+if os.environ["DEVICE"] != "cpu" and not torch.cuda.is_available():
+    sys.exit(f"gpu.sh: torch {torch.__version__} sees no CUDA device")
+print(f"gpu.sh: torch {torch.__version__}, torchvision {torchvision.__version__}, CUDA {torch.version.cuda}, "
+      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, Python {sys.version.split()[0]}",
+      file=sys.stderr)
+PYEOF
+then
+    exit 3
+fi
+
+# 2. the other dependencies: what is missing, from the carried wheels, into a run-local folder
+export PYTHONPATH=$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}
+if [ -f bench/wheels/requirements.txt ]; then
+    missing=$($PY bench/gpu_deps.py missing bench/wheels/requirements.txt)
+    if [ -n "$missing" ]; then
+        log "installing $(echo "$missing" | wc -l) missing distribution(s) from bench/wheels: $(echo $missing)"
+        rm -rf "$SITE" && mkdir -p "$SITE"
+        if $PY -m pip --version >/dev/null 2>&1; then
+            # shellcheck disable=SC2086
+            $PY -m pip install --quiet --no-index --find-links bench/wheels --no-deps --target "$SITE" $missing
+        else  # no pip: a wheel is a zip file laid out as site-packages
+            for req in $missing; do
+                name=$(echo "${req%%==*}" | tr '-' '_')
+                whl=$(ls bench/wheels/ | grep -i "^${name}-${req##*==}-" | head -1)
+                [ -n "$whl" ] || { echo "gpu.sh: no wheel for $req in bench/wheels" >&2; exit 4; }
+                $PY -m zipfile -e "bench/wheels/$whl" "$SITE"
+            done
+        fi
+    else
+        log "every dependency is already installed"
+    fi
+else
+    log "no bench/wheels/requirements.txt (run bench/wheels.sh where there is network); using what is installed"
+fi
+$PY -c "import open_clip, zarr, numcodecs, mad_pipeline.extraction.runner" || {
+    echo "gpu.sh: the dependencies do not import (see above); prepare the wheels for this Python: PYVER=x.y bench/wheels.sh" >&2
+    exit 4
+}
+log "dependencies ready"
+
+# 3. the bench itself, bounded in time; the figures go to stdout and to $OUT/gpu-result.json ($OUT: the device
+#    tool's folder that comes back; /tmp otherwise)
+JSON=${OUT:-/tmp}/gpu-result.json
+# shellcheck disable=SC2086
+timeout "${GPU_BENCH_TIMEOUT:-225}" $PY bench/gpu_extract.py --device "$DEVICE" --images "$IMAGES" \
+    --models "${MODELS:-clip-vit-l,clip-vit-b16}" --budget-s "${BUDGET_S:-185}" --json "$JSON" ${EXTRA:-}
+log "done"
