@@ -70,13 +70,12 @@ def _save_processor(student, d: Path) -> None:
     ``processor_config.json`` (5.x) and ``preprocessor_config.json`` + tokenizer files (4.x)."""
     from transformers import ViltImageProcessor, ViltProcessor
 
-    from .vilt import VILT_MEAN, VILT_STD
-
     cfg = student.backbone.config
+    mean, std = student.image_preprocess.mean, student.image_preprocess.std
     image_processor = ViltImageProcessor(
         do_resize=True, size={"shortest_edge": cfg.image_size}, size_divisor=cfg.patch_size, resample=3,  # bicubic
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(VILT_MEAN),
-        image_std=list(VILT_STD), do_pad=True)
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(mean), image_std=list(std),
+        do_pad=True)
     ViltProcessor(image_processor=image_processor, tokenizer=student.tokenizer).save_pretrained(d)
     if not (d / "preprocessor_config.json").exists():
         image_processor.save_pretrained(d)

@@ -52,6 +52,7 @@ class ViltImagePreprocess:
         from torchvision import transforms as T
 
         self.image_size = image_size
+        self.mean, self.std = VILT_MEAN, VILT_STD
         self.transform = T.Compose([
             T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
             T.CenterCrop(image_size),
