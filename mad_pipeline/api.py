@@ -30,7 +30,10 @@ def _config(cls, options: dict, what: str):
     if unknown:
         raise TypeError(f"{what}() got unexpected keyword argument(s) {', '.join(unknown)}; "
                         f"expected some of: {', '.join(sorted(names))}")
-    return cls(**{k: Path(v).expanduser() if k in _PATHS and isinstance(v, str) else v for k, v in options.items()})
+    out = {k: Path(v).expanduser() if k in _PATHS and isinstance(v, str) else v for k, v in options.items()}
+    if isinstance(out.get("cache"), Path):  # the stores' paths in the result then work from any directory
+        out["cache"] = out["cache"].absolute()
+    return cls(**out)
 
 
 def _stderr(message: str) -> None:

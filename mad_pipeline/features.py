@@ -30,12 +30,12 @@ from .store.reader import FeatureStore, open_store
 # ``text_string`` because its dimension ``text`` is indexed by hash
 ROW_INDEX = {"image": ("image", "image_hash"), "text": ("text", "text_hash"), "index": ("sample", "sample_id"),
              "zeroshot": ("sample", "sample_id")}
-_KEY = re.compile(r"[0-9a-f]{4,64}")
+_KEY = re.compile(r"[0-9a-f]{6,64}")
 
 
 def resolve_store(store: str | Path | FeatureStore, cache: str | Path | None = None) -> str:
     """Where a store is: a path or URL as given (``~`` expanded), or the published store whose key (or a unique key
-    prefix of at least 4 hex digits) is in the cache ``cache`` (else ``MAD_CACHE``) or, for a full key, in a shared
+    prefix of at least 6 hex digits) is in the cache ``cache`` (else ``MAD_CACHE``) or, for a full key, in a shared
     cache of ``MAD_SHARED_CACHE``."""
     if isinstance(store, FeatureStore):
         return store.path
@@ -70,13 +70,17 @@ class _Rows:
         self._a, self.name = array, name
         self.shape, self.ndim = tuple(array.shape), len(array.shape)
         self.kind = "hash" if name.endswith("_hash") else ("str" if array.dtype.kind not in "biufc" else "")
-        self.dtype = {"hash": np.dtype("<U64"), "str": np.dtype(object)}.get(self.kind, np.dtype(array.dtype))
+        if self.kind:
+            self.dtype = np.dtype("<U64") if self.kind == "hash" else np.dtype(object)
+        else:  # zarr says <f2: the same bytes as numpy's native float16, which is how users know it
+            dt = np.dtype(array.dtype)
+            self.dtype = dt.newbyteorder("=") if dt.isnative else dt
 
     def __getitem__(self, sel):
         out = np.asarray(self._a[sel])
         if self.kind == "hash":
             return hash_column(out)
-        return out.astype(object) if self.kind == "str" else out
+        return out.astype(object) if self.kind == "str" else out.view(self.dtype)
 
 
 def _lazy(st: FeatureStore, name: str):
