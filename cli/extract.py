@@ -22,6 +22,8 @@ Examples:
   mad extract --teacher clip-vit-l --text-teacher minilm --manifest data.jsonl --data-root DIR
 
   mad extract --teacher shapes-clip --dataset vqa --split val --task vqa --data-root shapes/
+
+  mad extract --teacher clip-vit-l --dataset webdataset --data-root 'shards/{00000..00127}.tar'
 """
 
 
@@ -29,9 +31,12 @@ Examples:
              "cached by content hash (a rerun with the same inputs does no teacher work)." + EXAMPLES)
 def extract_cmd(
     teacher: str = typer.Option(..., "--teacher", "-t", help="Registered teacher (see `mad teachers`)."),
-    data_root: Path = typer.Option(..., "--data-root", help="Folder that image paths are relative to."),
-    manifest: Path = typer.Option(None, "--manifest", help="JSONL manifest: {id, image, text} per line."),
-    dataset: str = typer.Option("jsonl", "--dataset", help="Reader: jsonl, vqa, snli-ve, vcr."),
+    data_root: Path = typer.Option(..., "--data-root", help="Folder that image paths are relative to; for "
+                                   "webdataset the shards: 'shards/{00000..00127}.tar', a glob or a folder."),
+    manifest: Path = typer.Option(None, "--manifest", help="JSONL ({id, image, text} per line), parquet or CSV "
+                                  "file (image and caption columns)."),
+    dataset: str = typer.Option("jsonl", "--dataset", help="Reader: jsonl, webdataset, parquet, csv, vqa, snli-ve, "
+                                "vcr (see docs/inputs.md)."),
     split: str = typer.Option(None, "--split", help="Split for the benchmark readers (train, val, ...)."),
     text_teacher: str = typer.Option(None, "--text-teacher", help="Another teacher for texts (e.g. minilm)."),
     weights: str = typer.Option(None, "--weights", help="Local checkpoint file/dir for --teacher (else hub)."),
