@@ -13,7 +13,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from mad_pipeline.errors import MadError
 
-from .app import app
+from .app import app, package_version
 
 
 def _register() -> None:
@@ -23,6 +23,9 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:  # answered before importing every command
+        typer.echo(f"mad {package_version()}")
+        sys.exit(0)
     _register()
     try:
         # standalone_mode=False: Click's own parse errors come back to us as exceptions (one line below) instead

@@ -1,0 +1,216 @@
+"""The small things of the command line: ``mad --version``, shell completion, Click's parse errors as one
+``error:`` line, ``mad teachers`` at 80 columns, ``mad store info`` / ``verify`` by key or key prefix (and ``~`` in
+paths), ``mad store ls`` telling two stores of one teacher apart."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from importlib import metadata
+
+import pytest
+from conftest import EXAMPLES, TINY_CLIP, mad, save_open_clip, write_manifest
+from mad_pipeline.cli.main import main
+
+BOX = set("╭╮╰╯│┃━─")
+
+
+def run_main(args: list[str], capsys, **env: str) -> tuple[int, str, str]:
+    """The real entry point, in process: (exit code, stdout, stderr)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    out = capsys.readouterr()
+    code = exc.value.code
+    return (code if isinstance(code, int) else 0 if code is None else 1), out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def stores(tiny_clip, tmp_path_factory) -> dict:
+    """One cache holding three image stores of the one teacher ``tiny-clip``: ``a`` (seed-0 weights, the example
+    manifest), ``b`` (seed-1 weights, the same manifest), ``c`` (seed-0 weights, a manifest of the first 3 records)."""
+    from mad_pipeline.stages import extract
+
+    _, w0 = tiny_clip
+    d = tmp_path_factory.mktemp("small")
+    _, w1 = save_open_clip("tiny-clip", TINY_CLIP, d, seed=1)
+    lines = (EXAMPLES / "manifest.jsonl").read_text().splitlines()
+    sub = write_manifest(d / "first3.jsonl", [json.loads(x) for x in lines[:3]])
+    cache = d / "cache"
+    out = {"cache": cache, "weights": {"a": w0, "b": w1, "c": w0}}
+    for name, weights, manifest in (("a", w0, EXAMPLES / "manifest.jsonl"), ("b", w1, EXAMPLES / "manifest.jsonl"),
+                                    ("c", w0, sub)):
+        res = extract.run(extract.ExtractConfig(teacher="tiny-clip", weights=str(weights), manifest=manifest,
+                                                data_root=EXAMPLES, cache=cache, num_workers=0, progress=False,
+                                                device="cpu"), log=lambda m: None)
+        out[name] = {k: (s.key, s.path) for k, s in res.stores.items()}
+    out["manifests"] = {"a": EXAMPLES / "manifest.jsonl", "b": EXAMPLES / "manifest.jsonl", "c": sub}
+    return out
+
+
+# ------------------------------------------------------------------ --version, completion
+def test_version_prints_the_package_version():
+    proc = mad("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"mad {metadata.version('mad-pipeline')}"
+
+
+def test_version_through_the_app(capsys):
+    """``--version`` is an eager option of the app itself, so it also works after other options reach Typer."""
+    from mad_pipeline.cli.app import app
+    from mad_pipeline.cli.main import _register
+    from typer.testing import CliRunner
+
+    _register()
+    res = CliRunner().invoke(app, ["--version"], prog_name="mad")
+    assert res.exit_code == 0 and res.output.strip() == f"mad {metadata.version('mad-pipeline')}"
+
+
+def test_shell_completion_script_and_a_completion(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")  # the shell named, not detected
+    code, script, _ = run_main(["--show-completion", "bash"], capsys)
+    assert code == 0
+    assert "complete -o default -F _mad_completion mad" in script and "_MAD_COMPLETE=complete_bash" in script
+    code, zsh, _ = run_main(["--show-completion", "zsh"], capsys)
+    assert code == 0 and "#compdef mad" in zsh
+    # what the script asks `mad` when TAB is pressed after `mad store ve`
+    code, done, _ = run_main([], capsys, _MAD_COMPLETE="complete_bash", COMP_WORDS="mad store ve", COMP_CWORD="2")
+    assert code == 0 and done.split() == ["verify"]
+    # --install-completion writes the script where bash reads it
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    code, inst, _ = run_main(["--install-completion", "bash"], capsys)
+    assert code == 0 and "bash completion installed" in inst
+    assert "_mad_completion" in (home / ".bash_completions" / "mad.sh").read_text()
+    assert ".bash_completions/mad.sh" in (home / ".bashrc").read_text()
+
+
+# ------------------------------------------------------------------ parse errors
+@pytest.mark.parametrize(("args", "names"), [
+    (["distill", "--bogus"], ["No such option", "--bogus", "mad distill --help"]),  # no such option
+    (["score", "--task", "vqa"], ["Missing option", "--annotations"]),  # a required option missing
+    (["distill", "--steps", "many", "--out", "x"], ["--steps", "integer"]),  # not an integer
+    (["store", "gc", "--older-than", "soon"], ["--older-than", "number"]),  # not a number
+    (["score", "--task", "vqa", "--vqa-eval", "bogus"], ["--vqa-eval", "official, legacy"]),  # not one of the choices
+    (["store", "info"], ["Missing argument", "mad store info --help"]),  # a required argument missing
+    (["store", "frobnicate"], ["No such command", "frobnicate"]),
+    (["store", "ls", "--kind"], ["--kind", "requires an argument"]),
+])
+def test_parse_errors_are_one_line(args, names, capsys):
+    code, out, err = run_main(args, capsys)
+    assert code == 2, (out, err)
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert not BOX & set(err), err  # no rich box
+    for n in names:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_help_and_exit_codes_still_work(capsys):
+    code, out, _ = run_main(["store", "info", "--help"], capsys)
+    assert code == 0 and "Usage: mad store info" in out and "--cache" in out
+    code, out, err = run_main(["store"], capsys)  # a group alone: its help, as before
+    assert code == 2 and "Usage: mad store" in out + err and "verify" in out + err
+
+
+# ------------------------------------------------------------------ mad teachers at 80 columns
+def test_teachers_readable_at_80_columns(capsys):
+    from mad_pipeline.stages import teachers as stage
+
+    rows = stage.run(stage.TeachersConfig())
+    code, out, _ = run_main(["teachers"], capsys, COLUMNS="80")
+    assert code == 0
+    lines = out.splitlines()
+    assert max(len(x) for x in lines) <= 80
+    assert "…" not in out
+    for r in rows:
+        assert any(r["name"] in line for line in lines), f"{r['name']} cut: {out}"  # every name whole, one line
+        if " " not in r["model"] and len(r["model"]) <= 45:
+            assert any(r["model"] in line for line in lines), f"{r['model']} cut: {out}"
+    # a wide terminal gets one column per field
+    code, wide, _ = run_main(["teachers"], capsys, COLUMNS="200")
+    assert code == 0 and "description" in wide.splitlines()[2] and "…" not in wide
+    assert all(any(r["name"] in line and r["model"] in line for line in wide.splitlines()) for r in rows
+               if " " not in r["model"])
+
+
+# ------------------------------------------------------------------ store info / verify by key
+def test_store_info_and_verify_by_key_and_prefix(stores, capsys):
+    key, path = stores["a"]["image"]
+    cache = str(stores["cache"])
+    code, out, err = run_main(["store", "info", key, "--cache", cache, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["path"] == path
+    code, out, err = run_main(["store", "info", key[:10], "--json"], capsys, MAD_CACHE=cache)  # prefix, MAD_CACHE
+    assert code == 0, err
+    assert json.loads(out)["manifest"]["cache_key"] == key
+    code, out, err = run_main(["store", "verify", key[:8], "--cache", cache, "-q"], capsys)
+    assert code == 0 and out.startswith(f"OK {path}"), (out, err)
+    code, out, err = run_main(["store", "verify", stores["a"]["text"][0][:12], "--json"], capsys, MAD_CACHE=cache)
+    assert code == 0 and json.loads(out)["kind"] == "text"
+
+
+def test_unknown_and_ambiguous_keys_are_one_line(stores, tmp_path, capsys):
+    key, path = stores["a"]["image"]
+    code, _, err = run_main(["store", "info", "0123456789abcdef", "--cache", str(stores["cache"])], capsys)
+    assert code == 2 and "\n" not in err.strip()
+    assert "0123456789abcdef" in err and "no store with that key" in err and str(stores["cache"]) in err
+    # two stores whose keys share a prefix
+    cache = tmp_path / "cache"
+    shutil.copytree(path, cache / "stores" / "image" / f"{key}.zarr")
+    shutil.copytree(path, cache / "stores" / "text" / f"{key[:8]}{'0' * 56}.zarr")
+    code, _, err = run_main(["store", "verify", key[:8], "--cache", str(cache)], capsys)
+    assert code == 2 and "\n" not in err.strip()
+    assert "ambiguous" in err and key[:8] in err and "2 stores" in err
+    code, out, err = run_main(["store", "info", key[:9], "--cache", str(cache), "--json"], capsys)  # one more char
+    assert code == 0 and json.loads(out)["kind"] == "image", err
+
+
+def test_store_paths_expand_tilde(stores, tmp_path, capsys, monkeypatch):
+    key, path = stores["a"]["image"]
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copytree(path, home / "s" / f"{key}.zarr")
+    monkeypatch.setenv("HOME", str(home))
+    code, out, err = run_main(["store", "info", f"~/s/{key}.zarr", "--json"], capsys)
+    assert code == 0 and json.loads(out)["path"] == str(home / "s" / f"{key}.zarr"), err
+    code, out, err = run_main(["store", "verify", "-q", f"~/s/{key}.zarr"], capsys)
+    assert code == 0 and out.startswith("OK "), err
+    code, out, err = run_main(["store", "ls", "--cache", "~/nothing-here", "--json"], capsys)
+    assert code == 0 and json.loads(out) == []
+    code, _, err = run_main(["store", "info", "~/missing.zarr"], capsys)
+    assert code == 2 and str(home / "missing.zarr") in err and "\n" not in err.strip()
+
+
+# ------------------------------------------------------------------ store ls: weights and dataset
+def test_store_ls_tells_two_stores_of_one_teacher_apart(stores, capsys):
+    from mad_pipeline.store.reader import open_store
+
+    cache = str(stores["cache"])
+    code, out, err = run_main(["store", "ls", "--kind", "image", "--json"], capsys, MAD_CACHE=cache)
+    assert code == 0, err
+    rows = {r["key"]: r for r in json.loads(out)}
+    a, b, c = (rows[stores[n]["image"][0]] for n in "abc")
+    assert a["teacher"] == b["teacher"] == c["teacher"] == "tiny-clip"
+    digest = open_store(stores["a"]["image"][1]).manifest["teacher"]["weights_sha256"]
+    assert a["weights"] == c["weights"] == f"sha256:{digest[:12]}"
+    assert b["weights"] != a["weights"] and b["weights"].startswith("sha256:")  # other weights
+    assert a["dataset"] == b["dataset"] == f"jsonl {stores['manifests']['a']}"
+    assert c["dataset"] == f"jsonl {stores['manifests']['c']}"  # other data
+    for width in ("80", "200"):
+        code, table, _ = run_main(["store", "ls", "--kind", "image"], capsys, MAD_CACHE=cache, COLUMNS=width)
+        assert code == 0 and max(len(x) for x in table.splitlines()) <= int(width)
+        for r in (a, b, c):
+            assert r["key"][:12] in table and r["weights"] in table
+            if width == "200":  # one line per store
+                assert any(r["key"][:12] in x and r["weights"] in x and r["dataset"] in x for x in table.splitlines())
