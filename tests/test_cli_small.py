@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
+import subprocess
+import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, TINY_CLIP, mad, save_open_clip, write_manifest
@@ -214,3 +219,86 @@ def test_store_ls_tells_two_stores_of_one_teacher_apart(stores, capsys):
             assert r["key"][:12] in table and r["weights"] in table
             if width == "200":  # one line per store
                 assert any(r["key"][:12] in x and r["weights"] in x and r["dataset"] in x for x in table.splitlines())
+
+
+# ------------------------------------------------------------------ README snippets
+README = Path(__file__).resolve().parent.parent / "README.md"
+SHOWN_NOT_RUN = {"make demo", "make test"}  # minutes each: shown, not run here (CI runs `make test` itself)
+RUN = {("teachers",), ("store", "ls"), ("store", "info"), ("store", "verify")}  # offline and quick: run for real
+
+
+def readme_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), re.S)
+
+
+def readme_mad_lines() -> list[list[str]]:
+    out = []
+    for block in readme_blocks("bash"):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            if not words:
+                continue
+            if words[0] == "mad":
+                out.append(words[1:])
+            else:
+                assert " ".join(words) in SHOWN_NOT_RUN, f"README line neither a mad command nor listed: {line}"
+    return out
+
+
+def parse_only(args: list[str]):
+    """Parse a command line against the real CLI without running it: the command path, every option and every
+    value's type must exist; required options may be missing where the line ends in ``...``."""
+    import typer
+    from mad_pipeline.cli.app import app
+    from mad_pipeline.cli.main import _register
+
+    _register()
+    ctx = typer.main.get_command(app).make_context("mad", list(args))
+    while getattr(ctx.command, "commands", None):
+        rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        name, cmd, rest = ctx.command.resolve_command(ctx, rest)
+        ctx = cmd.make_context(name, rest, parent=ctx)
+    return ctx
+
+
+def test_readme_mad_lines_parse():
+    from typer._click.exceptions import MissingParameter
+
+    lines = readme_mad_lines()
+    assert len(lines) >= 10
+    for words in lines:
+        args = [w for w in words if w != "..."]
+        try:
+            ctx = parse_only(args)
+        except MissingParameter:
+            assert words[-1] == "...", f"README: mad {' '.join(words)}: a required option is missing"
+            continue
+        assert ctx.command_path.startswith("mad ")
+
+
+def test_readme_offline_lines_run(stores, capsys):
+    key, path = stores["a"]["image"]
+    ran = 0
+    for words in readme_mad_lines():
+        if not any(tuple(words[: len(c)]) == c for c in RUN):
+            continue
+        args = [path if w == "PATH" else key[:8] if re.fullmatch(r"[0-9a-f]{8}", w) else w for w in words]
+        code, out, err = run_main(args, capsys, MAD_CACHE=str(stores["cache"]))
+        assert code == 0, f"README: mad {' '.join(words)}: {err}"
+        ran += 1
+    assert ran >= 4
+
+
+def test_readme_python_runs_as_written(stores, tmp_path):
+    """The snippet as written, with its ``<key>`` placeholder filled in and ``~`` a home whose default cache holds
+    the store."""
+    (block,) = [b for b in readme_blocks("python") if "<key>" in b]
+    key, _ = stores["a"]["image"]
+    home = tmp_path / "home"
+    (home / ".cache").mkdir(parents=True)
+    (home / ".cache" / "mad").symlink_to(stores["cache"])
+    code = block.replace("<key>", key) + "\nprint(tuple(tokens.shape), tokens.dtype)\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HOME": str(home)}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("(")[1].startswith("6, 17, 64)"), proc.stdout  # 6 images, CLS + 4x4 patches, width 64
