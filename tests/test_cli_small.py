@@ -302,3 +302,61 @@ def test_readme_python_runs_as_written(stores, tmp_path):
                           env={**os.environ, "HOME": str(home)}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("(")[1].startswith("6, 17, 64)"), proc.stdout  # 6 images, CLS + 4x4 patches, width 64
+
+
+# ------------------------------------------------------------------ the zero-shot store, as documented
+STORE_FORMAT = README.parent / "docs" / "store-format.md"
+
+
+@pytest.fixture(scope="module")
+def zeroshot_store(tiny_clip, tmp_path_factory) -> str:
+    """A real zero-shot store: tiny-clip on a small shapes world's VQA val split."""
+    from mad_pipeline.stages import extract
+
+    from mad_pipeline.shapes.formats import write_dataset
+
+    _, weights = tiny_clip
+    d = tmp_path_factory.mktemp("zs")
+    write_dataset(d / "shapes", size=20, seed=0)
+    res = extract.run(extract.ExtractConfig(teacher="tiny-clip", weights=str(weights), dataset="vqa", split="val",
+                                            data_root=d / "shapes" / "vqa", task="vqa", cache=d / "cache",
+                                            num_workers=0, progress=False, device="cpu"), log=lambda m: None)
+    return res.stores["zeroshot"].path
+
+
+def _zeroshot_section() -> str:
+    text = STORE_FORMAT.read_text()
+    return text.split("## Zero-shot store", 1)[1].split("\n## ", 1)[0]
+
+
+def test_zeroshot_store_is_as_documented(zeroshot_store):
+    import numpy as np
+    import zarr
+
+    g = zarr.open_group(zeroshot_store, mode="r")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in _zeroshot_section().splitlines()
+            if line.startswith("| `")]
+    assert {r[0].strip("`") for r in rows} == set(g.array_keys())
+    for name, shape, dtype, dims, _ in rows:
+        a = g[name.strip("`")]
+        assert a.ndim == len([x for x in shape.strip("()").split(",") if x.strip()]) and shape.startswith("(S,"), name
+        assert a.shape[0] == g.attrs["mad"]["n_rows"]
+        assert list(a.metadata.dimension_names) == [x.strip() for x in dims.split(",")], name
+        got = np.dtype(a.dtype)
+        assert (got.kind in "TO") if dtype == "string" else str(got) == dtype.strip("`"), (name, got, dtype)
+    man = g.attrs["mad"]
+    assert man["kind"] == "zeroshot" and man["task"] == "vqa" and man["prompt"] == "shapes"
+    assert {"teacher", "template", "image_store", "dataset", "logits"} <= set(man)
+    labels, logits = g["candidate_label"][:], g["logits"][:]
+    assert np.array_equal(np.isnan(logits), labels == "")  # NaN exactly where padding is
+
+
+def test_zeroshot_doc_snippet_gives_the_teacher_answers(zeroshot_store):
+    from mad_pipeline.extraction.zeroshot import zeroshot_results
+
+    (snippet,) = re.findall(r"```python\n(import numpy as np, zarr\n.*?)```", _zeroshot_section(), re.S)
+    env = {"zeroshot_store": zeroshot_store}
+    exec(snippet, env)  # noqa: S102 - the documentation's own snippet
+    task, records = zeroshot_results(zeroshot_store)
+    assert task == "vqa" and len(records) == len(env["answers"]) > 0
+    assert {str(r["question_id"]): r["answer"] for r in records} == env["answers"]
