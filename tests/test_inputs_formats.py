@@ -229,11 +229,16 @@ SECOND = {"duplicate": [("a.jpg", JPG)], "bad-json": [("b.jpg", JPG), ("b.json",
     ("bad-json", "01.tar:b.json: malformed JSON"),
     ("bad-txt", "01.tar:b.txt: not valid UTF-8"),
     ("nothing", "01.tar:b.cls: sample 'b' has neither an image"),
+    ("truncated", "01.tar: not a readable tar file (the file ends inside member c.jpg)"),
 ])
 def test_bad_shards_are_one_line_naming_the_shard_or_member(tmp_path, case, expect):
     _tar(tmp_path / "00.tar", [("a.jpg", JPG), ("a.txt", b"ok")])
     if case in SECOND:
         _tar(tmp_path / "01.tar", SECOND[case])
+    if case == "truncated":  # a copy cut short: the samples before the cut are kept in skip mode
+        _tar(tmp_path / "01.tar", [("b.jpg", JPG), ("b.txt", b"ok"), ("c.jpg", JPG * 100)])
+        with open(tmp_path / "01.tar", "r+b") as f:
+            f.truncate(3 * 512 + 1024)
     spec = {"missing": f"{tmp_path}/{{00.tar,00009.tar}}", "gz": f"{tmp_path}/00.tar.gz"}.get(
         case, f"{tmp_path}/0{{0..1}}.tar")
     with pytest.raises(InputError) as e:
@@ -242,7 +247,7 @@ def test_bad_shards_are_one_line_naming_the_shard_or_member(tmp_path, case, expe
     if case != "gz":  # skip mode records the place and keeps the rest
         ds = load_dataset("webdataset", spec, on_error="skip")
         assert len(ds.skipped) == 1 and expect.split(": ")[0] in ds.skipped[0].source, ds.skipped
-        assert [s.id for s in ds.samples] == ["a"]
+        assert [s.id for s in ds.samples] == (["a", "b"] if case == "truncated" else ["a"])
 
 
 @pytest.mark.parametrize("fmt, body, expect", [
@@ -270,3 +275,16 @@ def test_table_columns_can_be_named(tmp_path):
     ds = load_dataset("csv", tmp_path, manifest=tmp_path / "m.csv",
                       columns={"id": "uid", "image": "picture", "text": "alt"})
     assert [(s.id, s.image, s.texts) for s in ds.samples] == [("7", "p.jpg", ("a red car",))]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_long_member_names_and_pax_headers_are_read_too(tmp_path, fmt):
+    """Names over 100 characters: a ustar prefix field (parsed here), or pax / GNU long-name headers (those shards go
+    through the tarfile module); the same samples and bytes either way."""
+    key = "deep/" + "d" * 120 + "/sample-0"
+    with tarfile.open(tmp_path / "00.tar", "w", format=fmt) as tf:
+        _add(tf, f"{key}.jpg", JPG)
+        _add(tf, f"{key}.txt", "légende\n".encode())
+    ds = load_dataset("webdataset", tmp_path / "00.tar")
+    assert [(s.id, s.texts) for s in ds.samples] == [(key, ("légende",))]
+    assert ds.image_source().where(ds.samples[0].image).read() == JPG

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import InputError
@@ -58,8 +60,16 @@ def expand_shards(spec: str | Path) -> list[str]:
     return list(dict.fromkeys(shards))
 
 
+_ZERO_BLOCK = bytes(512)
+_SPECIAL = (b"x", b"g", b"L", b"K")  # pax and GNU long-name headers: left to the tarfile module
+
+
 class _Shard:
-    """One shard's samples, grouped by key: {key: {ext: (member name, offset, size)}} in member order."""
+    """One shard's samples, grouped by key: {key: {ext: (member name, offset, size)}} in member order.
+
+    Plain ustar headers (what img2dataset, webdataset's TarWriter and GNU tar write for short names) are parsed
+    here, a few microseconds a member; a shard with pax or GNU long-name headers or base-256 sizes is read with
+    the tarfile module instead (same result, slower)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -67,21 +77,58 @@ class _Shard:
         self.small: dict[tuple[str, str], bytes] = {}  # (key, ext) -> bytes of txt / json members
 
     def scan(self) -> None:
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if self._scan_ustar(f, size):
+                return
+        self.samples.clear()
+        self.small.clear()
         with tarfile.open(self.path, mode="r:") as tf:
-            while True:
-                m = tf.next()
-                if m is None:
-                    break
-                if not m.isfile():
-                    continue
-                match = _KEY.match(m.name)
-                if match is None or Path(m.name).name.startswith("."):
-                    continue
-                key, ext = match.group(1), match.group(2).lower()
-                self.samples.setdefault(key, {}).setdefault(ext, (m.name, m.offset_data, m.size))
-                if ext in ("txt", "json") and (key, ext) not in self.small:
-                    f = tf.extractfile(m)
-                    self.small[(key, ext)] = f.read() if f is not None else b""
+            while (m := tf.next()) is not None:
+                if m.isfile():
+                    self._member(m.name, m.offset_data, m.size, tf.fileobj)
+
+    def _scan_ustar(self, f, file_size: int) -> bool:
+        offset = 0
+        while True:
+            f.seek(offset)
+            buf = f.read(512)
+            if not buf or buf == _ZERO_BLOCK:
+                return True  # end of archive
+            if len(buf) < 512:
+                raise tarfile.ReadError(f"truncated header at byte {offset}")
+            kind = buf[156:157]
+            if kind in _SPECIAL or buf[124] & 0x80:
+                return False
+            try:
+                chksum = int(buf[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+                size = int(buf[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            except ValueError:
+                raise tarfile.ReadError(f"bad header at byte {offset}") from None
+            if chksum != sum(buf[:148]) + 256 + sum(buf[156:]):
+                raise tarfile.ReadError(f"bad header checksum at byte {offset}")
+            name = buf[:100].split(b"\0", 1)[0]
+            if buf[257:262] == b"ustar" and buf[345] != 0:
+                name = buf[345:500].split(b"\0", 1)[0] + b"/" + name
+            data = offset + 512
+            if kind in (b"0", b"\0", b"7"):  # regular files
+                if data + size > file_size:
+                    raise tarfile.ReadError(f"the file ends inside member {name.decode(errors='replace')}")
+                self._member(name.decode("utf-8", "surrogateescape"), data, size, f)
+            offset = data + (size + 511) // 512 * 512
+
+    def _member(self, name: str, offset: int, size: int, f) -> None:
+        match = _KEY.match(name)
+        if match is None or name.rsplit("/", 1)[-1].startswith("."):
+            return
+        key, ext = match.group(1), match.group(2).lower()
+        members = self.samples.setdefault(key, {})
+        if ext in members:
+            return
+        members[ext] = (name, offset, size)
+        if ext in ("txt", "json"):
+            f.seek(offset)
+            self.small[(key, ext)] = f.read(size)
 
 
 def _caption(shard: _Shard, key: str, members: dict) -> tuple[list[str], dict]:
@@ -118,6 +165,21 @@ class _Bad(Exception):
         self.member, self.reason = member, reason
 
 
+def _scan_all(shards: list[str]):
+    """Each shard scanned (several at once: reads overlap on network storage), in order: (shard, error or None)."""
+
+    def one(path: str):
+        shard = _Shard(path)
+        try:
+            shard.scan()
+        except (OSError, tarfile.TarError, EOFError) as e:
+            return shard, e
+        return shard, None
+
+    with ThreadPoolExecutor(min(8, len(shards))) as pool:
+        yield from pool.map(one, shards)
+
+
 def read_webdataset(spec: str | Path, on_error: str = "fail") -> Dataset:
     """Index the shards of ``spec`` into a Dataset whose images are tar members. A missing or unreadable shard and
     a bad sample (undecodable txt / json, duplicate key, nothing usable) fail naming ``shard`` or ``shard:member``,
@@ -127,11 +189,8 @@ def read_webdataset(spec: str | Path, on_error: str = "fail") -> Dataset:
     skipped: list[Skipped] = []
     index: dict[str, tuple[int, int, int]] = {}
     first_seen: dict[str, str] = {}
-    for i, path in enumerate(shards):
-        shard = _Shard(path)
-        try:
-            shard.scan()
-        except (OSError, tarfile.TarError, EOFError) as e:
+    for i, (path, (shard, e)) in enumerate(zip(shards, _scan_all(shards), strict=True)):
+        if e is not None:
             reason = "shard not found" if isinstance(e, FileNotFoundError) else f"not a readable tar file ({e})"
             if on_error != "skip":
                 raise InputError(f"{path}: {reason}") from None
@@ -139,11 +198,11 @@ def read_webdataset(spec: str | Path, on_error: str = "fail") -> Dataset:
         for key, members in shard.samples.items():
             try:
                 sample, member = _sample(shard, key, members, first_seen)
-            except _Bad as e:
-                where = f"{path}:{e.member}"
+            except _Bad as bad:
+                where = f"{path}:{bad.member}"
                 if on_error != "skip":
-                    raise InputError(f"{where}: {e.reason}") from None
-                skipped.append(Skipped(where, key, e.reason))
+                    raise InputError(f"{where}: {bad.reason}") from None
+                skipped.append(Skipped(where, key, bad.reason))
                 continue
             if member is not None:
                 index[sample.image] = (i, member[1], member[2])
