@@ -243,7 +243,7 @@ class _Null:
         return False
 
 
-def compress_ms(teacher, batch_pixels, fast, shard_rows: int | None) -> dict:
+def compress_ms(teacher, batch_pixels, fast) -> dict:
     """ms per image of the store's token codec alone, one core, on real token rows (chunked as the store is)."""
     import numcodecs
 
@@ -272,11 +272,14 @@ def bench_model(name: str, args, tmp: Path, paths: list[str], hashes: list[str],
     fast = fast_lib.FastPath.for_device(teacher.device, writers=args.writers)
     batch = fast_lib.resolve_batch_size(args.batch_size, teacher, fast)
     workers = fast_lib.decode_workers(args.num_workers, fast.device)
+    shard_rows = {"batch": batch, "store": None}[args.shard_rows] if args.shard_rows in ("batch", "store") \
+        else int(args.shard_rows)
     res = {"teacher": name, "label": label, "arch": teacher.model_name, "precision": teacher.precision,
-           "batch_size": batch, "decode_workers": workers, "writers": fast.writers, "images": len(paths),
-           "tokens_per_image": [teacher.num_tokens, teacher.width], "build_s": time.perf_counter() - t0}
-    log(f"[{label}] built in {res['build_s']:.1f} s; batch {batch}, {workers} decode workers, {fast.writers} "
-        f"writers, precision {teacher.precision}")
+           "batch_size": batch, "shard_rows": shard_rows, "decode_workers": workers, "writers": fast.writers,
+           "images": len(paths), "tokens_per_image": [teacher.num_tokens, teacher.width],
+           "build_s": time.perf_counter() - t0}
+    log(f"[{label}] built in {res['build_s']:.1f} s; batch {batch}, shards of {shard_rows or 'default'} rows, "
+        f"{workers} decode workers, {fast.writers} writers, precision {teacher.precision}")
     res["decode_cpu_ms"] = decode_ms(teacher, paths[: args.decode_sample])
     batches, res["decode_pool_images_per_s"] = predecode(teacher, paths, batch, workers, fast.pin_memory)
     log(f"[{label}] decode: {res['decode_cpu_ms']:.1f} CPU ms/img on one core; pool of {workers}: "
@@ -284,9 +287,9 @@ def bench_model(name: str, args, tmp: Path, paths: list[str], hashes: list[str],
     res["forward"] = forward_only(teacher, batches, fast.device)
     log(f"[{label}] forward only: {res['forward']['images_per_s']:.1f} img/s "
         f"(on-device batch {res['forward']['resident_images_per_s']:.1f})")
-    res["compress"] = compress_ms(teacher, batches[0][1], fast, args.shard_rows)
-    end_to_end(teacher, paths[: max(batch, 2)], hashes[: max(batch, 2)], fast, batch, workers, args.shard_rows, tmp)
-    runs = [end_to_end(teacher, paths, hashes, fast, batch, workers, args.shard_rows, tmp)
+    res["compress"] = compress_ms(teacher, batches[0][1], fast)
+    end_to_end(teacher, paths[: max(batch, 2)], hashes[: max(batch, 2)], fast, batch, workers, shard_rows, tmp)
+    runs = [end_to_end(teacher, paths, hashes, fast, batch, workers, shard_rows, tmp)
             for _ in range(args.repeats)]
     res["end_to_end"] = max(runs, key=lambda r: r["images_per_s"])
     res["end_to_end_runs"] = [r["images_per_s"] for r in runs]
@@ -380,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-workers", default="auto", help="decode workers, or auto (cores - 1 on CUDA)")
     ap.add_argument("--writers", type=int, default=None, help="writer threads (default: by device)")
     ap.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), fp32, bf16")
-    ap.add_argument("--shard-rows", type=int, default=None, help="rows per store shard (default ~32 MB of tokens)")
+    ap.add_argument("--shard-rows", default="batch",
+                    help="rows per store shard: batch (default: the batch size, since batches never cross a shard), "
+                         "store (the store's own default, ~32 MB of tokens), or a number")
     ap.add_argument("--repeats", type=int, default=1, help="end-to-end runs per model (the best is reported)")
     ap.add_argument("--decode-sample", type=int, default=32, help="images timed for the one-core decode figure")
     ap.add_argument("--switch-batches", type=int, default=8, help="batches for the channels-last/compile runs")

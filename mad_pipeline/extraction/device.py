@@ -9,9 +9,10 @@
   GPU always has work while the host waits for a copy (:func:`overlapped_forward`).
 * Decode pool: ``--num-workers auto`` is one decode worker per core but one on CUDA (at most 32), 2 on CPU.
 * Writer pool: several threads compress and write shards on CUDA (:func:`writer_threads`), one on CPU.
-* ``--batch-size auto``: on CUDA the largest power of two whose forward fits in half of the device's *total* memory
-  (measured by a probe forward), so the same device type always gets the same batch size (and identical reruns);
-  32 on CPU.
+* ``--batch-size auto``: on CUDA the largest power of two (at most 512) whose forward fits in half of the device's
+  *total* memory (measured by a probe forward), so the same device type always gets the same batch size (and
+  identical reruns); 32 on CPU. Batches never cross a store shard, so a shard smaller than the batch caps it:
+  pass ``--shard-rows`` at least the batch size on a GPU.
 * ``channels_last`` and ``torch.compile`` (of the vision tower's residual blocks) are switches, off by default and
   forced off on CPU; ``bench/gpu_extract.py`` measures whether they help.
 
@@ -35,7 +36,7 @@ AUTO = "auto"
 CPU_BATCH_SIZE = 32
 CPU_DECODE_WORKERS = 2
 MAX_DECODE_WORKERS = 32
-MAX_AUTO_BATCH = 1024
+MAX_AUTO_BATCH = 512
 MEMORY_FRACTION = 0.5  # of the device's total memory, for activations of one batch (weights come on top)
 
 
@@ -47,7 +48,12 @@ def usable_cores() -> int:
 
 
 def as_device(device) -> torch.device:
-    return device if isinstance(device, torch.device) else torch.device(str(device))
+    """A ``torch.device`` from a device or its name (``auto``: CUDA when there is one)."""
+    if isinstance(device, torch.device):
+        return device
+    if str(device) == AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(str(device))
 
 
 def parse_count(value, flag: str) -> int | str:
@@ -149,6 +155,14 @@ def resolve_batch_size(requested, teacher, fast: FastPath, *, fraction: float = 
     fits = int(total * fraction // per_image)
     batch = 1 << max(0, fits.bit_length() - 1)
     return int(max(1, min(cap, batch)))
+
+
+def plain_batch_size(requested, device) -> int:
+    """Batch size of the passes without a memory probe (texts, zero-shot scores): a number as given; ``auto``:
+    32 on CPU, 256 on CUDA (text towers are small next to the image tower)."""
+    if requested != AUTO:
+        return int(requested)
+    return 256 if as_device(device).type == "cuda" else CPU_BATCH_SIZE
 
 
 class _HostCopy:
