@@ -12,10 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from mad_pipeline.losses import MADConfig
+from mad_pipeline.progress import quiet_library_bars
 from mad_pipeline.training.config import NUM_WORKERS_HELP, TrainConfig, parse_num_workers
 
 from .app import app
 from .options import setting_option
+from .tables import metrics_table
 
 _D = TrainConfig()
 
@@ -107,8 +109,11 @@ def distill_cmd(
     wait: bool = typer.Option(False, "--wait", help="If another process is using --out, wait for it to end "
                               "(default: stop with an error)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (no bar at all, transformers' "
+                               "included)."),
 ):
+    if quiet or as_json:
+        quiet_library_bars()
     mad = MADConfig.from_switches(
         "baseline" if no_distill else preset, select=select, top_k=top_k, confidence=confidence,
         alpha_schedule=alpha_schedule, alpha=alpha, alpha_ratio=alpha_ratio, logit_kd=logit_kd,
@@ -162,10 +167,14 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda ..."),
     vqa_eval: str = setting_option(eval_stage.EvalConfig, "vqa_eval", "--vqa-eval"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (no bar at all, transformers' "
+                               "included)."),
 ):
+    if quiet or as_json:
+        quiet_library_bars()
     res = eval_stage.run(eval_stage.EvalConfig(run=run, split=split, data_root=data_root, out=out,
                                                batch_size=batch_size, num_workers=parse_num_workers(num_workers),
-                                               device=device, vqa_eval=vqa_eval))
+                                               device=device, vqa_eval=vqa_eval, progress=not (quiet or as_json)))
     if as_json:
         res.pop("rows")
         typer.echo(json.dumps(res))
@@ -177,9 +186,7 @@ def eval_cmd(
         return
     rules = f", {res['vqa_eval']} VQA rules" if "vqa_eval" in res else ""
     table = Table(title=f"mad eval: {res['task']}, {split}, {res['n']} samples{rules}")
-    table.add_column("metric")
-    table.add_column("accuracy (%)", justify="right")
-    for name, value, _ in res["rows"]:
-        table.add_row(name, f"{value:.2f}")
+    metrics_table(table, res["rows"])
     con.print(table)
-    con.print(f"predictions: {res['predictions']}", soft_wrap=True)
+    for kind, path in res["files"].items():
+        con.print(f"{kind}: {path}", soft_wrap=True, highlight=False)

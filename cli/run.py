@@ -13,6 +13,7 @@ from rich.table import Table
 
 from mad_pipeline.pipeline import report as report_lib
 from mad_pipeline.pipeline.config import bundled_config
+from mad_pipeline.progress import quiet_library_bars
 
 from .app import app
 
@@ -102,6 +103,8 @@ def _run_and_print(config: Path, overrides, dry_run: bool, cache: Path | None, o
                    quiet: bool) -> None:
     err = Console(stderr=True)
     silent = quiet or as_json
+    if silent:
+        quiet_library_bars()  # transformers' and huggingface_hub's bars too
 
     def on_stage(st, i, n, event):
         if silent or dry_run:

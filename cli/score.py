@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .app import app
 from .options import setting_option
+from .tables import metrics_table
 
 _HELP = (
     "Score predictions with the task's official metric (accuracies in %).\n\n"
@@ -19,6 +20,7 @@ _HELP = (
     "  mad score --task vqa --predictions results.json --questions Q.json --annotations A.json\n\n"
     "  mad score --task snli-ve --predictions preds.json --annotations snli_ve_dev.jsonl\n\n"
     "  mad score --task vcr --predictions preds.json --annotations val.jsonl --json\n\n"
+    "  mad score --task vcr --predictions val.leaderboard.csv --annotations val.jsonl\n\n"
     "  mad score --task vqa --zeroshot STORE --questions Q.json --annotations A.json --per-question-type\n\n"
     'vqa: official results format [{"question_id": ..., "answer": ...}]; Q = '
     "v2_OpenEnded_mscoco_val2014_questions.json, A = v2_mscoco_val2014_annotations.json; official answer "
@@ -27,15 +29,19 @@ _HELP = (
     "accuracy.\n\n"
     'snli-ve: [{"pairID": ..., "label": "entailment" | "neutral" | "contradiction"}]; prints accuracy and '
     "accuracy per gold label.\n\n"
-    'vcr: [{"annot_id": ..., "answer": 0-3, "rationale": 0-3}] (the rationale chosen given the right answer); '
-    "prints Q->A, QA->R and Q->AR (right only when both answer and rationale are)."
+    'vcr: [{"annot_id": ..., "answer": 0-3, "rationale": 0-3}] (the rationale chosen given the right answer), or the '
+    "leaderboard's CSV of per-choice probabilities (annot_id, answer_0..answer_3, "
+    "rationale_conditioned_on_a0_0..rationale_conditioned_on_a3_3; `mad eval` writes it beside its JSON); "
+    "prints Q->A, QA->R and Q->AR (right only when both answer and rationale are).\n\n"
+    "--json: the same metric names as `mad eval --json` (metric, value, metrics)."
 )
 
 
 @app.command("score", help=_HELP)
 def score_cmd(
     task: str = typer.Option(..., "--task", help="vqa, snli-ve or vcr."),
-    predictions: Path = typer.Option(None, "--predictions", help="Predictions JSON file (format per task above)."),
+    predictions: Path = typer.Option(None, "--predictions",
+                                     help="Predictions file: JSON (format per task above); VCR also the CSV."),
     zeroshot: Path = typer.Option(None, "--zeroshot", help="Score a teacher's zero-shot store (mad extract --task)."),
     write_predictions: Path = typer.Option(None, "--write-predictions",
                                            help="With --zeroshot: also write them in the official format."),
@@ -57,9 +63,6 @@ def score_cmd(
     source = predictions.name if predictions else f"zero-shot {Path(zeroshot).name[:16]}"
     rules = f", {res['vqa_eval']} VQA rules" if "vqa_eval" in res else ""
     table = Table(title=f"{task}: {res['n']} scored ({source}{rules})")
-    table.add_column("metric")
-    table.add_column("accuracy (%)", justify="right")
-    table.add_column("n", justify="right")
-    for name, value, n in res["rows"]:
-        table.add_row(name, f"{value:.2f}", "" if n is None else str(n))
+    metrics_table(table, res["rows"])
     Console().print(table)
+

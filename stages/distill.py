@@ -124,6 +124,7 @@ class _Data:
     eval: Any
     tests: dict[str, Any]
     subset_seed: int
+    references: dict[str, float]  # majority and chance levels on the evaluation split
 
 
 def run(cfg: DistillConfig, log=print) -> DistillResult:
@@ -157,23 +158,28 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log) -> DistillRe
     student, objective, train_data, collate = build_training(cfg, task, data.train, data.root, stores, online)
     eval_data = SampleDataset(data.eval.samples, data.eval.root, task, image_preprocess(student))
 
-    def evaluator(model, dataset=eval_data):
+    def evaluator(model, dataset=eval_data, split=data.eval_split):
         return evaluate(model, dataset, collate, batch_size=cfg.train.eval_batch_size,
-                        num_workers=cfg.train.num_workers, device=device, bf16=cfg.train.bf16)
+                        num_workers=cfg.train.num_workers, device=device, bf16=cfg.train.bf16,
+                        progress=cfg.progress, description=f"eval {split}")
+
+    teacher_zs = (task.teacher_zeroshot(eval_stores.zeroshot, eval_data.samples)
+                  if eval_stores is not None and eval_stores.zeroshot is not None else None)
+    references = {**({"teacher zero-shot": teacher_zs["value"]} if teacher_zs else {}), **data.references}
 
     # the run has started: claim the directory (a failure before this point leaves nothing in it)
     rundir.claim(out, _run_json(cfg, data, len(train_data), store_keys), cfg.overwrite)
     task.save(out)
     trainer = Trainer(cfg.train, student, objective, train_data, collate, out, evaluator=evaluator,
-                      online_teacher=online, log=log)
+                      online_teacher=online, log=log, progress=cfg.progress, references=references)
     summary = trainer.fit()
     evals, predictions = {}, {}
     results = {data.eval_split: trainer.last_eval or (None, [])}
     for split, ds in data.tests.items():
-        results[split] = evaluator(student, SampleDataset(ds.samples, ds.root, task, image_preprocess(student)))
+        results[split] = evaluator(student, SampleDataset(ds.samples, ds.root, task, image_preprocess(student)), split)
     for split, (m, p) in results.items():
         evals[split] = m
-        predictions[split] = _write_predictions(out, split, p)
+        predictions[split] = task.write_predictions(p, out / "predictions" / f"{split}.json")["predictions"]
     eval_metrics = evals[data.eval_split]
     metrics = {
         "task": task.name, **task.settings_in_key(vars(cfg)),  # the task's own settings (VQA: vqa_eval)
@@ -186,8 +192,8 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log) -> DistillRe
         "metric": eval_metrics["metric"] if eval_metrics else None,
         "value": eval_metrics["value"] if eval_metrics else None,
         "eval": evals,
-        "teacher_zeroshot": task.teacher_zeroshot(eval_stores.zeroshot, eval_data.samples)
-        if eval_stores is not None and eval_stores.zeroshot is not None else None,
+        "teacher_zeroshot": teacher_zs,
+        "references": references,  # the plots' reference lines on the evaluation split
         "stores": store_keys,
         "seconds": {"extract": round(extract_seconds, 3), "train": summary["train_seconds"],
                     "total": round(time.perf_counter() - t0, 3)},
@@ -230,7 +236,8 @@ def _load_data(cfg: DistillConfig, task: Task) -> _Data:
     task.fit(full.samples, split=cfg.train_split)
     eval_ds = load_dataset(dataset, cfg.data_root, split=eval_split)
     tests = {s: load_dataset(dataset, cfg.data_root, split=s) for s in cfg.test_splits if s != eval_split}
-    return _Data(task, dataset, train, full.root, eval_split, eval_ds, tests, subset_seed)
+    return _Data(task, dataset, train, full.root, eval_split, eval_ds, tests, subset_seed,
+                 task.references(full.samples, eval_ds.samples))
 
 
 def _extract(cfg: DistillConfig, data: _Data, log) -> tuple[StorePaths, StorePaths, dict[str, Any]]:
@@ -283,13 +290,6 @@ def _run_json(cfg: DistillConfig, data: _Data, n_train: int, store_keys: dict) -
             "eval_split": data.eval_split, "student_dir": "student", "task_files": list(data.task.files),
             "subset_seed": data.subset_seed, "train_samples": n_train, "stores": store_keys,
             "fingerprint": fingerprint(cfg)}
-
-
-def _write_predictions(out: Path, split: str, preds: list[dict]) -> str:
-    path = out / "predictions" / f"{split}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dump_json(path, preds)
-    return str(path)
 
 
 __all__ = ["DistillConfig", "DistillResult", "build_training", "fingerprint", "run", "seed_everything"]

@@ -2,9 +2,10 @@
 
 The run directory's ``run.json`` says the task, the dataset reader and data root, and where the student is; the
 task reads its own files there (VQA: the answer vocabulary). Predictions go to ``RUN/predictions/<split>.json`` (or
-``out``) in the task's official results format, so ``mad score`` and the official tools read them. Splits without
-labels get predictions only. ``vqa_eval`` picks the VQA accuracy's rules (``official`` by default, whatever the run
-was trained with; other tasks ignore it).
+``out``) in the task's official results format, so ``mad score`` and the official tools read them (VCR: also the
+leaderboard's per-choice probability CSV beside them, ``<split>.leaderboard.csv``). Splits without labels get
+predictions only. The metrics are the task's, under the same names as ``mad score`` gives them. ``vqa_eval`` picks
+the VQA accuracy's rules (``official`` by default, whatever the run was trained with; other tasks ignore it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 from mad_pipeline.data import load_dataset
 from mad_pipeline.errors import InputError
-from mad_pipeline.jsonio import dump_json
 from mad_pipeline.tasks import get_task
 from mad_pipeline.tasks.vqa import vqa_eval_setting
 from mad_pipeline.training.collate import Collate, StudentTokenizer
@@ -35,6 +35,7 @@ class EvalConfig:
     num_workers: int | str = "auto"  # a count, or auto: none on CPU, one per free core (at most 8) on CUDA
     device: str = "auto"
     vqa_eval: str = vqa_eval_setting()
+    progress: bool = True  # a bar of the batches (batches/s, ETA) on stderr
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
@@ -55,12 +56,12 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     ds = load_dataset(meta["dataset"], root, split=cfg.split)
     data = SampleDataset(ds.samples, ds.root, task, image_preprocess(student))
     metrics, preds = evaluate(student, data, Collate(task, StudentTokenizer(student)), batch_size=cfg.batch_size,
-                              num_workers=cfg.num_workers, device=device)
+                              num_workers=cfg.num_workers, device=device, progress=cfg.progress,
+                              description=f"eval {cfg.split}")
     out = Path(cfg.out) if cfg.out else run_dir / "predictions" / f"{cfg.split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    dump_json(out, preds)
+    files = task.write_predictions(preds, out)
     return {"task": task.name, **task.settings_in_key(vars(cfg)), "split": cfg.split, "n": len(preds),
-            "predictions": str(out),
+            "predictions": str(out), "files": files,
             "metric": metrics["metric"] if metrics else None, "value": metrics["value"] if metrics else None,
             "metrics": metrics, "rows": task.report_rows(metrics) if metrics else []}
 

@@ -243,7 +243,7 @@ class _Runner(Resolver):
         res = eval_stage.run(eval_stage.EvalConfig(run=run_dir, split=st.params["split"], data_root=self.data_root,
                                                    out=out, batch_size=self.v["eval_batch_size"],
                                                    num_workers=self.v["num_workers"], device=self.v["device"],
-                                                   vqa_eval=self.v["vqa_eval"]))
+                                                   vqa_eval=self.v["vqa_eval"], progress=self.cfg.progress))
         summary = {"metric": res["metric"], "value": res["value"], "n": res["n"]}
         return res, summary, "ran"
 
@@ -252,9 +252,12 @@ class _Runner(Resolver):
         for eid in st.deps.values():
             e = self.by_id[eid]
             s = e.record["summary"]
+            d = self.dep(e, "distill")
+            met = d.record.get("result", {}).get("metrics", {})
             records.append({"method": e.meta["method"], "fraction": e.meta["fraction"], "seed": e.meta["seed"],
                             "split": e.meta["split"], "metric": s["metric"], "value": s["value"], "task": self.task,
-                            "source": str((Path(self.dep(e, "distill").record["path"]) / "run").resolve())})
+                            "source": str((Path(d.record["path"]) / "run").resolve()),
+                            "references": met.get("references") if e.meta["split"] == met.get("eval_split") else {}})
         table = report_lib.aggregate(records, title=self.v["name"])
         files = report_lib.write_report(table, plan_lib.stage_dir(self.cache.root, "report", st.key), records=records)
         return {"table": table, "files": files, "records": records}, {"files": files}, "ran"

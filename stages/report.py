@@ -87,9 +87,10 @@ def _records(f: Path) -> list[dict[str, Any]]:
         s = d.get("summary", {})
         dkey = d.get("inputs", {}).get("distill")
         src = str((f.parent.parent.parent / "distill" / dkey / "run").resolve()) if dkey else str(f.parent)
+        refs = _references(Path(src) / "metrics.json", meta["split"]) if dkey else {}
         return [{"method": meta["method"], "fraction": meta["fraction"], "seed": meta["seed"],
                  "split": meta["split"], "metric": s.get("metric"), "value": s.get("value"), "task": task,
-                 "source": src}]
+                 "source": src, "references": refs}]
     if kind == "distill":
         mf = f.parent / "run" / "metrics.json"
         if not mf.exists():
@@ -105,8 +106,20 @@ def _from_metrics(m: dict, source: str, method: str) -> list[dict[str, Any]]:
             continue
         out.append({"method": method, "fraction": m.get("train_fraction", 1.0), "seed": m.get("seed", 0),
                     "split": split, "metric": res.get("metric"), "value": res.get("value"), "task": m.get("task"),
-                    "source": source})
+                    "source": source, "references": _run_references(m, split)})
     return out
+
+
+def _run_references(m: dict, split: str) -> dict[str, float]:
+    """The reference levels a run recorded (on its evaluation split only)."""
+    return dict(m.get("references") or {}) if split == m.get("eval_split") else {}
+
+
+def _references(metrics_json: Path, split: str) -> dict[str, float]:
+    try:
+        return _run_references(json.loads(metrics_json.read_text()), split)
+    except (OSError, ValueError):
+        return {}
 
 
 __all__ = ["ReportConfig", "run"]

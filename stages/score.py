@@ -7,7 +7,12 @@ Prediction files (one JSON array; every annotated record needs exactly one predi
 - ``snli-ve``: ``[{"pairID": str, "label": "entailment" | "neutral" | "contradiction"}, ...]`` (``label`` may
   also be the index 0/1/2 in that order), scored against ``snli_ve_{dev,test}.jsonl``.
 - ``vcr``: ``[{"annot_id": str, "answer": 0-3, "rationale": 0-3}, ...]`` (``rationale`` is the choice made given
-  the right answer, as in the official QA->R protocol), scored against ``val.jsonl``.
+  the right answer, as in the official QA->R protocol), or the leaderboard's CSV of per-choice probabilities
+  (``annot_id,answer_0..answer_3,rationale_conditioned_on_a0_0..rationale_conditioned_on_a3_3``, scored as the
+  leaderboard does: argmax answer, argmax rationale given the right answer), scored against ``val.jsonl``.
+
+The result has the same metric names as ``mad eval``'s: ``metric`` and ``value`` (the headline), ``metrics`` (the
+headline and every figure of the task's score) and the same figures at the top level.
 
 All accuracies are percentages, unrounded (the official VQA code prints them rounded to 2 decimals). VQA accuracy
 follows the rules ``vqa_eval`` names: ``official`` (the evaluation code as it is today, the default) or ``legacy``
@@ -48,9 +53,10 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         return _score_zeroshot(cfg)
     out = task.score_file(Path(cfg.predictions), Path(cfg.annotations),
                           Path(cfg.questions) if cfg.questions else None)
-    return {"task": cfg.task, **task.settings_in_key(vars(cfg)), **out, "predictions": str(cfg.predictions),
-            "annotations": str(cfg.annotations),
-            "rows": task.report_rows(out, detail=cfg.detail)}
+    metrics = task.headline(out)
+    return {"task": cfg.task, **task.settings_in_key(vars(cfg)), **out, "metric": metrics["metric"],
+            "value": metrics["value"], "metrics": metrics, "predictions": str(cfg.predictions),
+            "annotations": str(cfg.annotations), "rows": task.report_rows(out, detail=cfg.detail)}
 
 
 def _score_zeroshot(cfg: ScoreConfig) -> dict[str, Any]:

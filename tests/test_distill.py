@@ -62,6 +62,7 @@ def test_mad_distill_cli_end_to_end(tiny_clip, world, cache, tmp_path):
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["value"] == res["value"]
+    assert metrics["references"]["teacher zero-shot"] == res["teacher_zeroshot"]["value"]  # a line of the plots
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "eval" not in r]
     assert [r["step"] for r in train_rows] == [2, 4]

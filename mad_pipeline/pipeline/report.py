@@ -2,7 +2,13 @@
 naive, MAD, then any custom ones), cells = mean ± std over seeds. Written as Markdown, CSV and a PNG plot.
 
 A record is one evaluated run: ``{"method", "fraction", "seed", "split", "metric", "value", "task"}`` (``value`` in
-percent, the task's official metric). The spread is the sample standard deviation over seeds (ddof=1; 0 for one seed).
+percent, the task's official metric), optionally with ``references`` (label -> level on that split: the teacher's
+zero-shot accuracy, majority, chance), drawn as horizontal lines on the plot. The spread is the sample standard
+deviation over seeds (ddof=1); with one seed it is undefined: ``None`` in the table, an empty cell in the CSV, no
+error bar on the plot.
+
+The plot's y axis is honest (:func:`mad_pipeline.training.plot.metric_ylim`): from 0 to the next multiple of 10 above
+every mean + std and every reference line (at most 100); it never zooms in on the curves.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ def method_title(name: str) -> str:
     return METHOD_TITLE.get(name, name)
 
 
-def _mean_std(vals: list[float]) -> tuple[float, float]:
+def _mean_std(vals: list[float]) -> tuple[float, float | None]:
     n = len(vals)
     mean = sum(vals) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else None
     return mean, std
 
 
@@ -66,14 +72,29 @@ def aggregate(records: list[dict[str, Any]], title: str = "results") -> dict[str
             rows.append({"split": split, "fraction": fraction, "cells": cells})
     seeds = sorted({r["seed"] for r in records})
     return {"title": title, "task": tasks[0], "metric": metric, "methods": methods, "splits": splits,
-            "seeds": seeds, "rows": rows}
+            "seeds": seeds, "rows": rows, "references": _references(records, splits)}
+
+
+def _references(records: list[dict[str, Any]], splits: list[str]) -> dict[str, dict[str, float]]:
+    """Per split, each reference level (the mean over the runs that recorded it: they are the same runs' data)."""
+    out: dict[str, dict[str, float]] = {}
+    for split in splits:
+        levels: dict[str, list[float]] = {}
+        for r in records:
+            if r["split"] == split:
+                for label, v in (r.get("references") or {}).items():
+                    if v is not None:
+                        levels.setdefault(label, []).append(float(v))
+        if levels:
+            out[split] = {label: sum(vs) / len(vs) for label, vs in levels.items()}
+    return out
 
 
 def cell_text(c: dict | None) -> str:
     """One cell: ``mean ± std`` over seeds (the mean alone for one seed), ``–`` without runs."""
     if not c:
         return "–"
-    return f"{c['mean']:.2f} ± {c['std']:.2f}" if c["n"] > 1 else f"{c['mean']:.2f}"
+    return f"{c['mean']:.2f} ± {c['std']:.2f}" if c.get("std") is not None else f"{c['mean']:.2f}"
 
 
 def is_best(row: dict[str, Any], c: dict | None) -> bool:
@@ -106,6 +127,9 @@ def to_markdown(table: dict[str, Any]) -> str:
                 cells.append(f"**{cell_text(c)}**" if is_best(row, c) else cell_text(c))
             lines.append(f"| {row['fraction'] * 100:g}% | " + " | ".join(cells) + " |")
         lines.append("")
+        refs = (table.get("references") or {}).get(split)
+        if refs:
+            lines += ["References: " + ", ".join(f"{k} {v:.2f}" for k, v in refs.items()) + ".", ""]
     return "\n".join(lines)
 
 
@@ -121,29 +145,49 @@ def to_csv(table: dict[str, Any]) -> str:
         line: list[Any] = [row["split"], f"{row['fraction']:g}"]
         for m in ms:
             c = row["cells"].get(m)
-            line += [f"{c['mean']:.4f}", f"{c['std']:.4f}", c["n"]] if c else ["", "", 0]
+            std = "" if not c or c.get("std") is None else f"{c['std']:.4f}"  # undefined for one seed: empty
+            line += [f"{c['mean']:.4f}", std, c["n"]] if c else ["", "", 0]
         w.writerow(line)
     return buf.getvalue()
 
 
 def plot(table: dict[str, Any], out_png: str | Path) -> Path:
-    """Metric vs training fraction, one line per method with std error bars; one panel per evaluation split."""
+    """Metric vs training fraction, one line per method with std error bars, the reference levels as labelled
+    horizontal lines; one panel per evaluation split (:func:`figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(table)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def figure(table: dict[str, Any]):
+    """The matplotlib figure of :func:`plot` (Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    from ..training.plot import draw_references
+
     splits = table["splits"]
     fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4), squeeze=False)
     fractions = sorted({r["fraction"] for r in table["rows"]})
     for ax, split in zip(axes[0], splits, strict=True):
+        tops = []
         for m in table["methods"]:
             pts = [(r["fraction"], r["cells"][m]) for r in table["rows"] if r["split"] == split and m in r["cells"]]
             if not pts:
                 continue
             xs = [p[0] * 100 for p in pts]
-            ax.errorbar(xs, [p[1]["mean"] for p in pts], yerr=[p[1]["std"] for p in pts], marker="o", capsize=3,
+            errs = [p[1].get("std") or 0.0 for p in pts]
+            ax.errorbar(xs, [p[1]["mean"] for p in pts], yerr=errs if any(errs) else None, marker="o", capsize=3,
                         label=method_title(m))
+            tops += [p[1]["mean"] + e for p, e in zip(pts, errs, strict=True)]
+        draw_references(ax, (table.get("references") or {}).get(split), tops)
         if len(fractions) > 1 and max(fractions) / min(fractions) >= 10:
             ax.set_xscale("log")
         ax.set_xticks([f * 100 for f in fractions])
@@ -153,14 +197,10 @@ def plot(table: dict[str, Any], out_png: str | Path) -> Path:
         ax.set_title(split)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.legend(fontsize=8)
     fig.suptitle(f"{table['title']} — {caption(table)}", fontsize=10)
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report",
@@ -178,5 +218,5 @@ def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report
     return {"markdown": str(md), "csv": str(csv_p), "png": str(png)}
 
 
-__all__ = ["METHOD_ORDER", "aggregate", "caption", "cell_text", "is_best", "method_title", "plot", "to_csv",
-           "to_markdown", "write_report"]
+__all__ = ["METHOD_ORDER", "aggregate", "caption", "cell_text", "figure", "is_best", "method_title", "plot",
+           "to_csv", "to_markdown", "write_report"]

@@ -163,13 +163,46 @@ class Task:
         raise NotImplementedError
 
     def follow_up(self, samples: Sequence[Sample], records: list[dict[str, Any]],
-                  choose: Callable[[list[list[str]]], list[int]]) -> None:
-        """A second question on the same images (VCR's QA->R): ``choose(texts)`` runs the student on the batch's
-        images with other candidate texts and returns its choices. Default: none."""
+                  scores: Callable[[list[list[str]]], np.ndarray], logits: np.ndarray) -> None:
+        """A second question on the same images (VCR's QA->R): ``scores(texts)`` runs the student on the batch's
+        images with other candidate texts and returns its ``(B, C)`` logits; ``logits`` are the batch's own
+        (those ``records`` were made from). Default: none."""
+
+    def write_predictions(self, records: list[dict[str, Any]], path: Path) -> dict[str, str]:
+        """Write ``records`` in the official results format at ``path`` (and any other format the task has beside
+        it); returns ``{format: path}``, ``predictions`` first."""
+        from ..jsonio import dump_json
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dump_json(path, records)
+        return {"predictions": str(path)}
 
     def score(self, samples: Sequence[Sample], records: list[dict[str, Any]]) -> dict[str, Any] | None:
         """Official metrics of ``records`` against the labelled ``samples``; None when none is labelled."""
         raise NotImplementedError
+
+    def references(self, train_samples: Sequence[Sample], eval_samples: Sequence[Sample]) -> dict[str, float]:
+        """Reference levels of the headline metric on ``eval_samples`` (percent), drawn on the plots: ``majority``
+        (always predicting the training split's most frequent target) and ``chance`` (a uniform guess,
+        ``100 / num_classes``; only for tasks with at most 10 classes, since over a large answer vocabulary it is
+        about 0). Empty when ``eval_samples`` have no labels."""
+        out: dict[str, float] = {}
+        counts = None
+        for s in train_samples:
+            t = np.asarray(self.target(s), dtype=np.float64)
+            if t.ndim == 0:  # a class index (-1: unknown)
+                if t < 0:
+                    continue
+                t = np.bincount([int(t)], minlength=self.num_classes).astype(np.float64)
+            counts = t if counts is None else counts + t
+        if counts is not None and eval_samples:
+            k = int(np.argmax(counts))
+            res = self.headline(self.score(eval_samples, [self.prediction(s, k) for s in eval_samples]))
+            if res is not None:
+                out["majority"] = float(res["value"])
+                if 0 < self.num_classes <= 10:
+                    out["chance"] = 100.0 / self.num_classes
+        return out
 
     def headline(self, result: dict[str, Any] | None) -> dict[str, Any] | None:
         """A :meth:`score` result with ``metric`` and ``value`` (the headline) in front."""

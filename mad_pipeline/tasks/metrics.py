@@ -1,5 +1,5 @@
 """Official metrics: VQA v2 accuracy (a port of the VQA API's ``vqaEval.py``), SNLI-VE accuracy, VCR Q->A / QA->R /
-Q->AR.
+Q->AR (of chosen answers and rationales, or of the leaderboard's per-choice probabilities).
 
 VQA: ported from ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of https://github.com/GT-Vision-Lab/VQA, rule
 for rule, quirks included, in two versions (``rules``):
@@ -236,3 +236,16 @@ def vcr_evaluate(predictions: Mapping[str, tuple[int, int]], gold: Mapping[str, 
         both += pa == ga and pr == gr
     n = len(gold)
     return {"n": n, "q2a": 100 * qa / n, "qa2r": 100 * qar / n, "q2ar": 100 * both / n}
+
+
+def vcr_evaluate_probabilities(scores: Mapping[str, tuple[Sequence[float], Sequence[Sequence[float]]]],
+                               gold: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
+    """VCR accuracies of the leaderboard's per-choice scores ``{annot_id: (answer (4,), rationale (4 answers, 4
+    rationales))}``, as the leaderboard computes them: the answer is the argmax over the answers, the rationale the
+    argmax over the rationales conditioned on the *right* answer (the first on a tie); then :func:`vcr_evaluate`."""
+    def argmax(xs: Sequence[float]) -> int:
+        xs = list(xs)
+        return max(range(len(xs)), key=lambda i: (xs[i], -i))
+
+    chosen = {aid: (argmax(scores[aid][0]), argmax(scores[aid][1][ga])) for aid, (ga, _) in gold.items()}
+    return vcr_evaluate(chosen, gold)

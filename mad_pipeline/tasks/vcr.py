@@ -3,6 +3,10 @@
 - The student scores the C texts ``"{question} {answer_c}"`` of a sample (one logit each) and is trained on Q->A.
   Its QA->R choice scores ``"{question} {answer} {rationale_j}"`` with the same head, conditioned on the right answer
   as the official protocol does (on an unlabelled split: on its own answer).
+- Predictions: ``[{"annot_id", "answer", "rationale"}]`` (JSON), and beside them the leaderboard's CSV
+  (:mod:`.vcr_leaderboard`): the softmax of the four answers' logits and, for each of the four answers, of the four
+  rationales conditioned on it -- so evaluation scores the rationales under every answer (four QA->R passes).
+  ``mad score`` reads both.
 - Teacher text features: the right answer's pair text when the text store holds it, else the question, whose
   characters are the prefix of every pair text -- so character-span alignment stays exact and the answer's tokens
   simply have no teacher counterpart.
@@ -19,11 +23,13 @@ import numpy as np
 
 from ..data.base import Sample
 from ..data.vcr import NUM_CHOICES
+from . import vcr_leaderboard as leaderboard
 from .base import Candidates, Task, ZeroShotSetup, choice_field
-from .metrics import vcr_evaluate
+from .metrics import vcr_evaluate, vcr_evaluate_probabilities
 from .registry import register_task
 
 SUBTASKS = ("q2a", "qa2r")
+PROBABILITIES = "_leaderboard"  # a record's per-choice probabilities (written to the CSV, not to the JSON)
 
 
 def q2a_candidates(sample: Sample) -> list[str]:
@@ -111,14 +117,28 @@ class VcrTask(Task):
     def prediction(self, sample: Sample, choice: int) -> dict:
         return {"annot_id": sample.id, "answer": int(choice), "rationale": 0}
 
-    def follow_up(self, samples, records, choose) -> None:
-        """QA->R: the rationale texts conditioned on the right answer (else on the predicted one)."""
-        texts = []
-        for s, p in zip(samples, records, strict=True):
+    def follow_up(self, samples, records, scores, logits) -> None:
+        """QA->R under each of the four answers (the leaderboard's 4x4 probabilities); the rationale recorded is the
+        one chosen given the right answer (else given the predicted one), as the official protocol scores it."""
+        by_answer = [np.asarray(scores([qa2r_candidates(s, a) for s in samples]), dtype=np.float64)
+                     for a in range(NUM_CHOICES)]
+        rationale = np.stack(by_answer, axis=1)  # (B, answer, rationale)
+        for i, (s, p) in enumerate(zip(samples, records, strict=True)):
             y = s.meta.get("answer_label")
-            texts.append(qa2r_candidates(s, p["answer"] if y is None else int(y)))
-        for p, k in zip(records, choose(texts), strict=True):
-            p["rationale"] = int(k)
+            given = p["answer"] if y is None else int(y)
+            p["rationale"] = int(rationale[i, given].argmax())
+            p[PROBABILITIES] = {"answer": leaderboard.softmax(logits[i]).tolist(),
+                                "rationale": leaderboard.softmax(rationale[i]).tolist()}
+
+    def write_predictions(self, records, path: Path) -> dict[str, str]:
+        """The JSON records and, when every record has its probabilities, the leaderboard CSV beside them
+        (``<name>.leaderboard.csv``)."""
+        files = super().write_predictions([{k: v for k, v in r.items() if k != PROBABILITIES} for r in records],
+                                          Path(path))
+        if records and all(PROBABILITIES in r for r in records):
+            csv_path = Path(path).with_suffix(".leaderboard.csv")
+            files["leaderboard"] = str(leaderboard.write_csv(csv_path, leaderboard.rows_of(records, PROBABILITIES)))
+        return files
 
     def score(self, samples, records) -> dict | None:
         gold = {s.id: (s.meta["answer_label"], s.meta["rationale_label"]) for s in samples
@@ -138,6 +158,15 @@ class VcrTask(Task):
     def parse_prediction(self, record: dict) -> dict:
         return {"answer": choice_field(record, "answer", NUM_CHOICES),
                 "rationale": choice_field(record, "rationale", NUM_CHOICES)}
+
+    def score_file(self, predictions: Path, annotations: Path, questions: Path | None = None) -> dict:
+        """The JSON records, or the leaderboard CSV (scored as the leaderboard does)."""
+        if not leaderboard.is_csv(Path(predictions)):
+            return super().score_file(predictions, annotations, questions)
+        samples = self.read_gold(annotations, questions)
+        probs = leaderboard.read_csv(Path(predictions), {s.id for s in samples}, Path(annotations))
+        gold = {s.id: (int(s.meta["answer_label"]), int(s.meta["rationale_label"])) for s in samples}
+        return vcr_evaluate_probabilities(probs, gold)
 
 
 __all__ = ["NUM_CHOICES", "SUBTASKS", "VcrTask", "candidate_texts", "q2a_candidates", "qa2r_candidates"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
+from ..progress import progress_bar
 from .collate import Collate, make_loader
 from .config import autocast, resolve_num_workers
 from .dataset import SampleDataset
@@ -15,10 +17,12 @@ from .dataset import SampleDataset
 @torch.no_grad()
 def evaluate(student, dataset: SampleDataset, collate: Collate, *, batch_size: int = 64,
              num_workers: int | str = 0, device: torch.device | str = "cpu", bf16: bool = True,
-             follow_up: bool = True) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """Returns ``(metrics, predictions)``: predictions in the task's official results format, metrics (with the
-    headline ``metric`` and ``value`` first) None when the split has no labels. ``follow_up``: also answer the
-    task's follow-up question (VCR's QA->R, conditioned on the right answer as the official protocol does)."""
+             follow_up: bool = True, progress: bool = False,
+             description: str = "eval") -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Returns ``(metrics, predictions)``: predictions in the task's official results format (plus whatever the
+    task keeps for its other files, written by :meth:`~mad_pipeline.tasks.Task.write_predictions`), metrics (with
+    the headline ``metric`` and ``value`` first) None when the split has no labels. ``follow_up``: also answer the
+    task's follow-up question (VCR's QA->R). ``progress``: a bar of the batches with batches/s and ETA."""
     device = torch.device(device)
     task = dataset.task
     was_training = student.training
@@ -26,30 +30,32 @@ def evaluate(student, dataset: SampleDataset, collate: Collate, *, batch_size: i
     preds: list[dict[str, Any]] = []
     loader = make_loader(dataset, collate, batch_size, resolve_num_workers(num_workers, device), 0, device)
     try:
-        for batch in loader:
-            batch = batch.to(device)
-            with autocast(device, bf16):
-                out = student(*batch.student_args())
-            samples = [dataset.samples[i] for i in batch.indices.tolist()]
-            records = [task.prediction(s, k) for s, k in zip(samples, out.logits.float().argmax(-1).tolist(),
-                                                             strict=True)]
-            if follow_up:
-                task.follow_up(samples, records, lambda texts, b=batch: _choose(student, collate, b, texts, device,
-                                                                                bf16))
-            preds += records
+        with progress_bar(description, len(loader), unit="batch", enabled=progress) as bar:
+            for batch in loader:
+                batch = batch.to(device)
+                with autocast(device, bf16):
+                    out = student(*batch.student_args())
+                samples = [dataset.samples[i] for i in batch.indices.tolist()]
+                logits = out.logits.float().cpu().numpy()
+                records = [task.prediction(s, k) for s, k in zip(samples, logits.argmax(-1).tolist(), strict=True)]
+                if follow_up:
+                    task.follow_up(samples, records, lambda texts, b=batch: _scores(student, collate, b, texts,
+                                                                                    device, bf16), logits)
+                preds += records
+                bar.advance()
     finally:
         student.train(was_training)
     return task.headline(task.score(dataset.samples, preds)), preds
 
 
-def _choose(student, collate: Collate, batch, texts: list[list[str]], device, bf16: bool) -> list[int]:
-    """The student's choice among ``texts[i]`` for each image of ``batch``."""
+def _scores(student, collate: Collate, batch, texts: list[list[str]], device, bf16: bool) -> np.ndarray:
+    """The student's ``(B, C)`` logits for the candidate texts ``texts[i]`` of each image of ``batch``."""
     flat = collate.tokenize([t for ts in texts for t in ts]).to(device)
     b, c = len(texts), len(texts[0])
     with autocast(device, bf16):
         out = student(batch.pixel_values, batch.crop_boxes, flat.input_ids.view(b, c, -1),
                       flat.attention_mask.view(b, c, -1), flat.char_spans.view(b, c, -1, 2))
-    return out.logits.float().argmax(-1).cpu().tolist()
+    return out.logits.float().cpu().numpy()
 
 
 __all__ = ["evaluate"]

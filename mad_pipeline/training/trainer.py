@@ -32,6 +32,7 @@ from ..errors import InputError
 from ..hashing import to_jsonable
 from ..jsonio import dump_json
 from ..losses import MADLoss, StudentBatch, build_targets, patch_centers
+from ..progress import Bar, progress_bar
 from .batch import Batch
 from .checkpoint import (
     Trainable,
@@ -66,12 +67,15 @@ class Trainer:
     """Trains ``student`` with ``objective`` on ``train_data``; see the module docstring.
 
     ``evaluator(student) -> (metrics, predictions)`` is called every ``eval_every`` steps and at the end;
-    ``online_teacher`` replaces the stores' features when given.
+    ``online_teacher`` replaces the stores' features when given. ``progress``: a bar of the step budget with
+    steps/s, ETA and the last logged loss and samples/s. ``references``: horizontal lines of the curves' plot
+    (label -> value in the metric's percent: the teacher's zero-shot accuracy, majority, chance).
     """
 
     def __init__(self, cfg: TrainConfig, student, objective: MADLoss, train_data: DistillDataset, collate: Collate,
                  out_dir: str | Path, evaluator: Callable | None = None, online_teacher: OnlineTeacher | None = None,
-                 log: Callable[[str], None] | None = None, on_event: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, on_event: Callable[[str], None] | None = None,
+                 progress: bool = False, references: dict[str, float] | None = None):
         if len(train_data) == 0:
             raise InputError("no training samples")
         self.cfg = cfg
@@ -86,6 +90,8 @@ class Trainer:
         self.online = online_teacher
         self.log = log or (lambda m: None)
         self.event = on_event or (lambda name: None)
+        self.show_progress = progress
+        self.references = dict(references or {})
         self._grid_checked = False
         self.params = list(dict.fromkeys(p for p in self.model.parameters() if p.requires_grad))
         self.optimizer = torch.optim.AdamW(
@@ -220,7 +226,19 @@ class Trainer:
         self.objective.train()
         self.event("start")
         stream = self._stream()
-        t_run = time.perf_counter()
+        with progress_bar("training", cfg.steps, unit="step", enabled=self.show_progress,
+                          completed=self.step) as bar:
+            t_run = time.perf_counter()
+            step_times = self._loop(stream, bar)
+            train_seconds = time.perf_counter() - t_run
+            self._evaluate()  # before the final checkpoint: a resumed finished run re-evaluates (see _resume)
+        if latest_step(self.ckdir) != self.step:
+            self.checkpoint()
+        return self._finish(resumed, train_seconds, step_times)
+
+    def _loop(self, stream: Iterator[Batch], bar: Bar) -> list[float]:
+        """Steps until the budget is spent; returns each step's time."""
+        cfg = self.cfg
         steps_since = 0
         step_times: list[float] = []
         while self.step < cfg.steps:
@@ -242,29 +260,27 @@ class Trainer:
             self.acc["_n"] = self.acc.get("_n", 0.0) + 1
             steps_since += 1
             step_times.append(time.perf_counter() - t_step)
+            bar.advance()
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 row = self._log_row(sum(step_times[-steps_since:]), steps_since)  # step time only, no eval
                 self._append(row)
                 self.log(f"step {self.step}/{cfg.steps}: loss {row.get('total', float('nan')):.4f} "
                          f"(task {row.get('task', float('nan')):.4f}, distill {row.get('distill', 0.0):.4f}) "
                          f"lr {row['lr']:.2e}")
+                bar.info(f"loss {row.get('total', float('nan')):.4g}, {row['samples_per_s']:,.3g} samples/s")
                 steps_since = 0
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self._evaluate()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.checkpoint()
-        train_seconds = time.perf_counter() - t_run
-        self._evaluate()  # before the final checkpoint: a resumed finished run re-evaluates (see _resume)
-        if latest_step(self.ckdir) != self.step:
-            self.checkpoint()
-        return self._finish(resumed, train_seconds, step_times)
+        return step_times
 
     def _finish(self, resumed: bool, train_seconds: float, step_times: list[float]) -> dict[str, Any]:
         """Save the student, plot the curves, write ``metrics.json``; returns its content."""
         from .plot import plot_metrics
 
         _quietly(self.student.save, self.out / "student")
-        plot_metrics(self.metrics_path, self.out / "training.png")
+        plot_metrics(self.metrics_path, self.out / "training.png", references=self.references)
         metrics, _ = self.last_eval if self.last_eval is not None else (None, [])
         # steady-state step time: the median, so DataLoader start-up and the first (slow) step do not count
         summary = {"steps": self.step, "resumed": resumed, "train_seconds": round(train_seconds, 3),
