@@ -62,21 +62,32 @@ def resolve_store(store: str | Path | FeatureStore, cache: str | Path | None = N
     raise StoreError(f"no published store with key {s} in {c.root}" + (" or the shared caches" if c.shared else ""))
 
 
+_OPENED: dict[str, FeatureStore] = {}  # stores reopened in this process by unpickled arrays (dask workers)
+
+
 class _Rows:
     """A store array as dask reads it: hash columns as numpy ``<U64`` and other strings as Python objects, whichever
-    format version wrote them; decode failures are the reader's one-line ``StoreError``."""
+    format version wrote them; decode failures are the reader's one-line ``StoreError``. Pickles as (store path,
+    array name), so dask.distributed workers open the store themselves (with the same checks)."""
 
-    def __init__(self, array, name: str):
-        self._a, self.name = array, name
-        self.shape, self.ndim = tuple(array.shape), len(array.shape)
-        self.kind = "hash" if name.endswith("_hash") else ("str" if array.dtype.kind not in "biufc" else "")
+    def __init__(self, st: FeatureStore, name: str):
+        self.path, self.name, self._a = st.path, name, st[name]
+        self.shape, self.ndim = tuple(self._a.shape), len(self._a.shape)
+        self.kind = "hash" if name.endswith("_hash") else ("str" if self._a.dtype.kind not in "biufc" else "")
         if self.kind:
             self.dtype = np.dtype("<U64") if self.kind == "hash" else np.dtype(object)
         else:  # zarr says <f2: the same bytes as numpy's native float16, which is how users know it
-            dt = np.dtype(array.dtype)
+            dt = np.dtype(self._a.dtype)
             self.dtype = dt.newbyteorder("=") if dt.isnative else dt
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_a": None}
+
     def __getitem__(self, sel):
+        if self._a is None:
+            if self.path not in _OPENED:
+                _OPENED[self.path] = open_store(self.path)
+            self._a = _OPENED[self.path][self.name]
         out = np.asarray(self._a[sel])
         if self.kind == "hash":
             return hash_column(out)
@@ -86,8 +97,8 @@ class _Rows:
 def _lazy(st: FeatureStore, name: str):
     import dask.array as da
 
+    rows = _Rows(st, name)
     a = st[name]
-    rows = _Rows(a, name)
     outer = (a.shards or a.chunks)[0] if a.shape else 1
     chunks = (max(1, int(outer)), *a.shape[1:]) if a.shape else ()
     return da.from_array(rows, chunks=chunks, asarray=False, fancy=False, name=f"{st.path}/{name}",

@@ -150,3 +150,19 @@ def test_import_is_light_and_the_api_is_listed():
             "'mad_pipeline.stages.extract' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "False", "False"]
+
+
+def test_a_dask_distributed_cluster_reads_the_lazy_arrays(session):
+    """The arrays travel to worker processes as (store, array) and the workers open the store themselves."""
+    from dask.distributed import Client, LocalCluster
+
+    import mad_pipeline as mad
+
+    path = session["result"].stores["image"].path
+    images = mad.open_features(path)
+    expected = np.asarray(zarr.open_group(path, mode="r")["tokens"][:], dtype=np.float32).mean(axis=(1, 2))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster):
+        got = images.tokens.astype("float32").mean(("token", "channel")).compute()
+    np.testing.assert_allclose(got.values, expected, rtol=1e-6)
+    assert got.image.values.tolist() == images.image.values.tolist()
