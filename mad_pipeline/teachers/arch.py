@@ -130,8 +130,10 @@ def _text_name(hl: tuple[int, int]) -> str:
     return f"hidden {hl[0]} x {hl[1]} layers" + (f" ({known[0]})" if known else "")
 
 
-def check_text(shapes: dict[str, list[int]], config: dict, where: str, teacher: str, model_id: str) -> None:
-    """One line when a transformers checkpoint does not match its own config.json, or the registry's model."""
+def check_text(shapes: dict[str, list[int]], config: dict, where: str, teacher: str, model_id: str,
+               expected: tuple[int, int] | None = None) -> None:
+    """One line when a transformers checkpoint does not match its own config.json, or the teacher's model (the
+    registry's, or ``expected``: the sizes of the directory an ``hf:DIR`` teacher names)."""
     got = text_from_shapes(shapes)
     if got is None:
         return
@@ -139,7 +141,7 @@ def check_text(shapes: dict[str, list[int]], config: dict, where: str, teacher: 
     if None not in own and own != got:
         raise TeacherError(f"checkpoint {where} is {_text_name(got)} (by its tensor shapes); its config.json "
                            f"says hidden {own[0]} x {own[1]} layers")
-    want = KNOWN_TEXT.get(model_id)
+    want = expected or KNOWN_TEXT.get(model_id)
     if want is not None and want != got:
         raise TeacherError(f"checkpoint {where} is {_text_name(got)} (by its tensor shapes); teacher {teacher} "
                            f"expects {_text_name(want)}")

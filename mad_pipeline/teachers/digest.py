@@ -45,20 +45,25 @@ def _torch_state_dict(path: Path) -> dict:
     return {_name(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
-def _tensors(path: Path) -> Iterator[tuple[str, object]]:
-    """(name, tensor) in name order, loaded one at a time where the container allows it."""
+def _tensors(path: Path, check=None) -> Iterator[tuple[str, object]]:
+    """(name, tensor) in name order, loaded one at a time where the container allows it. ``check`` is called with
+    the shapes first (before any tensor is read)."""
     if path.suffix == SAFETENSORS:
         import safetensors
 
         try:
             with safetensors.safe_open(str(path), framework="pt") as f:
                 names = {_name(k): k for k in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
+                if check is not None:
+                    check({n: list(f.get_slice(k).get_shape()) for n, k in names.items()})
                 for n in sorted(names):
                     yield n, f.get_tensor(names[n])
         except (OSError, safetensors.SafetensorError) as e:
             raise TeacherError(f"{path}: not a readable safetensors file ({e})") from None
         return
     sd = _torch_state_dict(path)
+    if check is not None:
+        check({k: list(v.shape) for k, v in sd.items()})
     for n in sorted(sd):
         yield n, sd[n]
 
@@ -77,12 +82,12 @@ def tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in _torch_state_dict(p).items()}
 
 
-def _compute(path: Path) -> dict:
+def _compute(path: Path, check=None) -> dict:
     import torch
 
     h = hashlib.sha256()
     shapes: dict[str, list[int]] = {}
-    for name, t in _tensors(path):
+    for name, t in _tensors(path, check):
         shapes[name] = list(t.shape)
         h.update(canonical_json([name, str(t.dtype).removeprefix("torch."), list(t.shape)]).encode() + b"\0")
         h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
@@ -91,9 +96,10 @@ def _compute(path: Path) -> dict:
     return {"sha256": h.hexdigest(), "shapes": shapes}
 
 
-def tensor_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None) -> dict:
+def tensor_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None, check=None) -> dict:
     """``{"sha256": digest of the tensor contents, "shapes": {name: shape}}`` of a checkpoint file, memoised under
-    ``memo_dir`` by (real path, size, mtime) so a later run does not read the weights again."""
+    ``memo_dir`` by (real path, size, mtime) so a later run does not read the weights again. ``check(shapes)``
+    runs before the contents are read (a wrong architecture is refused without hashing gigabytes)."""
     p = Path(os.path.realpath(path))
     try:
         st = p.stat()
@@ -104,10 +110,12 @@ def tensor_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None) -
         try:
             got = json.loads(memo.read_text())
             if isinstance(got, dict) and "sha256" in got and "shapes" in got:
+                if check is not None:
+                    check(got["shapes"])
                 return got
         except (OSError, json.JSONDecodeError):
             pass
-    got = _compute(p)
+    got = _compute(p, check)
     if memo is not None:
         save_memo(memo, got)
     return got

@@ -50,7 +50,16 @@ class TextSource:
 
     def check_shapes(self, shapes: dict[str, list[int]]) -> None:
         config = json.loads((self.local / "config.json").read_text()) if self.local else {}
-        check_text(shapes, config, self.where, self.teacher, self.model_id)
+        check_text(shapes, config, self.where, self.teacher, self.model_id, _dir_sizes(self.model_id))
+
+
+def _dir_sizes(model: str) -> tuple[int, int] | None:
+    """(hidden size, layers) of the save_pretrained directory an ``hf:DIR`` teacher names (None: a hub id)."""
+    try:
+        cfg = json.loads((Path(model) / "config.json").read_text())
+        return int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def resolve_text_source(teacher: str, model_id: str, weights: str | None, packaged: str | None,
@@ -76,8 +85,7 @@ def hf_text_identity(source: TextSource, precision: str, max_length: int, memo_d
                            f"{str(e).strip().splitlines()[0][:200]}") from None
     f = source.weight_file()
     if f is not None:
-        digest = tensor_digest(f, memo_dir)
-        source.check_shapes(digest["shapes"])
+        digest = tensor_digest(f, memo_dir, check=source.check_shapes)
         weights = digest["sha256"]
     else:
         weights = sha256_tree(source.local)

@@ -44,7 +44,8 @@ def compute_identity(spec: TeacherSpec, weights: str | None, precision: str, max
         from .openclip import clip_identity, resolve_source
 
         source = resolve_source(spec.name, spec.model, spec.pretrained, weights, flag)
-        digest = tensor_digest(source.checkpoint, digest_memo) if source.checkpoint else None
+        ckpt = source.checkpoint  # a wrong architecture is one line before the weights' contents are read
+        digest = tensor_digest(ckpt, digest_memo, check=source.check_shapes) if ckpt else None
         return clip_identity(source, precision, digest)
     from .hf_text import hf_text_identity
 

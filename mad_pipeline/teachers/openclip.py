@@ -63,8 +63,13 @@ def _read_local_dir(d: Path, what: str) -> tuple[dict, dict]:
                            f"{type(e).__name__}: {e})") from None
 
 
-def _teacher_config(model: str) -> tuple[dict, dict]:
-    """The teacher's own architecture and preprocessing (a registered config name or its ``local-dir:``)."""
+def _teacher_config(model: str, pretrained: str | None) -> tuple[dict, dict]:
+    """The teacher's own architecture and preprocessing (a registered config name or its ``local-dir:``).
+
+    A pretrained tag's own settings apply as open_clip's tag records them: its preprocessing (mean, std,
+    interpolation, resize mode) and its activation (``quick_gelu``: the OpenAI weights were trained with QuickGELU,
+    so ``ViT-B-32`` + ``openai`` is the architecture of ``ViT-B-32-quickgelu``), also when ``--weights`` gives the
+    file. The same weights under ``clip-vit-b32`` and ``open_clip:ViT-B-32/openai`` are thus one identity."""
     import open_clip
 
     if model.startswith("local-dir:"):
@@ -72,7 +77,10 @@ def _teacher_config(model: str) -> tuple[dict, dict]:
     cfg = open_clip.get_model_config(model)
     if cfg is None:
         raise TeacherError(f"open_clip has no model config {model!r}")
-    return cfg, _preprocess(None)
+    tag = open_clip.get_pretrained_cfg(model, pretrained) if pretrained else {}
+    if tag.get("quick_gelu"):
+        cfg = {**cfg, "quick_gelu": True}
+    return cfg, _preprocess(tag)
 
 
 def _download(model: str, pretrained: str | None, flag: str) -> str:
@@ -104,7 +112,7 @@ def resolve_source(teacher: str, model: str, pretrained: str | None, weights: st
     local directory), an open_clip local directory (``local-dir:DIR`` or ``DIR``: its config, preprocessing and
     weight file; a directory without ``open_clip_config.json`` gives only its weight file), or None (the
     teacher's own: its local directory or open_clip's hub download)."""
-    own_cfg, own_pre = _teacher_config(model)
+    own_cfg, own_pre = _teacher_config(model, pretrained)
     own = {"expects": model, "expected_cfg": own_cfg}
     if not weights:
         if model.startswith("local-dir:"):
@@ -217,10 +225,13 @@ class OpenClipTeacher:
                                                                                 load_weights=False, device=device)
                 if source.checkpoint:
                     open_clip.load_checkpoint(clip, source.checkpoint, weights_only=True)
-            else:
+            else:  # the tag's activation and preprocessing, as in the identity (see _teacher_config)
+                pre = source.preprocess
                 clip, _, preprocess = open_clip.create_model_and_transforms(
-                    source.model_name, pretrained=source.checkpoint, device=device, weights_only=True
-                )
+                    source.model_name, pretrained=source.checkpoint, device=device, weights_only=True,
+                    force_quick_gelu=bool(source.model_cfg.get("quick_gelu")),
+                    image_mean=tuple(pre["mean"]), image_std=tuple(pre["std"]),
+                    image_interpolation=pre["interpolation"], image_resize_mode=pre["resize_mode"])
             self.tokenizer = open_clip.get_tokenizer(source.model_name)
         except TeacherError:
             raise

