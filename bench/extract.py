@@ -18,6 +18,7 @@ the load average and the CPU time other processes took during each measurement (
     python bench/extract.py                          # both models, defaults below
     python bench/extract.py --num-workers 0,1,2      # compare decode-worker counts
     python bench/extract.py --json bench-extract.json
+    python bench/extract.py --workers 1,2            # mad extract --workers N: scaling over dask worker processes
 """
 
 from __future__ import annotations
@@ -495,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=30.0,
                     help="with --max-foreign: stop redoing contended runs after this many minutes per model")
     ap.add_argument("--json", type=Path, default=None, help="also write all figures to this JSON file")
+    ap.add_argument("--workers", default=None, help="instead: image store on local dask clusters of these worker "
+                    "counts (e.g. 1,2) and in one process; first model only (see extract_workers.py)")
+    ap.add_argument("--shard-rows", type=int, default=8, help="with --workers: rows per shard (one dask task each)")
     args = ap.parse_args(argv)
     args.num_workers = [int(w) for w in str(args.num_workers).split(",")]
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
@@ -503,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if args.workers:
+        return _main_workers(args, log)
     mach = machine()
     log(f"machine: {mach['cpu']} x{mach['usable_cores']}, torch threads {mach['torch_threads']}, "
         f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -519,6 +525,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total bench time {out['seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
+        print(f"figures written to {args.json}")
+    return 0
+
+
+def _main_workers(args, log) -> int:
+    from extract_workers import bench_workers, print_workers  # bench/extract_workers.py
+
+    args.workers = [int(w) for w in str(args.workers).split(",")]
+    res = bench_workers(args, make_photos, log)
+    print_workers(res, args.repeats)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
         print(f"figures written to {args.json}")
     return 0
 

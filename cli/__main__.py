@@ -2,4 +2,5 @@
 
 from mad_pipeline.cli.main import main
 
-main()
+if __name__ == "__main__":  # not when a spawned process (a dask worker) imports the parent's main module
+    main()

@@ -24,6 +24,9 @@ Examples:
   mad extract --teacher shapes-clip --dataset vqa --split val --task vqa --data-root shapes/
 
   mad extract --teacher clip-vit-l --dataset webdataset --data-root 'shards/{00000..00127}.tar'
+  mad extract --teacher clip-vit-l --manifest data.jsonl --data-root DIR --workers 8
+
+  mad extract --teacher clip-vit-l --manifest data.jsonl --data-root DIR --scheduler tcp://head:8786
 """
 
 
@@ -54,6 +57,10 @@ def extract_cmd(
     zs_template: str = typer.Option(None, "--zs-template", help="Template prompt, e.g. 'question: {q} answer: {a}'."),
     train_fraction: float = typer.Option(1.0, "--train-fraction", help="Deterministic subset of the samples."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --train-fraction subset."),
+    workers: int = typer.Option(None, "--workers", help="Start a local dask cluster of N worker processes (one per "
+                                "GPU on a GPU machine); one task per shard (not in the key)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="Use an existing dask cluster: its scheduler address, "
+                                  "e.g. tcp://head:8786 (not in the key)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
@@ -63,6 +70,7 @@ def extract_cmd(
         precision=precision, batch_size=batch_size, num_workers=num_workers, on_error=on_error,
         max_text_length=max_text_length, shard_rows=shard_rows, task=task, zs_prompt=zs_prompt,
         zs_template=zs_template, train_fraction=train_fraction, seed=seed, progress=not (quiet or as_json),
+        workers=workers, scheduler=scheduler,
     )
     err = Console(stderr=True)
     result = stage.run(cfg, log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))

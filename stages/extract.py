@@ -6,10 +6,15 @@ Three stores come out, each cached by its own content key:
   index  rows = samples, key = the dataset's samples (ids, content hashes, fields); teacher-independent
 and, with --task, a zero-shot store (the teacher's logits for each sample's candidate texts).
 A second text teacher therefore reuses the image store untouched, and reordering a manifest changes nothing.
+
+With ``workers`` (a local dask cluster of that many worker processes, one per GPU on a GPU machine) or ``scheduler``
+(an existing dask cluster), the image and text stores are computed one shard per task on the cluster's workers
+(:mod:`mad_pipeline.extraction.distributed`); the stores, keys and manifests are the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +25,7 @@ from mad_pipeline.data.splits import subsample
 from mad_pipeline.errors import InputError
 from mad_pipeline.extraction import stores as stores_lib
 from mad_pipeline.extraction.build import StoreResult
+from mad_pipeline.extraction.cluster import Pool
 from mad_pipeline.extraction.inputs import hash_inputs
 from mad_pipeline.extraction.stores import BuildContext
 from mad_pipeline.progress import make_progress
@@ -55,6 +61,8 @@ class ExtractConfig:
     train_fraction: float = 1.0  # deterministic low-shot subset (by sample id and seed)
     seed: int = 0
     progress: bool = True
+    workers: int | None = None  # a local dask cluster of this many worker processes (not in any key)
+    scheduler: str | None = None  # an existing dask cluster's scheduler address (not in any key)
 
 
 @dataclass
@@ -79,6 +87,11 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
         raise InputError(f"--on-error {cfg.on_error!r}: expected one of {', '.join(ON_ERROR)}")
     if cfg.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
+    pool = None
+    if cfg.workers is not None or cfg.scheduler is not None:
+        pool = Pool(cfg.workers, cfg.scheduler, cfg.device, log)
+        if cfg.scheduler is not None:
+            pool.connect()  # a wrong address fails now, not after hashing the dataset
     cache = Cache.at(cfg.cache)
     memo = cache.root / "identities"
     task = get_task(cfg.task, vocab_min_count=cfg.vocab_min_count) if cfg.task is not None else None
@@ -97,8 +110,9 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
     has_image = "image" in image_teacher.towers
 
     stores: dict[str, StoreResult] = {}
-    with make_progress(cfg.progress) as progress:
-        ctx = BuildContext(cache, cfg.batch_size, cfg.num_workers, cfg.on_error, cfg.shard_rows, progress, log)
+    with make_progress(cfg.progress) as progress, pool or contextlib.nullcontext():
+        ctx = BuildContext(cache, cfg.batch_size, cfg.num_workers, cfg.on_error, cfg.shard_rows, progress, log,
+                           pool)
         inputs = hash_inputs(ds, progress if has_image else None)
         skipped = [s.as_dict() for s in ds.skipped]
         where = ds.image_source().where  # a file under the data root, or shard.tar:member, file.parquet:row N

@@ -210,6 +210,8 @@ class _Runner(Resolver):
         seed = p["subset_seed"] if p["subset_seed"] is not None else 0
         # exactly the ExtractConfig stage 2 builds for itself, so its own lookups hit these stores
         ecfg = distill_stage._extract_cfg(template, self.reader, p["split"], p["fraction"], seed)
+        # on a dask cluster when the YAML's extract: section says so (the stores and keys are the same)
+        ecfg = dataclasses.replace(ecfg, workers=self.v["extract"]["workers"], scheduler=self.v["extract"]["scheduler"])
         res = extract_stage.run(ecfg, log=self.log)
         stores = {k: {"key": s.key, "cached": s.cached, "source": s.source, "rows": s.rows,
                       "rows_computed": s.rows_computed} for k, s in res.stores.items()}

@@ -7,4 +7,7 @@
 - :mod:`.build`    get-or-build one store by key: cache lookup, lock, resumable partial build, atomic publication
 - :mod:`.stores`   the image, text, index and zero-shot stores of a dataset
 - :mod:`.zeroshot` the teacher's zero-shot logits and its official-format predictions
+- :mod:`.distributed` the same on dask.distributed: one task per shard, the teacher built once per worker
+- :mod:`.cluster` the local (``--workers``) or existing (``--scheduler``) dask cluster
+- :mod:`.geometry` a store's geometry read off a teacher
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,7 +75,8 @@ def _build(cache: Cache, kind: str, key: str, n_rows: int, specs, fill, manifest
         if writer.resumed:
             log(f"{kind} store {key[:12]}: resuming ({len(writer.done_shards())}/{writer.n_shards} shards done)")
         stats = fill(writer)
-        errors = writer.recorded_errors()
+        # in row order (rows are sorted by hash), whichever order the shards were computed in
+        errors = sorted(writer.recorded_errors(), key=lambda e: json.dumps(e, sort_keys=True))
         man = {
             "format_version": FORMAT_VERSION,
             "kind": kind,

@@ -1,6 +1,11 @@
 """Run a teacher over the unfinished shards of a store: decode in workers, forward in the main process, write in
 a background thread. Everything is bounded: DataLoader prefetch and the writer queue.
 
+Batches never cross a shard: each shard's rows are cut into batches from its first row, so the batch composition of
+a shard is fixed by the shard alone (not by which shards were pending, nor by which process computes it), and a
+resumed or distributed run gives every row the same batch as an uninterrupted one. ``shards`` restricts a pass to
+some shards (one dask task computes one shard, see :mod:`.distributed`); ``RowWindow`` then holds only their rows.
+
 With a ``ReusePlan``, rows that a donor store already holds are copied from it (shard by shard, as the teacher's
 batches reach each shard, so only a few shards are ever buffered) and the teacher runs only on the others; with
 nothing left to compute it is not needed at all (``teacher`` may then be None)."""
@@ -35,9 +40,43 @@ class PassStats:
     timings: dict = field(default_factory=dict)  # seconds per step (device.overlapped_forward) and of the writers
 
 
-def _pending_rows(writer: StoreWriter) -> tuple[list[int], list[int]]:
+class RowWindow:
+    """The values of rows ``[lo, lo + len(values))`` of a column, indexed by global row (an int or an int array), so
+    that a task computing one shard is sent that shard's paths and hashes only."""
+
+    def __init__(self, lo: int, values):
+        self.lo = lo
+        self.values = np.empty(len(values), dtype=object)
+        for i, v in enumerate(values):  # one object per row, even a tuple-like location
+            self.values[i] = v
+
+    def __getitem__(self, rows):
+        return self.values[np.asarray(rows) - self.lo] if not isinstance(rows, (int, np.integer)) \
+            else self.values[int(rows) - self.lo]
+
+
+def _column(values) -> RowWindow:
+    return values if isinstance(values, RowWindow) else RowWindow(0, values)
+
+
+def shard_batches(rows, shard_rows: int, batch_size: int) -> list[list[int]]:
+    """Positions in ``rows`` (increasing) cut into batches of at most ``batch_size`` that never cross a shard: each
+    shard's rows are batched from its first row."""
+    rows = np.asarray(rows, np.int64)
+    out: list[list[int]] = []
+    if not len(rows):
+        return out
+    shard = rows // shard_rows
+    starts = np.flatnonzero(np.r_[True, shard[1:] != shard[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        out.extend(list(range(i, min(i + batch_size, b))) for i in range(a, b, batch_size))
+    return out
+
+
+def _pending_rows(writer: StoreWriter, shards: list[int] | None = None) -> tuple[list[int], list[int]]:
     done = writer.done_shards()
-    todo = [s for s in range(writer.n_shards) if s not in done]
+    todo = [s for s in (range(writer.n_shards) if shards is None else shards) if s not in done]
     rows = [r for s in todo for r in range(*writer.shard_range(s))]
     return todo, rows
 
@@ -48,7 +87,7 @@ def rows_to_compute(writer: StoreWriter, reuse: ReusePlan | None) -> list[int]:
     return rows if reuse is None else reuse.missing(rows)
 
 
-def _write_empty_shards(writer: StoreWriter, todo: list[int]) -> None:
+def write_empty_shards(writer: StoreWriter, todo: list[int]) -> None:
     """A store with no rows (every input skipped) still has its one (empty) shard marked done."""
     for s in todo:
         lo, hi = writer.shard_range(s)
@@ -78,15 +117,16 @@ def _merged(writer: StoreWriter, todo: list[int], reuse: ReusePlan | None, compu
 
 
 def _fill(writer: StoreWriter, label: str, unit: str, progress, batches, reuse: ReusePlan | None = None,
-          hashes: np.ndarray | None = None, writers: int = 1) -> PassStats:
-    """Run ``batches(rows)`` over the rows of unfinished shards that no donor has, copy the others from their donor,
-    and hand each batch to the background writer."""
+          hashes=None, shards: list[int] | None = None, writers: int = 1) -> PassStats:
+    """Run ``batches(rows)`` over the rows of unfinished shards (of ``shards``, default all) that no donor has, copy
+    the others from their donor, and hand each batch to the background writer."""
     t0 = time.perf_counter()
-    todo, rows = _pending_rows(writer)
+    todo, rows = _pending_rows(writer, shards)
+    asked = writer.n_shards if shards is None else len(shards)
     stats = PassStats(rows_total=writer.n_rows, shards_total=writer.n_shards,
-                      shards_resumed=writer.n_shards - len(todo))
+                      shards_resumed=asked - len(todo))
     task = progress.add_task(label, total=len(rows), unit=unit) if progress else None
-    _write_empty_shards(writer, todo)
+    write_empty_shards(writer, todo)
     if rows:
         compute = rows if reuse is None else reuse.missing(rows)
         sink = ShardAssembler(writer, todo, writers=writers)
@@ -110,18 +150,20 @@ def _fill(writer: StoreWriter, label: str, unit: str, progress, batches, reuse: 
     return stats
 
 
-def extract_images(teacher, writer: StoreWriter, hashes: list[str], paths: list[str], *, batch_size: int,
+def extract_images(teacher, writer: StoreWriter, hashes, paths, *, batch_size: int,
                    num_workers: int, on_error: str, progress=None, pin_memory: bool = False,
-                   reuse: ReusePlan | None = None, fast: FastPath | None = None) -> PassStats:
-    """Fill an image store. ``hashes[i]``/``paths[i]`` belong to row i (rows sorted by content hash). ``fast``: how
-    the device is driven (pinned memory, copies overlapping the forward, writer threads; see :mod:`.device`), by
-    default from the teacher's device."""
-    hash_arr = np.asarray(hashes, dtype=object)
+                   reuse: ReusePlan | None = None, shards: list[int] | None = None,
+                   fast: FastPath | None = None) -> PassStats:
+    """Fill an image store. ``hashes[i]``/``paths[i]`` belong to row i (rows sorted by content hash): lists, or
+    ``RowWindow``s holding at least the rows of ``shards``. ``fast``: how the device is driven (pinned memory,
+    copies overlapping the forward, writer threads; see :mod:`.device`), by default from the teacher's device."""
+    hash_arr = _column(hashes)
     fast = fast or FastPath.for_device(teacher_device(teacher))
 
     def batches(rows, stats):
         ds = ImageRows([(r, paths[r]) for r in rows], teacher.preprocess, teacher.crop_box_fn, teacher.image_size)
-        loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate, **fast.loader_options(num_workers))
+        loader = DataLoader(ds, batch_sampler=shard_batches(rows, writer.shard_rows, batch_size),
+                            collate_fn=collate, **fast.loader_options(num_workers))
 
         def checked():
             for batch_rows, pixels, boxes, errors in loader:
@@ -145,19 +187,19 @@ def extract_images(teacher, writer: StoreWriter, hashes: list[str], paths: list[
             yield batch_rows, {"image_hash": hash_arr[batch_rows], "tokens": tokens, "pooled": pooled,
                                "crop_box": boxes, "valid": valid}
 
-    return _fill(writer, "image teacher", "img", progress, batches, reuse, hash_arr, fast.writers)
+    return _fill(writer, "image teacher", "img", progress, batches, reuse, hash_arr, shards, fast.writers)
 
 
-def extract_texts(teacher, writer: StoreWriter, hashes: list[str], texts: list[str], *, batch_size: int,
-                  progress=None, reuse: ReusePlan | None = None) -> PassStats:
+def extract_texts(teacher, writer: StoreWriter, hashes, texts, *, batch_size: int,
+                  progress=None, reuse: ReusePlan | None = None, shards: list[int] | None = None) -> PassStats:
     """Fill a text store. Tokenising is cheap and runs in the main process; writes overlap the forward."""
-    hash_arr = np.asarray(hashes, dtype=object)
-    text_arr = np.asarray(texts, dtype=object)
+    hash_arr = _column(hashes)
+    text_arr = _column(texts)
 
     def batches(rows, stats):
         rows_arr = np.asarray(rows, np.int64)
-        for start in range(0, len(rows_arr), batch_size):
-            batch_rows = rows_arr[start : start + batch_size]
+        for positions in shard_batches(rows_arr, writer.shard_rows, batch_size):
+            batch_rows = rows_arr[positions]
             batch = teacher.tokenize([texts[r] for r in batch_rows])
             tokens, pooled = teacher.encode_text_tokens(batch)
             tokens = tokens.to(torch.float16).cpu().numpy()
@@ -166,4 +208,4 @@ def extract_texts(teacher, writer: StoreWriter, hashes: list[str], texts: list[s
                                "length": batch.lengths, "pooled": pooled.to(torch.float16).cpu().numpy(),
                                "char_span": batch.spans}
 
-    return _fill(writer, "text teacher", "text", progress, batches, reuse, hash_arr)
+    return _fill(writer, "text teacher", "text", progress, batches, reuse, hash_arr, shards)

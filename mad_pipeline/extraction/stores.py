@@ -4,6 +4,10 @@ Each function computes the store's key from what determines its values, and only
 running it) when the store is not already in the cache. An image or text store that must be built first copies the
 rows that published stores of the same teacher identity already hold (``reuse.py``); the teacher is loaded only if
 some row is left to compute.
+
+With a dask pool (``BuildContext.pool``, see :mod:`.distributed`) the image and text stores are computed shard by
+shard on the cluster's workers and the zero-shot store in one worker task; this process creates, finalises and
+publishes the stores and never builds a teacher (the geometry is asked of a worker).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from ..cache import Cache, make_key
 from ..hashing import content_key, hash_of_set
 from ..store.layout import image_arrays, index_arrays, text_arrays
 from ..store.reader import open_store
+from . import distributed as remote
 from .build import StoreResult, get_or_build
+from .geometry import image_geometry as _image_geometry
+from .geometry import text_geometry as _text_geometry
 from .inputs import DatasetInputs, samples_digest
 from .reuse import ReusePlan, plan_reuse
 from .runner import extract_images, extract_texts, rows_to_compute
@@ -35,6 +42,7 @@ class BuildContext:
     shard_rows: int | None = None
     progress: object = None
     log: Callable[[str], None] = print
+    pool: object = None  # a cluster.Pool: compute on dask workers (None: in this process)
 
 
 def dataset_identity(ds) -> dict:
@@ -61,8 +69,13 @@ class _Reuse:
         return self._plan
 
     def geometry(self, teacher, from_teacher) -> dict:
-        """The store's geometry: from a donor (same identity, so the same geometry) or else from the teacher."""
-        return self.plan.geometry if self.plan is not None else from_teacher(teacher.get())
+        """The store's geometry: from a donor (same identity, so the same geometry) or else from the teacher (on a
+        dask worker when there is a pool)."""
+        if self.plan is not None:
+            return self.plan.geometry
+        if self.ctx.pool is not None:
+            return remote.geometry(self.ctx.pool, teacher, self.kind, self.ident)
+        return from_teacher(teacher.get())
 
     def teacher_for(self, teacher, writer):
         """The loaded teacher if any row is left to compute, else None (nothing is loaded)."""
@@ -72,15 +85,6 @@ class _Reuse:
         donors = writer.recorded_reuse()
         return {"reused": {"rows": sum(d["rows"] for d in donors.values()),
                            "stores": [{"key": k, **d} for k, d in sorted(donors.items())]}}
-
-
-def _image_geometry(t) -> dict:
-    return {"grid": list(t.grid), "image_size": t.image_size, "num_tokens": t.num_tokens, "width": t.width,
-            "embed_dim": t.embed_dim, "token_order": "CLS, then patches row-major"}
-
-
-def _text_geometry(t) -> dict:
-    return {"max_length": t.max_length, "width": getattr(t, "text_width", t.width), "embed_dim": t.embed_dim}
 
 
 def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreResult:
@@ -96,6 +100,10 @@ def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreR
         return image_arrays(g["num_tokens"], g["width"], g["embed_dim"])
 
     def fill(writer):
+        if ctx.pool is not None:
+            return remote.fill_images(ctx.pool, writer, teacher, ident, hashes, paths, reuse.plan,
+                                      batch_size=ctx.batch_size, num_workers=ctx.num_workers, on_error=ctx.on_error,
+                                      progress=ctx.progress)
         t = reuse.teacher_for(teacher, writer)
         return extract_images(t, writer, hashes, paths, batch_size=ctx.batch_size, num_workers=ctx.num_workers,
                               on_error=ctx.on_error, progress=ctx.progress, reuse=reuse.plan,
@@ -122,6 +130,9 @@ def text_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreRe
         return text_arrays(g["max_length"], g["width"], g["embed_dim"])
 
     def fill(writer):
+        if ctx.pool is not None:
+            return remote.fill_texts(ctx.pool, writer, teacher, ident, hashes, texts, reuse.plan,
+                                     batch_size=ctx.batch_size, progress=ctx.progress)
         return extract_texts(reuse.teacher_for(teacher, writer), writer, hashes, texts, batch_size=ctx.batch_size,
                              progress=ctx.progress, reuse=reuse.plan)
 
@@ -176,6 +187,9 @@ def zeroshot_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs, image:
     kmax = max((len(c.texts) for c in candidates), default=1)
 
     def fill(writer):
+        if ctx.pool is not None:
+            return remote.fill_zeroshot_remote(ctx.pool, writer, teacher, ident, image.path, ids, hashes, candidates,
+                                               batch_size=max(ctx.batch_size, 64))
         return fill_zeroshot(writer, teacher.get(), image.path, ids, hashes, candidates,
                              batch_size=max(ctx.batch_size, 64), progress=ctx.progress)
 

@@ -82,6 +82,10 @@ def schema(settings: Mapping[str, Key]) -> dict[str, Any]:
         **top_level_train_keys(),
         "cache": Key("path", help="cache root (default: MAD_CACHE, else the user cache dir)"),
         "out": Key("path", help="also copy the report here"),
+        "extract.workers": Key("int", min=1, help="extract on a local dask cluster of this many worker processes "
+                               "(one per GPU on a GPU machine); not in any key"),
+        "extract.scheduler": Key("str", help="extract on an existing dask cluster: its scheduler address "
+                                 "(tcp://host:8786); not in any key"),
     }
     tree: dict[str, Any] = {}
     for dotted, key in keys.items():
