@@ -47,8 +47,10 @@ def extract_cmd(
     cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Cache root (env MAD_CACHE)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:1 ..."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on cuda, fp32 on cpu), fp32, bf16."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Teacher batch size (not part of the cache key)."),
-    num_workers: int = typer.Option(2, "--num-workers", help="Decode worker processes (not in the key)."),
+    batch_size: str = typer.Option("32", "--batch-size", help="Teacher batch size, or auto (from the GPU's memory; "
+                                   "32 on CPU). Not part of the cache key."),
+    num_workers: str = typer.Option("auto", "--num-workers", help="Decode worker processes; auto: 2 on CPU, one per "
+                                    "core but one on a GPU (not in the key)."),
     on_error: str = typer.Option("fail", "--on-error", help="fail: stop at the first bad input; skip: record it."),
     max_text_length: int = typer.Option(None, "--max-text-length", help="Token length for transformers teachers."),
     shard_rows: int = typer.Option(None, "--shard-rows", help="Rows per resumable shard (default ~32 MB)."),

@@ -26,6 +26,7 @@ from mad_pipeline.errors import InputError
 from mad_pipeline.extraction import stores as stores_lib
 from mad_pipeline.extraction.build import StoreResult
 from mad_pipeline.extraction.cluster import Pool
+from mad_pipeline.extraction.device import parse_count
 from mad_pipeline.extraction.inputs import hash_inputs
 from mad_pipeline.extraction.stores import BuildContext
 from mad_pipeline.progress import make_progress
@@ -49,8 +50,8 @@ class ExtractConfig:
     cache: Path | None = None
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 32
-    num_workers: int = 2
+    batch_size: int | str = 32  # or "auto": from the GPU's memory (32 on CPU); see extraction/device.py
+    num_workers: int | str = "auto"  # decode workers; "auto": 2 on CPU, one per core but one on CUDA
     on_error: str = "fail"
     max_text_length: int | None = None
     shard_rows: int | None = None  # rows per resumable shard (default: ~32 MB of tokens)
@@ -85,8 +86,8 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
     t0 = time.perf_counter()
     if cfg.on_error not in ON_ERROR:
         raise InputError(f"--on-error {cfg.on_error!r}: expected one of {', '.join(ON_ERROR)}")
-    if cfg.batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
+    batch_size = parse_count(cfg.batch_size, "--batch-size")
+    num_workers = parse_count(cfg.num_workers, "--num-workers")
     pool = None
     if cfg.workers is not None or cfg.scheduler is not None:
         pool = Pool(cfg.workers, cfg.scheduler, cfg.device, log)
@@ -111,7 +112,7 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
 
     stores: dict[str, StoreResult] = {}
     with make_progress(cfg.progress) as progress, pool or contextlib.nullcontext():
-        ctx = BuildContext(cache, cfg.batch_size, cfg.num_workers, cfg.on_error, cfg.shard_rows, progress, log,
+        ctx = BuildContext(cache, batch_size, num_workers, cfg.on_error, cfg.shard_rows, progress, log,
                            pool)
         inputs = hash_inputs(ds, progress if has_image else None)
         skipped = [s.as_dict() for s in ds.skipped]

@@ -240,3 +240,52 @@ def test_extract_images_with_a_writer_pool_gives_the_same_store(teacher, tmp_pat
         stores[writers] = _files(w.finalize({"cache_key": "k"}, tmp_path / f"w{writers}.zarr"))
     assert stores[1].keys() == stores[3].keys()
     assert [k for k in stores[1] if stores[1][k] != stores[3][k]] == []
+
+
+def test_batch_size_auto_on_cpu_is_the_default_and_bad_counts_are_one_line(tiny_clip, tmp_path):
+    """``--batch-size auto`` on CPU is the default 32: same keys, so the second run is served from the cache."""
+    from conftest import EXAMPLES
+    from mad_pipeline.stages import extract as stage
+
+    def run(**kw):
+        cfg = stage.ExtractConfig(teacher="tiny-clip", weights=str(tiny_clip[1]), data_root=EXAMPLES,
+                                  manifest=EXAMPLES / "manifest.jsonl", cache=tmp_path, progress=False, **kw)
+        return stage.run(cfg, log=lambda _: None)
+
+    first = run(batch_size=32, num_workers=0)
+    second = run(batch_size="auto", num_workers="0")
+    assert {k: s.key for k, s in first.stores.items()} == {k: s.key for k, s in second.stores.items()}
+    assert all(s.cached for s in second.stores.values())
+    with pytest.raises(InputError, match=r"^--batch-size 'big': expected a whole number or auto$"):
+        run(batch_size="big")
+    with pytest.raises(InputError, match=r"^--num-workers -1: must be at least 0$"):
+        run(num_workers=-1)
+
+
+def test_batch_size_auto_on_cuda_fits_half_the_total_memory(monkeypatch):
+    """The arithmetic of ``--batch-size auto`` (no GPU here: the CUDA memory queries answer as a device would)."""
+    from types import SimpleNamespace
+
+    state = {"peak": 0}
+
+    class Probe:
+        image_size = 224
+
+        def encode_image_tokens(self, pixels):  # the probe forward: 8 images, so many bytes each at the peak
+            state["peak"] = 1_000 + len(pixels) * state["per_image"]
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 1_000)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: state["peak"])
+    fast = FastPath.for_device("cuda")
+    for total_gb, per_image_mb, expected in ((141, 12, 512), (16, 50, 128), (24, 300, 32), (8, 9000, 1)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda *a, t=total_gb: SimpleNamespace(total_memory=t * 2**30))
+        state["per_image"] = per_image_mb * 2**20
+        assert fast_lib.resolve_batch_size("auto", Probe(), fast) == expected, (total_gb, per_image_mb)
+    teacher = Probe()
+    assert fast_lib.resolve_batch_size("auto", teacher, fast) == 1
+    state["per_image"] = 1  # a second call does not probe again: the batch size of a loaded teacher is fixed
+    assert fast_lib.resolve_batch_size("auto", teacher, fast) == 1
+    assert fast_lib.plain_batch_size("auto", "cuda") == 256 and fast_lib.plain_batch_size("auto", "cpu") == 32

@@ -143,6 +143,9 @@ def resolve_batch_size(requested, teacher, fast: FastPath, *, fraction: float = 
         return int(requested)
     if fast.device.type != "cuda":
         return CPU_BATCH_SIZE
+    memo = getattr(teacher, "_mad_auto_batch", None)  # one probe per loaded teacher (a dask worker keeps it)
+    if memo is not None:
+        return memo
     probe = 8
     size = int(getattr(teacher, "image_size", 224))
     torch.cuda.synchronize(fast.device)
@@ -153,8 +156,9 @@ def resolve_batch_size(requested, teacher, fast: FastPath, *, fraction: float = 
     per_image = max(1, (torch.cuda.max_memory_allocated(fast.device) - base) // probe)
     total = torch.cuda.get_device_properties(fast.device).total_memory
     fits = int(total * fraction // per_image)
-    batch = 1 << max(0, fits.bit_length() - 1)
-    return int(max(1, min(cap, batch)))
+    batch = int(max(1, min(cap, 1 << max(0, fits.bit_length() - 1))))
+    teacher._mad_auto_batch = batch
+    return batch
 
 
 def plain_batch_size(requested, device) -> int:

@@ -21,7 +21,15 @@ from torch.utils.data import DataLoader
 
 from ..errors import InputError
 from ..store.writer import StoreWriter
-from .device import FastPath, overlapped_forward, prepare, teacher_device
+from .device import (
+    FastPath,
+    decode_workers,
+    overlapped_forward,
+    plain_batch_size,
+    prepare,
+    resolve_batch_size,
+    teacher_device,
+)
 from .reader import ImageRows, collate
 from .reuse import ReusePlan
 from .writer import ShardAssembler
@@ -161,9 +169,10 @@ def extract_images(teacher, writer: StoreWriter, hashes, paths, *, batch_size: i
     fast = fast or FastPath.for_device(teacher_device(teacher))
 
     def batches(rows, stats):
+        size = resolve_batch_size(batch_size, teacher, fast)  # "auto": from the device's memory (32 on CPU)
         ds = ImageRows([(r, paths[r]) for r in rows], teacher.preprocess, teacher.crop_box_fn, teacher.image_size)
-        loader = DataLoader(ds, batch_sampler=shard_batches(rows, writer.shard_rows, batch_size),
-                            collate_fn=collate, **fast.loader_options(num_workers))
+        loader = DataLoader(ds, batch_sampler=shard_batches(rows, writer.shard_rows, size),
+                            collate_fn=collate, **fast.loader_options(decode_workers(num_workers, fast.device)))
 
         def checked():
             for batch_rows, pixels, boxes, errors in loader:
@@ -198,7 +207,8 @@ def extract_texts(teacher, writer: StoreWriter, hashes, texts, *, batch_size: in
 
     def batches(rows, stats):
         rows_arr = np.asarray(rows, np.int64)
-        for positions in shard_batches(rows_arr, writer.shard_rows, batch_size):
+        size = plain_batch_size(batch_size, teacher_device(teacher))  # "auto": 32 on CPU, 256 on CUDA
+        for positions in shard_batches(rows_arr, writer.shard_rows, size):
             batch_rows = rows_arr[positions]
             batch = teacher.tokenize([texts[r] for r in batch_rows])
             tokens, pooled = teacher.encode_text_tokens(batch)

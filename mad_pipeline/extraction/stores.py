@@ -25,6 +25,7 @@ from ..store.layout import image_arrays, index_arrays, text_arrays
 from ..store.reader import open_store
 from . import distributed as remote
 from .build import StoreResult, get_or_build
+from .device import plain_batch_size
 from .geometry import image_geometry as _image_geometry
 from .geometry import text_geometry as _text_geometry
 from .inputs import DatasetInputs, samples_digest
@@ -187,11 +188,12 @@ def zeroshot_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs, image:
     kmax = max((len(c.texts) for c in candidates), default=1)
 
     def fill(writer):
+        size = max(plain_batch_size(ctx.batch_size, teacher.device), 64)  # --batch-size auto: by device
         if ctx.pool is not None:
             return remote.fill_zeroshot_remote(ctx.pool, writer, teacher, ident, image.path, ids, hashes, candidates,
-                                               batch_size=max(ctx.batch_size, 64))
-        return fill_zeroshot(writer, teacher.get(), image.path, ids, hashes, candidates,
-                             batch_size=max(ctx.batch_size, 64), progress=ctx.progress)
+                                               batch_size=size)
+        return fill_zeroshot(writer, teacher.get(), image.path, ids, hashes, candidates, batch_size=size,
+                             progress=ctx.progress)
 
     def manifest(writer):
         return {"teacher": {"name": teacher.name, "tower": "image+text", **ident}, "task": task, **prompt,
