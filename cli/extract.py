@@ -33,7 +33,8 @@ Examples:
 @app.command("extract", help="Run frozen teachers over a dataset and write token-level Zarr feature stores, "
              "cached by content hash (a rerun with the same inputs does no teacher work)." + EXAMPLES)
 def extract_cmd(
-    teacher: str = typer.Option(..., "--teacher", "-t", help="Registered teacher (see `mad teachers`)."),
+    teacher: str = typer.Option(..., "--teacher", "-t", help="Registered teacher, open_clip:MODEL/PRETRAINED or "
+                                "hf:REPO (see `mad teachers`)."),
     data_root: Path = typer.Option(..., "--data-root", help="Folder that image paths are relative to; for "
                                    "webdataset the shards: 'shards/{00000..00127}.tar', a glob or a folder."),
     manifest: Path = typer.Option(None, "--manifest", help="JSONL ({id, image, text} per line), parquet or CSV "

@@ -86,7 +86,8 @@ def train_shapes_cmd(
 def eval_shapes_cmd(
     data: Path = typer.Option(..., "--data", "-d", help="Folder written by `mad datasets make shapes`."),
     split: str = typer.Option("val", "--split", help="train, val, test or shift."),
-    teacher: str = typer.Option("shapes-clip", "--teacher", "-t", help="Registered open_clip teacher."),
+    teacher: str = typer.Option("shapes-clip", "--teacher", "-t",
+                                help="open_clip teacher: a registered name or open_clip:MODEL/PRETRAINED."),
     weights: str = typer.Option(None, "--weights", help="Local weights (e.g. local-dir:DIR) for --teacher."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, ..."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
