@@ -279,7 +279,7 @@ def test_batch_size_auto_on_cuda_fits_half_the_total_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 1_000)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: state["peak"])
     fast = FastPath.for_device("cuda")
-    for total_gb, per_image_mb, expected in ((141, 12, 512), (16, 50, 128), (24, 300, 32), (8, 9000, 1)):
+    for total_gb, per_image_mb, expected in ((141, 12, 256), (16, 50, 128), (24, 300, 32), (8, 9000, 1)):
         monkeypatch.setattr(torch.cuda, "get_device_properties",
                             lambda *a, t=total_gb: SimpleNamespace(total_memory=t * 2**30))
         state["per_image"] = per_image_mb * 2**20

@@ -9,7 +9,7 @@
   GPU always has work while the host waits for a copy (:func:`overlapped_forward`).
 * Decode pool: ``--num-workers auto`` is one decode worker per core but one on CUDA (at most 32), 2 on CPU.
 * Writer pool: several threads compress and write shards on CUDA (:func:`writer_threads`), one on CPU.
-* ``--batch-size auto``: on CUDA the largest power of two (at most 512) whose forward fits in half of the device's
+* ``--batch-size auto``: on CUDA the largest power of two (at most 256) whose forward fits in half of the device's
   *total* memory (measured by a probe forward), so the same device type always gets the same batch size (and
   identical reruns); 32 on CPU. Batches never cross a store shard, so a shard smaller than the batch caps it:
   pass ``--shard-rows`` at least the batch size on a GPU.
@@ -36,7 +36,7 @@ AUTO = "auto"
 CPU_BATCH_SIZE = 32
 CPU_DECODE_WORKERS = 2
 MAX_DECODE_WORKERS = 32
-MAX_AUTO_BATCH = 512
+MAX_AUTO_BATCH = 256  # 66k ViT-L/14 tokens per matrix product (to be checked by bench/gpu.sh); shard of 135 MB
 MEMORY_FRACTION = 0.5  # of the device's total memory, for activations of one batch (weights come on top)
 
 
