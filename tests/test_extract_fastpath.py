@@ -194,6 +194,10 @@ def test_auto_pools_and_batch_size(monkeypatch):
         fast_lib.parse_count("0", "--batch-size")
     with pytest.raises(InputError, match="--batch-size 'big'"):
         fast_lib.parse_count("big", "--batch-size")
+    with pytest.raises(InputError, match=r"--batch-size 1000000: at most 65,536"):
+        fast_lib.parse_count(10**6, "--batch-size")
+    with pytest.raises(InputError, match=r"--num-workers 9: at most 8 \(4 per CPU core"):
+        fast_lib.parse_count(9, "--num-workers")  # 2 usable cores (patched above)
 
 
 @pytest.fixture(scope="module")

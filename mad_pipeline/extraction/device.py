@@ -36,6 +36,8 @@ AUTO = "auto"
 CPU_BATCH_SIZE = 32
 CPU_DECODE_WORKERS = 2
 MAX_DECODE_WORKERS = 32
+MAX_BATCH = 65_536  # --batch-size: the same bound as training's
+WORKERS_PER_CORE = 4  # --num-workers: decode workers beyond this many per core only compete for the cores
 MAX_AUTO_BATCH = 256  # 66k ViT-L/14 tokens per matrix product (to be checked by bench/gpu.sh); shard of 135 MB
 MEMORY_FRACTION = 0.5  # of the device's total memory, for activations of one batch (weights come on top)
 
@@ -64,9 +66,14 @@ def parse_count(value, flag: str) -> int | str:
         n = int(value)
     except (TypeError, ValueError):
         raise InputError(f"{flag} {value!r}: expected a whole number or auto") from None
-    low = 0 if flag == "--num-workers" else 1
+    workers = flag == "--num-workers"
+    low = 0 if workers else 1
+    high = WORKERS_PER_CORE * usable_cores() if workers else MAX_BATCH
     if n < low:
         raise InputError(f"{flag} {n}: must be at least {low}")
+    if n > high:
+        why = f"{WORKERS_PER_CORE} per CPU core: more only compete for the cores" if workers else "far above any device"
+        raise InputError(f"{flag} {n}: at most {high:,} ({why})")
     return n
 
 
