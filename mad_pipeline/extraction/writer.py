@@ -140,9 +140,13 @@ class ShardAssembler:
                     for name, spec in w.specs.items()
                 }
                 self.filled[s] = 0
-            local = rows[sel] - lo
+            whole = bool(sel.all())  # the usual case: a batch inside one shard (no copy of the selection)
+            local = rows if whole else rows[sel]
+            local = local - lo
+            if len(local) and local[-1] - local[0] + 1 == len(local) and bool(np.all(local[1:] > local[:-1])):
+                local = slice(int(local[0]), int(local[-1]) + 1)  # consecutive rows: one block copy per array
             for name, values in arrays.items():
-                self.buffers[s][name][local] = values[sel]
+                self.buffers[s][name][local] = values if whole else values[sel]
             self.filled[s] += int(sel.sum())
             if self.filled[s] == hi - lo:
                 data = self.buffers.pop(s)
