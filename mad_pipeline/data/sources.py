@@ -135,7 +135,7 @@ class TarMembers:
     wrote it); the index maps it to (shard number, data offset, size), read from the tar headers once."""
 
     def __init__(self, shards: list[str], index: dict[str, tuple[int, int, int]]):
-        self.shards = shards
+        self.shards = [os.path.abspath(s) for s in shards]  # opened from any working directory (dask workers)
         self.index = index
 
     def where(self, ref: str) -> TarMember:
@@ -213,7 +213,7 @@ class ParquetCells:
     keep that cheap."""
 
     def __init__(self, path: str, column: str, index: dict[str, tuple[int, int]]):
-        self.path = path
+        self.path = os.path.abspath(path)
         self.column = column
         self.index = index
 
