@@ -3,7 +3,8 @@
 - :mod:`.inputs`   content hashes of a dataset's images and texts (the rows of the stores)
 - :mod:`.reader`   decode + preprocess in DataLoader workers
 - :mod:`.runner`   the teacher forward, with decode and writing overlapped through bounded queues
-- :mod:`.writer`   background shard assembly and zarr writes
+- :mod:`.writer`   background shard assembly and zarr writes (a pool of writer threads on a GPU)
+- :mod:`.device`   the GPU fast path: pinned memory, copies on side streams, decode/writer pools, ``auto`` batch size
 - :mod:`.build`    get-or-build one store by key: cache lookup, lock, resumable partial build, atomic publication
 - :mod:`.stores`   the image, text, index and zero-shot stores of a dataset
 - :mod:`.zeroshot` the teacher's zero-shot logits and its official-format predictions
