@@ -12,7 +12,7 @@ from rich.text import Text
 
 from .app import app
 
-WIDE = 140  # below this many columns, model, weights and description share one column (readable at 80)
+DESCRIPTION_MIN = 30  # the description column's least width in the one-field-per-column table
 
 
 @app.command("teachers")
@@ -26,16 +26,25 @@ def teachers_cmd(as_json: bool = typer.Option(False, "--json", help="Print one J
         typer.echo(json.dumps(rows))
         return
     console = Console()
-    console.print(_wide(rows) if console.width >= WIDE else _narrow(rows))
+    console.print(_wide(rows) if console.width >= _wide_width(rows) else _narrow(rows))
+
+
+def _wide_width(rows: list[dict]) -> int:
+    """Columns the one-field-per-column table needs to show every name, model and weights whole on one line and
+    no word of a description cut."""
+    cells = [[r["name"], "+".join(r["towers"]), r["model"], r["weights"]] for r in rows]
+    widest = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(("name", "towers", "model", "weights"))]
+    words = max((len(w) for r in rows for w in r["description"].split()), default=0)
+    return sum(widest) + max(DESCRIPTION_MIN, words) + 3 * 5 + 1  # cells, their padding and the borders
 
 
 def _wide(rows: list[dict]) -> Table:
     table = Table(title="teachers")
     table.add_column("name", no_wrap=True, style="bold")
     table.add_column("towers", no_wrap=True)
-    table.add_column("model", overflow="fold")
-    table.add_column("weights", overflow="fold")
-    table.add_column("description", ratio=1, min_width=30)
+    table.add_column("model", no_wrap=True, overflow="fold")
+    table.add_column("weights", no_wrap=True, overflow="fold")
+    table.add_column("description", ratio=1, min_width=DESCRIPTION_MIN, overflow="fold")
     for r in rows:
         table.add_row(r["name"], "+".join(r["towers"]), r["model"], r["weights"], r["description"])
     return table

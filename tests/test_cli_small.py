@@ -142,11 +142,14 @@ def test_teachers_readable_at_80_columns(capsys):
         assert any(r["name"] in line for line in lines), f"{r['name']} cut: {out}"  # every name whole, one line
         if " " not in r["model"] and len(r["model"]) <= 45:
             assert any(r["model"] in line for line in lines), f"{r['model']} cut: {out}"
-    # a wide terminal gets one column per field
-    code, wide, _ = run_main(["teachers"], capsys, COLUMNS="200")
-    assert code == 0 and "description" in wide.splitlines()[2] and "…" not in wide
-    assert all(any(r["name"] in line and r["model"] in line for line in wide.splitlines()) for r in rows
-               if " " not in r["model"])
+    # a terminal wide enough gets one column per field, every name, model and weights whole on its row's line
+    from mad_pipeline.cli.teachers import _wide_width
+
+    for width in (_wide_width(rows), 250):
+        code, wide, _ = run_main(["teachers"], capsys, COLUMNS=str(width))
+        assert code == 0 and "description" in wide.splitlines()[2] and "…" not in wide
+        for r in rows:
+            assert any(r["name"] in x and r["model"] in x and r["weights"] in x for x in wide.splitlines()), r
 
 
 # ------------------------------------------------------------------ store info / verify by key
