@@ -11,6 +11,7 @@ torch thread each (dask's default for worker processes); the single-process row 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import tempfile
@@ -51,6 +52,7 @@ def bench_workers(args, make_photos, log) -> dict:
     from mad_pipeline.teachers import get_teacher_spec
     from mad_pipeline.teachers.identity import LazyTeacher
 
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's start-up chatter
     name = args.models.split(",")[0].strip()
     counts = [0, *args.workers]  # 0: the single-process path
     with tempfile.TemporaryDirectory(prefix="mad-bench-workers-") as d:

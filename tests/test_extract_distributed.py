@@ -224,3 +224,32 @@ def test_mad_run_passes_workers_and_scheduler_to_the_extract_stage(monkeypatch, 
     st = SimpleNamespace(params={"split": "train", "fraction": 1.0, "subset_seed": None})
     pipeline._Runner._run_extract(runner, st)
     assert (seen[0].workers, seen[0].scheduler) == (3, None)
+
+
+def test_zeroshot_and_text_stores_on_a_cluster_equal_one_process(tiny_clip, tmp_path_factory, monkeypatch):
+    """--task on a cluster (threads in this process, to stay fast): the zero-shot store is one worker task, the
+    text store one task per shard; all four stores equal the single-process ones."""
+    from distributed import Client, LocalCluster
+    from mad_pipeline.stages import extract as stage
+
+    from mad_pipeline.extraction.cluster import Pool
+    from mad_pipeline.shapes.formats import write_dataset
+
+    _, weights = tiny_clip
+    root = tmp_path_factory.mktemp("shapes-dist")
+    write_dataset(root, size=40, seed=0)
+
+    def local(self):
+        self._cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0")
+        return Client(self._cluster, set_as_default=False)
+
+    monkeypatch.setattr(Pool, "_local", local)
+    runs = {}
+    for name, workers in (("one", None), ("dask", 2)):
+        cfg = stage.ExtractConfig(teacher="tiny-clip", weights=str(weights), dataset="vqa", split="val",
+                                  data_root=root / "vqa", task="vqa", cache=root / f"cache-{name}", batch_size=5,
+                                  num_workers=0, shard_rows=8, progress=False, workers=workers)
+        runs[name] = stage.run(cfg, log=lambda m: None).as_dict()
+    assert runs["dask"]["teacher_loaded"] is False and runs["one"]["teacher_loaded"] is True
+    assert runs["dask"]["stores"]["text"]["shards_computed"] > 1
+    assert_same_stores(runs["dask"], runs["one"], kinds=("image", "text", "index", "zeroshot"))
