@@ -24,6 +24,7 @@ Examples:
   mad extract --teacher shapes-clip --dataset vqa --split val --task vqa --data-root shapes/
 
   mad extract --teacher clip-vit-l --dataset webdataset --data-root 'shards/{00000..00127}.tar'
+
   mad extract --teacher clip-vit-l --manifest data.jsonl --data-root DIR --workers 8
 
   mad extract --teacher clip-vit-l --manifest data.jsonl --data-root DIR --scheduler tcp://head:8786
