@@ -17,7 +17,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .features import features_for, open_features, resolve_store
+from .cache import resolve_store
+from .features import features_for, open_features
 
 __all__ = ["export_store", "extract", "features_for", "open_features", "resolve_store"]
 

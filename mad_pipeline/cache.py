@@ -33,11 +33,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import StoreError
 from .hashing import content_key
 from .store.filesystems import SetupError
 from .store.integrity import local_problems
 from .store.layout import FORMAT_VERSION
-from .store.location import PARTIAL, STORES, Location, find_in, is_complete, is_url, partial_rel, store_glob, store_rel
+from .store.location import (
+    KINDS,
+    PARTIAL,
+    STORES,
+    Location,
+    find_in,
+    is_complete,
+    is_url,
+    partial_rel,
+    store_glob,
+    store_rel,
+)
 from .store.transfer import pull_store
 
 SHARED_ENV = "MAD_SHARED_CACHE"
@@ -254,3 +266,37 @@ def _dedupe(locs: list[str], local_root: Path) -> list[str]:
             seen.add(ident)
             out.append(loc.rstrip("/") if is_url(loc) else str(Path(loc).expanduser()))
     return out
+
+
+_KEY_PREFIX = re.compile(r"[0-9a-f]{6,64}")
+
+
+def resolve_store(ref: str | Path, cache: str | Path | None = None) -> str:
+    """The store ``ref`` names, for every command and API call that takes one: a URL as is; a local path (``~``
+    expanded) that exists; else a store key, or a unique key prefix of at least 6 hex digits, of a published store of
+    any kind in the local cache ``cache`` (else ``MAD_CACHE``), or, for a full key, in a shared cache
+    (``MAD_SHARED_CACHE``). Anything else is one error line."""
+    ref = str(ref)
+    if is_url(ref):
+        return ref
+    path = Path(ref).expanduser()
+    if path.exists():
+        return str(path)
+    if not _KEY_PREFIX.fullmatch(ref):
+        raise StoreError(f"{path}: no such store (give a store directory, a URL, or a store key)")
+    c = Cache.at(cache)
+    hits = [p for p in c.stores(prefix=ref) if is_complete(p)]
+    if len(hits) > 1:
+        names = ", ".join(f"{p.parent.name}/{p.name[:16]}" for p in hits[:4]) + (", ..." if len(hits) > 4 else "")
+        raise StoreError(f"key prefix {ref} is ambiguous in the cache {c.root}: {len(hits)} stores ({names}); "
+                         f"give more characters")
+    if hits:
+        return str(hits[0])
+    if len(ref) == 64:
+        for kind in KINDS:
+            hit = c.locate(kind, ref)
+            if hit is not None:
+                return hit.path
+    where = " or the shared caches" if c.shared else ""
+    raise StoreError(f"{ref}: no such path, and no published store with key {ref} in the cache {c.root}{where} "
+                     f"(--cache / MAD_CACHE)")

@@ -15,51 +15,19 @@ image row and text rows (still lazy): one Dataset with a ``sample`` dimension.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
-from .cache import Cache
-from .errors import InputError, StoreError
+from .cache import resolve_store
+from .errors import InputError
 from .store.layout import hash_column
-from .store.location import KINDS, is_complete, is_url
 from .store.reader import FeatureStore, open_store
 
 # per store kind: (row dimension, the column that indexes it); the string array ``text`` of a text store is renamed
 # ``text_string`` because its dimension ``text`` is indexed by hash
 ROW_INDEX = {"image": ("image", "image_hash"), "text": ("text", "text_hash"), "index": ("sample", "sample_id"),
              "zeroshot": ("sample", "sample_id")}
-_KEY = re.compile(r"[0-9a-f]{6,64}")
-
-
-def resolve_store(store: str | Path | FeatureStore, cache: str | Path | None = None) -> str:
-    """Where a store is: a path or URL as given (``~`` expanded), or the published store whose key (or a unique key
-    prefix of at least 6 hex digits) is in the cache ``cache`` (else ``MAD_CACHE``) or, for a full key, in a shared
-    cache of ``MAD_SHARED_CACHE``."""
-    if isinstance(store, FeatureStore):
-        return store.path
-    s = str(store)
-    if is_url(s):
-        return s
-    p = Path(s).expanduser()
-    if p.exists() or not _KEY.fullmatch(s):
-        if not p.exists():
-            raise StoreError(f"{s}: no such store (give a store directory, a URL, or a store key)")
-        return str(p)
-    c = Cache.at(cache)
-    hits = [q for kind in KINDS for q in c.stores(kind, prefix=s) if is_complete(q)]
-    if len(hits) > 1:
-        names = ", ".join(f"{q.parent.name}/{q.name[:16]}" for q in hits[:4])
-        raise StoreError(f"key prefix {s} is ambiguous in {c.root}: {names}{' ...' if len(hits) > 4 else ''}")
-    if hits:
-        return str(hits[0])
-    if len(s) == 64:
-        for kind in KINDS:
-            hit = c.locate(kind, s)
-            if hit is not None:
-                return hit.path
-    raise StoreError(f"no published store with key {s} in {c.root}" + (" or the shared caches" if c.shared else ""))
 
 
 _OPENED: dict[str, FeatureStore] = {}  # stores reopened in this process by unpickled arrays (dask workers)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mad_pipeline.cache import resolve_store
 from mad_pipeline.errors import InputError, MadError
-from mad_pipeline.features import resolve_store
 from mad_pipeline.progress import make_progress
 from mad_pipeline.store.layout import hash_column
 from mad_pipeline.store.reader import FeatureStore, open_store

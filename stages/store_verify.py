@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mad_pipeline.cache import resolve_store
 from mad_pipeline.store.verify import VerifyReport, verify_store
-
-from .store_info import resolve_store
 
 
 @dataclass(frozen=True)

@@ -298,7 +298,8 @@ def test_reader_registry_lists_the_builtin_readers_and_refuses_unknown_names(tmp
     from mad_pipeline.data import DATASETS
 
     assert DATASETS == ("jsonl", "webdataset", "parquet", "csv", "vqa", "snli-ve", "vcr")
-    with pytest.raises(InputError, match=r"unknown dataset 'nope'; known: jsonl, webdataset, parquet, csv, vqa, snli-ve, vcr"):
+    known = "jsonl, webdataset, parquet, csv, vqa, snli-ve, vcr"
+    with pytest.raises(InputError, match=rf"unknown dataset 'nope'; known: {known}"):
         load_dataset("nope", tmp_path, split="train")
     with pytest.raises(InputError, match="--split is required with --dataset vcr"):
         load_dataset("vcr", FIX / "vcr")
