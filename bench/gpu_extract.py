@@ -191,17 +191,7 @@ class GpuSampler:
         return statistics.mean(self.samples) if self.samples else None
 
 
-class BatchClock:
-    """Stands in for the progress bar ``extract_images`` accepts: when each batch was handed to the writer."""
-
-    def __init__(self):
-        self.marks: list[tuple[float, int]] = []
-
-    def add_task(self, *args, **kwargs):
-        return 0
-
-    def update(self, task, advance: int = 0, **kwargs):
-        self.marks.append((time.perf_counter(), advance))
+from extract import BatchClock  # noqa: E402  (bench/extract.py, beside this script)
 
 
 def end_to_end(teacher, paths, hashes, fast, batch: int, workers: int, shard_rows: int | None, tmp: Path) -> dict:

@@ -98,3 +98,45 @@ def make_photos(root: Path, n: int, size: int = 96, seed: int = 0) -> list[str]:
         im.save(root / rel, quality=90)
         rels.append(rel)
     return rels
+
+
+def v1_copy(image_store: Path, dst: Path) -> Path:
+    """A format v1 image store: the same arrays, but the hashes as variable-length strings and no chunk record."""
+    import shutil
+    import warnings
+
+    import numpy as np
+    import zarr
+
+    shutil.copytree(image_store, dst)
+    hashes = zarr.open_group(str(image_store), mode="r")["image_hash"][:].tolist()
+    shutil.rmtree(dst / "image_hash")
+    g = zarr.open_group(str(dst), mode="r+", use_consolidated=False)
+    a = g.create_array("image_hash", shape=(len(hashes),), chunks=(2,), dtype=str, fill_value="",
+                       dimension_names=["image"],
+                       compressors=[zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec()])
+    a[:] = np.asarray(hashes, dtype=object)
+    man = dict(g.attrs["mad"])
+    man["format_version"] = 1
+    man.pop("chunks", None)
+    g.attrs["mad"] = man
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(dst))
+    return dst
+
+
+@pytest.fixture()
+def bars_restored(monkeypatch):
+    """For in-process `-q` / `--json` commands: the library bars they switch off for the process are back after."""
+    from huggingface_hub.utils import enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(k, "0")
+        monkeypatch.delenv(k)  # restored to unset at teardown
+    was = hf_logging.is_progress_bar_enabled()
+    yield
+    if was:
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()

@@ -9,13 +9,12 @@ import re
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from conftest import EXAMPLES
+from conftest import EXAMPLES, v1_copy
 
 from mad_pipeline.errors import InputError, StoreError
 
@@ -65,30 +64,13 @@ def test_sel_by_hash_matches_the_zarr_row(session):
         images.sel(image="0" * 64)
 
 
-def _v1_copy(store: Path, dst: Path) -> Path:
-    """A format v1 image store: hashes as variable-length strings, no chunk record."""
-    shutil.copytree(store, dst)
-    hashes = zarr.open_group(str(store), mode="r")["image_hash"][:].tolist()
-    shutil.rmtree(dst / "image_hash")
-    g = zarr.open_group(str(dst), mode="r+", use_consolidated=False)
-    a = g.create_array("image_hash", shape=(len(hashes),), chunks=(2,), dtype=str, fill_value="",
-                       dimension_names=["image"])
-    a[:] = np.asarray(hashes, dtype=object)
-    man = dict(g.attrs["mad"])
-    man["format_version"] = 1
-    man.pop("chunks", None)
-    g.attrs["mad"] = man
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(dst))
-    return dst
 
 
 def test_format_v1_stores_open_and_select_by_hash(session, tmp_path):
     import mad_pipeline as mad
 
     new_path = Path(session["result"].stores["image"].path)
-    old = mad.open_features(_v1_copy(new_path, tmp_path / new_path.name))
+    old = mad.open_features(v1_copy(new_path, tmp_path / new_path.name))
     new = mad.open_features(new_path)
     assert old.image.dtype.kind == "U" and old.image.values.tolist() == new.image.values.tolist()
     h = str(new.image.values[3])

@@ -15,13 +15,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from conftest import EXAMPLES, last_json, mad
+from conftest import EXAMPLES, last_json, mad, v1_copy
 
 from mad_pipeline.errors import StoreError
 from mad_pipeline.store.layout import image_arrays
@@ -62,30 +61,12 @@ def _edit_array_meta(store: Path, name: str, **fields) -> None:
     (store / "zarr.json").write_text(json.dumps(root))
 
 
-def _v1_copy(image_store: Path, dst: Path) -> Path:
-    """A format v1 image store: the same arrays, but the hashes as variable-length strings and no chunk record."""
-    shutil.copytree(image_store, dst)
-    hashes = zarr.open_group(str(image_store), mode="r")["image_hash"][:].tolist()
-    shutil.rmtree(dst / "image_hash")
-    g = zarr.open_group(str(dst), mode="r+", use_consolidated=False)
-    a = g.create_array("image_hash", shape=(len(hashes),), chunks=(2,), dtype=str, fill_value="",
-                       dimension_names=["image"],
-                       compressors=[zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec()])
-    a[:] = np.asarray(hashes, dtype=object)
-    man = dict(g.attrs["mad"])
-    man["format_version"] = 1
-    man.pop("chunks", None)
-    g.attrs["mad"] = man
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(dst))
-    return dst
 
 
 # ---------------------------------------------------------------------- hashes any numpy searches
 def test_docs_join_recipe_runs_against_real_stores(extracted, tmp_path):
     paths = extracted["paths"]
-    v1 = _v1_copy(paths["image"], tmp_path / "v1.zarr")
+    v1 = v1_copy(paths["image"], tmp_path / "v1.zarr")
     globs = {"image_store": str(paths["image"]), "index_store": str(paths["index"]), "v1_image_store": str(v1)}
     text = DOC.read_text()
     blocks = re.findall(r"```python\n(>>> .*?)```", text, flags=re.S)
@@ -110,7 +91,7 @@ def test_hash_columns_search_correctly_with_plain_numpy(extracted):
 
 
 def test_format_v1_stores_stay_readable(extracted, tmp_path):
-    v1 = _v1_copy(extracted["paths"]["image"], tmp_path / extracted["paths"]["image"].name)
+    v1 = v1_copy(extracted["paths"]["image"], tmp_path / extracted["paths"]["image"].name)
     new, old = open_store(extracted["paths"]["image"]), open_store(v1)
     assert old.hashes().dtype.kind == "U" and old.hashes().tolist() == new.hashes().tolist()
     wanted = new.hashes().tolist()[::-1] + ["0" * 64]

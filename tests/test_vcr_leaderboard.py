@@ -39,22 +39,6 @@ LEADERBOARD_HEADER = (
     "rationale_conditioned_on_a3_2,rationale_conditioned_on_a3_3")
 
 
-@pytest.fixture()
-def bars_restored(monkeypatch):
-    """For in-process `-q` / `--json` commands: the library bars they switch off for the process are back after."""
-    from huggingface_hub.utils import enable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        monkeypatch.setenv(k, "0")
-        monkeypatch.delenv(k)  # restored to unset at teardown
-    was = hf_logging.is_progress_bar_enabled()
-    yield
-    if was:
-        hf_logging.enable_progress_bar()
-        enable_progress_bars()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from mad_pipeline.shapes.formats import write_dataset
