@@ -170,8 +170,7 @@ def _run_shard(job: ShardJob) -> dict:
     if job.store.kind == "image":
         decode = 0 if multiprocessing.current_process().daemon else job.num_workers  # no children in a daemon
         stats = extract_images(teacher, writer, hashes, inputs, batch_size=job.batch_size, num_workers=decode,
-                               on_error=job.on_error, reuse=reuse, shards=[job.shard],
-                               pin_memory=str(getattr(teacher, "device", "cpu")).startswith("cuda"))
+                               on_error=job.on_error, reuse=reuse, shards=[job.shard])
     else:
         stats = extract_texts(teacher, writer, hashes, inputs, batch_size=job.batch_size, reuse=reuse,
                               shards=[job.shard])

@@ -159,7 +159,7 @@ def _fill(writer: StoreWriter, label: str, unit: str, progress, batches, reuse: 
 
 
 def extract_images(teacher, writer: StoreWriter, hashes, paths, *, batch_size: int,
-                   num_workers: int, on_error: str, progress=None, pin_memory: bool = False,
+                   num_workers: int, on_error: str, progress=None,
                    reuse: ReusePlan | None = None, shards: list[int] | None = None,
                    fast: FastPath | None = None) -> PassStats:
     """Fill an image store. ``hashes[i]``/``paths[i]`` belong to row i (rows sorted by content hash): lists, or

@@ -107,8 +107,7 @@ def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreR
                                       progress=ctx.progress)
         t = reuse.teacher_for(teacher, writer)
         return extract_images(t, writer, hashes, paths, batch_size=ctx.batch_size, num_workers=ctx.num_workers,
-                              on_error=ctx.on_error, progress=ctx.progress, reuse=reuse.plan,
-                              pin_memory=str(getattr(t, "device", "cpu")).startswith("cuda"))
+                              on_error=ctx.on_error, progress=ctx.progress, reuse=reuse.plan)
 
     def manifest(writer):
         return {"teacher": {"name": teacher.name, "tower": "image", **ident},
