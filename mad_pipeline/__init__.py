@@ -8,13 +8,13 @@ The Python API (see docs/python-api.md), importable from here::
     feats = mad.features_for(["q0"], index=result.stores["index"].path, image=result.stores["image"].path)
     mad.export_store(result.stores["image"].path, to="faiss", out="index/", normalize=True)
 
-They live in ``mad_pipeline.api`` and are imported on first use, so ``import mad_pipeline.<module>`` stays light.
+They live in ``mad_pipeline.stages.api`` and are imported on first use, so ``import mad_pipeline.<module>`` stays light.
 
 Layout: imports only go down (``mad_pipeline.cli`` -> ``mad_pipeline.stages`` -> the library) and never in a cycle.
 
 - ``mad_pipeline.cli``         the ``mad`` command line (Typer): parses arguments, calls one stage, prints its result
-- ``mad_pipeline.stages``      one module per command: a frozen config dataclass and ``run(cfg)``; library calls only
-- ``mad_pipeline.api``         the Python API: calls stages like the CLI does (``mad_pipeline.extract`` ...)
+- ``mad_pipeline.stages``      one module per command: a frozen config dataclass and ``run(cfg)``; library calls only;
+                               ``stages.api`` is the Python API over them (``mad_pipeline.extract`` ...)
 
 The library:
 
@@ -55,12 +55,12 @@ __all__ = ["__version__", "export_store", "extract", "features_for", "open_featu
 _API = ("export_store", "extract", "features_for", "open_features", "resolve_store")
 
 if TYPE_CHECKING:
-    from .api import export_store, extract, features_for, open_features, resolve_store  # noqa: F401
+    from .stages.api import export_store, extract, features_for, open_features, resolve_store  # noqa: F401
 
 
 def __getattr__(name: str):
     if name in _API:
-        from . import api
+        from .stages import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'mad_pipeline' has no attribute {name!r}")

@@ -73,7 +73,7 @@ def graph() -> dict[str, set[str]]:
 
 
 # the Python API calls stages as the CLI does; the package root re-exports it (imported on first use)
-FACADE = {"mad_pipeline", "mad_pipeline.api"}
+FACADE = {"mad_pipeline"}  # the namespace root: re-exports the Python API (mad_pipeline.stages.api) lazily
 
 
 def layer(name: str) -> int:

@@ -7,8 +7,9 @@
     feats = mad.features_for(["q0", "q1"], index=result.stores["index"].path, image=..., text=...)
     mad.export_store(result.stores["image"].path, to="faiss", out="index/", normalize=True)  # = mad store export
 
-Like the CLI, this module calls stages (``mad_pipeline.stages``); the library never imports it. The stages are
-imported when first called, so ``open_features`` does not load torch. See docs/python-api.md.
+It lives beside the stages it calls (``mad_pipeline.stages.api``), like the CLI one layer above the library; the
+package root re-exports it on first use. The stages are imported when first called, so ``open_features`` does not
+load torch. See docs/python-api.md.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .cache import resolve_store
-from .features import features_for, open_features
+from mad_pipeline.cache import resolve_store
+from mad_pipeline.features import features_for, open_features
 
 __all__ = ["export_store", "extract", "features_for", "open_features", "resolve_store"]
 
