@@ -140,3 +140,42 @@ def bars_restored(monkeypatch):
     if was:
         hf_logging.enable_progress_bar()
         enable_progress_bars()
+
+
+def mad_inproc(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """The same command as :func:`mad`, run in this process (no interpreter start, no torch / open_clip import):
+    for tests where a separate process is not the point. The same exit code and ``error: ...`` line as the console
+    script (``main``), stdout and stderr apart; the environment (``env`` and what the command sets, such as ``-q``'s
+    library-bar switches) and torch's thread count (``OMP_NUM_THREADS`` in ``env``) are restored afterwards."""
+    import torch
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from mad_pipeline.cli.main import main
+    from transformers.utils import logging as hf_logging
+    from typer.testing import CliRunner
+
+    saved_env, threads = dict(os.environ), torch.get_num_threads()
+    hf_bars, hub_bars = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    if env and env.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    try:
+        with CliRunner().isolation(env=env) as (out, err, _):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            stdout, stderr = out.getvalue().decode(), err.getvalue().decode("utf-8", "replace")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(threads)
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+        if hub_bars:
+            enable_progress_bars()
+    proc = subprocess.CompletedProcess(["mad", *args], code, stdout, stderr)
+    if check and code != 0:
+        raise AssertionError(f"mad {' '.join(args)} failed ({code}):\n{stdout}\n{stderr}")
+    return proc

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import EXAMPLES, TINY_CLIP, last_json, mad, make_photos, save_open_clip, write_manifest
+from conftest import EXAMPLES, TINY_CLIP, last_json, mad, mad_inproc, make_photos, save_open_clip, write_manifest
 
 
 @pytest.fixture()
@@ -19,14 +19,15 @@ def env(tiny_clip, cache_dir):
     return {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache_dir)}
 
 
-def extract(env, *args):
-    return last_json(mad("extract", "--teacher", "tiny-clip", "--json", *args, env=env))
+def extract(env, *args, subprocess: bool = False):
+    """`mad extract --json` in this process; ``subprocess=True``: the real console script in its own process."""
+    return last_json((mad if subprocess else mad_inproc)("extract", "--teacher", "tiny-clip", "--json", *args, env=env))
 
 
 def test_example_extracts_and_reruns_cached(tiny_clip, env):
     _, weights = tiny_clip
     args = ["--weights", str(weights), "--manifest", str(EXAMPLES / "manifest.jsonl"), "--data-root", str(EXAMPLES)]
-    first = extract(env, *args)
+    first = extract(env, *args, subprocess=True)
     assert first["samples"] == 8 and first["images"] == 6 and first["texts"] == 8
     assert first["stores"]["image"]["rows_computed"] == 6  # 8 samples share 6 images: 6 forwards, not 8
     assert not any(s["cached"] for s in first["stores"].values())
@@ -35,7 +36,7 @@ def test_example_extracts_and_reruns_cached(tiny_clip, env):
     assert second["teacher_loaded"] is False  # a cached rerun does not even load the teacher
     assert {k: s["key"] for k, s in first["stores"].items()} == {k: s["key"] for k, s in second["stores"].items()}
 
-    info = mad("store", "info", first["stores"]["image"]["path"], env={**env, "COLUMNS": "200"})
+    info = mad_inproc("store", "info", first["stores"]["image"]["path"], env={**env, "COLUMNS": "200"})
     assert "tokens" in info.stdout and "(6, 17, 64)" in info.stdout and "image" in info.stdout
 
 
