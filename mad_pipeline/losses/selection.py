@@ -1,8 +1,10 @@
 """Adaptive token selection: a policy ranks the aligned positions of each sample and the top-k are kept (``k`` a
 fraction or a count). Policies are a registry: a new one is one function decorated with :func:`register_policy`.
 
-Built in: ``teacher-saliency`` (``cos(V_k, V_ref)`` against the teacher's CLS / EOS token), ``all`` (naive token
-distillation), ``random`` and ``student-gap`` (the largest student-teacher distance). Pure torch.
+Built in: ``teacher-saliency`` (``cos(V_k, V_ref)`` against the teacher's CLS / EOS token), ``question-aware``
+(``cos(proj(V_k), t)``: the patches in the teacher's joint image-text space against the teacher's embedding of the
+sample's text; image tokens only), ``all`` (naive token distillation), ``random`` and ``student-gap`` (the largest
+student-teacher distance). Pure torch.
 """
 
 from __future__ import annotations
@@ -22,21 +24,26 @@ from .terms import COS_EPS, cos
 class Policy:
     """A token selection policy: ``score(teacher_tokens, teacher_ref, mask, student_proj, generator, index,
     positions) -> (B, N) scores`` (higher = kept first; None = keep every valid position) and where it can run:
-    ``"teacher"`` (teacher data only: selected when the targets are built) or ``"step"`` (in the training step)."""
+    ``"teacher"`` (teacher data only: selected when the targets are built) or ``"step"`` (in the training step).
+    ``text``: the ranking depends on the sample's text, not only on its image (selected per sample, not per image;
+    the target builder passes the patches projected into the teacher's joint space as ``teacher_tokens`` and the
+    text embedding as ``teacher_ref``)."""
 
     name: str
     score: Callable[..., Tensor | None]
     side: str = "teacher"
+    text: bool = False
 
 
 SELECTION_POLICIES: dict[str, Policy] = {}
 
 
-def register_policy(name: str, side: str = "teacher"):
-    """Decorator: register a scoring function as the selection policy ``name``."""
+def register_policy(name: str, side: str = "teacher", text: bool = False):
+    """Decorator: register a scoring function as the selection policy ``name`` (``text``: it ranks by the sample's
+    text, see :class:`Policy`)."""
 
     def deco(fn):
-        SELECTION_POLICIES[name] = Policy(name, fn, side)
+        SELECTION_POLICIES[name] = Policy(name, fn, side, text)
         return fn
 
     return deco
@@ -53,6 +60,17 @@ def _saliency(tokens, ref, mask, proj, generator, index, positions):
     tokens = tokens.float()
     unit = F.normalize(ref.float(), dim=-1, eps=COS_EPS)
     return (tokens * unit[:, None, :]).sum(-1) / torch.linalg.vector_norm(tokens, dim=-1).clamp_min(COS_EPS)
+
+
+@register_policy("question-aware", text=True)
+def _question_aware(tokens, ref, mask, proj, generator, index, positions):
+    """``cos(proj(V_k), t)``: each patch in the teacher's joint image-text space (``tokens``: the aligned patches
+    already multiplied by the image teacher's visual projection) against the teacher's pooled embedding ``ref`` of
+    the sample's text (VQA: the question; SNLI-VE: the hypothesis; VCR: the question and its answer), so each
+    instance keeps the patches its text is about."""
+    if ref is None:
+        raise ValueError("question-aware selection needs the teacher's embedding of the sample's text")
+    return _saliency(tokens, ref, mask, proj, generator, index, positions)
 
 
 @register_policy("all")

@@ -13,7 +13,9 @@ pipeline calls it on store features (in DataLoader workers, with a per-image cac
 teacher's features, tests on hand-made ones. Policies that rank by teacher data alone (``"side": "teacher"``) select
 there; the others (``random``, drawn from the training step's generator, and ``student-gap``, which needs the
 projected student tokens) keep every aligned position as a candidate and :class:`~.mad.MADLoss` selects in the step.
-The result, :class:`DistillTargets`, is all the objective reads of the teacher.
+Policies that rank by the sample's text (``question-aware``) select per sample, still here: the per-image cache then
+holds the image's aligned patches and their joint-space projections, and each sample ranks them against its own
+text embedding. The result, :class:`DistillTargets`, is all the objective reads of the teacher.
 """
 
 from __future__ import annotations
@@ -186,14 +188,53 @@ def image_targets(policy: str, k: float | int, teacher_tokens: Tensor, grid: tup
     return TokenTargets.from_selection(mask, aligned, policy, k)
 
 
+@dataclass(frozen=True)
+class PatchCandidates:
+    """One image's teacher patches at the student positions, before a per-sample selection: ``tokens (Ns, D)`` (the
+    store's dtype), ``mask (Ns,)`` the usable positions, ``joint (Ns, E)`` float32 the tokens in the teacher's joint
+    image-text space (``tokens @ visual_proj``)."""
+
+    tokens: Tensor
+    mask: Tensor
+    joint: Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.tokens.nbytes + self.mask.nbytes + self.joint.nbytes
+
+
+def patch_candidates(teacher_tokens: Tensor, grid: tuple[int, int] | None, crop_box: Tensor, student_centers: Tensor,
+                     joint_proj: Tensor, valid: Tensor | None = None,
+                     student_mask: Tensor | None = None) -> list[PatchCandidates]:
+    """Per image: the aligned patches and their projection by ``joint_proj (D, E)`` (one product per image, so each
+    image's result depends on that image only, bit for bit)."""
+    aligned, mask = aligned_patches(teacher_tokens, grid, crop_box, student_centers, valid, student_mask)
+    proj = joint_proj.float()
+    return [PatchCandidates(aligned[i].to(teacher_tokens.dtype), mask[i], aligned[i] @ proj)
+            for i in range(aligned.shape[0])]
+
+
+def per_sample_targets(policy: str, k: float | int, candidates: Sequence[PatchCandidates],
+                       text_embedding: Tensor) -> TokenTargets:
+    """Select among each sample's image candidates by its own text (``text_embedding (B, E)``, the teacher's pooled
+    embedding of the sample's text) with a text policy, compacted like every teacher-side selection."""
+    tokens = torch.stack([c.tokens for c in candidates])
+    mask = torch.stack([c.mask for c in candidates])
+    joint = torch.stack([c.joint for c in candidates])
+    selected = select_tokens(policy, k, joint, text_embedding.float(), mask)
+    return TokenTargets.from_selection(selected, tokens, policy, k)
+
+
 def text_targets(policy: str, k: float | int, teacher_tokens: Tensor, teacher_spans: Tensor,
                  teacher_ref: Tensor | None, student_spans: Tensor) -> TokenTargets:
     """Align teacher text tokens to the student's by character-span overlap and select with a teacher-side
     ``policy`` (``teacher-saliency`` against ``teacher_ref``); a step-side policy keeps every aligned position."""
     assign, mask = align_text(teacher_spans, student_spans)
     aligned = assign @ teacher_tokens.float()
-    if SELECTION_POLICIES[policy].side == "teacher":
-        mask = select_tokens(policy, k, aligned, teacher_ref if policy == "teacher-saliency" else None, mask)
+    rule = SELECTION_POLICIES[policy]
+    if rule.side == "teacher":
+        by = "teacher-saliency" if rule.text else policy  # a text's own tokens: ranked against its own EOS
+        mask = select_tokens(by, k, aligned, teacher_ref if by == "teacher-saliency" else None, mask)
     return TokenTargets.from_selection(mask, aligned, policy, k)
 
 
@@ -216,12 +257,18 @@ class TargetBuilder:
 
     ``cache_mb`` > 0 keeps each image's targets (keyed by the caller's ``image_keys``, e.g. the image-store row) up
     to that many MB in this process: the questions of one image come close together under chunk-aware shuffling,
-    and a cached image's targets equal recomputed ones bit for bit.
+    and a cached image's targets equal recomputed ones bit for bit. With a policy that ranks by the sample's text
+    (``question-aware``) the cache holds each image's :class:`PatchCandidates` and every sample selects by its own
+    text embedding (the teacher's ``text_pooled``); ``joint_proj (D, E)`` is the image teacher's visual projection
+    into the space of that embedding. Without it (or without text embeddings) such a policy ranks as
+    ``teacher-saliency`` does (the caller says so once, see ``mad_pipeline.training.joint``) and its targets keep
+    the policy's name.
     """
 
-    def __init__(self, config, cache_mb: float = 0.0):
+    def __init__(self, config, cache_mb: float = 0.0, joint_proj: Tensor | None = None):
         self.config = config
         self.cache_mb = cache_mb
+        self.joint_proj = joint_proj
         self._cache: OrderedDict[int, TokenTargets] = OrderedDict()
         self._cache_bytes = 0
 
@@ -249,16 +296,37 @@ class TargetBuilder:
 
     def _image(self, t: TeacherBatch, centers, visual_mask, keys) -> TokenTargets:
         cfg = self.config
+        policy = cfg.select_v
+        per_sample = SELECTION_POLICIES[policy].text
+        if per_sample and (self.joint_proj is None or t.text_pooled is None):
+            policy, per_sample = "teacher-saliency", False  # no joint space: rank as teacher-saliency does
 
-        def compute(rows: list[int]) -> TokenTargets:
+        def compute(rows: list[int] | None) -> TokenTargets | list[PatchCandidates]:
             sel = slice(None) if rows is None else torch.as_tensor(rows)
             valid = None if t.image_valid is None else t.image_valid[sel]
             vmask = None if visual_mask is None else visual_mask[sel]
-            return image_targets(cfg.select_v, cfg.k_v, t.image_tokens[sel], t.image_grid, t.crop_box[sel],
-                                 centers[sel], valid, vmask)
+            if per_sample:
+                return patch_candidates(t.image_tokens[sel], t.image_grid, t.crop_box[sel], centers[sel],
+                                        self.joint_proj, valid, vmask)
+            return image_targets(policy, cfg.k_v, t.image_tokens[sel], t.image_grid, t.crop_box[sel], centers[sel],
+                                 valid, vmask)
 
-        if keys is None or self.cache_mb <= 0:
-            return compute(None)
+        def rows(todo: list[int]) -> list:
+            if per_sample:
+                return compute(todo)
+            dtype = t.image_tokens.dtype if SELECTION_POLICIES[policy].side == "teacher" else torch.float32
+            # selected targets: the store's dtype
+            return [dataclasses.replace(row, tokens=row.tokens.to(dtype)) for row in compute(todo).rows()]
+
+        cached = keys is not None and self.cache_mb > 0
+        if per_sample:
+            cands = self._through_cache(keys, rows) if cached else compute(None)
+            return per_sample_targets(cfg.select_v, cfg.k_v, cands, t.text_pooled)
+        out = TokenTargets.stack(self._through_cache(keys, rows)) if cached else compute(None)
+        return out if out.policy == cfg.select_v else dataclasses.replace(out, policy=cfg.select_v)
+
+    def _through_cache(self, keys: Sequence[int], rows) -> list:
+        """Each key's cached entry, the missing ones made by ``rows(batch rows of their first occurrence)``."""
         cache, first = self._cache, {}
         for j, key in enumerate(keys):
             if key in cache:
@@ -267,14 +335,12 @@ class TargetBuilder:
                 first.setdefault(key, j)
         if first:
             todo = sorted(first)
-            dtype = t.image_tokens.dtype if SELECTION_POLICIES[cfg.select_v].side == "teacher" else torch.float32
-            for key, row in zip(todo, compute([first[key] for key in todo]).rows(), strict=True):
-                row = dataclasses.replace(row, tokens=row.tokens.to(dtype))  # selected targets: the store's dtype
-                cache[key] = row
-                self._cache_bytes += row.nbytes
+            for key, entry in zip(todo, rows([first[key] for key in todo]), strict=True):
+                cache[key] = entry
+                self._cache_bytes += entry.nbytes
             while self._cache_bytes > self.cache_mb * 2**20 and len(cache) > len(set(keys)):
                 self._cache_bytes -= cache.popitem(last=False)[1].nbytes
-        return TokenTargets.stack([cache[key] for key in keys])
+        return [cache[key] for key in keys]
 
     def _text(self, t: TeacherBatch, spans: Tensor) -> TokenTargets:
         cfg = self.config
@@ -283,7 +349,7 @@ class TargetBuilder:
             upto = max(1, int(t.text_length.max()))  # past every row's length there is only padding
             tokens, tspans = tokens[:, :upto], tspans[:, :upto]
         ref = None
-        if cfg.select_t == "teacher-saliency":
+        if cfg.select_t == "teacher-saliency" or SELECTION_POLICIES[cfg.select_t].text:
             ref = text_reference(tokens, t.text_length, t.text_pooled, t.text_ref)
         out = text_targets(cfg.select_t, cfg.k_t, tokens, tspans, ref, spans)
         if not out.selected:  # candidates for the step's selection stay in float32
@@ -296,5 +362,6 @@ def build_targets(config, teacher: TeacherBatch, student) -> DistillTargets:
     return TargetBuilder(config).build(teacher, student.visual_centers, student.text_spans, student.visual_mask)
 
 
-__all__ = ["DistillTargets", "TargetBuilder", "TeacherBatch", "TokenTargets", "aligned_patches", "build_targets",
-           "image_targets", "text_reference", "text_targets"]
+__all__ = ["DistillTargets", "PatchCandidates", "TargetBuilder", "TeacherBatch", "TokenTargets", "aligned_patches",
+           "build_targets", "image_targets", "patch_candidates", "per_sample_targets", "text_reference",
+           "text_targets"]
