@@ -1,47 +1,165 @@
-"""Row reads from chunked Zarr arrays with a small per-process cache of decoded chunks.
+"""Row reads from chunked Zarr arrays with a small per-process cache of decoded chunks, and counters of what they cost.
 
 Opened lazily inside each DataLoader worker (zarr handles are not shared across processes); with chunk-aware
-shuffling consecutive batches hit the same chunks, so each chunk is decompressed about once per epoch.
+shuffling consecutive batches hit the same chunks, so each chunk is decompressed about once per epoch. The chunks of
+a batch that are not cached are read with one zarr call per array (zarr fetches and decodes them concurrently, and
+reads each shard's index once per call).
+
+Counters, per *side* (``image``, ``text``, ``zeroshot``: whatever the caller names): chunks decoded and bytes they
+decode to (:class:`ChunkCache`), requests and bytes fetched from storage (:class:`ReadCounter`, a zarr store wrapper
+that also keeps the shard indexes it has read, so a row read from a sharded array costs one byte-range request, not
+two). A benchmark or a test divides them by the samples read (:meth:`ChunkCache.per_sample`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import asdict, dataclass
 
 import numpy as np
+from zarr.abc.store import SuffixByteRequest
+from zarr.storage import WrapperStore
+
+from ..errors import StoreError
+
+SHARD_INDEX_CACHE_BYTES = 16 << 20  # shard indexes kept per store (a 400-row shard's index is 6.4 KB)
+
+
+@dataclass
+class SideCounts:
+    """What reading one side cost so far, in this process."""
+
+    samples: int = 0  # samples whose rows were asked for
+    chunks: int = 0  # (inner) chunks decoded
+    bytes_decoded: int = 0  # bytes those chunks decode to
+    requests: int = 0  # reads sent to storage (whole files or byte ranges), shard indexes included
+    bytes_read: int = 0  # bytes those reads returned
+
+    def per_sample(self) -> dict[str, float]:
+        n = max(self.samples, 1)
+        return {"samples": self.samples, "chunks": self.chunks / n, "bytes_decoded": self.bytes_decoded / n,
+                "requests": self.requests / n, "bytes_read": self.bytes_read / n}
+
+
+class ReadCounter(WrapperStore):
+    """A read-only zarr store wrapper that counts requests and bytes, and keeps the shard indexes it has read (a
+    published store never changes, so a shard's index, read once, holds for as long as the handle lives)."""
+
+    def __init__(self, store, counts: SideCounts):
+        super().__init__(store)
+        self.counts = counts
+        self._index: OrderedDict[tuple[str, int], object] = OrderedDict()
+        self._index_bytes = 0
+
+    def __str__(self) -> str:  # stable across reopenings, distinct from the unwrapped store's
+        return f"counted+{self._store}"
+
+    def __repr__(self) -> str:
+        return f"ReadCounter({self._store!r})"
+
+    async def get(self, key, prototype, byte_range=None):
+        index = isinstance(byte_range, SuffixByteRequest)
+        if index:
+            hit = self._index.get((key, byte_range.suffix))
+            if hit is not None:
+                self._index.move_to_end((key, byte_range.suffix))
+                return hit
+        out = await self._store.get(key, prototype, byte_range)
+        self.counts.requests += 1
+        if out is not None:
+            self.counts.bytes_read += len(out)
+            if index:
+                self._keep_index((key, byte_range.suffix), out)
+        return out
+
+    def _keep_index(self, where: tuple[str, int], buf) -> None:
+        self._index[where] = buf
+        self._index_bytes += len(buf)
+        while self._index_bytes > SHARD_INDEX_CACHE_BYTES and len(self._index) > 1:
+            _, old = self._index.popitem(last=False)
+            self._index_bytes -= len(old)
+
+
+def count_reads(store, counts: SideCounts):
+    """Make a :class:`~mad_pipeline.store.reader.FeatureStore` read through a :class:`ReadCounter` (its group is
+    reopened over the wrapped store; its checks and array wrappers stay as they are). Returns the store."""
+    import zarr
+
+    store.group = zarr.open_group(store=ReadCounter(store.group.store, counts), mode="r", use_consolidated=True)
+    return store
 
 
 class ChunkCache:
-    """Decoded chunks, one LRU of ``max_chunks`` per array: the image-token chunks a shuffle window walks through
-    must not evict the text-token chunks or the one-chunk small arrays (pooled, crop box, spans, zero-shot logits),
-    which every batch needs again."""
+    """Decoded chunks, one LRU per array: the image-token chunks a shuffle window walks through must not evict the
+    text-token chunks or the one-chunk small arrays (pooled, crop box, spans, zero-shot logits), which every batch
+    needs again. An LRU holds ``max_chunks`` chunks, or more small ones up to ``max_bytes`` (0: a count only), so an
+    array stored one row per chunk keeps as many rows as a few big chunks would hold."""
 
-    def __init__(self, max_chunks: int = 32):
+    def __init__(self, max_chunks: int = 32, max_bytes: int = 0):
         self.max_chunks = max_chunks
+        self.max_bytes = max_bytes
         self._cache: dict[str, OrderedDict[int, np.ndarray]] = {}
-        self.reads = 0  # chunks decoded (for benchmarks)
+        self._held: dict[str, int] = {}
+        self.counts: dict[str, SideCounts] = {}
 
-    def rows(self, array, rows: np.ndarray) -> np.ndarray:
+    @property
+    def reads(self) -> int:
+        """Chunks decoded, every side together."""
+        return sum(c.chunks for c in self.counts.values())
+
+    def side(self, name: str) -> SideCounts:
+        return self.counts.setdefault(name, SideCounts())
+
+    def per_sample(self) -> dict[str, dict[str, float]]:
+        """Each side's counts divided by its samples (see :class:`SideCounts`)."""
+        return {name: c.per_sample() for name, c in sorted(self.counts.items())}
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        return {name: asdict(c) for name, c in sorted(self.counts.items())}
+
+    def rows(self, array, rows: np.ndarray, side: str = "other") -> np.ndarray:
         """``array[rows]`` (rows along the first axis), decoding each needed chunk once."""
         rows = np.asarray(rows, dtype=np.int64)
         cr = int(array.chunks[0])
+        key = str(array.store_path)  # keyed by path, not id(array): a reopened handle can reuse a dead one's id
+        lru = self._cache.setdefault(key, OrderedDict())
         out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
-        for c in np.unique(rows // cr):
-            block = self._chunk(array, int(c), cr)
+        needed = np.unique(rows // cr).tolist()
+        missing = [c for c in needed if c not in lru]
+        if missing:
+            self._fetch(array, missing, cr, lru, key, self.side(side))
+        for c in needed:
+            block = lru[c]
+            lru.move_to_end(c)
             sel = (rows // cr) == c
             out[sel] = block[rows[sel] - c * cr]
+        self._evict(lru, key, keep=len(needed))
         return out
 
-    def _chunk(self, array, c: int, cr: int) -> np.ndarray:
-        # keyed by path, not id(array): a reopened handle can reuse a dead one's id
-        lru = self._cache.setdefault(str(array.store_path), OrderedDict())
-        hit = lru.get(c)
-        if hit is not None:
-            lru.move_to_end(c)
-            return hit
-        block = array[c * cr : min((c + 1) * cr, array.shape[0])]
-        self.reads += 1
-        lru[c] = block
-        if len(lru) > self.max_chunks:
-            lru.popitem(last=False)
-        return block
+    def _fetch(self, array, chunks: list[int], cr: int, lru: OrderedDict, key: str, counts: SideCounts) -> None:
+        """Read and decode ``chunks`` with one zarr call (a slice when they are consecutive)."""
+        n = int(array.shape[0])
+        bounds = [(c * cr, min((c + 1) * cr, n)) for c in chunks]
+        if chunks[-1] - chunks[0] == len(chunks) - 1:
+            data = array[bounds[0][0] : bounds[-1][1]]
+        else:
+            try:
+                data = array[np.concatenate([np.arange(lo, hi) for lo, hi in bounds])]
+            except StoreError:  # name the chunk file that fails: read them one by one
+                for lo, hi in bounds:
+                    array[lo:hi]
+                raise
+        at = 0
+        for c, (lo, hi) in zip(chunks, bounds, strict=True):
+            block = data[at : at + hi - lo] if len(chunks) == 1 else data[at : at + hi - lo].copy()  # no shared base
+            at += hi - lo
+            lru[c] = block
+            self._held[key] = self._held.get(key, 0) + block.nbytes
+            counts.chunks += 1
+            counts.bytes_decoded += block.nbytes
+
+    def _evict(self, lru: OrderedDict, key: str, keep: int) -> None:
+        """Drop the least recently used chunks beyond the budget (never the ``keep`` chunks this call used)."""
+        while len(lru) > max(self.max_chunks, keep) and (not self.max_bytes or self._held[key] > self.max_bytes):
+            _, block = lru.popitem(last=False)
+            self._held[key] -= block.nbytes

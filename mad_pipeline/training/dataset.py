@@ -28,7 +28,9 @@ from ..errors import InputError, StoreError
 from ..hashing import sha256_text
 from ..tasks import Task
 from .batch import Item
-from .chunks import ChunkCache
+from .chunks import ChunkCache, count_reads
+
+CACHE_MIB_PER_CHUNK = 1 << 20  # an LRU of cache_chunks chunks holds up to this many bytes per chunk of small ones
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class DistillDataset(SampleDataset):
         self.teacher_texts = [task.teacher_texts(s)[-1] for s in self.samples]
         self.image_chunk_rows = 1
         self.grid: tuple[int, int] | None = None
+        self.kept_tokens = 0  # a keep-tokens image store: patches kept per image (see training/kept.py)
         self.samples = self._index(self.samples)
         self._handles: dict[str, Any] | None = None
         self._pid: int | None = None
@@ -164,6 +167,7 @@ class DistillDataset(SampleDataset):
         valid = np.asarray(image["valid"][:], bool)
         self.image_chunk_rows = int(image["tokens"].chunks[0])
         self.grid = tuple(image.manifest.get("geometry", {}).get("grid") or ()) or None
+        self.kept_tokens = image.storage.keep_tokens
         for i, s in enumerate(samples):
             r = self._image_rows[i]
             if s.id not in by_id or r < 0:
@@ -209,23 +213,31 @@ class DistillDataset(SampleDataset):
             return self._handles
         from ..store.reader import open_store
 
-        # Array handles are opened once per process and kept (ChunkCache keeps one LRU of decoded chunks per array).
-        h: dict[str, Any] = {"cache": ChunkCache(self.cache_chunks)}
+        # Array handles are opened once per process and kept (ChunkCache keeps one LRU of decoded chunks per array,
+        # of cache_chunks chunks or as many one-row chunks as cache_chunks MiB hold).
+        cache = ChunkCache(self.cache_chunks, max_bytes=self.cache_chunks * CACHE_MIB_PER_CHUNK)
+        h: dict[str, Any] = {"cache": cache}
         st = self.stores
 
-        def arrays(path: str, names: tuple[str, ...]) -> dict[str, Any]:
-            store = open_store(path)
+        def arrays(path: str, names: tuple[str, ...], side: str) -> dict[str, Any]:
+            store = count_reads(open_store(path), cache.side(side))
             return {n: store[n] for n in names}
 
         if self.online is None:
             if st.image is not None:
-                h["image"] = arrays(st.image, ("tokens", "pooled", "crop_box"))
+                kept = ("token_index",) if self.kept_tokens else ()  # where each kept token sits
+                h["image"] = arrays(st.image, ("tokens", "pooled", "crop_box", *kept), "image")
             if st.text is not None:
-                h["text"] = arrays(st.text, ("tokens", "pooled", "char_span", "length"))
+                h["text"] = arrays(st.text, ("tokens", "pooled", "char_span", "length"), "text")
         if st.zeroshot is not None:
-            h["zeroshot"] = arrays(st.zeroshot, ("logits", "candidate_label"))
+            h["zeroshot"] = arrays(st.zeroshot, ("logits", "candidate_label"), "zeroshot")
         self._handles, self._pid = h, os.getpid()
         return h
+
+    def read_counts(self) -> dict[str, dict[str, float]]:
+        """What reading cost so far in this process, per side and per sample (chunks decoded, bytes they decode to,
+        storage requests and bytes read): see :class:`~.chunks.SideCounts`. Empty before the first read."""
+        return self._handles["cache"].per_sample() if self._handles is not None else {}
 
     # -- items ----------------------------------------------------------------------------------------------------
 
@@ -243,18 +255,20 @@ class DistillDataset(SampleDataset):
             items.append(item)
         h = self._open()
         cache = h["cache"]
+        kept = {"token_index": "image_token_index"} if self.kept_tokens else {}
         reads = {"image": (self._image_rows, {"tokens": "image_tokens", "pooled": "image_pooled",
-                                              "crop_box": "crop_box"}),
+                                              "crop_box": "crop_box", **kept}),
                  "text": (self._text_rows, {"tokens": "text_tokens", "pooled": "text_pooled",
                                             "char_span": "text_spans", "length": "text_length"})}
         for kind, (all_rows, names) in reads.items():
             if kind in h:
+                cache.side(kind).samples += len(idx)
                 rows = all_rows[idx]
                 for array, name in names.items():
                     need = np.ones(len(rows), bool)
                     if name == "image_tokens" and self.has_image_targets is not None:
                         need = np.asarray([not self.has_image_targets(int(r)) for r in rows], bool)
-                    values = iter(cache.rows(h[kind][array], rows[need]))
+                    values = iter(cache.rows(h[kind][array], rows[need], side=kind))
                     for it, needed in zip(items, need.tolist(), strict=True):
                         it.teacher[name] = next(values) if needed else None
         if "zeroshot" in h:
@@ -270,8 +284,9 @@ class DistillDataset(SampleDataset):
         rows = self._zs_rows[idx]
         ok = rows >= 0
         safe = np.where(ok, rows, 0)
-        logits = h["cache"].rows(zs["logits"], safe).astype(np.float32)
-        labels = h["cache"].rows(zs["candidate_label"], safe)
+        h["cache"].side("zeroshot").samples += len(idx)
+        logits = h["cache"].rows(zs["logits"], safe, side="zeroshot").astype(np.float32)
+        labels = h["cache"].rows(zs["candidate_label"], safe, side="zeroshot")
         for j, it in enumerate(items):
             z, good = self.task.zeroshot_vector(logits[j], labels[j])
             it.teacher.update(zs_logits=z, zs_mask=bool(ok[j] and good))
