@@ -29,6 +29,7 @@ from .device import plain_batch_size
 from .geometry import image_geometry as _image_geometry
 from .geometry import text_geometry as _text_geometry
 from .inputs import DatasetInputs, samples_digest
+from .projection import constants_manifest, write_visual_proj
 from .reuse import ReusePlan, plan_reuse
 from .runner import extract_images, extract_texts, rows_to_compute
 from .zeroshot import fill_zeroshot, zeroshot_arrays
@@ -101,6 +102,7 @@ def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreR
         return image_arrays(g["num_tokens"], g["width"], g["embed_dim"])
 
     def fill(writer):
+        write_visual_proj(writer, teacher)  # the joint-space projection (read from the weight file)
         if ctx.pool is not None:
             return remote.fill_images(ctx.pool, writer, teacher, ident, hashes, paths, reuse.plan,
                                       batch_size=ctx.batch_size, num_workers=ctx.num_workers, on_error=ctx.on_error,
@@ -112,7 +114,8 @@ def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreR
     def manifest(writer):
         return {"teacher": {"name": teacher.name, "tower": "image", **ident},
                 "geometry": reuse.geometry(teacher, _image_geometry),
-                "dataset": dataset_identity(ds), "inputs_sha256": hash_of_set(hashes), **reuse.manifest(writer)}
+                "dataset": dataset_identity(ds), "inputs_sha256": hash_of_set(hashes), **reuse.manifest(writer),
+                **constants_manifest(writer)}
 
     return get_or_build(ctx.cache, "image", key, len(hashes), specs, fill, manifest, shard_rows=ctx.shard_rows,
                         log=ctx.log)

@@ -125,8 +125,9 @@ def manifest_problems(man: dict, arrays: dict[str, dict]) -> list[Problem]:
     if n_rows is not None and (not isinstance(n_rows, int) or isinstance(n_rows, bool) or n_rows < 0):
         out.append(Problem("manifest", f"n_rows {n_rows!r} is not a non-negative integer"))
         n_rows = None
+    constants = man.get("constants") if isinstance(man.get("constants"), list) else []  # arrays without rows
     for name, m in arrays.items():
-        if n_rows is not None and (not m["shape"] or m["shape"][0] != n_rows):
+        if n_rows is not None and name not in constants and (not m["shape"] or m["shape"][0] != n_rows):
             out.append(Problem(name, f"shape {tuple(m['shape'])} does not have n_rows = {n_rows} rows"))
     geo = man.get("geometry") if isinstance(man.get("geometry"), dict) else {}
     want = {}
