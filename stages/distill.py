@@ -215,7 +215,10 @@ def build_training(cfg: DistillConfig, task: Task, samples: list, root: Path, st
     w = stores.widths()
     objective = MADLoss(cfg.mad, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
     online_input = OnlineTeacherInput(online.image.preprocess, online.image.crop_box_fn) if online else None
-    builder = TargetBuilder(cfg.mad, cache_mb=TARGET_CACHE_MB) if cfg.mad.distill else None
+    from mad_pipeline.training.joint import joint_projection  # the joint space of question-aware selection
+
+    builder = (TargetBuilder(cfg.mad, cache_mb=TARGET_CACHE_MB, joint_proj=joint_projection(cfg.mad, stores))
+               if cfg.mad.distill else None)
     data = DistillDataset(samples, root, task, image_preprocess(student), stores, online_input,
                           has_image_targets=builder.cached if builder else None)
     collate = Collate(task, StudentTokenizer(student), builder, getattr(student, "grid", None), data.grid)
