@@ -33,6 +33,10 @@ class Trainable(nn.Module):
         self.student = student
         self.mad = objective
 
+    def forward(self, step):
+        """``step()``: a data-parallel wrapper (DDP) calls the module, so the training step runs through here."""
+        return step()
+
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     np_state = np.random.get_state()

@@ -12,23 +12,33 @@ from ..progress import progress_bar
 from .collate import Collate, make_loader
 from .config import autocast, resolve_num_workers
 from .dataset import SampleDataset
+from .distributed import Dist
 
 
 @torch.no_grad()
 def evaluate(student, dataset: SampleDataset, collate: Collate, *, batch_size: int = 64,
              num_workers: int | str = 0, device: torch.device | str = "cpu", bf16: bool = True,
              follow_up: bool = True, progress: bool = False,
-             description: str = "eval") -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+             description: str = "eval", dist: Dist | None = None) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """Returns ``(metrics, predictions)``: predictions in the task's official results format (plus whatever the
     task keeps for its other files, written by :meth:`~mad_pipeline.tasks.Task.write_predictions`), metrics (with
     the headline ``metric`` and ``value`` first) None when the split has no labels. ``follow_up``: also answer the
-    task's follow-up question (VCR's QA->R). ``progress``: a bar of the batches with batches/s and ETA."""
+    task's follow-up question (VCR's QA->R). ``progress``: a bar of the batches with batches/s and ETA.
+
+    ``dist`` (several processes): each rank predicts a contiguous part of the split, rank 0 gathers the records in
+    the split's order and scores them; every rank gets the metrics, only rank 0 the predictions."""
+    dist = dist or Dist()
     device = torch.device(device)
     task = dataset.task
     was_training = student.training
     student.eval()
     preds: list[dict[str, Any]] = []
-    loader = make_loader(dataset, collate, batch_size, resolve_num_workers(num_workers, device), 0, device)
+    batches = None
+    if dist.enabled:
+        part = np.array_split(np.arange(len(dataset)), dist.world)[dist.rank].tolist()
+        batches = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    loader = make_loader(dataset, collate, batch_size, resolve_num_workers(num_workers, device), 0, device,
+                         batch_sampler=batches)
     try:
         with progress_bar(description, len(loader), unit="batch", enabled=progress) as bar:
             for batch in loader:
@@ -45,7 +55,13 @@ def evaluate(student, dataset: SampleDataset, collate: Collate, *, batch_size: i
                 bar.advance()
     finally:
         student.train(was_training)
-    return task.headline(task.score(dataset.samples, preds)), preds
+    if not dist.enabled:
+        return task.headline(task.score(dataset.samples, preds)), preds
+    parts = dist.gather(preds)  # (all ranks get every part: one collective, then only rank 0 scores)
+    if not dist.is_main:
+        return dist.broadcast(None), []
+    preds = [r for part in parts for r in part]
+    return dist.broadcast(task.headline(task.score(dataset.samples, preds))), preds
 
 
 def _scores(student, collate: Collate, batch, texts: list[list[str]], device, bf16: bool) -> np.ndarray:
