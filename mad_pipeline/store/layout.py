@@ -2,8 +2,11 @@
 
 Rows are the leading dimension of every array. Chunks hold whole rows and are sized to at least ~1 MB for the
 big token arrays (a random read touches one chunk per row group, not the store); shards group chunks into files of
-tens of MB so a writer writes one file per row range. Every chunk is Blosc/Zstd-compressed with byte shuffle and
-carries a crc32c checksum; every array has ``dimension_names`` so xarray and dask can open it.
+tens of MB so a writer writes one file per row range. The text-store arrays training reads (tokens, length, pooled,
+char_span) are read a row at a time, at random (rows are sorted by hash, not by the images that use them): they
+hold one row per chunk inside the same shards, so a row read decodes that row only. Every chunk is
+Blosc/Zstd-compressed with byte shuffle and carries a crc32c checksum; every array has ``dimension_names`` so xarray
+and dask can open it.
 
 Content-hash columns (``image_hash``, ``text_hash``) are fixed-width unicode (numpy ``<U64``): zarr returns them as
 plain numpy ``<U64`` arrays, which every numpy sorts, compares with Python ``str`` and ``searchsorted`` correctly.
@@ -34,6 +37,7 @@ class ArraySpec:
     dims: tuple[str, ...]  # dimension names, leading "row" name first
     fill: object = 0
     big: bool = False  # chunked by bytes (token arrays); small arrays use one chunk per shard
+    row_chunks: bool = False  # read one row at a time, at random (text store): one row per chunk, inside shards
 
     def row_bytes(self) -> int:
         itemsize = 64 if self.dtype == "str" else np.dtype(self.dtype).itemsize
@@ -54,10 +58,10 @@ def text_arrays(max_length: int, width: int, embed_dim: int) -> list[ArraySpec]:
     return [
         ArraySpec("text_hash", (), HASH_DTYPE, ("text",), fill=""),
         ArraySpec("text", (), "str", ("text",), fill=""),
-        ArraySpec("tokens", (max_length, width), "float16", ("text", "token", "channel"), big=True),
-        ArraySpec("length", (), "int32", ("text",)),
-        ArraySpec("pooled", (embed_dim,), "float16", ("text", "embed")),
-        ArraySpec("char_span", (max_length, 2), "int32", ("text", "token", "span"), fill=-1),
+        ArraySpec("tokens", (max_length, width), "float16", ("text", "token", "channel"), big=True, row_chunks=True),
+        ArraySpec("length", (), "int32", ("text",), row_chunks=True),
+        ArraySpec("pooled", (embed_dim,), "float16", ("text", "embed"), row_chunks=True),
+        ArraySpec("char_span", (max_length, 2), "int32", ("text", "token", "span"), fill=-1, row_chunks=True),
     ]
 
 
