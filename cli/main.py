@@ -18,7 +18,7 @@ from .app import app, package_version
 
 def _register() -> None:
     # one import per command module; each attaches its commands to `app` (or `store_app`)
-    from . import datasets, distill, extract, predict, run, score, store, store_export, teacher, teachers  # noqa: F401
+    from . import datasets, distill, extract, predict, run, score, store, store_export, student, teacher, teachers  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,9 @@ A scene is a 64x64 picture divided into a 3x3 grid of cells. One cell is covered
 
 Splits: ``train``, ``val``, ``test`` draw colour+shape pairs from the 20 pairs not in :data:`HELD_OUT_PAIRS`;
 ``shift`` (domain shift) scenes contain at least one held-out pair; ``pretrain`` (the teacher's training stream)
-draws from all 24 pairs.
+draws from all 24 pairs; ``student-pretrain`` (the student's image-caption pretraining stream, see
+:mod:`.pairs`) draws, like the dataset splits, from the 20 pairs only, so the student never sees a ``shift`` pair
+before it is tested on one.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
 )
 ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOUR_NAMES for s in SHAPES)
 SPLITS: tuple[str, ...] = ("train", "val", "test", "shift")
-SPLIT_CODES: dict[str, int] = {"train": 1, "val": 2, "test": 3, "shift": 4, "pretrain": 9}
+SPLIT_CODES: dict[str, int] = {"train": 1, "val": 2, "test": 3, "shift": 4, "pretrain": 9, "student-pretrain": 10}
 MAX_OBJECTS = 3
 # scene "styles": with these probabilities all objects share a colour / a shape (so counts of 2-3 are common)
 P_SAME_COLOUR = 0.2

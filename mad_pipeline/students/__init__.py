@@ -13,6 +13,7 @@ from typing import Any
 
 from .base import Student, StudentError, StudentOutput, TextInput, center_crop_box
 from .vilt import ViltStudent, build_vilt, read_student_json
+from .weights import INITS, resolve_init
 
 STUDENTS = {"vilt-tiny": build_vilt, "vilt-b32": build_vilt}
 STUDENT_FAMILIES = {"vilt": ViltStudent}
@@ -51,5 +52,6 @@ def load_student(directory: str | Path, map_location: Any = "cpu") -> Student:
     return STUDENT_FAMILIES[family].load(directory, map_location=map_location)
 
 
-__all__ = ["STUDENTS", "STUDENT_FAMILIES", "Student", "StudentError", "StudentOutput", "TextInput", "ViltStudent",
-           "build_student", "center_crop_box", "image_preprocess", "load_student", "register_student"]
+__all__ = ["INITS", "STUDENTS", "STUDENT_FAMILIES", "Student", "StudentError", "StudentOutput", "TextInput",
+           "ViltStudent", "build_student", "center_crop_box", "image_preprocess", "load_student", "register_student",
+           "resolve_init"]

@@ -298,7 +298,8 @@ def build_vilt(name: str, task: str, num_classes: int, pretrained: str | Path | 
         backbone = ViltModel(ViltConfig(**VILT_CONFIGS[name]))
     else:
         try:
-            backbone = ViltModel.from_pretrained(str(pretrained))
+            # fp32 whatever the checkpoint's dtype (the shipped shapes-vilt-tiny is stored in fp16)
+            backbone = ViltModel.from_pretrained(str(pretrained), dtype=torch.float32)
         except OSError as e:
             raise StudentError(f"could not load ViLT weights from {pretrained} ({str(e).splitlines()[0][:160]}); "
                                "offline? pass a local save_pretrained directory") from None

@@ -1,0 +1,300 @@
+"""Pretrain a ViLT student on the shapes world's image-caption pairs with ViLT's own objectives
+(``mad student pretrain``), so that the study distills into an existing vision-language model, as the paper does.
+
+Objectives (ViLT's, Kim et al. 2021), every step, on a batch of scenes from the ``student-pretrain`` stream
+(:mod:`mad_pipeline.shapes.pairs`: never a ``shift`` colour+shape pair):
+
+- **image-text matching** (ITM): each image with its caption or, with probability ``negative_fraction``, a caption
+  that does not match -- half of them (``hard_fraction``) the scene's own caption with one attribute changed, the
+  rest another scene's caption. The head is ViLT's ITM head, ``Linear(H, 2)`` on the pooled output (``itm_score``).
+- **masked language modelling** (MLM): ``mask_prob`` (15%) of each matching caption's tokens, at least one, chosen
+  for prediction, BERT's way: 80% replaced by ``[MASK]``, 10% by a random token, 10% kept. The head is transformers'
+  ``ViltForMaskedLM`` head (``mlm_score``: dense -> GELU -> LayerNorm -> decoder tied to the word embeddings), run on
+  the chosen positions only. As in ViLT, MLM and ITM are two forward passes (masked text for MLM, whole text for ITM).
+
+No task labels and no teacher features. The result is saved in transformers' ``ViltForMaskedLM`` layout (the layout
+of ``dandelin/vilt-b32-mlm``): ``config.json`` + ``model.safetensors`` (fp16; ``vilt.*``, ``mlm_score.*`` and the
+extra ``itm_score.*``), so ``ViltModel.from_pretrained(directory)`` -- and ``mad distill --pretrained directory`` --
+load its backbone. The run is deterministic: the same settings on the same torch build and thread count give the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..shapes.pairs import caption, hard_negative, pool_scene
+from ..shapes.world import decode_jpeg, encode_jpeg, render
+from .vilt import VILT_CONFIGS, VILT_MEAN, VILT_STD, _load_tokenizer, grid_visual_embed
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+META_FILE = "training.json"
+TIED_KEY = "mlm_score.decoder.weight"  # = vilt.embeddings.text_embeddings.word_embeddings.weight, not stored
+FIRST_WORD_ID = 999  # BERT-uncased: ids below are [PAD], [unused*], [UNK], [CLS], [SEP], [MASK]
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    student: str = "vilt-tiny"
+    seed: int = 0
+    steps: int = 1500
+    batch_size: int = 64
+    pool_size: int = 12_800  # distinct training scenes (re-captioned every time they are drawn)
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup: int = 100
+    mask_prob: float = 0.15
+    negative_fraction: float = 0.5
+    hard_fraction: float = 0.5
+
+
+class PretrainModel(nn.Module):
+    """transformers' ``ViltForMaskedLM`` pieces (``vilt`` backbone, ``mlm_score`` head) + ViLT's ITM head."""
+
+    def __init__(self, config):
+        super().__init__()
+        from transformers import ViltForMaskedLM
+
+        mlm = ViltForMaskedLM(config)
+        self.config = config
+        self.vilt, self.mlm_score = mlm.vilt, mlm.mlm_score
+        self.itm_score = nn.Linear(config.hidden_size, 2)
+        nn.init.normal_(self.itm_score.weight, std=config.initializer_range)
+        nn.init.zeros_(self.itm_score.bias)
+
+    def encode(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(hidden states ``[text | image CLS | patches in grid order]``, pooled output)."""
+        image_embeds, image_mask = grid_visual_embed(self.vilt.embeddings, pixels)
+        out = self.vilt(input_ids=input_ids, attention_mask=attention_mask, image_embeds=image_embeds,
+                        pixel_mask=image_mask, return_dict=True)
+        return out.last_hidden_state, out.pooler_output
+
+    def mlm_logits(self, pixels, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits at ``positions`` (a boolean (B, L) mask over the text tokens)."""
+        hidden, _ = self.encode(pixels, input_ids, attention_mask)
+        return self.mlm_score(hidden[:, : input_ids.shape[1]][positions])
+
+    def itm_logits(self, pixels, input_ids, attention_mask) -> torch.Tensor:
+        return self.itm_score(self.encode(pixels, input_ids, attention_mask)[1])
+
+
+def build_model(student: str, seed: int) -> PretrainModel:
+    from transformers import ViltConfig
+
+    torch.manual_seed(seed)
+    return PretrainModel(ViltConfig(**VILT_CONFIGS[student]))
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+@dataclass
+class Pool:
+    scenes: list
+    images: torch.Tensor  # (N, 64, 64, 3) uint8, JPEG round-tripped like the dataset files
+
+
+def make_pool(seed: int, start: int, n: int, tick: Callable[[int], None] | None = None) -> Pool:
+    """Scenes ``start .. start + n - 1`` of the ``student-pretrain`` stream, rendered."""
+    scenes, images = [], []
+    for i in range(start, start + n):
+        scene = pool_scene(seed, i)
+        scenes.append(scene)
+        images.append(decode_jpeg(encode_jpeg(render(scene))))
+        if tick is not None:
+            tick(1)
+    return Pool(scenes, torch.from_numpy(np.stack(images)))
+
+
+def pixels(images_u8: torch.Tensor) -> torch.Tensor:
+    """(N, S, S, 3) uint8 -> (N, 3, S, S), normalised as the student's preprocessing does (mean = std = 0.5)."""
+    x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(VILT_MEAN).view(1, 3, 1, 1)) / torch.tensor(VILT_STD).view(1, 3, 1, 1)
+
+
+def mask_tokens(ids: torch.Tensor, maskable: torch.Tensor, prob: float, tokenizer, rng: np.random.Generator,
+                bert: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: ``prob`` of each row's maskable tokens (at least one) chosen; of those 80% ``[MASK]``, 10% a
+    random token, 10% unchanged (``bert=False``: all ``[MASK]``, for evaluation). Returns (input ids, chosen)."""
+    ids = ids.clone()
+    chosen = torch.zeros_like(maskable)
+    for r in range(ids.shape[0]):
+        cand = np.flatnonzero(maskable[r].numpy())
+        k = max(1, int(round(prob * len(cand))))
+        chosen[r, torch.from_numpy(rng.choice(cand, size=k, replace=False))] = True
+    how = torch.from_numpy(rng.random(ids.shape)) if bert else torch.zeros(ids.shape, dtype=torch.float64)
+    randoms = torch.from_numpy(rng.integers(FIRST_WORD_ID, len(tokenizer), size=ids.shape))
+    ids[chosen & (how < 0.8)] = tokenizer.mask_token_id
+    swap = chosen & (how >= 0.8) & (how < 0.9)
+    ids[swap] = randoms[swap]
+    return ids, chosen
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask, maskable = real non-special tokens)."""
+    enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
+                    return_special_tokens_mask=True, return_tensors="pt")
+    maskable = (enc["attention_mask"] == 1) & (enc["special_tokens_mask"] == 0)
+    return enc["input_ids"].long(), enc["attention_mask"].long(), maskable
+
+
+def itm_texts(pool: Pool, idx: np.ndarray, s: PretrainSettings,
+              rng: np.random.Generator) -> tuple[list[str], list[int]]:
+    """One text per image: its caption (label 1) or a non-matching one (label 0, a hard one with ``hard_fraction``)."""
+    texts, labels = [], []
+    for i in idx:
+        scene = pool.scenes[int(i)]
+        if rng.random() >= s.negative_fraction:
+            texts.append(caption(scene, rng))
+            labels.append(1)
+        elif rng.random() < s.hard_fraction:
+            texts.append(hard_negative(scene, rng))
+            labels.append(0)
+        else:
+            j = int(rng.integers(len(pool.scenes) - 1))
+            j += j >= int(i)  # another scene
+            texts.append(caption(pool.scenes[j], rng))
+            labels.append(0)
+    return texts, labels
+
+
+# ----------------------------------------------------------------------------------------------------------- training
+def lr_at(step: int, s: PretrainSettings) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    t = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def optimizer(model: nn.Module, s: PretrainSettings) -> torch.optim.AdamW:
+    """AdamW, weight decay on matrices only (not biases, norms or embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embeddings" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+class Loop:
+    """One pretraining run's state: the model, its optimizer, the pool and the one generator that draws, in order,
+    each step's batch, captions, negatives and masks (the same settings see the same draws)."""
+
+    def __init__(self, s: PretrainSettings, pool: Pool, model: PretrainModel | None = None):
+        self.s, self.pool = s, pool
+        self.model = build_model(s.student, s.seed) if model is None else model
+        self.model.train()
+        self.tokenizer = _load_tokenizer(None)
+        self.max_length = self.model.config.max_position_embeddings
+        self.opt = optimizer(self.model, s)
+        self.rng = np.random.default_rng([s.seed, 11])
+        self.order, self.cursor = self.rng.permutation(len(pool.scenes)), 0
+
+    def _batch(self) -> np.ndarray:
+        if self.cursor + self.s.batch_size > len(self.order):
+            self.order, self.cursor = self.rng.permutation(len(self.pool.scenes)), 0
+        idx = self.order[self.cursor: self.cursor + self.s.batch_size]
+        self.cursor += self.s.batch_size
+        return idx
+
+    def step(self, step: int) -> dict[str, float]:
+        s, model = self.s, self.model
+        idx = self._batch()
+        px = pixels(self.pool.images[torch.from_numpy(idx)])
+        ids, att, maskable = tokenize(self.tokenizer, [caption(self.pool.scenes[int(i)], self.rng) for i in idx],
+                                      self.max_length)
+        masked, chosen = mask_tokens(ids, maskable, s.mask_prob, self.tokenizer, self.rng)
+        l_mlm = F.cross_entropy(model.mlm_logits(px, masked, att, chosen), ids[chosen])
+        texts, labels = itm_texts(self.pool, idx, s, self.rng)
+        t_ids, t_att, _ = tokenize(self.tokenizer, texts, self.max_length)
+        itm = model.itm_logits(px, t_ids, t_att)
+        target = torch.tensor(labels)
+        l_itm = F.cross_entropy(itm, target)
+        loss = l_mlm + l_itm
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(step, s)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.item(), "mlm": l_mlm.item(), "itm": l_itm.item(),
+                "itm_acc": (itm.argmax(1) == target).float().mean().item()}
+
+
+def train(s: PretrainSettings, pool: Pool, progress: Callable[[int, dict], None] | None = None,
+          model: PretrainModel | None = None) -> tuple[PretrainModel, list[dict]]:
+    """``s.steps`` steps of MLM + ITM; returns the model (eval mode) and the per-step losses."""
+    loop = Loop(s, pool, model)
+    history = []
+    for step in range(s.steps):
+        info = loop.step(step)
+        history.append(info)
+        if progress is not None:
+            progress(step + 1, info)
+    return loop.model.eval(), history
+
+
+# ----------------------------------------------------------------------------------------------------------- files
+def save(model: PretrainModel, out: Path, meta: dict[str, Any]) -> Path:
+    """``config.json`` + fp16 ``model.safetensors`` (transformers' ``ViltForMaskedLM`` layout, plus ``itm_score.*``)
+    + ``training.json`` (``meta``, the library versions and the weights' sha256)."""
+    import transformers
+    from safetensors.torch import save_file
+
+    from ..hashing import sha256_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items() if k != TIED_KEY}
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file(dict(sorted(state.items())), str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / WEIGHTS_FILE)
+    config = model.config.to_dict()
+    for k in ("transformers_version", "_name_or_path", "dtype", "torch_dtype"):
+        config.pop(k, None)
+    config["architectures"] = ["ViltForMaskedLM"]
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    record = {**meta, "sha256": sha256_file(out / WEIGHTS_FILE), "torch": torch.__version__,
+              "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+              "machine": platform.machine()}
+    (out / META_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def load(directory: str | Path) -> PretrainModel:
+    """A saved pretraining model with its heads, in fp32 and eval mode."""
+    from safetensors.torch import load_file
+    from transformers import ViltConfig
+
+    d = Path(directory)
+    cfg = json.loads((d / CONFIG_FILE).read_text())
+    model = PretrainModel(ViltConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
+    state = {k: v.float() for k, v in load_file(str(d / WEIGHTS_FILE)).items()}
+    model.load_state_dict(state, strict=False)  # the tied decoder weight is the word embeddings
+    model.mlm_score.decoder.weight = model.vilt.embeddings.text_embeddings.word_embeddings.weight
+    return model.eval()
+
+
+def settings_dict(s: PretrainSettings) -> dict[str, Any]:
+    return asdict(s)
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+__all__ = ["CONFIG_FILE", "META_FILE", "WEIGHTS_FILE", "Loop", "Pool", "PretrainModel", "PretrainSettings",
+           "build_model", "load", "lr_at", "make_pool", "mask_tokens", "pixels", "save", "settings_dict", "timed",
+           "tokenize", "train"]

@@ -1,0 +1,168 @@
+"""Pretrain a ViLT student on the shapes world's image-caption pairs (``mad student pretrain``): ITM with sampled
+negatives + MLM (see :mod:`mad_pipeline.students.pretrain`), then its figures against a from-scratch model given the
+same labelled steps (:mod:`mad_pipeline.students.pretrain_eval`).
+
+Cached by content key like the other stages: the output lives at ``<cache>/runs/student-pretrain/<key>/`` (the
+weights in transformers' ``ViltForMaskedLM`` layout, ``training.json``) with ``stage.json`` written last; the key
+is the sha256 of every setting that changes the weights or the figures plus the library versions that do (torch,
+transformers). A rerun with the same settings is served from there without training. ``out``: a copy of the weights
+directory (e.g. the shipped ``mad_pipeline/assets/students/shapes-vilt-tiny``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mad_pipeline.errors import InputError
+from mad_pipeline.hashing import content_key
+from mad_pipeline.settings import not_in_key
+from mad_pipeline.settings import setting as _f
+from mad_pipeline.students.pretrain import CONFIG_FILE, META_FILE, WEIGHTS_FILE, PretrainSettings
+
+KIND = "student-pretrain"
+FORMAT = 1
+_D = PretrainSettings()
+
+
+@dataclass(frozen=True)
+class StudentPretrainConfig:
+    student: str = _f(_D.student, "student preset to pretrain (vilt-tiny: 64 px images, the shapes world's size)")
+    seed: int = _f(_D.seed, "seed of the scenes' order, captions, negatives, masks and the initialisation")
+    steps: int = _f(_D.steps, "pretraining steps (one MLM and one ITM forward each)")
+    batch_size: int = _f(_D.batch_size, "images per step")
+    pool_size: int = _f(_D.pool_size, "distinct training scenes of the student-pretrain stream")
+    lr: float = _f(_D.lr, "peak learning rate (AdamW, linear warm-up, cosine decay)")
+    warmup: int = _f(_D.warmup, "warm-up steps")
+    mask_prob: float = _f(_D.mask_prob, "MLM: share of caption tokens predicted (BERT's 80/10/10)")
+    negative_fraction: float = _f(_D.negative_fraction, "ITM: share of non-matching captions")
+    hard_fraction: float = _f(_D.hard_fraction, "ITM: share of the non-matching captions that are hard negatives")
+    eval_size: int = _f(500, "held-out scenes the figures are measured on (0: no figures)")
+    probe_steps: int = _f(200, "labelled steps of the comparison (linear probes, from-scratch models)")
+    probe_train: int = _f(2000, "training scenes of the linear probes")
+    out: Path | None = _f(None, "also copy the weights directory here", key=False)
+    cache: Path | None = _f(None, "cache root (default: MAD_CACHE or the user cache dir)", key=False)
+    progress: bool = _f(True, "progress bars", key=False)
+
+    def settings(self) -> PretrainSettings:
+        names = {f.name for f in dataclasses.fields(PretrainSettings)}
+        return PretrainSettings(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+@dataclass
+class StudentPretrainResult:
+    key: str
+    path: Path  # the weights directory in the cache
+    out: Path | None
+    cached: bool
+    figures: dict[str, Any]
+    timing: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "path": str(self.path), "out": None if self.out is None else str(self.out),
+                "cached": self.cached, "figures": self.figures, "timing": self.timing}
+
+
+def stage_key(cfg: StudentPretrainConfig) -> str:
+    import torch
+    import transformers
+
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in not_in_key(StudentPretrainConfig)}
+    return content_key({"format": FORMAT, "kind": KIND, "params": params,
+                        "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
+
+
+def check(cfg: StudentPretrainConfig) -> None:
+    from mad_pipeline.students.vilt import VILT_CONFIGS
+
+    if cfg.student != "vilt-tiny":
+        known = ", ".join(VILT_CONFIGS)
+        raise InputError(f"--student {cfg.student!r}: only vilt-tiny is pretrained on the shapes world (64 px "
+                         f"images); {known} other than it take their pretrained weights with --pretrained")
+    if cfg.steps < 1 or cfg.batch_size < 2 or cfg.pool_size < cfg.batch_size:
+        raise InputError("need --steps >= 1, --batch-size >= 2 and --pool-size of at least one batch")
+    for name in ("mask_prob", "negative_fraction", "hard_fraction"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise InputError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: a share between 0 and 1")
+    if cfg.eval_size < 0 or cfg.probe_steps < 1 or cfg.probe_train < 1:
+        raise InputError("need --eval-size >= 0, --probe-steps >= 1 and --probe-train >= 1")
+    if cfg.out is not None and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise InputError(f"--out {cfg.out}: exists and is not a directory")
+
+
+def run(cfg: StudentPretrainConfig) -> StudentPretrainResult:
+    from mad_pipeline.cache import default_cache_dir
+    from mad_pipeline.pipeline import plan as plan_lib
+
+    check(cfg)
+    key = stage_key(cfg)
+    root = Path(cfg.cache).expanduser() if cfg.cache else default_cache_dir()
+    rec = plan_lib.read_marker(root, KIND, key)
+    cached = rec is not None and (Path(rec["path"]) / "weights" / WEIGHTS_FILE).exists()
+    t0 = time.perf_counter()
+    if cached:
+        figures, timing = rec["result"]["figures"], rec["result"]["timing"]
+    else:
+        figures, timing = _build(cfg, plan_lib.stage_dir(root, KIND, key) / "weights")
+        stage = plan_lib.Stage(KIND, KIND, f"{cfg.student}, {cfg.steps} steps", {}, key=key)
+        params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in not_in_key(StudentPretrainConfig)}
+        rec = plan_lib.write_marker(root, stage, inputs={}, config=params,
+                                    result={"figures": figures, "timing": timing},
+                                    summary=_summary(figures), seconds=time.perf_counter() - t0)
+    path = Path(rec["path"]) / "weights"
+    out = None
+    if cfg.out is not None:
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, META_FILE):
+            shutil.copyfile(path / name, out / name)
+    return StudentPretrainResult(key, path, out, cached, figures, timing)
+
+
+def _summary(figures: dict[str, Any]) -> dict[str, Any]:
+    return {f"{who} {k}": v for who, fig in figures.items() if isinstance(fig, dict) for k, v in fig.items()}
+
+
+def _build(cfg: StudentPretrainConfig, weights: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """Render, pretrain, measure, save; returns (figures, timing)."""
+    from mad_pipeline.progress import progress_bar
+    from mad_pipeline.students import pretrain as P
+    from mad_pipeline.students import pretrain_eval as E
+
+    s = cfg.settings()
+    t0 = time.perf_counter()
+    with progress_bar("rendering scenes", cfg.pool_size + cfg.eval_size, unit="img", enabled=cfg.progress) as bar:
+        pool = P.make_pool(s.seed, 0, s.pool_size, bar.advance)
+        held_out = P.make_pool(s.seed, s.pool_size, cfg.eval_size, bar.advance) if cfg.eval_size else None
+    t1 = time.perf_counter()
+    with progress_bar("pretraining (MLM + ITM)", s.steps, unit="step", enabled=cfg.progress) as bar:
+        def tick(step: int, info: dict) -> None:
+            bar.advance()
+            bar.info(f"mlm {info['mlm']:.3f}  itm {info['itm']:.3f}")
+
+        model, history = P.train(s, pool, tick)
+    t2 = time.perf_counter()
+    figures: dict[str, Any] = {}
+    if held_out is not None:
+        e = E.EvalSettings(probe_steps=cfg.probe_steps, probe_train=min(cfg.probe_train, s.pool_size))
+        with progress_bar("from-scratch comparison", cfg.probe_steps, unit="step", enabled=cfg.progress) as bar:
+            figures = E.compare(model, s, e, pool, held_out, lambda step, info: bar.advance())
+    t3 = time.perf_counter()
+    last = history[-min(len(history), 50):]
+    final = {k: round(sum(h[k] for h in last) / len(last), 4) for k in last[0]}
+    timing = {"render_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1), "step_s": round((t2 - t1) / s.steps, 3),
+              "eval_s": round(t3 - t2, 1)}
+    meta = {"settings": P.settings_dict(s), "eval": {"held_out_scenes": cfg.eval_size, "probe_steps": cfg.probe_steps,
+                                                     "probe_train": cfg.probe_train},
+            "figures": figures, "final_train": final, "timing": timing,
+            "curve": [{"step": i + 1, **{k: round(v, 4) for k, v in h.items()}}
+                      for i, h in enumerate(history) if (i + 1) % max(1, s.steps // 50) == 0]}
+    P.save(model, weights, meta)
+    return figures, timing
+
+
+__all__ = ["KIND", "StudentPretrainConfig", "StudentPretrainResult", "check", "run", "stage_key"]

@@ -1,0 +1,136 @@
+"""`mad student pretrain`: the student's image-caption stream (no held-out pair), ViLT's objectives, the cached
+stage, bit-identical rebuilds, the shipped weights, and `--init pretrained|scratch` of `mad distill`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import last_json, mad_inproc
+
+from mad_pipeline.shapes import pairs
+from mad_pipeline.shapes.world import HELD_OUT_PAIRS, make_scene
+from mad_pipeline.students import StudentError, build_student, resolve_init
+from mad_pipeline.students import weights as weights_mod
+from mad_pipeline.students.pretrain import FIRST_WORD_ID, mask_tokens, tokenize
+from mad_pipeline.students.vilt import VILT_CONFIGS, _load_tokenizer
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny matrices: one thread is faster, and the bytes depend on the thread count
+TINY = ["--steps", "2", "--batch-size", "4", "--pool-size", "8", "--warmup", "1", "--eval-size", "4",
+        "--probe-steps", "1", "--probe-train", "4"]
+
+
+def _phrases(text: str) -> set[str]:
+    return {p.strip() for part in text.split(", ") for p in part.split(" and ")}
+
+
+def test_student_stream_has_no_held_out_pair_and_negatives_are_false():
+    held = set(HELD_OUT_PAIRS)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for i in range(800):
+        scene = pairs.pool_scene(0, i)
+        assert not scene.pairs() & held, (i, scene.pairs())
+        cap, neg = pairs.caption(scene, rng), pairs.hard_negative(scene, rng)
+        assert not pairs.caption_pairs(cap) & held and not pairs.caption_pairs(neg) & held, (cap, neg)
+        assert pairs.caption_pairs(cap) == scene.pairs()
+        assert _phrases(neg) != _phrases(cap)  # one attribute of one part changed: false for the scene
+        seen |= scene.pairs()
+    assert len(seen) == 20  # every allowed pair is there
+    # the teacher's stream is another one, unchanged: it still has the held-out pairs
+    assert any(make_scene(0, "pretrain", i).pairs() & held for i in range(50))
+    assert make_scene(0, "pretrain", 3) != pairs.pool_scene(0, 3)
+
+
+def test_mlm_masking_is_berts():
+    tok = _load_tokenizer(None)
+    caps = [pairs.caption(pairs.pool_scene(0, i), np.random.default_rng(i)) for i in range(120)]
+    ids, _, maskable = tokenize(tok, caps, 40)
+    masked, chosen = mask_tokens(ids, maskable, 0.15, tok, np.random.default_rng(1))
+    assert not (chosen & ~maskable).any()  # never [CLS], [SEP] or padding
+    assert (chosen.sum(1) >= 1).all()
+    share = chosen.sum() / maskable.sum()
+    assert 0.13 < float(share) < 0.18
+    m = masked[chosen]
+    as_mask = float((m == tok.mask_token_id).float().mean())
+    kept = float((m == ids[chosen]).float().mean())
+    assert 0.75 < as_mask < 0.85 and 0.05 < kept < 0.16
+    assert int(m[m != tok.mask_token_id].min()) >= FIRST_WORD_ID or kept > 0
+    assert (masked[~chosen] == ids[~chosen]).all()
+
+
+def test_pretrain_cli_cached_and_rebuilt_bit_for_bit(tmp_path):
+    out_a = tmp_path / "a"
+    first = last_json(mad_inproc("student", "pretrain", *TINY, "--cache", str(tmp_path / "c1"), "--out", str(out_a),
+                                 "--json", env=ONE_THREAD))
+    assert not first["cached"] and set(first["figures"]) == {"pretrained", "scratch"}
+    for who in ("pretrained", "scratch"):
+        assert {"itm_accuracy", "mlm_accuracy", "mlm_content_accuracy", "probe_colour", "probe_shape",
+                "probe_count"} <= set(first["figures"][who])
+    again = last_json(mad_inproc("student", "pretrain", *TINY, "--cache", str(tmp_path / "c1"), "--json",
+                                 env=ONE_THREAD))
+    assert again["cached"] and again["key"] == first["key"] and again["figures"] == first["figures"]
+    # the same command in another cache rebuilds the same bytes
+    rebuilt = last_json(mad_inproc("student", "pretrain", *TINY, "--cache", str(tmp_path / "c2"), "--json",
+                                   env=ONE_THREAD))
+    assert not rebuilt["cached"] and rebuilt["key"] == first["key"]
+    a = (out_a / "model.safetensors").read_bytes()
+    assert a == (Path(rebuilt["path"]) / "model.safetensors").read_bytes()
+    meta = json.loads((out_a / "training.json").read_text())
+    import hashlib
+
+    assert meta["sha256"] == hashlib.sha256(a).hexdigest() and meta["settings"]["steps"] == 2
+    # another setting is another key
+    from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, stage_key
+
+    base = StudentPretrainConfig(steps=2, batch_size=4, pool_size=8, warmup=1, eval_size=4, probe_steps=1,
+                                 probe_train=4)
+    assert stage_key(base) == first["key"]
+    assert stage_key(StudentPretrainConfig(**{**vars(base), "seed": 1})) != first["key"]
+    assert stage_key(StudentPretrainConfig(**{**vars(base), "out": tmp_path, "progress": False})) == first["key"]
+
+    # the weights are a backbone `--pretrained DIR` loads: the student's backbone = the saved tensors
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out_a / "model.safetensors"))
+    student = build_student("vilt-tiny", "vqa", 5, resolve_init("vilt-tiny", "scratch", str(out_a)))
+    got = student.backbone.state_dict()
+    w = "embeddings.text_embeddings.word_embeddings.weight"
+    assert got[w].dtype == torch.float32 and torch.equal(got[w], saved["vilt." + w].float())
+    assert torch.equal(got["pooler.dense.weight"], saved["vilt.pooler.dense.weight"].float())
+
+
+def test_init_resolution_and_errors(tmp_path, monkeypatch):
+    assert resolve_init("vilt-tiny", "scratch") is None
+    assert resolve_init("vilt-b32", "pretrained") == "dandelin/vilt-b32-mlm"
+    assert resolve_init("vilt-b32", "pretrained", "/x") == "/x"  # --pretrained wins
+    with pytest.raises(StudentError, match="--init 'bogus'"):
+        resolve_init("vilt-tiny", "bogus")
+    monkeypatch.setitem(weights_mod.PRESET_WEIGHTS, "vilt-tiny", tmp_path / "missing")
+    with pytest.raises(StudentError, match="mad student pretrain"):
+        resolve_init("vilt-tiny", "pretrained")
+    proc = mad_inproc("distill", "--task", "vqa", "--data-root", str(tmp_path), "--out", str(tmp_path / "r"),
+                      "--init", "bogus", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --init 'bogus': expected one of pretrained, scratch"]
+    proc = mad_inproc("student", "pretrain", "--negative-fraction", "1.5", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --negative-fraction 1.5: a share between 0 and 1"
+
+
+SHIPPED = weights_mod.PRESET_WEIGHTS["vilt-tiny"]
+
+
+@pytest.mark.skipif(not (Path(SHIPPED) / "model.safetensors").exists(), reason="shapes-vilt-tiny not shipped yet")
+def test_shipped_student_matches_its_record_and_loads():
+    import hashlib
+
+    d = Path(SHIPPED)
+    meta = json.loads((d / "training.json").read_text())
+    assert hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest() == meta["sha256"]
+    cfg = json.loads((d / "config.json").read_text())
+    assert {k: cfg[k] for k in VILT_CONFIGS["vilt-tiny"]} == VILT_CONFIGS["vilt-tiny"]
+    student = build_student("vilt-tiny", "vqa", 7, resolve_init("vilt-tiny", "pretrained"))
+    assert student.hidden_size == 128 and next(student.parameters()).dtype == torch.float32
