@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import EXAMPLES, last_json, mad, v1_copy
+from conftest import EXAMPLES, last_json, mad, mad_inproc, v1_copy
 
 from mad_pipeline.errors import StoreError
 from mad_pipeline.store.layout import image_arrays
@@ -34,13 +34,14 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "store-format.md"
 
 @pytest.fixture(scope="module")
 def extracted(tiny_clip, tmp_path_factory) -> dict:
-    """A real `mad extract` of the example (image, text, index stores; 2 rows per shard: 3 shard files per array)."""
+    """`mad extract` of the example, in this process (image, text, index stores; 2 rows per shard: 3 shard files
+    per array)."""
     cfg_file, weights = tiny_clip
     cache = tmp_path_factory.mktemp("integrity-cache")
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache), "MAD_SHARED_CACHE": "", "MAD_PULL": ""}
     args = ["extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest",
             str(EXAMPLES / "manifest.jsonl"), "--data-root", str(EXAMPLES), "--shard-rows", "2", "--json"]
-    res = last_json(mad(*args, env=env))
+    res = last_json(mad_inproc(*args, env=env))
     return {"cache": cache, "env": env, "args": args, "result": res,
             "paths": {k: Path(s["path"]) for k, s in res["stores"].items()}}
 
@@ -132,7 +133,7 @@ def test_missing_chunk_file_is_corruption_everywhere(extracted, tmp_path):
     assert str(gone) in proc.stderr
     rep = verify_store(str(store))
     assert [(p.array, p.chunk, p.file) for p in rep.problems] == [("tokens", "c/1/0/0", str(gone))]
-    proc = mad("store", "verify", "-q", str(store), env={"COLUMNS": "250"}, check=False)
+    proc = mad_inproc("store", "verify", "-q", str(store), env={"COLUMNS": "250"}, check=False)
     assert proc.returncode == 1 and "missing chunk file" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -203,7 +204,7 @@ def test_corrupt_local_store_is_quarantined_and_rebuilt(extracted, tmp_path):
     shutil.copytree(extracted["cache"], cache, ignore=shutil.ignore_patterns("locks"))
     path = cache / extracted["paths"]["image"].relative_to(extracted["cache"])
     (path / "pooled" / "c" / "0" / "0").unlink()
-    proc = mad(*extracted["args"], env={**extracted["env"], "MAD_CACHE": str(cache)})
+    proc = mad_inproc(*extracted["args"], env={**extracted["env"], "MAD_CACHE": str(cache)})
     res = last_json(proc)
     image = res["stores"]["image"]
     assert not image["cached"] and image["rows_computed"] == 6, image
@@ -245,11 +246,11 @@ def test_absurd_shapes_are_problems_not_crashes(extracted, tmp_path, case, messa
         _edit_array_meta(store, "tokens", shape=[6, -17, 64])
     with pytest.raises(StoreError, match=message):
         open_store(store)
-    proc = mad("store", "verify", "--json", str(store), check=False)
+    proc = mad_inproc("store", "verify", "--json", str(store), check=False)
     assert proc.returncode == 1 and not proc.stderr.strip(), proc.stderr
     rep = json.loads(proc.stdout)
     assert any(p["array"] == "tokens" and message in p["message"] for p in rep["problems"]), rep["problems"]
-    proc = mad("store", "info", str(store), check=False)
+    proc = mad_inproc("store", "info", str(store), check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
 
 

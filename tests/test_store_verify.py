@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import EXAMPLES, last_json, mad
+from conftest import EXAMPLES, last_json, mad, mad_inproc
 
 from mad_pipeline.store.verify import verify_store
 
@@ -20,9 +20,9 @@ def stores(tiny_clip, tmp_path_factory) -> dict[str, Path]:
     """The example's image, text and index stores, 2 rows per shard (several shard files per array)."""
     cfg_file, weights = tiny_clip
     cache = tmp_path_factory.mktemp("verify-cache")
-    res = last_json(mad("extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest",
-                        str(EXAMPLES / "manifest.jsonl"), "--data-root", str(EXAMPLES), "--shard-rows", "2", "--json",
-                        env={"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache)}))
+    res = last_json(mad_inproc("extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest",
+                               str(EXAMPLES / "manifest.jsonl"), "--data-root", str(EXAMPLES), "--shard-rows", "2",
+                               "--json", env={"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache)}))
     return {k: Path(s["path"]) for k, s in res["stores"].items()}
 
 
@@ -45,7 +45,7 @@ def test_clean_stores_pass(stores):
     for kind in ("text", "index"):
         r = verify_store(str(stores[kind]))
         assert r.ok, [p.describe() for p in r.problems]
-    out = mad("store", "verify", "-q", str(stores["text"])).stdout
+    out = mad_inproc("store", "verify", "-q", str(stores["text"])).stdout
     assert out.startswith("OK ") and "text store" in out
 
 
@@ -121,7 +121,7 @@ def test_manifest_is_checked_against_the_arrays(stores, tmp_path):
 
 
 def test_not_a_store_is_a_one_line_error(tmp_path):
-    proc = mad("store", "verify", str(tmp_path), check=False)
+    proc = mad_inproc("store", "verify", str(tmp_path), check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: not a zarr store (no zarr.json)"
 
 

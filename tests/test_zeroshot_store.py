@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from conftest import last_json, mad
+from conftest import last_json, mad_inproc
 
 from mad_pipeline.data import load_dataset
 from mad_pipeline.data.splits import subsample
@@ -26,9 +26,9 @@ def test_zeroshot_stores_share_one_image_store(tiny_clip, shapes_root, tmp_path)
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache")}
     res = {}
     for ds, split in (("vqa", "val"), ("snli-ve", "dev"), ("vcr", "val")):
-        res[ds] = last_json(mad("extract", "--teacher", "tiny-clip", "--weights", str(weights), "--dataset", ds,
-                                "--split", split, "--data-root", str(shapes_root / ds), "--task", ds, "--json",
-                                env=env))
+        res[ds] = last_json(mad_inproc("extract", "--teacher", "tiny-clip", "--weights", str(weights), "--dataset",
+                                       ds, "--split", split, "--data-root", str(shapes_root / ds), "--task", ds,
+                                       "--json", env=env))
         assert set(res[ds]["stores"]) == {"image", "text", "index", "zeroshot"}
     image_keys = {r["stores"]["image"]["key"] for r in res.values()}
     assert len(image_keys) == 1  # the same image bytes under three official layouts: one image store
@@ -47,16 +47,17 @@ def test_zeroshot_stores_share_one_image_store(tiny_clip, shapes_root, tmp_path)
     q = shapes_root / "vqa" / "v2_OpenEnded_mscoco_val2014_questions.json"
     a = shapes_root / "vqa" / "v2_mscoco_val2014_annotations.json"
     out = tmp_path / "zs.json"
-    score = last_json(mad("score", "--task", "vqa", "--zeroshot", res["vqa"]["stores"]["zeroshot"]["path"],
-                          "--questions", str(q), "--annotations", str(a), "--write-predictions", str(out), "--json",
-                          env=env))
+    score = last_json(mad_inproc("score", "--task", "vqa", "--zeroshot", res["vqa"]["stores"]["zeroshot"]["path"],
+                                 "--questions", str(q), "--annotations", str(a), "--write-predictions", str(out),
+                                 "--json", env=env))
     assert score["n"] == n and 0 <= score["overall"] <= 100 and out.exists()
     # the written predictions are the official results format and score the same through --predictions
-    again = last_json(mad("score", "--task", "vqa", "--predictions", str(out), "--questions", str(q),
-                          "--annotations", str(a), "--json", env=env))
+    again = last_json(mad_inproc("score", "--task", "vqa", "--predictions", str(out), "--questions", str(q),
+                                 "--annotations", str(a), "--json", env=env))
     assert again["overall"] == score["overall"]
-    vcr_score = last_json(mad("score", "--task", "vcr", "--zeroshot", res["vcr"]["stores"]["zeroshot"]["path"],
-                              "--annotations", str(shapes_root / "vcr" / "val.jsonl"), "--json", env=env))
+    vcr_score = last_json(mad_inproc("score", "--task", "vcr", "--zeroshot",
+                                     res["vcr"]["stores"]["zeroshot"]["path"],
+                                     "--annotations", str(shapes_root / "vcr" / "val.jsonl"), "--json", env=env))
     assert {"q2a", "qa2r", "q2ar"} <= set(vcr_score)
 
 
@@ -79,9 +80,9 @@ def test_train_fraction_through_extract(tiny_clip, shapes_root, tmp_path):
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache")}
     args = ["extract", "--teacher", "tiny-clip", "--weights", str(weights), "--dataset", "vqa", "--split", "train",
             "--data-root", str(shapes_root / "vqa"), "--train-fraction", "0.1", "--json"]
-    r1 = last_json(mad(*args, "--seed", "3", env=env))
-    r2 = last_json(mad(*args, "--seed", "3", env=env))
-    r3 = last_json(mad(*args, "--seed", "4", env=env))
+    r1 = last_json(mad_inproc(*args, "--seed", "3", env=env))
+    r2 = last_json(mad_inproc(*args, "--seed", "3", env=env))
+    r3 = last_json(mad_inproc(*args, "--seed", "4", env=env))
     assert r1["stores"]["index"]["key"] == r2["stores"]["index"]["key"] and r2["stores"]["index"]["cached"]
     assert r1["stores"]["index"]["key"] != r3["stores"]["index"]["key"]
     a = set(zarr.open_group(r1["stores"]["index"]["path"], mode="r")["sample_id"][:])
