@@ -124,7 +124,8 @@ def _gather(rows_ds, dim: str, rows: np.ndarray, out_dims: tuple[str, ...], pref
     found = rows >= 0
     idx = xr.DataArray(np.where(found, rows, 0), dims=out_dims)
     mask = xr.DataArray(found, dims=out_dims)
-    picked = rows_ds.drop_vars(list(rows_ds.coords)).isel({dim: idx})
+    constants = [n for n, v in rows_ds.data_vars.items() if dim not in v.dims]  # visual_proj: not per row
+    picked = rows_ds.drop_vars(list(rows_ds.coords) + constants).isel({dim: idx})
     picked = picked.rename_dims({d: f"{prefix}_{d}" for d in picked.dims if d not in out_dims})
     out = {f"{prefix}_found": mask}
     for name, var in picked.data_vars.items():

@@ -131,11 +131,11 @@ def stores(tmp_path_factory):
     res = mad.extract(teacher="shapes-clip", manifest=str(root / "manifest.jsonl"), data_root=str(root),
                       cache=str(cache), num_workers=0, progress=False, log=lambda m: None)
     return {"root": root, "cache": cache, "image": Path(res.stores["image"].path),
-            "text": Path(res.stores["text"].path), "rows": rows}
+            "text": Path(res.stores["text"].path), "index": Path(res.stores["index"].path), "rows": rows}
 
 
 def test_extraction_writes_the_visual_projection(stores):
-    from mad_pipeline.features import open_features
+    from mad_pipeline.features import features_for, open_features
     from mad_pipeline.store.reader import open_store
     from mad_pipeline.store.verify import verify_store
 
@@ -149,6 +149,8 @@ def test_extraction_writes_the_visual_projection(stores):
     np.testing.assert_allclose(cls @ proj, st["pooled"][:].astype(np.float32), atol=1e-2)
     assert verify_store(str(stores["image"])).problems == []
     assert open_features(str(stores["image"])).visual_proj.dims == ("channel", "embed")
+    feats = features_for(["q0", "q2"], index=str(stores["index"]), image=str(stores["image"]))
+    assert "image_visual_proj" not in feats and feats.image_pooled.shape == (2, geo["embed_dim"])  # not per sample
 
 
 def _teacher_batch(stores, ids):
