@@ -28,6 +28,8 @@ Examples:
   mad extract --teacher clip-vit-l --manifest data.jsonl --data-root DIR --workers 8
 
   mad extract --teacher clip-vit-l --manifest data.jsonl --data-root DIR --scheduler tcp://head:8786
+
+  mad extract --teacher clip-vit-l --manifest data.jsonl --data-root DIR --storage int8 --keep-tokens 64
 """
 
 
@@ -65,6 +67,13 @@ def extract_cmd(
                                 "GPU on a GPU machine); one task per shard (not in the key)."),
     scheduler: str = typer.Option(None, "--scheduler", help="Use an existing dask cluster: its scheduler address, "
                                   "e.g. tcp://head:8786 (not in the key)."),
+    storage: str = typer.Option("fp16", "--storage", help="Image tokens as fp16, int8 (one scale per token, read "
+                                "back as float16) or bitround:N (N of float16's 10 mantissa bits kept, then zstd). "
+                                "In the image store's key unless fp16."),
+    keep_tokens: int = typer.Option(None, "--keep-tokens", help="Store only each image's CLS + K best patches (and "
+                                    "their grid positions); training then selects among them. In the key."),
+    keep_policy: str = typer.Option("teacher-saliency", "--keep-policy", help="The selection policy that ranks the "
+                                    "patches for --keep-tokens (a teacher-side one, e.g. teacher-saliency)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
@@ -74,7 +83,7 @@ def extract_cmd(
         precision=precision, batch_size=batch_size, num_workers=num_workers, on_error=on_error,
         max_text_length=max_text_length, shard_rows=shard_rows, task=task, zs_prompt=zs_prompt,
         zs_template=zs_template, train_fraction=train_fraction, seed=seed, progress=not (quiet or as_json),
-        workers=workers, scheduler=scheduler,
+        workers=workers, scheduler=scheduler, storage=storage, keep_tokens=keep_tokens, keep_policy=keep_policy,
     )
     err = Console(stderr=True)
     result = stage.run(cfg, log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))

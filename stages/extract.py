@@ -7,6 +7,10 @@ Three stores come out, each cached by its own content key:
 and, with --task, a zero-shot store (the teacher's logits for each sample's candidate texts).
 A second text teacher therefore reuses the image store untouched, and reordering a manifest changes nothing.
 
+``storage`` / ``keep_tokens`` / ``keep_policy`` choose how the image store holds its tokens (int8, bitround:N,
+only the top-K tokens per image; :mod:`mad_pipeline.store.storage`): recorded in its manifest and key, read back as
+float values. The default (fp16, every token) leaves the key and the bytes as they always were.
+
 With ``workers`` (a local dask cluster of that many worker processes, one per GPU on a GPU machine) or ``scheduler``
 (an existing dask cluster), the image and text stores are computed one shard per task on the cluster's workers
 (:mod:`mad_pipeline.extraction.distributed`); the stores, keys and manifests are the same.
@@ -30,6 +34,7 @@ from mad_pipeline.extraction.device import parse_count
 from mad_pipeline.extraction.inputs import hash_inputs
 from mad_pipeline.extraction.stores import BuildContext
 from mad_pipeline.progress import make_progress
+from mad_pipeline.store.storage import Storage
 from mad_pipeline.tasks import get_task
 from mad_pipeline.tasks.vqa import DEFAULT_MIN_COUNT
 from mad_pipeline.teachers.identity import LazyTeacher
@@ -64,6 +69,9 @@ class ExtractConfig:
     progress: bool = True
     workers: int | None = None  # a local dask cluster of this many worker processes (not in any key)
     scheduler: str | None = None  # an existing dask cluster's scheduler address (not in any key)
+    storage: str = "fp16"  # image tokens: fp16 | int8 | bitround:N (in the image store's key unless fp16)
+    keep_tokens: int | None = None  # store only each image's CLS + top-K patches (in the key when set)
+    keep_policy: str = "teacher-saliency"  # the selection policy that ranks them
 
 
 @dataclass
@@ -86,6 +94,7 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
     t0 = time.perf_counter()
     if cfg.on_error not in ON_ERROR:
         raise InputError(f"--on-error {cfg.on_error!r}: expected one of {', '.join(ON_ERROR)}")
+    storage = Storage.parse(cfg.storage, cfg.keep_tokens, cfg.keep_policy)
     batch_size = parse_count(cfg.batch_size, "--batch-size")
     num_workers = parse_count(cfg.num_workers, "--num-workers")
     pool = None
@@ -113,7 +122,7 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
     stores: dict[str, StoreResult] = {}
     with make_progress(cfg.progress) as progress, pool or contextlib.nullcontext():
         ctx = BuildContext(cache, batch_size, num_workers, cfg.on_error, cfg.shard_rows, progress, log,
-                           pool)
+                           pool, storage)
         inputs = hash_inputs(ds, progress if has_image else None)
         skipped = [s.as_dict() for s in ds.skipped]
         where = ds.image_source().where  # a file under the data root, or shard.tar:member, file.parquet:row N

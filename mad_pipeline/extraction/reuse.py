@@ -6,7 +6,9 @@ same kind whose manifest records the same teacher identity, in the local cache a
 listed (a directory, ``s3://``; an ``http(s)://`` cache has no listing and is not searched) -- and copies the rows
 they have, shard by shard in store order; the teacher runs only on the rest. Image rows that failed to decode in a
 donor (``valid`` false) are not copied: they are decoded again, so the new run fails or records them itself.
-The new store is self-contained: rows are copied into it, never linked.
+The new store is self-contained: rows are copied into it, never linked. A store with a storage option (int8,
+bitround, kept tokens; see :mod:`mad_pipeline.store.storage`) holds approximations, so it is never a donor; it takes
+its rows from fp16 donors like any other store (its writer then encodes them as the teacher's own would be).
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ def _candidates(cache: Cache, kind: str, want: str, log: Callable[[str], None]) 
         if rel_key is None or rel_key in seen or not man:
             return
         if man.get("kind") != kind or man.get("format_version") != FORMAT_VERSION or man.get("cache_key") != rel_key:
+            return
+        if man.get("storage"):  # int8 / bitround / kept tokens: not the teacher's exact rows, never a donor
             return
         teacher = man.get("teacher")
         if isinstance(teacher, dict) and identity_digest(teacher) == want:

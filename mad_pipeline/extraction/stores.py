@@ -23,6 +23,7 @@ from ..cache import Cache, make_key
 from ..hashing import content_key, hash_of_set
 from ..store.layout import image_arrays, index_arrays, text_arrays
 from ..store.reader import open_store
+from ..store.storage import Storage
 from . import distributed as remote
 from .build import StoreResult, get_or_build
 from .device import plain_batch_size
@@ -45,6 +46,7 @@ class BuildContext:
     progress: object = None
     log: Callable[[str], None] = print
     pool: object = None  # a cluster.Pool: compute on dask workers (None: in this process)
+    storage: Storage = Storage()  # how the image store holds its tokens (the default: fp16, every token)
 
 
 def dataset_identity(ds) -> dict:
@@ -90,16 +92,17 @@ class _Reuse:
 
 
 def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreResult:
-    """Rows = unique images sorted by content hash; key = image-teacher identity + the set of image hashes."""
+    """Rows = unique images sorted by content hash; key = image-teacher identity + the set of image hashes (+ the
+    storage, when it is not the default fp16 with every token: a default store's key is what it always was)."""
     hashes, rels = inputs.unique_images()
     paths = list(map(ds.image_source().where, rels))  # file paths, or tar members / parquet cells
     ident = teacher.identity("image")
-    key = make_key("image", teacher=ident, inputs=hash_of_set(hashes))
+    key = make_key("image", teacher=ident, inputs=hash_of_set(hashes), **ctx.storage.key_parts())
     reuse = _Reuse(ctx, "image", key, ident, hashes)
 
     def specs():
         g = reuse.geometry(teacher, _image_geometry)
-        return image_arrays(g["num_tokens"], g["width"], g["embed_dim"])
+        return image_arrays(g["num_tokens"], g["width"], g["embed_dim"], ctx.storage)
 
     def fill(writer):
         write_visual_proj(writer, teacher)  # the joint-space projection (read from the weight file)
@@ -115,7 +118,7 @@ def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreR
         return {"teacher": {"name": teacher.name, "tower": "image", **ident},
                 "geometry": reuse.geometry(teacher, _image_geometry),
                 "dataset": dataset_identity(ds), "inputs_sha256": hash_of_set(hashes), **reuse.manifest(writer),
-                **constants_manifest(writer)}
+                **constants_manifest(writer), **({} if ctx.storage.default else {"storage": ctx.storage.record()})}
 
     return get_or_build(ctx.cache, "image", key, len(hashes), specs, fill, manifest, shard_rows=ctx.shard_rows,
                         log=ctx.log)

@@ -29,6 +29,7 @@ from zarr.storage import WrapperStore
 
 from ..errors import StoreError
 from .location import chunk_counts, chunk_keys
+from .storage import Storage
 
 MAX_CHUNK_FILES = 10_000_000  # chunk (shard) files of one array; more is not a store this writer made
 MAX_CHUNK_BYTES = 1 << 31  # decoded bytes of one (inner) chunk: the most a read decodes at once
@@ -132,7 +133,10 @@ def manifest_problems(man: dict, arrays: dict[str, dict]) -> list[Problem]:
     geo = man.get("geometry") if isinstance(man.get("geometry"), dict) else {}
     want = {}
     if man.get("kind") == "image" and geo:
-        want = {"tokens": (geo.get("num_tokens"), geo.get("width")), "pooled": (geo.get("embed_dim"),)}
+        n = geo.get("num_tokens")
+        if isinstance(n, int):  # a keep-tokens store holds CLS + the kept patches of each image
+            n = Storage.from_manifest(man).stored_tokens(n)
+        want = {"tokens": (n, geo.get("width")), "pooled": (geo.get("embed_dim"),)}
     elif man.get("kind") == "text" and geo:
         want = {"tokens": (geo.get("max_length"), geo.get("width")), "pooled": (geo.get("embed_dim"),),
                 "char_span": (geo.get("max_length"), 2)}

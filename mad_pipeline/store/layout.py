@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .storage import TOKEN_INDEX, TOKEN_SCALE, Storage
+
 FORMAT_VERSION = 2  # in every cache key (mad_pipeline.cache.make_key) and every manifest; bump both by bumping this
 READABLE_VERSIONS = (1, 2)  # versions the reader and `mad store verify` accept
 HASH_DTYPE = "<U64"  # a sha256 hex digest; "" where there is none
@@ -37,6 +39,8 @@ class ArraySpec:
     dims: tuple[str, ...]  # dimension names, leading "row" name first
     fill: object = 0
     big: bool = False  # chunked by bytes (token arrays); small arrays use one chunk per shard
+    storage: Storage | None = None  # a token array stored otherwise than as it is written and read (storage.py)
+    keepbits: int = 0  # a stored array written through numcodecs' BitRound filter (mantissa bits kept)
     row_chunks: bool = False  # read one row at a time, at random (text store): one row per chunk, inside shards
 
     def row_bytes(self) -> int:
@@ -44,10 +48,13 @@ class ArraySpec:
         return itemsize * int(np.prod(self.row_shape, dtype=np.int64))
 
 
-def image_arrays(num_tokens: int, width: int, embed_dim: int) -> list[ArraySpec]:
+def image_arrays(num_tokens: int, width: int, embed_dim: int, storage: Storage | None = None) -> list[ArraySpec]:
+    """The arrays an image store is written with and read as; ``storage`` (non-default) changes what is stored of
+    ``tokens`` (see :func:`stored_arrays`)."""
+    storage = None if storage is None or storage.default else storage
     return [
         ArraySpec("image_hash", (), HASH_DTYPE, ("image",), fill=""),
-        ArraySpec("tokens", (num_tokens, width), "float16", ("image", "token", "channel"), big=True),
+        ArraySpec("tokens", (num_tokens, width), "float16", ("image", "token", "channel"), big=True, storage=storage),
         ArraySpec("pooled", (embed_dim,), "float16", ("image", "embed")),
         ArraySpec("crop_box", (4,), "float32", ("image", "box")),
         ArraySpec("valid", (), "bool", ("image",), fill=False),
@@ -63,6 +70,26 @@ def text_arrays(max_length: int, width: int, embed_dim: int) -> list[ArraySpec]:
         ArraySpec("pooled", (embed_dim,), "float16", ("text", "embed"), row_chunks=True),
         ArraySpec("char_span", (max_length, 2), "int32", ("text", "token", "span"), fill=-1, row_chunks=True),
     ]
+
+
+def stored_arrays(specs: list[ArraySpec]) -> list[ArraySpec]:
+    """The arrays on disk: a token array with a non-default storage becomes ``tokens`` (int8 or float16, ``1 + K``
+    token rows when only K patches are kept), plus ``tokens_scale`` (int8) and ``token_index`` (kept tokens), chunked
+    like ``tokens``. Every other array is stored as written."""
+    out: list[ArraySpec] = []
+    for s in specs:
+        st = s.storage
+        if st is None or st.default:
+            out.append(s)
+            continue
+        n, width = st.stored_tokens(s.row_shape[0]), s.row_shape[1]
+        out.append(ArraySpec(s.name, (n, width), "int8" if st.dtype == "int8" else "float16", s.dims, big=True,
+                             keepbits=st.keepbits))
+        if st.dtype == "int8":
+            out.append(ArraySpec(TOKEN_SCALE, (n,), "float32", s.dims[:2], big=True))
+        if st.keep_tokens:
+            out.append(ArraySpec(TOKEN_INDEX, (n,), "int16", s.dims[:2], big=True))
+    return out
 
 
 def rows_per_chunk(specs: list[ArraySpec], target: int = CHUNK_TARGET_BYTES) -> int:
@@ -86,6 +113,16 @@ def codecs_for(spec: ArraySpec):
     if spec.dtype == "str" or np.dtype(spec.dtype).kind == "U":
         return [zc.ZstdCodec(level=3), zc.Crc32cCodec()]
     return [zc.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), zc.Crc32cCodec()]
+
+
+def filters_for(spec: ArraySpec) -> dict:
+    """``create_array``'s ``filters`` for a stored array: BitRound before compression, else nothing (the keyword
+    left out, so the arrays of a default store are created exactly as they always were)."""
+    if not spec.keepbits:
+        return {}
+    from zarr.codecs.numcodecs import BitRound
+
+    return {"filters": [BitRound(keepbits=spec.keepbits)]}
 
 
 def index_arrays(max_texts: int) -> list[ArraySpec]:

@@ -4,6 +4,11 @@ Opening checks what can be checked without reading chunks (see :mod:`.integrity`
 against the manifest, and, for a local store, that every recorded chunk file is there with the recorded bytes. Reads
 then fail with one clear :class:`~mad_pipeline.errors.StoreError` naming the chunk file when a chunk is missing (a
 file deleted while in use, an HTTP 404) or cannot be decoded (a checksum mismatch), instead of reading fill values.
+
+A store written with a storage option (the manifest's ``storage``, see :mod:`.storage`) reads as float values all the
+same: ``store["tokens"]`` of an int8 store is dequantised on read (``tokens_scale`` is not listed among its arrays);
+bitround tokens are plain float16; a keep-tokens store's ``tokens`` holds the kept tokens, ``token_index`` where they
+sit (``storage`` tells).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from ..errors import StoreError
 from .integrity import StoreArray, StrictStore, corrupt, store_problems
 from .layout import hash_column
 from .location import Location, is_complete
+from .storage import TOKEN_SCALE, DequantizedTokens, Storage
 
 
 class FeatureStore:
@@ -48,13 +54,19 @@ class FeatureStore:
         except Exception as e:  # noqa: BLE001
             raise StoreError(f"{self.path}: cannot open ({e})") from None
         self.kind: str = self.manifest.get("kind", "?")
+        self.storage = Storage.from_manifest(self.manifest)  # Storage() (fp16, every token) unless recorded
         self._hashes: np.ndarray | None = None
 
     def __getitem__(self, name: str) -> StoreArray:
-        return StoreArray(self.group[name], self.path, name)
+        arr = StoreArray(self.group[name], self.path, name)
+        if name == "tokens" and self.storage.dtype == "int8":  # read as float16: q * scale
+            return DequantizedTokens(arr, StoreArray(self.group[TOKEN_SCALE], self.path, TOKEN_SCALE))
+        return arr
 
     def array_names(self) -> list[str]:
-        return sorted(name for name, _ in self.group.arrays())
+        """The arrays a reader sees (an int8 store's ``tokens_scale`` is folded into its ``tokens``)."""
+        hidden = {TOKEN_SCALE} if self.storage.dtype == "int8" else set()
+        return sorted(name for name, _ in self.group.arrays() if name not in hidden)
 
     @property
     def n_rows(self) -> int:

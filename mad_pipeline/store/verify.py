@@ -35,8 +35,17 @@ import numpy as np
 
 from ..errors import StoreError
 from .integrity import Problem, manifest_problems, n_chunk_files, shape_problems
-from .layout import HASH_DTYPE, READABLE_VERSIONS, image_arrays, index_arrays, text_arrays, zarr_data_type
+from .layout import (
+    HASH_DTYPE,
+    READABLE_VERSIONS,
+    image_arrays,
+    index_arrays,
+    stored_arrays,
+    text_arrays,
+    zarr_data_type,
+)
 from .location import Location, chunk_counts, chunk_keys, key_of_store_name
+from .storage import Storage
 
 EMPTY = 2**64 - 1  # sharding index entry of a chunk that was never written
 __all__ = ["EXPECTED", "ZEROSHOT_ARRAYS", "Problem", "VerifyReport", "verify_store"]
@@ -60,8 +69,10 @@ HASH_COLUMNS = ("image_hash", "text_hash")  # format v1 stored them as variable-
 SORTED_COLUMN = {"image": "image_hash", "text": "text_hash"}
 
 
-def expected_arrays(kind, version) -> dict[str, tuple]:
+def expected_arrays(kind, version, storage: Storage | None = None) -> dict[str, tuple]:
     table = EXPECTED.get(kind, {})
+    if kind == "image" and storage is not None and not storage.default:  # int8, bitround, kept tokens (storage.py)
+        table = {**table, **_table(stored_arrays(image_arrays(1, 1, 1, storage)))}
     if version == 1:
         table = {n: ("string" if n in HASH_COLUMNS else t, nd) for n, (t, nd) in table.items()}
     return table
@@ -347,7 +358,7 @@ def _check_manifest(loc: Location, man: dict, arrays: dict[str, dict], columns: 
     kind = man.get("kind")
     if kind not in EXPECTED:
         bad(f"unknown kind {kind!r} (expected one of {', '.join(EXPECTED)})")
-    for name, (dtype, ndim) in expected_arrays(kind, version).items():
+    for name, (dtype, ndim) in expected_arrays(kind, version, Storage.from_manifest(man)).items():
         m = arrays.get(name)
         if m is None:
             if name not in skip:

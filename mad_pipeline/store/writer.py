@@ -29,8 +29,9 @@ from zarr.errors import UnstableSpecificationWarning
 
 from .. import testhooks
 from .integrity import chunk_record
-from .layout import FORMAT_VERSION, ArraySpec, codecs_for, rows_per_chunk, rows_per_shard
+from .layout import FORMAT_VERSION, ArraySpec, codecs_for, filters_for, rows_per_chunk, rows_per_shard, stored_arrays
 from .location import is_complete
+from .storage import encode_tokens
 
 PROGRESS_DIR = "_mad_progress"
 LAYOUT_FILE = "_mad_progress/layout.json"
@@ -62,17 +63,18 @@ class StoreWriter:
         self.path = Path(path)
         self.kind = kind
         self.n_rows = n_rows
-        self.specs = {s.name: s for s in specs}
+        self.specs = {s.name: s for s in specs}  # what write_shard takes
+        self.stored = {s.name: s for s in stored_arrays(specs)}  # what is on disk (a non-default token storage)
         self.key = key
-        chunk_rows = rows_per_chunk(specs)
+        chunk_rows = rows_per_chunk(list(self.stored.values()))
         if shard_rows:  # an explicit shard size wins; chunks shrink to fit inside it
             chunk_rows = min(chunk_rows, shard_rows)
             shard_rows = (shard_rows // chunk_rows) * chunk_rows
         else:
-            shard_rows = rows_per_shard(specs, n_rows, chunk_rows)
+            shard_rows = rows_per_shard(list(self.stored.values()), n_rows, chunk_rows)
         layout = {"format_version": FORMAT_VERSION, "kind": kind, "key": key, "n_rows": n_rows,
                   "chunk_rows": chunk_rows, "shard_rows": shard_rows,
-                  "arrays": {s.name: [list(s.row_shape), s.dtype] for s in specs}}
+                  "arrays": {s.name: [list(s.row_shape), s.dtype] for s in self.stored.values()}}
         existing = self._read_layout()
         if existing is not None and existing["key"] == key and existing["arrays"] == layout["arrays"] \
                 and existing["n_rows"] == n_rows:
@@ -107,16 +109,17 @@ class StoreWriter:
         _before_write(self.path / "zarr.json")
         group = zarr.open_group(str(self.path), mode="w")
         n = max(self.n_rows, 0)
-        for s in self.specs.values():
+        for s in self.stored.values():
             _before_write(self.path / s.name / "zarr.json")
             chunk_rows = 1 if s.row_chunks else layout["chunk_rows"] if s.big else layout["shard_rows"]
             shards = (layout["shard_rows"], *s.row_shape) if s.big or s.row_chunks else None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UnstableSpecificationWarning)  # fixed-width hash strings
+                warnings.filterwarnings("ignore", message="Numcodecs codecs are not in")  # bitround, on purpose
                 group.create_array(
                     s.name, shape=(n, *s.row_shape), chunks=(chunk_rows, *s.row_shape), shards=shards,
                     dtype=str if s.dtype == "str" else s.dtype, compressors=codecs_for(s), fill_value=s.fill,
-                    dimension_names=list(s.dims),
+                    dimension_names=list(s.dims), **filters_for(s),
                 )
         (self.path / PROGRESS_DIR).mkdir(exist_ok=True)
         _atomic_write(self.path / LAYOUT_FILE, json.dumps(layout))
@@ -133,10 +136,14 @@ class StoreWriter:
         missing = set(self.specs) - set(data)
         if missing:
             raise ValueError(f"shard {i}: missing arrays {sorted(missing)}")
+        stored: dict[str, np.ndarray] = {}
         for name, values in data.items():
             values = np.asarray(values)
             if values.shape[0] != hi - lo:
                 raise ValueError(f"shard {i}: {name} has {values.shape[0]} rows, expected {hi - lo}")
+            st = self.specs[name].storage if name in self.specs else None
+            stored.update(encode_tokens(values, st) if st is not None else {name: values})
+        for name, values in stored.items():
             _before_write(self.path / name)
             self._array(name)[lo:hi] = values
         _atomic_write(self._marker(i), "")

@@ -16,6 +16,7 @@ from ..errors import InputError
 from ..losses import DistillTargets, TargetBuilder, TeacherBatch, patch_centers
 from ..students.base import TextInput
 from ..tasks import Task
+from . import kept
 from .batch import Batch, Item, OnlineInputs
 
 
@@ -78,7 +79,7 @@ class Collate:
             if self.targets is None or batch.online is not None:  # zero-shot logits only
                 batch.targets = DistillTargets(zs_logits=teacher.zs_logits, zs_mask=teacher.zs_mask)
             else:
-                batch.targets = self._targets(teacher, batch, [it.image_key for it in items])
+                batch.targets = self._targets(teacher, batch, [it.image_key for it in items], kept.token_index(items))
         return batch
 
     def teacher_batch(self, items: list[Item]) -> TeacherBatch:
@@ -92,14 +93,21 @@ class Collate:
                 parts[name] = torch.from_numpy(_stack([it.teacher[name] for it in items], dtype))
         if "image_tokens" in parts:
             parts.update(image_grid=self.teacher_grid, image_valid=torch.ones(len(items), dtype=torch.bool))
+            index = kept.token_index(items)  # a keep-tokens store: the kept tokens back at their grid positions
+            if index is not None and parts["image_tokens"].shape[1]:
+                parts["image_tokens"] = kept.expand(parts["image_tokens"], index, self.teacher_grid)
         return TeacherBatch(**parts)
 
-    def _targets(self, teacher: TeacherBatch, batch: Batch, image_keys: list[int]) -> DistillTargets:
+    def _targets(self, teacher: TeacherBatch, batch: Batch, image_keys: list[int],
+                 kept_index: torch.Tensor | None = None) -> DistillTargets:
         centers = patch_centers(batch.crop_boxes, self.student_grid) if self.student_grid else None
         spans = batch.text.char_spans
         if batch.choice is not None:  # the spans of the choice the teacher text describes
             spans = spans[torch.arange(len(batch)), batch.choice]
-        return self.targets.build(teacher, centers, spans, image_keys=image_keys)
+        covered = None  # a keep-tokens store: targets only where the kept tokens alone make them
+        if kept_index is not None and centers is not None:
+            covered = kept.covered(kept_index, self.teacher_grid, teacher.crop_box, centers)
+        return self.targets.build(teacher, centers, spans, visual_mask=covered, image_keys=image_keys)
 
 
 def _stack(values: list, dtype) -> np.ndarray:
