@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import mad_inproc
 from mad_pipeline.cli import main as cli_main
 from typer.testing import CliRunner
 
@@ -233,7 +234,7 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.startswith(f"error: {p}:2: malformed JSON (") and len(r.stderr.strip().splitlines()) == 1
-    # --questions missing
-    r = subprocess.run(cmd[:-4] + ["--annotations", str(a)], capture_output=True, text=True, timeout=120)
+    # --questions missing (the same entry point, in this process)
+    r = mad_inproc(*cmd[3:-4], "--annotations", str(a), check=False)
     assert r.returncode == 2 and r.stderr.startswith("error: --questions is required")
     assert "Traceback" not in r.stderr

@@ -351,9 +351,9 @@ def test_training_smoke_roundtrip(tmp_path):
 
 
 def test_cli_make_shapes(tmp_path):
-    from conftest import last_json, mad
+    from conftest import last_json, mad, mad_inproc
 
     out = last_json(mad("datasets", "make", "shapes", "--out", str(tmp_path / "w"), "--size", "4", "--json"))
     assert out["splits"]["train"]["images"] == 4 and (tmp_path / "w" / "shapes.json").is_file()
-    bad = mad("datasets", "make", "clevr", "--out", str(tmp_path / "z"), check=False)
+    bad = mad_inproc("datasets", "make", "clevr", "--out", str(tmp_path / "z"), check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown dataset kind 'clevr'; known: shapes"
