@@ -232,3 +232,31 @@ def test_a_store_that_predates_the_projection(stores, tmp_path, caplog):
     assert got is None
     (line,) = [r.getMessage() for r in caplog.records]
     assert f"image store {st.manifest['cache_key'][:12]} predates the visual projection" in line
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the kept-patch-on-object figure's ground truth (bench/selection_objects.py)
+
+
+def test_the_objects_a_text_mentions_and_their_patches():
+    import importlib.util
+
+    from mad_pipeline.shapes.world import COLOURS, Obj, Scene
+
+    spec = importlib.util.spec_from_file_location("selection_objects", Path(__file__).resolve().parents[1] / "bench"
+                                                  / "selection_objects.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    square = Obj("red", "square", 0, 10.7, 10.7, 7.0, COLOURS["red"])
+    circle = Obj("blue", "circle", 8, 53.3, 53.3, 7.0, COLOURS["blue"])
+    scene = Scene((square, circle), 4, (242, 242, 236))
+    assert bench.mentioned("vqa", "What color is the square?", scene) == [square]
+    assert bench.mentioned("vqa", "Is there a blue circle in the bottom right?", scene) == [circle]
+    assert bench.mentioned("vqa", "Is there a red circle in the top left?", scene) == []  # names no visible object
+    assert bench.mentioned("vqa", "How many shapes are orange?", scene) is None  # not a generator question
+    assert bench.mentioned("snli-ve", "There is a red square in the top left.", scene) == [square]
+    on = bench.patch_on_object(bench.object_mask([square]), 8, (0, 0, 64, 64)).reshape(8, 8)
+    # the square spans x, y in [4.75, 16.65]: it covers patch (1, 1) whole, (0, 1) and (1, 0) by 40%, (0, 0) by 16%
+    expected = np.zeros((8, 8), bool)
+    expected[0, 1] = expected[1, 0] = expected[1, 1] = True
+    assert (on == expected).all()
