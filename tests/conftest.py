@@ -18,6 +18,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "photos"
 
+
+def pytest_configure(config):
+    """mad's own sources compiled once, before any test: with PYTHONDONTWRITEBYTECODE=1 (as on CI) every ``mad``
+    subprocess would otherwise compile each module it imports again (py_compile writes regardless of it)."""
+    import compileall
+
+    for d in ("mad_pipeline", "cli", "stages"):
+        if (REPO / d).is_dir():
+            compileall.compile_dir(REPO / d, quiet=2)
+
+
 TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
