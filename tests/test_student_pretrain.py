@@ -134,3 +134,22 @@ def test_shipped_student_matches_its_record_and_loads():
     assert {k: cfg[k] for k in VILT_CONFIGS["vilt-tiny"]} == VILT_CONFIGS["vilt-tiny"]
     student = build_student("vilt-tiny", "vqa", 7, resolve_init("vilt-tiny", "pretrained"))
     assert student.hidden_size == 128 and next(student.parameters()).dtype == torch.float32
+
+
+def test_mad_run_yaml_init_and_the_keys_runs_always_had(tmp_path, monkeypatch):
+    from mad_pipeline.stages.distill import DistillConfig, fingerprint
+    from mad_pipeline.stages.pipeline import load_config
+
+    from mad_pipeline.errors import InputError
+
+    f = tmp_path / "x.yaml"
+    f.write_text("task: vqa\ndata: {root: data}\ninit: pretrained\n")
+    assert load_config(f).values["init"] == "pretrained"
+    assert load_config(f, ["init=scratch"]).values["init"] == "scratch"
+    with pytest.raises(InputError, match=r"init: .bogus. is not one of pretrained, scratch"):
+        load_config(f, ["init=bogus"])
+    # scratch: the fingerprint a run always had (no `init` in it); pretrained: another run
+    scratch = DistillConfig(task="vqa", data_root=tmp_path, out=tmp_path / "run")
+    assert scratch.init == "scratch" and "init" not in fingerprint(scratch)
+    assert fingerprint(DistillConfig(task="vqa", data_root=tmp_path, out=tmp_path / "run", init="pretrained")) != \
+        fingerprint(scratch)
