@@ -26,9 +26,19 @@ import torch
 from torch import Tensor, nn
 
 from .config import MADConfig
+from .global_batch import global_batch_losses
 from .selection import select_tokens
 from .targets import DistillTargets, TokenTargets, _move
-from .terms import alpha, confidence_weights, logit_kd, pooled_loss, token_loss
+from .terms import (
+    CONF_BINS,
+    alpha,
+    confidence_histogram,
+    confidence_stats,
+    confidence_weights,
+    logit_kd,
+    pooled_loss,
+    token_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,13 @@ class MADLoss(nn.Module):
     ``task``, ``tok_v``, ``tok_t``, ``pool``, ``kd`` (unweighted batch means), ``distill``
     (= mean_i c_i (l_tok + l_pool + l_kd)), ``alpha``, ``conf_mean`` (mean raw teacher confidence before
     normalisation; 1 when off) and ``total`` (= task + alpha * distill; exactly ``task_loss`` with ``distill=False``).
+    With confidence weighting on, also the batch's distribution of the raw confidences (``conf_std``, ``conf_min``,
+    ``conf_q10``, ``conf_q50``, ``conf_q90``, ``conf_max``) and of the weights applied (``w_std``, ``w_min``,
+    ``w_max``): :func:`~.terms.confidence_stats`.
+
+    ``conf_hist`` (a buffer, so checkpoints carry it and a resumed run counts exactly): training-time histograms of the
+    raw confidences (row 0, :data:`~.terms.CONF_BINS` bins over [0, 1]) and of the weights (row 1, bins over [0, 4],
+    the last one open); ``conf_moments``: their counts, sums and sums of squares.
     """
 
     def __init__(self, config: MADConfig, student_dim: int, teacher_image_dim: int | None = None,
@@ -80,6 +97,8 @@ class MADLoss(nn.Module):
             self.proj_g_text = self.proj_g_image
         else:
             self.proj_g_text = nn.Linear(h, teacher_text_pooled_dim) if teacher_text_pooled_dim else None
+        self.register_buffer("conf_hist", torch.zeros(2, CONF_BINS, dtype=torch.float64))
+        self.register_buffer("conf_moments", torch.zeros(2, 3, dtype=torch.float64))
 
     # -- the terms, each (B,) ----------------------------------------------------------------------------------------
 
@@ -133,10 +152,16 @@ class MADLoss(nn.Module):
     # -- forward ----------------------------------------------------------------------------------------------------
 
     def forward(self, student: StudentBatch, targets: DistillTargets, task_loss: Tensor, target: Tensor | None = None,
-                step: int = 0, total_steps: int = 1, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                step: int = 0, total_steps: int = 1, generator: torch.Generator | None = None,
+                reduce=None, weight: float = 1.0) -> dict[str, Tensor]:
+        """``reduce`` (a sum over processes) and ``weight``: a batch split among processes, see :mod:`.global_batch`
+        (the result then also holds ``share``, what this process backpropagates)."""
         cfg = self.config
         device = task_loss.device
         zero = torch.zeros((), device=device)
+        if reduce is not None and not cfg.distill:
+            return global_batch_losses(cfg, task_loss, _batch_size(student), None, None, reduce, weight, step,
+                                       total_steps)
         if not cfg.distill:
             return {"task": task_loss, "tok_v": zero, "tok_t": zero, "pool": zero, "kd": zero, "distill": zero,
                     "alpha": zero, "conf_mean": torch.ones((), device=device), "total": task_loss}
@@ -156,11 +181,17 @@ class MADLoss(nn.Module):
             raw = confidence_weights(cfg.confidence, targets.zs_logits, target, cfg.conf_tau, normalise=False,
                                      mask=targets.zs_mask)
             conf = raw / raw.mean().clamp_min(1e-8) if cfg.conf_normalise else raw
+        stats = {} if cfg.confidence == "none" else confidence_stats(raw, conf)
+        if stats and self.training:
+            confidence_histogram(self.conf_hist, self.conf_moments, raw, conf)
+        if reduce is not None:
+            return {**global_batch_losses(cfg, task_loss, b, {"tok_v": tok_v, "tok_t": tok_t, "pool": pool, "kd": kd},
+                                          raw, reduce, weight, step, total_steps), **stats}
         distill = (conf * (tok_v + tok_t + pool + kd)).mean()
         a = alpha(cfg.alpha_schedule, step, total_steps, cfg.alpha0, task_loss, distill, cfg.alpha_ratio)
         return {"task": task_loss, "tok_v": tok_v.mean(), "tok_t": tok_t.mean(), "pool": pool.mean(),
                 "kd": kd.mean(), "distill": distill, "alpha": a, "conf_mean": raw.mean(),
-                "total": task_loss + a * distill}
+                "total": task_loss + a * distill, **stats}
 
 
 def _batch_size(s: StudentBatch) -> int:

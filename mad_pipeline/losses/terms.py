@@ -111,6 +111,39 @@ def confidence_weights(
     return conf
 
 
+CONF_BINS = 20  # histogram bins: raw confidences over [0, 1], normalised weights over [0, WEIGHT_TOP]
+WEIGHT_TOP = 4.0
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def confidence_stats(raw: Tensor, weights: Tensor) -> dict[str, Tensor]:
+    """The batch's distribution of the raw confidences ``c_i`` (before normalisation: ``conf_std``, ``conf_min``,
+    ``conf_q10`` / ``q50`` / ``q90``, ``conf_max``) and of the weights the objective applies (``w_std``, ``w_min``,
+    ``w_max``; their mean is 1 when normalised). 0-d float tensors, detached; std is 0 for one sample."""
+    raw, weights = raw.detach().float(), weights.detach().float()
+    q = torch.quantile(raw, torch.tensor(QUANTILES, device=raw.device))
+
+    def std(x: Tensor) -> Tensor:
+        return x.std() if x.numel() > 1 else torch.zeros((), device=x.device)
+
+    out = {"conf_std": std(raw), "conf_min": raw.min(), "conf_max": raw.max()}
+    out.update({f"conf_q{round(p * 100)}": q[i] for i, p in enumerate(QUANTILES)})
+    out.update({"w_std": std(weights), "w_min": weights.min(), "w_max": weights.max()})
+    return out
+
+
+@torch.no_grad()
+def confidence_histogram(hist: Tensor, moments: Tensor, raw: Tensor, weights: Tensor) -> None:
+    """Add a batch to the running histograms ``hist (2, CONF_BINS)`` (row 0: raw confidences over [0, 1]; row 1:
+    weights over [0, WEIGHT_TOP], larger ones in the last bin) and ``moments (2, 3)`` (count, sum, sum of squares)."""
+    for row, (x, top) in enumerate(((raw, 1.0), (weights, WEIGHT_TOP))):
+        x = x.detach().double().to(hist.device)
+        idx = (x / top * CONF_BINS).floor().clamp(0, CONF_BINS - 1).long()
+        hist[row].index_add_(0, idx, torch.ones_like(x))
+        moments[row] += torch.stack([torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device), x.sum(),
+                                     (x * x).sum()])
+
+
 def logit_kd(student_logits: Tensor, teacher_logits: Tensor, tau: float = 1.0) -> Tensor:
     """Per-sample ``tau^2 * KL(softmax(z / tau) || softmax(o / tau))``, ``(B,)``. Meaningful only when the teacher's
     candidates are the task's answer classes (same ``K``, same order)."""
@@ -225,5 +258,6 @@ def alpha(
     return torch.tensor(float(value), device=device)
 
 
-__all__ = ["ALPHA_SCHEDULES", "CONFIDENCE_MODES", "COS_EPS", "TOKEN_LOSSES", "Calibration", "alpha",
-           "confidence_weights", "cos", "fit_calibration", "logit_kd", "pooled_loss", "token_loss"]
+__all__ = ["ALPHA_SCHEDULES", "CONFIDENCE_MODES", "CONF_BINS", "COS_EPS", "QUANTILES", "TOKEN_LOSSES", "WEIGHT_TOP",
+           "Calibration", "alpha", "confidence_histogram", "confidence_stats", "confidence_weights", "cos",
+           "fit_calibration", "logit_kd", "pooled_loss", "token_loss"]

@@ -105,9 +105,16 @@ def settings_keys(cls: type, names: Iterable[str] | None = None, skip: Iterable[
 
 def train_section() -> dict[str, Key]:
     """``train:``: the trainer's settings (TrainConfig) but those a YAML sets elsewhere or not at all."""
-    from ..training.config import TrainConfig
+    from ..training.config import TrainConfig, parse_warmup
 
-    return settings_keys(TrainConfig, skip=TOP_LEVEL_TRAIN)
+    def warmup(v: Any, source: str, key: str) -> int | float:  # a count of steps (2.0 is 2) or a fraction below 1
+        v = _number(v, Key("float", min=0), source, key)
+        try:
+            return parse_warmup(v, key)
+        except InputError as e:
+            raise InputError(f"{source}: {e}") from None
+
+    return settings_keys(TrainConfig, skip=TOP_LEVEL_TRAIN, extras={"warmup": {"parse": warmup}})
 
 
 def top_level_train_keys() -> dict[str, Key]:

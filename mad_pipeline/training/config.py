@@ -31,7 +31,8 @@ class TrainConfig:
     lr: float = _f(1e-3, "peak learning rate (AdamW)", min=0)
     min_lr_ratio: float = _f(0.1, "cosine decay floor / peak", min=0)
     decay: str = _f("cosine", "learning-rate decay after warmup", choices=("cosine", "constant"))
-    warmup: int = _f(0, "linear warmup steps", min=0, max=MAX_STEPS, why=STEPS_WHY)
+    warmup: float = _f(0, "linear warmup: a count of steps (a whole number), or a fraction of steps below 1 "
+                       "(0.1: the first 10%)", min=0, max=MAX_STEPS, why=STEPS_WHY)
     weight_decay: float = _f(0.01, "AdamW weight decay (matrices only, not biases / norms)", min=0)
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas", yaml=False)
     grad_clip: float = _f(1.0, "max global grad norm (0: off)", min=0)
@@ -50,10 +51,23 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda, cuda:1 ...", key=False, yaml=False)
     bf16: bool = _f(True, "bf16 autocast on CUDA (never on CPU)")
     deterministic: bool = _f(True, "torch.use_deterministic_algorithms during training")
+    # early stopping (mad_pipeline.training.early_stop): a dev split carved from the training samples
+    patience: int = _f(0, "stop after this many dev evaluations without improvement (0: never stop early)", min=0,
+                       max=MAX_STEPS, why=STEPS_WHY)
+    dev_fraction: float = _f(0.0, "fraction of the training samples held out as the dev split (0: none); the best "
+                             "checkpoint by the dev metric is the run's student", min=0, max=0.5,
+                             why="at least half of the samples must train")
+    min_dev: int = _f(64, "dev samples at least (with dev_fraction > 0)", min=1, max=MAX_BATCH * 16,
+                      why="more dev samples than an evaluation should take")
+    dev_every: int = _f(0, "evaluate the dev split every N steps (0: steps / 20)", min=0, max=MAX_STEPS,
+                        why=STEPS_WHY)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             check_bounds(f, getattr(self, f.name), f"--{f.name.replace('_', '-')}")
+        object.__setattr__(self, "warmup", parse_warmup(self.warmup, "--warmup"))
+        if self.patience and not self.dev_fraction:
+            raise InputError(f"--patience {self.patience}: early stopping needs a dev split (--dev-fraction, e.g. 0.1)")
         if self.lr <= 0:
             raise InputError(f"--lr {self.lr!r}: the learning rate must be > 0")
         parse_num_workers(self.num_workers)
@@ -78,13 +92,38 @@ def check_bounds(f, value, name: str) -> None:
                          f"got {value:.3g}")
 
 
+def parse_warmup(value, name: str = "--warmup") -> int | float:
+    """A warmup setting: a whole number of steps (``2.0`` is ``2``) or a fraction of the steps in (0, 1); anything
+    else is one :class:`InputError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InputError(f"{name} {value!r}: expected a count of steps or a fraction of the steps below 1")
+    if value == int(value):
+        return int(value)
+    if value > 1:
+        raise InputError(f"{name} {value!r}: a count of steps is a whole number (a fraction of the steps is below 1)")
+    return float(value)
+
+
+def warmup_steps(cfg: TrainConfig) -> int:
+    """The warmup in steps: ``warmup`` itself, or ``round(warmup * steps)`` for a fraction."""
+    w = cfg.warmup
+    return int(w) if w >= 1 or w == 0 else int(round(w * cfg.steps))
+
+
+def dev_every(cfg: TrainConfig) -> int:
+    """Steps between dev evaluations: ``dev_every``, or 1/20 of the steps when it is 0."""
+    return cfg.dev_every or max(1, cfg.steps // 20)
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
+    """Linear warmup to ``lr`` over the warmup steps (:func:`warmup_steps`), then cosine decay to
+    ``lr * min_lr_ratio`` at ``steps``."""
+    warmup = warmup_steps(cfg)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     if cfg.decay == "constant":
         return cfg.lr
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    t = (step - warmup) / max(1, cfg.steps - warmup)
     low = cfg.lr * cfg.min_lr_ratio
     return low + 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))) * (cfg.lr - low)
 
@@ -164,4 +203,5 @@ def autocast(device: torch.device, bf16: bool):
 
 
 __all__ = ["MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "check_bounds", "check_device",
-           "lr_at", "max_workers", "parse_num_workers", "resolve_device", "resolve_num_workers"]
+           "dev_every", "lr_at", "max_workers", "parse_num_workers", "parse_warmup", "resolve_device",
+           "resolve_num_workers", "warmup_steps"]

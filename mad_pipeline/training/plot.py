@@ -1,8 +1,8 @@
 """A PNG of a training run's curves from its ``metrics.jsonl`` (matplotlib, Agg backend: no display needed).
 
 Three panels: the losses (total, task, alpha * distill and the unweighted distillation terms), the learning rate,
-and the evaluation metric over steps, with the reference levels (the teacher's zero-shot accuracy, majority, chance)
-as labelled horizontal lines.
+and the evaluation metric over steps (with early stopping, the dev split's curve and the selected step too), with the
+reference levels (the teacher's zero-shot accuracy, majority, chance) as labelled horizontal lines.
 
 Metric axes are honest (:func:`metric_ylim`): they start at 0 and end at the next multiple of 10 above every plotted
 value and reference line (at most 100), so a gap between two curves is never magnified by a zoomed axis and every
@@ -92,9 +92,17 @@ def metrics_figure(train: list[dict], evals: list[dict], title: str | None = Non
     ax.set_title("learning rate")
     ax = axes[2]
     values = [r["eval"].get("value") for r in evals]
-    if evals:
-        name = evals[-1]["eval"].get("metric", "metric")
-        ax.plot([r["step"] for r in evals], values, marker="o", label="student")
+    dev = [r for r in evals if r.get("split") == "dev"]  # early stopping's dev split (selection, not reporting)
+    evals = [r for r in evals if r.get("split") != "dev"]
+    if evals or dev:
+        name = (evals or dev)[-1]["eval"].get("metric", "metric")
+        if evals:
+            ax.plot([r["step"] for r in evals], [r["eval"].get("value") for r in evals], marker="o", label="student")
+        if dev:
+            ax.plot([r["step"] for r in dev], [r["eval"].get("value") for r in dev], marker=".", label="student, dev")
+            best = dev[-1].get("best_step")
+            if best is not None:
+                ax.axvline(best, color="tab:green", linestyle=":", linewidth=1.0, label=f"best dev step ({best})")
         ax.set_ylabel(f"{name} (%)")
         ax.set_title(f"evaluation: {name}")
     else:

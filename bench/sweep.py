@@ -1,0 +1,95 @@
+"""The learning-rate x warmup sweep of configs/sweep.yaml: one `mad run` per grid point (the learning rate and the
+warmup as overrides, every run cached by its settings, so an interrupted sweep resumes), then one table of the dev
+metric at each run's selected checkpoint, per method and training fraction, mean over seeds; the best grid point of
+each method is marked. Writes OUT/sweep.json and OUT/sweep.md.
+
+    python bench/sweep.py                                  # 3 x 3 grid, the YAML's seeds
+    python bench/sweep.py --seeds 0,1 --lrs 3e-4,1e-3 --warmups 0,0.1
+    python bench/sweep.py --smoke                          # seconds: a tiny world, 4 steps, one grid point
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = ["data.shapes.size=24", "fractions=[1.0]", "methods=[baseline]", "train.steps=4", "train.dev_every=2",
+         "train.min_dev=8", "train.batch_size=8", "train.patience=1"]
+
+
+def run_point(config: Path, lr: float, warmup: float, extra: list[str], cache: str | None) -> list[dict]:
+    """One `mad run` of the grid point; its distill runs as (method, fraction, seed, dev best, best step, steps)."""
+    cmd = [sys.executable, "-m", "mad_pipeline.cli", "run", str(config), f"train.lr={lr}", f"train.warmup={warmup}",
+           *extra, "--json", "--quiet", *(["--cache", cache] if cache else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = []
+    for st in out["stages"]:
+        if st["kind"] != "distill" or not st.get("path"):
+            continue
+        m = json.loads((Path(st["path"]) / "metrics.json").read_text())
+        es = m.get("early_stop") or {}
+        rows.append({"method": st.get("method"), "fraction": st.get("fraction"), "seed": st.get("seed"), "lr": lr,
+                     "warmup": warmup, "dev": es.get("best"), "best_step": es.get("best_step"),
+                     "steps": m.get("steps"), "metric": es.get("metric")})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["fraction"], r["lr"], r["warmup"]), []).append(r)
+    best: dict[tuple, float] = {}
+    for (method, fraction, _, _), rs in groups.items():
+        v = statistics.mean(r["dev"] for r in rs)
+        best[(method, fraction)] = max(best.get((method, fraction), -1.0), v)
+    lines = ["| method | fraction | lr | warmup | dev metric at the selected step (mean) | seeds | best step / steps "
+             "run |", "|---|---:|---:|---:|---:|---:|---|"]
+    for (method, fraction, lr, warmup), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        v = statistics.mean(r["dev"] for r in rs)
+        mark = " **(best)**" if v == best[(method, fraction)] else ""
+        steps = ", ".join(f"{r['best_step']}/{r['steps']}" for r in rs)
+        lines.append(f"| {method} | {fraction:g} | {lr:g} | {warmup:g} | {v:.2f}{mark} | {len(rs)} | {steps} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "sweep.yaml")
+    ap.add_argument("--lrs", default="3e-4,1e-3,3e-3")
+    ap.add_argument("--warmups", default="0,0.05,0.1")
+    ap.add_argument("--seeds", default=None, help="e.g. 0,1 (default: the YAML's)")
+    ap.add_argument("--cache", default=None, help="cache root (default: MAD_CACHE, else the user cache dir)")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "sweep")
+    ap.add_argument("--smoke", action="store_true", help="a tiny world, 4 steps, one grid point: checks the config")
+    args = ap.parse_args(argv)
+    lrs = [float(x) for x in args.lrs.split(",")]
+    warmups = [float(x) for x in args.warmups.split(",")]
+    extra = [f"seeds=[{args.seeds}]"] if args.seeds else []
+    if args.smoke:
+        lrs, warmups, extra = lrs[:1], warmups[-1:], extra + SMOKE
+    t0 = time.perf_counter()
+    rows = []
+    for lr in lrs:
+        for w in warmups:
+            rows += run_point(args.config, lr, w, extra, args.cache)
+            print(f"lr {lr:g}, warmup {w:g}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    md = table(rows)
+    print(md)
+    if not args.smoke:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "sweep.json").write_text(json.dumps({"rows": rows, "seconds": round(time.perf_counter() - t0)},
+                                                        indent=1) + "\n")
+        (args.out / "sweep.md").write_text(md)
+
+
+if __name__ == "__main__":
+    main()

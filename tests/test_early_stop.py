@@ -1,0 +1,240 @@
+"""Converged budgets: the dev split carved from the training fraction (disjoint by image, deterministic), early
+stopping at the right dev evaluation with the best checkpoint as the run's student, warmup as a fraction of the
+steps, patience 0 as today's fixed budget, and a crashed run that resumes exactly with the early-stopping state.
+Also the confidence-weighting record (raw confidences and weights, per log step and as a histogram per run)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from mad_pipeline.stages import distill as stage
+from mad_pipeline.stages.pipeline import load_config
+from safetensors.torch import load_file
+from torch import nn
+from typer.testing import CliRunner
+
+from mad_pipeline.errors import InputError, MadError
+from mad_pipeline.losses import MADConfig
+from mad_pipeline.training.config import TrainConfig, lr_at, warmup_steps
+from mad_pipeline.training.early_stop import EarlyStop, dev_split
+
+TIMING = ("step_time_s", "samples_per_s", "eval_seconds")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from mad_pipeline.shapes.formats import write_dataset
+
+    root = tmp_path_factory.mktemp("early-stop-world")
+    write_dataset(root, size=16, seed=0)
+    return root
+
+
+def _cli(*args: str) -> dict:
+    from mad_pipeline.cli.main import _register, app
+
+    _register()
+    res = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output.strip().splitlines()[-1])
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+# -- the dev split ----------------------------------------------------------------------------------------------------
+
+def test_dev_split_is_disjoint_by_image_deterministic_and_at_least_min_dev(world):
+    from mad_pipeline.data import load_dataset
+
+    samples = load_dataset("vqa", world / "vqa", split="train").samples
+    train, dev = dev_split(samples, 0.1, 8, seed=0)
+    assert len(dev) >= 8 and len(train) + len(dev) == len(samples)
+    assert {s.id for s in train}.isdisjoint({s.id for s in dev})
+    assert {s.image for s in train}.isdisjoint({s.image for s in dev})  # no dev image is trained on
+    again = dev_split(samples, 0.1, 8, seed=0)
+    assert [s.id for s in again[1]] == [s.id for s in dev]  # the same split every time
+    other = dev_split(samples, 0.1, 8, seed=1)[1]
+    assert {s.id for s in other} != {s.id for s in dev}  # another seed, another split
+    big = dev_split(samples, 0.3, 1, seed=0)[1]
+    assert len(big) >= math.ceil(0.3 * len(samples))
+    assert dev_split(samples, 0.0, 8, seed=0) == (list(samples), [])
+    with pytest.raises(InputError, match=r"--dev-fraction 0\.1: a dev split of at least .* leaves none"):
+        dev_split(samples, 0.1, len(samples), seed=0)
+
+
+# -- the stopping rule on a constructed dev curve ---------------------------------------------------------------------
+
+class _Trainer:
+    """What EarlyStop uses of the trainer: a real model whose weights change each step, the step, logs, checkpoints."""
+
+    def __init__(self, tmp: Path):
+        torch.manual_seed(0)
+        self.model = self.student = nn.Linear(3, 2)
+        self.step, self.device, self.ckdir, self._saved = 0, torch.device("cpu"), tmp / "checkpoints", -1
+        self.rows: list[dict] = []
+        self.weights: dict[int, torch.Tensor] = {}
+
+    def _append(self, row):
+        self.rows.append(row)
+
+    def log(self, msg):
+        pass
+
+    def checkpoint(self):
+        self._saved = self.step
+
+    def advance(self):
+        self.step += 1
+        with torch.no_grad():
+            self.model.weight.add_(1.0)
+        self.weights[self.step] = self.model.weight.detach().clone()
+
+
+@pytest.mark.parametrize("curve, patience, stop_at, best_at", [
+    ([50, 60, 55, 58, 57, 70], 3, 5, 2),   # three evaluations below 60 after the best: stop at the 5th
+    ([50, 60, 55, 61, 57, 59, 58], 3, 7, 4),  # an improvement resets the count
+    ([50, 50, 50, 50], 2, 3, 1),           # equal is not better
+    ([10, 20, 30, 40], 1, None, 4),        # always improving: runs to the cap
+])
+def test_early_stop_stops_at_the_right_evaluation_and_restores_the_best(tmp_path, curve, patience, stop_at, best_at):
+    values = iter(curve)
+    trainer = _Trainer(tmp_path)
+    cfg = TrainConfig(steps=len(curve) * 2, patience=patience, dev_fraction=0.1, dev_every=2)
+    early = EarlyStop(cfg, lambda model: ({"metric": "acc", "value": float(next(values))}, []), tmp_path / "best", 7)
+    evals = 0
+    while trainer.step < cfg.steps and not early.stopped:
+        trainer.advance()
+        if early.due(trainer.step):
+            early.evaluate(trainer)
+            evals += 1
+            trainer.checkpoint()
+            trainer.state = early.state()
+    assert evals == (stop_at or len(curve))
+    assert early.stopped == (stop_at is not None)
+    assert early.best_step == best_at * 2 and early.best == max(curve[:evals])
+    assert [v for _, v in early.curve] == curve[:evals]
+    assert [r["split"] for r in trainer.rows] == ["dev"] * evals
+    assert f"step_{best_at * 2:06d}.safetensors" in {p.name for p in (tmp_path / "best").iterdir()}
+    early.restore_best(trainer)  # the best weights back in the model, the other files removed
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == [f"step_{best_at * 2:06d}.safetensors"]
+    assert torch.equal(trainer.model.weight, trainer.weights[best_at * 2])
+    summary = early.summary()
+    assert summary["best_step"] == best_at * 2 and summary["dev_samples"] == 7 and len(summary["curve"]) == evals
+
+
+# -- warmup -----------------------------------------------------------------------------------------------------------
+
+def test_warmup_takes_a_fraction_of_the_steps_or_a_count(tmp_path):
+    frac = TrainConfig(steps=100, warmup=0.1, lr=1e-3)
+    assert warmup_steps(frac) == 10
+    assert lr_at(frac, 0) == pytest.approx(1e-4) and lr_at(frac, 9) == pytest.approx(1e-3)
+    count = TrainConfig(steps=100, warmup=10.0, lr=1e-3)
+    assert count.warmup == 10 and type(count.warmup) is int  # 10.0 is the count 10: the same run key as 10
+    assert [lr_at(count, s) for s in range(100)] == [lr_at(frac, s) for s in range(100)]
+    old = TrainConfig(steps=50, warmup=5)  # today's formula, unchanged for a count
+    assert [lr_at(old, s) for s in range(5)] == [old.lr * (s + 1) / 5 for s in range(5)]
+    with pytest.raises(InputError, match=r"--warmup 2\.5: a count of steps is a whole number"):
+        TrainConfig(warmup=2.5)
+    assert load_config(_yaml(tmp_path, "warmup: 0.05"), []).values["train"]["warmup"] == 0.05
+    assert load_config(_yaml(tmp_path, ""), ["train.warmup=0.1"]).values["train"]["warmup"] == 0.1
+    with pytest.raises(InputError, match=r"exp\.yaml: train\.warmup 1\.5: a count of steps is a whole number"):
+        load_config(_yaml(tmp_path, "warmup: 1.5"), [])
+    with pytest.raises(InputError, match=r"--patience 3: early stopping needs a dev split"):
+        TrainConfig(patience=3)
+
+
+def _yaml(tmp_path: Path, train: str) -> Path:
+    f = tmp_path / "exp.yaml"
+    f.write_text("task: vqa\ndata: {root: .}\n" + (f"train:\n  {train}\n" if train else ""))
+    return f
+
+
+# -- real runs --------------------------------------------------------------------------------------------------------
+
+BASE = ("--task", "vqa", "--vocab-min-count", "1", "--batch-size", "4", "--num-workers", "0", "--log-every", "1",
+        "--json")
+
+
+def test_flat_dev_curve_stops_and_the_best_checkpoint_is_the_student(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = tmp_path / "run"
+    # a learning rate too small to change a prediction: the dev curve is flat, so the first evaluation stays the
+    # best and two more without improvement stop the run at step 6 of 40
+    res = _cli("distill", *BASE, "--data-root", str(world / "vqa"), "--no-distill", "--out", str(run),
+               "--steps", "40", "--lr", "1e-6", "--patience", "2", "--dev-fraction", "0.2", "--min-dev", "8",
+               "--dev-every", "2")
+    es = res["early_stop"]
+    assert res["steps"] == 6 and es["stopped_early"] and es["best_step"] == 2 and es["patience"] == 2
+    assert [s for s, _ in es["curve"]] == [2, 4, 6] and es["dev_samples"] >= 8
+    assert res["train_samples"] + es["dev_samples"] == 80  # the 16-image world's training questions
+    best = load_file(str(run / "checkpoints" / "best" / "step_000002.safetensors"))
+    last = load_file(str(run / "checkpoints" / "step_000006" / "model.safetensors"))
+    saved = load_file(str(run / "student" / "model.safetensors"))
+    head = "student.head.3.weight"  # the answer classifier (classifier.3 in the saved transformers checkpoint)
+    assert not torch.equal(best[head], last[head])  # training did move the weights
+    assert torch.equal(saved["classifier.3.weight"], best[head])  # the student saved is the best checkpoint
+    rows = _rows(run)
+    assert [r["step"] for r in rows if r.get("split") == "dev"] == [2, 4, 6]
+    assert (run / "training.png").stat().st_size > 0
+    again = _cli("distill", *BASE, "--data-root", str(world / "vqa"), "--no-distill", "--out", str(run),
+                 "--steps", "40", "--lr", "1e-6", "--patience", "2", "--dev-fraction", "0.2", "--min-dev", "8",
+                 "--dev-every", "2")  # a finished run only re-evaluates: same figures, same log
+    assert again["resumed"] and again["eval"] == res["eval"] and _rows(run) == rows
+
+
+def test_patience_zero_is_a_fixed_budget_on_every_training_sample(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run = tmp_path / "run"
+    res = _cli("distill", *BASE, "--data-root", str(world / "vqa"), "--no-distill", "--out", str(run),
+               "--steps", "3", "--eval-every", "2")
+    assert res["steps"] == 3 and res["train_samples"] == 80 and "early_stop" not in res
+    assert not (run / "checkpoints" / "best").exists()
+    assert not [r for r in _rows(run) if r.get("split") == "dev"]
+    assert res["train_config"]["warmup"] == 0 and res["train_config"]["patience"] == 0
+
+
+def _distill_cfg(world: Path, weights: Path, out: Path, cache: Path) -> stage.DistillConfig:
+    train = TrainConfig(steps=12, batch_size=4, lr=3e-3, warmup=0.25, patience=2, dev_fraction=0.25, min_dev=8,
+                        dev_every=2, checkpoint_every=2, log_every=1, num_workers=0)
+    return stage.DistillConfig(task="vqa", data_root=world / "vqa", out=out, teacher="tiny-clip",
+                               weights=str(weights), mad=MADConfig.full(select_v="random", select_t="random"),
+                               train=train, vocab_min_count=1, cache=cache, progress=False)
+
+
+def test_a_crashed_run_resumes_exactly_with_its_early_stop_state(world, tiny_clip, tmp_path, monkeypatch):
+    _, weights = tiny_clip
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    def quiet(message: str) -> None:
+        pass
+
+    ref = stage.run(_distill_cfg(world, weights, tmp_path / "ref", tmp_path / "cache"), log=quiet).metrics
+    run = tmp_path / "crashed"
+    monkeypatch.setenv("MAD_TEST_FAIL", "checkpoint@6")  # the disk fills while checkpointing step 6
+    with pytest.raises(MadError, match="cannot write checkpoint"):
+        stage.run(_distill_cfg(world, weights, run, tmp_path / "cache"), log=quiet)
+    monkeypatch.delenv("MAD_TEST_FAIL")
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000004"
+    resumed = stage.run(_distill_cfg(world, weights, run, tmp_path / "cache"), log=quiet).metrics
+    assert resumed["resumed"] and not ref["resumed"]
+    assert resumed["early_stop"] == ref["early_stop"] and resumed["steps"] == ref["steps"]
+    assert resumed["eval"] == ref["eval"] and resumed["confidence"] == ref["confidence"]
+    assert _rows(run) == _rows(tmp_path / "ref")  # the same losses, dev evaluations and confidence figures
+    for name in ("student/model.safetensors", f"checkpoints/step_{ref['steps']:06d}/model.safetensors"):
+        a, b = load_file(str(tmp_path / "ref" / name)), load_file(str(run / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # the confidence record: per log step and over the run
+    train_rows = [r for r in _rows(run) if "eval" not in r]
+    assert all(0 <= r["conf_min"] <= r["conf_q10"] <= r["conf_q50"] <= r["conf_q90"] <= r["conf_max"] <= 1
+               for r in train_rows)
+    assert all(r["w_min"] <= 1 <= r["w_max"] for r in train_rows)
+    conf = ref["confidence"]
+    assert sum(conf["raw"]["counts"]) == conf["raw"]["n"] == 4 * ref["steps"]  # every sample drawn, once a step
+    assert conf["weights"]["mean"] == pytest.approx(1.0)  # normalised to batch mean 1
+    assert (run / "confidence.png").stat().st_size > 0
