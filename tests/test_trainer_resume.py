@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import last_json, mad
+from conftest import last_json, mad_inproc
 from safetensors.torch import load_file
 
 STEPS = 6
@@ -51,7 +51,8 @@ def test_sigkill_then_resume_equals_uninterrupted(select, tiny_clip, tmp_path):
 
     write_dataset(world_dir, size=16, seed=0)
 
-    ref = last_json(mad(*_args(world_dir, weights, tmp_path / "ref", select), env=env))
+    # the uninterrupted run and the resume in this process; the killed run is a real process
+    ref = last_json(mad_inproc(*_args(world_dir, weights, tmp_path / "ref", select), env=env))
     assert not ref["resumed"] and ref["steps"] == STEPS
 
     run = tmp_path / "killed"
@@ -67,7 +68,7 @@ def test_sigkill_then_resume_equals_uninterrupted(select, tiny_clip, tmp_path):
     killed_at = (run / "checkpoints" / "latest").read_text().strip()
     assert killed_at < f"step_{STEPS:06d}" and not (run / "metrics.json").exists(), "the kill did not land mid-run"
 
-    resumed = last_json(mad(*_args(world_dir, weights, run, select), env=env))
+    resumed = last_json(mad_inproc(*_args(world_dir, weights, run, select), env=env))
     assert resumed["resumed"] and resumed["steps"] == STEPS
 
     a, b = _final_weights(tmp_path / "ref"), _final_weights(run)
