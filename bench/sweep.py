@@ -35,7 +35,7 @@ def run_point(config: Path, lr: float, warmup: float, extra: list[str], cache: s
     for st in out["stages"]:
         if st["kind"] != "distill" or not st.get("path"):
             continue
-        m = json.loads((Path(st["path"]) / "metrics.json").read_text())
+        m = json.loads((Path(st.get("run") or Path(st["path"]) / "run") / "metrics.json").read_text())
         es = m.get("early_stop") or {}
         rows.append({"method": st.get("method"), "fraction": st.get("fraction"), "seed": st.get("seed"), "lr": lr,
                      "warmup": warmup, "dev": es.get("best"), "best_step": es.get("best_step"),
