@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import last_json, mad, make_photos, write_manifest
+from conftest import last_json, mad, mad_inproc, make_photos, write_manifest
 from mad_pipeline.stages import extract as stage
 
 from mad_pipeline.errors import StoreError
@@ -102,7 +102,7 @@ def test_cli_disk_full_prints_one_line_and_exits_2(setup, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no space left" in lines[0], p.stderr
     assert str(cache) in lines[0]
     _assert_nothing_half_made_published(cache)
-    res = last_json(mad(*args, "--json", env=env))
+    res = last_json(mad_inproc(*args, "--json", env=env))  # the resume, in this process
     assert sum(s["shards_resumed"] for s in res["stores"].values()) > 0  # it resumed, not started over
     for kind, r in setup["ref"].stores.items():
         assert res["stores"][kind]["key"] == r.key
