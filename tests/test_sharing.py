@@ -143,7 +143,7 @@ def test_http_static_server_in_place_then_pulled_and_offline(team_a, tmp_path):
         _assert_same_features(res, team_a)  # opened in place over HTTP
 
         rep = verify_store(image_url)  # every chunk's checksum, over HTTP
-        assert rep.ok and rep.chunk_files == 15, [p.describe() for p in rep.problems]
+        assert rep.ok and rep.chunk_files == 16, [p.describe() for p in rep.problems]  # 5 arrays x 3 + visual_proj
 
         pulled = tmp_path / "team-c"
         res = _team_b(team_a, pulled, url, MAD_PULL="1")

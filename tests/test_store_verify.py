@@ -41,7 +41,7 @@ def _flip(path: Path, offset: int) -> None:
 def test_clean_stores_pass(stores):
     rep = verify_store(str(stores["image"])).as_dict()
     assert rep["ok"] and rep["kind"] == "image" and rep["problems"] == []
-    assert rep["chunk_files"] == 3 * 5  # 6 rows / 2 per shard, 5 arrays
+    assert rep["chunk_files"] == 3 * 5 + 1  # 6 rows / 2 per shard, 5 arrays; visual_proj: one chunk
     for kind in ("text", "index"):
         r = verify_store(str(stores[kind]))
         assert r.ok, [p.describe() for p in r.problems]
