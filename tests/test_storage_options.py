@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import mad, make_photos, write_manifest
+from conftest import mad_inproc, make_photos, write_manifest
 from mad_pipeline.stages import extract as stage
 
 from mad_pipeline.cache import make_key
@@ -159,9 +159,9 @@ def test_a_rerun_is_cached_and_a_bad_value_is_one_line(extracted, tmp_path):
         with pytest.raises(InputError, match=msg.replace("(", r"\(")):
             Storage.parse(**kw)
     env = {"MAD_MODEL_CONFIGS": str(extracted["cfg_file"]), "MAD_CACHE": str(tmp_path / "c")}
-    proc = mad("extract", "--teacher", "tiny-clip", "--weights", str(extracted["weights"]), "--manifest",
-               str(extracted["manifest"]), "--data-root", str(extracted["root"]), "--storage", "fp8", env=env,
-               check=False)
+    proc = mad_inproc("extract", "--teacher", "tiny-clip", "--weights", str(extracted["weights"]), "--manifest",
+                      str(extracted["manifest"]), "--data-root", str(extracted["root"]), "--storage", "fp8",
+                      env=env, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: --storage fp8: expected fp16, int8 or bitround:N (N = 1..9 mantissa bits)"]
 
