@@ -1,25 +1,30 @@
-"""The low-shot study: baseline vs naive distillation vs MAD, and the ablation of MAD's adaptive parts.
+"""The low-shot study on the shapes world's three tasks: baseline vs naive distillation vs MAD, and the ablation of
+MAD's adaptive parts.
 
-Runs two ``mad run`` configs over the shapes world with the shipped ``shapes-clip`` teacher and ``vilt-tiny``
-students: ``configs/lowshot.yaml`` (baseline, naive, MAD x four training fractions x three seeds) and
-``configs/ablation.yaml`` (MAD with one adaptive part off at a time, and MAD + logit KD, at the two lowest
-fractions), then writes to ``--out`` (default ``docs/results/lowshot/``):
+Runs two ``mad run`` configs with the shipped ``shapes-clip`` teacher and ``vilt-tiny`` students:
+``configs/lowshot.yaml`` (VQA, SNLI-VE and VCR x baseline, naive, MAD x four training fractions x three seeds,
+evaluated on ``test`` and ``shift``) and ``configs/ablation.yaml`` (MAD with one adaptive part changed at a time, at
+the two lowest fractions), then writes to ``--out`` (default ``docs/results/study/``):
 
-- ``report.md / .csv / .png``   the paper-style table (mean ± std over seeds per fraction and method), from ``mad run``
-- ``ablation/report.*``         the same for the ablation config
-- ``ablation.md / .csv``        MAD against MAD with one adaptive part switched off: each part's share, paired by seed
-- ``per_type.md``               accuracy per question type (baseline, naive, MAD, teacher zero-shot) per fraction
-- ``lowshot.json``              every figure above plus per-run values, timings, machine and versions
+- ``<task>/report.md / .csv / .png``   per task, the paper-style table (rows: training fraction; columns: baseline,
+                                      naive, MAD; mean ± std over seeds; test and shift; VCR: Q->A, QA->R, Q->AR)
+                                      and its plot with the teacher's zero-shot accuracy and the majority answer
+- ``ablation/<task>/report.*``         the same for the ablation config
+- ``ablation.md / .csv``               per task: MAD against each variant, each part's share paired by seed
+                                      (the selection policies side by side, confidence weighting, adaptive balance)
+- ``per_type.md``                      VQA accuracy per question type (baseline, naive, MAD, teacher zero-shot)
+- ``lowshot.json``                     every figure above plus per-run values, timings, machine and versions
 
-Every stage is cached by content key (in ``--cache``), so a rerun only computes what is missing, and the runs the
-two configs share (naive and MAD at the low fractions; the bundled demo's four runs) are trained once. With
-``--jobs N`` each config is sharded by seed x fraction into N parallel ``mad run`` processes sharing the cache (the
-first alone: it builds the world and the evaluation stores every shard needs); a final ``mad run`` of the whole
-config then finds every stage cached and writes the report.
+Every stage is cached by content key (in ``--cache``), so a rerun only computes what is missing: a study can span
+several invocations, and the runs the two configs share (naive and MAD at the low fractions) are trained once. With
+``--jobs N`` each config is sharded by task x seed x fraction into N parallel ``mad run`` processes sharing the cache
+(the first alone: it builds the world); a final ``mad run`` of the whole config then finds every stage cached and
+writes the reports. ``--only TASK`` (repeatable) runs a subset of the tasks.
 
-    python bench/lowshot.py                                  # both studies (about an hour on 2 CPU cores)
-    python bench/lowshot.py --jobs 2                         # two shards at a time, one thread each
-    python bench/lowshot.py seeds=[0] fractions=[0.05] --no-ablation --out /tmp/lowshot   # a quick look
+    python bench/lowshot.py --jobs 2                          # the main tables, then the ablation (2 CPU cores)
+    python bench/lowshot.py --jobs 2 --no-ablation            # the main tables only
+    python bench/lowshot.py --jobs 12 --device cuda --only vqa --no-ablation   # one task on a GPU machine
+    python bench/lowshot.py --only vqa seeds=[0] fractions=[0.05] --no-ablation --out /tmp/lowshot   # a quick look
 """
 
 from __future__ import annotations
@@ -36,11 +41,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ABLATIONS = (  # (method in the config, the part it switches off)
-    ("full-all-tokens", "adaptive token selection"),
+# the adaptive parts switched off one at a time: (method in the ablation config, the part)
+ABLATIONS = (
     ("full-no-confidence", "confidence weighting"),
     ("full-constant-alpha", "adaptive balance"),
 )
+# the token selection policies compared side by side (the method of each is found by its objective's `select`)
+POLICIES = ("question-aware", "teacher-saliency", "all", "random")
 TYPES = {"what color is the": "colour", "what shape is": "shape", "how many": "count", "where is the": "where",
          "is there a": "yes/no"}
 
@@ -50,11 +57,15 @@ def log(msg: str) -> None:
 
 
 def shards(values: dict, jobs: int) -> list[list[str]]:
-    """Override lists, one per shard (a seed x fraction cell with every method), seed-major so that a run cut short
-    by ``--deadline-min`` still has whole seeds; ``[[]]`` (one plain ``mad run``) for one job."""
+    """Override lists, one per shard (a task x seed x fraction cell with every method), task-major then seed-major,
+    so that a run cut short by ``--deadline-min`` still has whole tasks and seeds; ``[[]]`` (one plain ``mad run``)
+    for one job."""
     if jobs <= 1:
         return [[]]
-    return [[f"fractions=[{f!r}]", f"seeds=[{s}]"] for s in values["seeds"] for f in sorted(values["fractions"])]
+    from mad_pipeline.pipeline.config import tasks_of
+
+    return [[f"task={t}", f"fractions=[{f!r}]", f"seeds=[{s}]"] for t in tasks_of(values) for s in values["seeds"]
+            for f in sorted(values["fractions"])]
 
 
 def run_shards(args, config: Path, overrides: list[str], values: dict, deadline: float) -> float:
@@ -124,28 +135,46 @@ def _paired(a: dict, b: dict) -> list[float]:
     return [v - vb[s] for s, v in zip(a["seeds"], a["values"], strict=True) if s in vb] or [float("nan")]
 
 
-def ablation(table: dict, split: str) -> list[dict]:
+def policy_methods(values: dict) -> dict[str, str]:
+    """Selection policy -> the ablation method that is MAD with that policy (``full`` for the preset's own)."""
+    from mad_pipeline.pipeline.config import mad_config
+
+    out: dict[str, str] = {}
+    for m, spec in values["methods"].items():
+        if spec["preset"] != "full" or set(spec) - {"preset", "select"}:
+            continue
+        select = mad_config(values, m).select_v  # the image tokens' policy (`select` sets both)
+        if m == "full" or select not in out:
+            out[select] = m
+    return out
+
+
+def _share(full: dict, c: dict) -> dict:
+    diffs = _paired(full, c)
+    return {"without": c, "share_mean": statistics.mean(diffs),
+            "share_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
+
+
+def ablation(table: dict, split: str, policies: dict[str, str]) -> list[dict]:
+    """Per fraction of one split's headline rows: MAD, each policy's MAD and its share (MAD minus it), each part
+    switched off and its share, MAD minus naive."""
     rows = []
     for row in table["rows"]:
-        if row["split"] != split:
+        if row["split"] != split or row.get("metric", table["metric"]) != table["metric"]:
             continue
         cells = row["cells"]
         full = cells.get("full")
         if not full:
             continue
-        out = {"fraction": row["fraction"], "full": full, "parts": {}}
+        out = {"fraction": row["fraction"], "full": full, "parts": {}, "policies": {}}
+        for policy, method in policies.items():
+            if cells.get(method):
+                out["policies"][policy] = {**_share(full, cells[method]), "mad": method == "full"}
         for method, part in ABLATIONS:
-            c = cells.get(method)
-            if c:
-                diffs = _paired(full, c)
-                out["parts"][part] = {"without": c, "share_mean": statistics.mean(diffs),
-                                      "share_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
-        for ref in ("naive", "baseline", "full-logit-kd", "naive-adaptive-alpha"):
-            c = cells.get(ref)
-            if c:
-                diffs = _paired(full, c)
-                out[f"vs_{ref}"] = {"cell": c, "diff_mean": statistics.mean(diffs),
-                                    "diff_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
+            if cells.get(method):
+                out["parts"][part] = _share(full, cells[method])
+        if cells.get("naive"):
+            out["naive"] = _share(full, cells["naive"])
         rows.append(out)
     return rows
 
@@ -155,53 +184,62 @@ def _pm(mean: float, std: float, n: int, signed: bool = False) -> str:
     return f.format(mean) + (f" ± {std:.2f}" if n > 1 else "")
 
 
-def ablation_markdown(abl: dict[str, list[dict]], n_seeds: int) -> str:
-    lines = ["# Ablation: MAD with one adaptive part switched off", "",
-             f"VQA accuracy (%), mean ± std over {n_seeds} seeds. *share* = MAD minus MAD-without-the-part, paired "
-             "by seed (positive: the part helps).", ""]
-    for split, rows in abl.items():
-        if len(abl) > 1:
-            lines += [f"## {split}", ""]
-        head = ["training fraction", "MAD"]
-        for _, part in ABLATIONS:
-            head += [f"without {part}", "share"]
-        head += ["naive", "MAD - naive", "naive, adaptive alpha", "MAD - that", "MAD + logit KD"]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|---:|" + "---:|" * (len(head) - 1))
-        for r in rows:
-            f = r["full"]
-            cells = [f"{r['fraction'] * 100:g}%", _pm(f["mean"], f["std"], f["n"])]
+def _cell(p: dict | None, n: int) -> list[str]:
+    if not p:
+        return ["–", "–"]
+    w = p["without"]
+    share = "(MAD)" if p.get("mad") else _pm(p["share_mean"], p["share_std"], n, signed=True)
+    return [_pm(w["mean"], w["std"], w["n"]), share]
+
+
+def ablation_markdown(abl: dict[str, dict[str, list[dict]]], n_seeds: int) -> str:
+    """``abl``: task -> split -> rows of :func:`ablation`."""
+    lines = ["# Ablation: MAD with one adaptive part changed", "",
+             f"Headline metric (%), mean ± std over {n_seeds} seeds. *share* = MAD minus the variant, paired by seed "
+             "(positive: MAD's choice helps). The selection policies are MAD with that policy; *(MAD)* marks MAD's "
+             "own.", ""]
+    for task, by_split in abl.items():
+        for split, rows in by_split.items():
+            lines += [f"## {task}, {split}", ""]
+            head = ["training fraction", "MAD"]
+            for policy in POLICIES:
+                head += [f"select {policy}", "share"]
             for _, part in ABLATIONS:
-                p = r["parts"].get(part)
-                cells += ([_pm(p["without"]["mean"], p["without"]["std"], p["without"]["n"]),
-                           _pm(p["share_mean"], p["share_std"], f["n"], signed=True)] if p else ["–", "–"])
-            nv = r.get("vs_naive")
-            cells += ([_pm(nv["cell"]["mean"], nv["cell"]["std"], nv["cell"]["n"]),
-                       _pm(nv["diff_mean"], nv["diff_std"], f["n"], signed=True)] if nv else ["–", "–"])
-            na = r.get("vs_naive-adaptive-alpha")
-            cells += ([_pm(na["cell"]["mean"], na["cell"]["std"], na["cell"]["n"]),
-                       _pm(na["diff_mean"], na["diff_std"], f["n"], signed=True)] if na else ["–", "–"])
-            kd = r.get("vs_full-logit-kd")
-            cells.append(_pm(kd["cell"]["mean"], kd["cell"]["std"], kd["cell"]["n"]) if kd else "–")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+                head += [f"without {part}", "share"]
+            head += ["naive", "MAD - naive"]
+            lines.append("| " + " | ".join(head) + " |")
+            lines.append("|---:|" + "---:|" * (len(head) - 1))
+            for r in rows:
+                f = r["full"]
+                cells = [f"{r['fraction'] * 100:g}%", _pm(f["mean"], f["std"], f["n"])]
+                for policy in POLICIES:
+                    cells += _cell(r["policies"].get(policy), f["n"])
+                for _, part in ABLATIONS:
+                    cells += _cell(r["parts"].get(part), f["n"])
+                cells += _cell(r.get("naive"), f["n"])
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
-def ablation_csv(abl: dict[str, list[dict]]) -> str:
-    head = ["split", "train_fraction", "mad_mean", "mad_std"]
-    for _, part in ABLATIONS:
-        k = part.replace(" ", "_")
-        head += [f"without_{k}_mean", f"without_{k}_std", f"share_{k}_mean", f"share_{k}_std"]
+def ablation_csv(abl: dict[str, dict[str, list[dict]]]) -> str:
+    names = [f"select_{p}" for p in POLICIES] + [f"without_{part.replace(' ', '_')}" for _, part in ABLATIONS]
+    head = ["task", "split", "train_fraction", "mad_mean", "mad_std"]
+    for k in [*names, "naive"]:
+        head += [f"{k}_mean", f"{k}_std", f"{k}_share_mean", f"{k}_share_std"]
     lines = [",".join(head)]
-    for split, rows in abl.items():
-        for r in rows:
-            vals = [split, f"{r['fraction']:g}", f"{r['full']['mean']:.4f}", f"{r['full']['std']:.4f}"]
-            for _, part in ABLATIONS:
-                p = r["parts"].get(part)
-                vals += ([f"{p['without']['mean']:.4f}", f"{p['without']['std']:.4f}", f"{p['share_mean']:.4f}",
-                          f"{p['share_std']:.4f}"] if p else ["", "", "", ""])
-            lines.append(",".join(vals))
+    for task, by_split in abl.items():
+        for split, rows in by_split.items():
+            for r in rows:
+                std = r["full"]["std"]
+                vals = [task, split, f"{r['fraction']:g}", f"{r['full']['mean']:.4f}", "" if std is None else
+                        f"{std:.4f}"]
+                parts = [r["policies"].get(p) for p in POLICIES] + [r["parts"].get(part) for _, part in ABLATIONS]
+                for p in [*parts, r.get("naive")]:
+                    ws = p["without"]["std"] if p else None
+                    vals += ([f"{p['without']['mean']:.4f}", "" if ws is None else f"{ws:.4f}",
+                              f"{p['share_mean']:.4f}", f"{p['share_std']:.4f}"] if p else ["", "", "", ""])
+                lines.append(",".join(vals))
     return "\n".join(lines) + "\n"
 
 
@@ -245,27 +283,36 @@ def per_type_markdown(pt: dict, split: str, methods=("baseline", "naive", "full"
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the config (as for mad run)")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "lowshot.yaml", help="the main study")
     ap.add_argument("--ablation-config", type=Path, default=ROOT / "configs" / "ablation.yaml",
-                    help="the ablation study (its table goes to OUT/ablation/, the share table to OUT/ablation.md)")
+                    help="the ablation study (its tables go to OUT/ablation/<task>/, the share table to "
+                    "OUT/ablation.md)")
     ap.add_argument("--no-ablation", dest="ablation_config", action="store_const", const=None)
-    ap.add_argument("--jobs", type=int, default=1, help="parallel mad run shards (seed x fraction); 1: one mad run")
+    ap.add_argument("--only", action="append", default=None, metavar="TASK",
+                    help="run only this task of the configs (repeatable); default: all of them")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel mad run shards (task x seed x fraction); 1: one "
+                    "mad run")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per shard (OMP_NUM_THREADS)")
     ap.add_argument("--device", default=None, help="device for training (auto, cpu, cuda); default: the config's")
     ap.add_argument("--cache", type=Path, default=None, help="cache root (default: MAD_CACHE, else the user cache)")
     ap.add_argument("--deadline-min", type=float, default=None,
                     help="with --jobs: stop the shards after this many minutes and report what finished")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "lowshot")
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "study")
+    return ap.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mad_pipeline.cache import Cache
     from mad_pipeline.versions import library_versions
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    if args.only:
+        overrides.append(f"task=[{','.join(args.only)}]")
     if args.jobs > 1 and not any(o.startswith("num_workers=") for o in overrides):
         # parallel shards share the cores: mad run's num_workers=auto would give each of them all the free ones
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -277,37 +324,38 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     deadline = t0 + 60 * args.deadline_min if args.deadline_min else float("inf")
     studies = {"lowshot": args.config, "ablation": args.ablation_config}
-    results = {}
-    for name, config in studies.items():
-        if config is None:
-            continue
-        out = args.out if name == "lowshot" else args.out / "ablation"
-        results[name] = study(args, config, overrides, out, deadline)
+    results = {name: study(args, config, overrides, args.out if name == "lowshot" else args.out / "ablation",
+                           deadline) for name, config in studies.items() if config is not None}
     wall = time.perf_counter() - t0
 
-    main_table, stages = results["lowshot"]["table"], results["lowshot"]["stages"]
-    abl_table = results.get("ablation", results["lowshot"])["table"]
-    abl = {s: ablation(abl_table, s) for s in abl_table["splits"]}
-    pt = {s: per_type(stages, s) for s in main_table["splits"][:1]}  # the eval split (from its runs' metrics.json)
-    (args.out / "ablation.md").write_text(ablation_markdown(abl, len(abl_table["seeds"])))
+    main_res = results["lowshot"]
+    abl_res = results.get("ablation", main_res)
+    policies = policy_methods(abl_res["values"])
+    abl = {task: {s: ablation(t, s, policies) for s in t["splits"]} for task, t in abl_res["tables"].items()}
+    pt = {task: per_type([st for st in main_res["stages"] if st.meta.get("task") == task], t["splits"][0])
+          for task, t in main_res["tables"].items()}
+    pt = {task: v for task, v in pt.items() if v["students"]}  # the tasks with question types (VQA)
+    (args.out / "ablation.md").write_text(ablation_markdown(abl, len(abl_res["values"]["seeds"])))
     (args.out / "ablation.csv").write_text(ablation_csv(abl))
-    (args.out / "per_type.md").write_text("\n".join(per_type_markdown(pt[s], s) for s in pt))
+    (args.out / "per_type.md").write_text("\n".join(per_type_markdown(v, main_res["tables"][task]["splits"][0])
+                                                    for task, v in pt.items()))
     all_stages = [st for r in results.values() for st in r["stages"]]
     trains = {st.key: st.record["seconds"] for st in all_stages if st.kind == "distill" and st.record
               and st.record.get("seconds")}
-    device = results["lowshot"]["values"]["device"]
+    device = main_res["values"]["device"]
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() and device in ("auto", "cuda") else "cpu"
     info = {"configs": {k: str(v) for k, v in studies.items() if v}, "overrides": overrides, "jobs": args.jobs,
             "threads": args.threads, "wall_s": wall,
             "complete": all(r["complete"] for r in results.values()),
             "distill_stage_seconds_median": statistics.median(trains.values()) if trains else None,
             "distill_stages": len(trains), "device": dev, "cpu_count": os.cpu_count(),
-            "platform": platform.platform(), "versions": library_versions(), "table": main_table,
-            "ablation_table": abl_table, "ablation": abl,
-            "per_type": {s: {"students": {f"{f:g}": v for f, v in pt[s]["students"].items()},
-                             "teacher": pt[s]["teacher"]} for s in pt}}
+            "platform": platform.platform(), "versions": library_versions(), "tables": main_res["tables"],
+            "ablation_tables": abl_res["tables"], "ablation": abl, "policies": policies,
+            "per_type": {task: {"students": {f"{f:g}": v for f, v in d["students"].items()},
+                                "teacher": d["teacher"]} for task, d in pt.items()}}
     (args.out / "lowshot.json").write_text(json.dumps(info, indent=1) + "\n")
-    print((args.out / "report.md").read_text())
+    for task in main_res["tables"]:
+        print((args.out / task / "report.md").read_text())
     print((args.out / "ablation.md").read_text())
     print((args.out / "per_type.md").read_text())
     log(f"done in {wall:.0f} s ({len(trains)} students, median {info['distill_stage_seconds_median'] or 0:.0f} s "
@@ -316,30 +364,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def study(args, config: Path, overrides: list[str], out: Path, deadline: float) -> dict:
-    """One config through (sharded) ``mad run``; the report in ``out``. Cut short by the deadline: a partial report
-    from the evaluated runs there are, titled INCOMPLETE."""
+    """One config through (sharded) ``mad run``; the reports in ``out/<task>/``. Cut short by the deadline: partial
+    reports from the evaluated runs there are, titled INCOMPLETE."""
     from mad_pipeline.stages.pipeline import RunConfig, load_config, run
 
+    from mad_pipeline.pipeline.config import tasks_of
     from mad_pipeline.pipeline.report import aggregate, write_report
 
     values = load_config(config, overrides).values
-    log(f"{config.name}: cache {args.cache}, {args.jobs} job(s) x {args.threads} thread(s)")
+    log(f"{config.name}: {', '.join(tasks_of(values))}; cache {args.cache}, {args.jobs} job(s) x {args.threads} "
+        "thread(s)")
     shard_s = run_shards(args, config, overrides, values, deadline)
     if shard_s:
-        log(f"shards done in {shard_s:.0f} s; assembling the report")
-    rc = RunConfig(config=config, overrides=tuple(overrides), cache=args.cache, out=out, progress=args.jobs <= 1)
+        log(f"shards done in {shard_s:.0f} s; assembling the reports")
+    # one folder per task, even for one task (mad run copies a one-task report to OUT itself)
+    rc = RunConfig(config=config, overrides=tuple(overrides), cache=args.cache, out=None, progress=args.jobs <= 1)
     plan = run(dataclasses.replace(rc, dry_run=True), log=lambda _m: None)
     missing = [st for st in plan.stages if st.status != "cached" and st.kind in ("distill", "eval")]
-    complete = not missing or time.perf_counter() < deadline
-    if complete:
+    if not missing or time.perf_counter() < deadline:
         res = run(rc, log=log)
-        return {"values": values, "table": res.table, "stages": res.stages, "complete": True}
-    log(f"incomplete: {len(missing)} distill/eval stages missing, e.g. {missing[0].label}; partial report")
-    recs = [{**st.summary(), "task": values["task"], "source": st.key} for st in plan.stages
-            if st.kind == "eval" and st.status == "cached"]
-    table = aggregate(recs, title=values["name"] + " (INCOMPLETE)")
-    write_report(table, out)
-    return {"values": values, "table": table, "stages": plan.stages, "complete": False}
+        tables = {}
+        for task, rep in res.reports.items():
+            write_report(rep["table"], out / task, records=_records_of(rep))
+            tables[task] = rep["table"]
+        return {"values": values, "tables": tables, "stages": res.stages, "complete": True}
+    log(f"incomplete: {len(missing)} distill/eval stages missing, e.g. {missing[0].label}; partial reports")
+    tables = {}
+    for task in tasks_of(values):
+        recs = [{**st.summary(), "task": task, "source": st.key} for st in plan.stages
+                if st.kind == "eval" and st.status == "cached" and st.meta.get("task") == task]
+        if recs:
+            tables[task] = aggregate(recs, title=values["name"] + f" {task} (INCOMPLETE)")
+            write_report(tables[task], out / task)
+    return {"values": values, "tables": tables, "stages": plan.stages, "complete": False}
+
+
+def _records_of(rep: dict) -> list[dict] | None:
+    """The records a report stage's table was made from (its JSON beside the Markdown)."""
+    p = Path(rep["files"]["markdown"]).with_suffix(".json")
+    try:
+        return json.loads(p.read_text())["records"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 if __name__ == "__main__":

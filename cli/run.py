@@ -131,9 +131,9 @@ def _run_and_print(config: Path, overrides, dry_run: bool, cache: Path | None, o
         con.print(_plan_table(result))
     else:
         con.print(_summary_table(result))
-    if result.table:
-        con.print(_report_table(result.table))
-        for kind, p in result.report_files.items():
+    for rep in result.reports.values():  # one per task
+        con.print(_report_table(rep["table"]))
+        for kind, p in rep["files"].items():
             con.print(f"{kind}: {p}", soft_wrap=True, highlight=False)
     counts = result.counts()
     parts = ", ".join(f"{v} {k}" for k, v in counts.items())
@@ -187,6 +187,9 @@ def _report_table(table: dict) -> Table:
     ms = table["methods"]
     t = Table(title=f"{table['title']} — {report_lib.caption(table)}")
     multi = len(table["splits"]) > 1
+    metrics = bool(table.get("metrics"))  # VCR: Q->A, QA->R, Q->AR
+    if metrics:
+        t.add_column("metric")
     if multi:
         t.add_column("split")
     t.add_column("training fraction", justify="right")
@@ -198,5 +201,6 @@ def _report_table(table: dict) -> Table:
             c = row["cells"].get(m)
             text = report_lib.cell_text(c)
             cells.append(f"[bold]{text}[/]" if report_lib.is_best(row, c) else text)
-        t.add_row(*([row["split"]] if multi else []), f"{row['fraction'] * 100:g}%", *cells)
+        t.add_row(*([report_lib.metric_title(row["metric"])] if metrics else []),
+                  *([row["split"]] if multi else []), f"{row['fraction'] * 100:g}%", *cells)
     return t

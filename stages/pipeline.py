@@ -58,7 +58,8 @@ def schema() -> dict[str, Any]:
     names = task_names()
     one_of = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
     extras = {  # what DistillConfig's field descriptions do not say
-        "task": {"choices": names, "help": f"{one_of} (required)"},
+        "task": {"kind": "custom", "parse": config_lib.parse_tasks(names),
+                 "help": f"{one_of} (required), or a list of them: one study over several tasks"},
         "weights": {"kind": "path"}, "text_weights": {"kind": "path"},  # local files, relative to the YAML
         "precision": {"choices": ("auto", "fp32", "bf16")},
         "subset_seed": {"min": 0}, "vocab_min_count": {"min": 1}, "extract_batch_size": {"min": 1},
@@ -93,7 +94,7 @@ class RunResult:
     table: dict[str, Any] | None = None
     report_files: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> {table, files}; table: the first
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for s in self.stages:
@@ -110,6 +111,7 @@ class RunResult:
             "trained": sum(1 for s in self.stages if s.kind == "distill" and s.status == "ran"),
             "stages": [s.summary() for s in self.stages],
             "report": {"files": self.report_files, "table": self.table} if self.table else None,
+            "reports": self.reports,  # per task (a config with several tasks has one report each)
             "resolved_config": self.config, "seconds": round(self.seconds, 3),
         }
 
@@ -117,17 +119,23 @@ class RunResult:
 def run(cfg: RunConfig, log: Callable[[str], None] = print,
         on_stage: Callable[[Stage, int, int, str], None] | None = None) -> RunResult:
     """Run (or, with ``dry_run``, plan) the pipeline. ``on_stage(stage, i, n, event)`` is called with event
-    ``start`` before a stage runs and ``done`` once it is cached, ran or is known to need a run."""
+    ``start`` before a stage runs and ``done`` once it is cached, ran or is known to need a run. A config with
+    several tasks runs each task's stages with its own resolver (:func:`mad_pipeline.pipeline.plan.expand_study`)."""
     t0 = time.perf_counter()
     pcfg = load_config(cfg.config, cfg.overrides)
     _quiet_transformers()  # transformers' own "Loading weights" bars would interleave with the stage lines
     values = pcfg.values
     root = cfg.cache or (Path(values["cache"]) if values["cache"] else None)
     cache = Cache.at(root)
-    runner = _Runner(values, pcfg.source, cache, cfg, log)
-    stages = plan_lib.expand(values)
+    tasks = config_lib.tasks_of(values)
+    runners = {t: _Runner(config_lib.for_task(values, t), pcfg.source, cache, cfg, log) for t in tasks}
+    by_id: dict[str, Stage] = {}
+    for r in runners.values():
+        r.by_id = by_id  # one plan: the data stage is shared
+    stages = plan_lib.expand_study(values)
     n = len(stages)
     for i, st in enumerate(stages, 1):
+        runner = runners[st.meta.get("task", tasks[0])]
         runner.resolve(st)
         if st.status == "pending":
             if cfg.dry_run:
@@ -138,14 +146,18 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print,
                 runner.execute(st)
         if on_stage:
             on_stage(st, i, n, "done")
-        runner.by_id[st.id] = st
+        by_id[st.id] = st
     result = RunResult(pcfg.source, values, str(cache.root), cfg.dry_run, stages, seconds=0.0)
-    rep = stages[-1]
-    if rep.record is not None:
-        result.table = rep.record["result"]["table"]
-        out = cfg.out or (Path(values["out"]) if values["out"] else None)
+    out = cfg.out or (Path(values["out"]) if values["out"] else None)
+    for rep in (s for s in stages if s.kind == "report" and s.record is not None):
+        task = rep.meta["task"]
         files = dict(rep.record["result"]["files"])
-        result.report_files = _copy_report(files, Path(out), values) if out is not None and not cfg.dry_run else files
+        if out is not None and not cfg.dry_run:
+            files = _copy_report(files, Path(out) / task if len(tasks) > 1 else Path(out), values)
+        result.reports[task] = {"table": rep.record["result"]["table"], "files": files}
+    if result.reports:
+        first = next(iter(result.reports.values()))
+        result.table, result.report_files = first["table"], first["files"]
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -250,16 +262,23 @@ class _Runner(Resolver):
         return res, summary, "ran"
 
     def _run_report(self, st: Stage):
+        from mad_pipeline.tasks import task_class
+
         records = []
         for eid in st.deps.values():
             e = self.by_id[eid]
             s = e.record["summary"]
             d = self.dep(e, "distill")
             met = d.record.get("result", {}).get("metrics", {})
-            records.append({"method": e.meta["method"], "fraction": e.meta["fraction"], "seed": e.meta["seed"],
-                            "split": e.meta["split"], "metric": s["metric"], "value": s["value"], "task": self.task,
-                            "source": str((Path(d.record["path"]) / "run").resolve()),
-                            "references": met.get("references") if e.meta["split"] == met.get("eval_split") else {}})
+            rec = {"method": e.meta["method"], "fraction": e.meta["fraction"], "seed": e.meta["seed"],
+                   "split": e.meta["split"], "metric": s["metric"], "value": s["value"], "task": self.task,
+                   "source": str((Path(d.record["path"]) / "run").resolve())}
+            records.append({**rec, "references": met.get("references") if e.meta["split"] == met.get("eval_split")
+                            else {}})
+            scores = e.record.get("result", {}).get("metrics") or {}
+            for key, _title in task_class(self.task).study_metrics:  # VCR: QA->R and Q->AR beside Q->A
+                if key in scores:
+                    records.append({**rec, "metric": key, "value": scores[key]})
         table = report_lib.aggregate(records, title=self.v["name"])
         files = report_lib.write_report(table, plan_lib.stage_dir(self.cache.root, "report", st.key), records=records)
         return {"table": table, "files": files, "records": records}, {"files": files}, "ran"

@@ -31,14 +31,14 @@ class ReportConfig:
 def run(cfg: ReportConfig) -> dict[str, Any]:
     if not cfg.runs:
         raise InputError("give at least one run directory")
-    found: dict[tuple[str, str], tuple[int, dict]] = {}  # (run dir, split) -> (priority, record)
+    found: dict[tuple, tuple[int, dict]] = {}  # (run dir, split, metric) -> (priority, record)
     for p in cfg.runs:
         p = Path(p)
         if not p.exists():
             raise InputError(f"{p}: no such file or directory")
         for f, prio in _candidates(p):
             for rec in _records(f):
-                ident = (rec["source"], rec["split"])
+                ident = (rec["source"], rec["split"], rec.get("metric"))
                 if ident not in found or found[ident][0] < prio:
                     found[ident] = (prio, rec)
     records = [r for _, r in found.values()]
@@ -88,9 +88,9 @@ def _records(f: Path) -> list[dict[str, Any]]:
         dkey = d.get("inputs", {}).get("distill")
         src = str((f.parent.parent.parent / "distill" / dkey / "run").resolve()) if dkey else str(f.parent)
         refs = _references(Path(src) / "metrics.json", meta["split"]) if dkey else {}
-        return [{"method": meta["method"], "fraction": meta["fraction"], "seed": meta["seed"],
-                 "split": meta["split"], "metric": s.get("metric"), "value": s.get("value"), "task": task,
-                 "source": src, "references": refs}]
+        rec = {"method": meta["method"], "fraction": meta["fraction"], "seed": meta["seed"], "split": meta["split"],
+               "metric": s.get("metric"), "value": s.get("value"), "task": task, "source": src}
+        return [{**rec, "references": refs}, *_study_metrics(rec, d.get("result", {}).get("metrics"))]
     if kind == "distill":
         mf = f.parent / "run" / "metrics.json"
         if not mf.exists():
@@ -104,10 +104,22 @@ def _from_metrics(m: dict, source: str, method: str) -> list[dict[str, Any]]:
     for split, res in (m.get("eval") or {}).items():
         if not res:
             continue
-        out.append({"method": method, "fraction": m.get("train_fraction", 1.0), "seed": m.get("seed", 0),
-                    "split": split, "metric": res.get("metric"), "value": res.get("value"), "task": m.get("task"),
-                    "source": source, "references": _run_references(m, split)})
+        rec = {"method": method, "fraction": m.get("train_fraction", 1.0), "seed": m.get("seed", 0),
+               "split": split, "metric": res.get("metric"), "value": res.get("value"), "task": m.get("task"),
+               "source": source}
+        out += [{**rec, "references": _run_references(m, split)}, *_study_metrics(rec, res)]
     return out
+
+
+def _study_metrics(rec: dict[str, Any], scores: dict | None) -> list[dict[str, Any]]:
+    """The records of the task's other study metrics (VCR: QA->R, Q->AR) of one evaluated run."""
+    from mad_pipeline.tasks import task_class
+
+    try:
+        keys = task_class(rec["task"]).study_metrics if rec.get("task") else ()
+    except InputError:  # a task this installation does not know (a plugin's): its headline only
+        keys = ()
+    return [{**rec, "metric": k, "value": scores[k]} for k, _ in keys if scores and scores.get(k) is not None]
 
 
 def _run_references(m: dict, split: str) -> dict[str, float]:

@@ -22,6 +22,7 @@ answer_label, rationale_label (None when absent), objects, img_fn, metadata_fn (
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +76,19 @@ def _attaches(piece: str) -> bool:
 
 
 def vcr_file(root: Path, split: str) -> Path:
-    if split not in SPLITS:
-        raise InputError(f"--split {split!r}: VCR splits are {', '.join(SPLITS)}")
+    """The split's file; a split not in :data:`SPLITS` (the shapes world's ``shift``) only when its file exists."""
     root = Path(root)
     name = f"{split}.jsonl"
+    custom = split not in SPLITS
+    if custom and not re.fullmatch(r"[a-z][a-z0-9-]*", split):
+        name = ""
     for d in _FILE_DIRS:
         p = root / d / name if d else root / name
-        if p.is_file():
+        if name and p.is_file():
             return p
+    if custom:
+        raise InputError(f"--split {split!r}: VCR splits are {', '.join(SPLITS)} (or a custom NAME with its "
+                         "NAME.jsonl)")
     raise InputError(f"{root / name}: VCR annotation file not found (also looked in {root / 'vcr1annots'})")
 
 

@@ -29,6 +29,7 @@ from .schema import (
     top_level_train_keys,
     train_section,
 )
+from .study import for_task, merge_settings, parse_per_task, parse_tasks, tasks_of
 from .yaml_io import load_value, load_yaml
 
 
@@ -48,6 +49,31 @@ class PipelineConfig:
     @property
     def methods(self) -> dict[str, dict[str, Any]]:
         return self.values["methods"]
+
+
+def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
+                      overridden: dict[str, str]) -> None:
+    """Each task's own values (the config with its ``per_task`` settings merged in), kept under ``per_task``."""
+    tasks = tasks_of(values)
+    resolved = {}
+    for task, body in values["per_task"].items():
+        if task not in tasks:
+            from ..tasks import task_names
+
+            if task in task_names():  # a task filtered out (task=vcr on the command line)
+                continue
+            raise InputError(f"{source}: per_task.{task}: not one of the config's tasks ({', '.join(tasks)})")
+        if "task" in body or "per_task" in body:
+            raise InputError(f"{source}: per_task.{task}: sets task or per_task")
+        one = merge_settings({k: v for k, v in copy.deepcopy(raw).items() if k != "per_task"}, body)
+        one["task"] = task
+        try:
+            resolved[task] = _validate(one, sch, source, prefix="", overridden=overridden)
+            resolved[task]["per_task"] = {}
+            _check_whole(resolved[task], source)
+        except InputError as e:
+            raise InputError(f"{source}: per_task.{task}: {str(e).removeprefix(f'{source}: ')}") from None
+    values["per_task"] = resolved
 
 
 def lookup(values: dict[str, Any], dotted: str) -> Any:
@@ -79,6 +105,8 @@ def schema(settings: Mapping[str, Key]) -> dict[str, Any]:
                        help=f"list of presets ({', '.join(PRESETS)}), or a mapping name -> {{preset, switches}}"),
         "fractions": Key("floats", [1.0], check=_fractions_check, help="training fractions (low-shot subsets)"),
         "seeds": Key("ints", [0], check=_seeds_check, help="training seeds (each also picks its subset)"),
+        "per_task": Key("custom", {}, parse=parse_per_task, help="a study over several tasks: settings of one task, as "
+                        "the YAML's keys (per_task: {vcr: {train: {batch_size: 16}}})"),
         **top_level_train_keys(),
         "cache": Key("path", help="cache root (default: MAD_CACHE, else the user cache dir)"),
         "out": Key("path", help="also copy the report here"),
@@ -195,6 +223,8 @@ def from_dict(raw: dict[str, Any], schema: dict[str, Any], source: str = "<confi
         overridden[_apply_override(raw, schema, ov)] = ov
     values = _validate(raw, schema, source, prefix="", overridden=overridden)
     _check_whole(values, source)
+    if values.get("per_task"):
+        _resolve_per_task(raw, values, schema, source, overridden)
     return PipelineConfig(values, source)
 
 
@@ -342,5 +372,5 @@ def train_config(values: dict[str, Any], seed: int = 0):
     return TrainConfig(**train_kwargs(values), seed=seed)
 
 
-__all__ = ["BUNDLED_DIR", "PipelineConfig", "bundled_config", "from_dict", "load_config", "lookup", "mad_config",
-           "schema", "train_config", "train_kwargs"]
+__all__ = ["BUNDLED_DIR", "PipelineConfig", "bundled_config", "for_task", "from_dict", "load_config", "lookup",
+           "mad_config", "parse_tasks", "schema", "tasks_of", "train_config", "train_kwargs"]

@@ -8,6 +8,10 @@ Stages, in order (each depends only on stages before it):
 ``eval``     one trained student on one evaluation split
 ``report``   the table over methods, fractions and seeds (Markdown, CSV, PNG)
 
+A config with several tasks (``task: [vqa, snli-ve, vcr]``) is one such plan per task (:func:`expand_study`), each
+task's stage ids prefixed with its name (``vcr/distill:full@0.05/s1``, ``vcr/report``), sharing the ``data`` stage:
+each task's stages and keys are exactly those of the same config with that one task.
+
 A stage's key is the sha256 of the canonical JSON of ``{format, kind, params, inputs}``: ``params`` are the stage's
 own settings that change its values (never batch sizes, workers or devices), ``inputs`` the content keys of what it
 reads: the data (a fingerprint of the split's samples and image bytes), the teachers' identities, the feature
@@ -141,6 +145,37 @@ def expand(values: dict[str, Any]) -> list[Stage]:
     return stages
 
 
+def expand_study(values: dict[str, Any]) -> list[Stage]:
+    """The stages of a config with one task or several (``task: [vqa, vcr]``): the data stage once, then each task's
+    own plan (:func:`expand` of the config with that task) with its ids prefixed by the task; ``meta["task"]`` names
+    the task of every stage but the shared data stage."""
+    from .config import for_task, tasks_of
+
+    tasks = tasks_of(values)
+    if len(tasks) == 1:
+        stages = expand(values)
+        for st in stages:
+            if st.kind != "data":
+                st.meta["task"] = tasks[0]
+        return stages
+    out: list[Stage] = []
+    for task in tasks:
+        for st in expand(for_task(values, task)):
+            if st.kind == "data":
+                if not any(s.id == st.id for s in out):
+                    out.append(st)
+                continue
+
+            def pre(ident: str, task: str = task) -> str:
+                return ident if ident.startswith("data:") else f"{task}/{ident}"
+
+            st.id, st.label = pre(st.id), f"{task}: {st.label}"
+            st.deps = {pre(role) if st.kind == "report" else role: pre(d) for role, d in st.deps.items()}
+            st.meta["task"] = task
+            out.append(st)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # stage outputs in the cache
 
@@ -259,6 +294,6 @@ def split_fingerprint(reader: str, root: Path, split: str, memo_dir: Path | None
                         "missing": sorted(inputs.missing)})
 
 
-__all__ = ["KINDS", "MARKER", "PIPELINE_FORMAT", "Stage", "eval_split_of", "expand", "fraction_label",
+__all__ = ["KINDS", "MARKER", "PIPELINE_FORMAT", "Stage", "eval_split_of", "expand", "expand_study", "fraction_label",
            "pretrained_identity", "read_marker", "split_fingerprint", "stage_dir", "stage_key", "still_valid",
            "write_marker"]

@@ -2,7 +2,9 @@
 naive, MAD, then any custom ones), cells = mean ± std over seeds. Written as Markdown, CSV and a PNG plot.
 
 A record is one evaluated run: ``{"method", "fraction", "seed", "split", "metric", "value", "task"}`` (``value`` in
-percent, the task's official metric), optionally with ``references`` (label -> level on that split: the teacher's
+percent, the task's official metric); a task with several study metrics (VCR: Q->A, QA->R, Q->AR) gives one record
+per metric and run, and the table has one block per metric and split (the headline first). A record may carry
+``references`` (label -> level on that split: the teacher's
 zero-shot accuracy, majority, chance), drawn as horizontal lines on the plot. The spread is the sample standard
 deviation over seeds (ddof=1); with one seed it is undefined: ``None`` in the table, an empty cell in the CSV, no
 error bar on the plot.
@@ -24,7 +26,12 @@ from ..errors import InputError
 
 METHOD_ORDER = ("baseline", "naive", "full")
 METHOD_TITLE = {"baseline": "baseline", "naive": "naive", "full": "MAD"}
-METRIC_TITLE = {"vqa_accuracy": "VQA accuracy", "accuracy": "accuracy", "q2a": "Q->A accuracy"}
+METRIC_TITLE = {"vqa_accuracy": "VQA accuracy", "accuracy": "accuracy", "q2a": "Q->A accuracy",
+                "qa2r": "QA->R accuracy", "q2ar": "Q->AR accuracy"}
+
+
+def metric_title(metric: str | None) -> str:
+    return METRIC_TITLE.get(metric or "", metric or "metric")
 
 
 def method_title(name: str) -> str:
@@ -47,7 +54,7 @@ def aggregate(records: list[dict[str, Any]], title: str = "results") -> dict[str
         raise InputError(f"runs of several tasks ({', '.join(tasks)}); report one task at a time")
     seen: dict[tuple, str] = {}
     for r in records:
-        ident = (r["split"], r["fraction"], r["method"], r["seed"])
+        ident = (r.get("metric"), r["split"], r["fraction"], r["method"], r["seed"])
         src = str(r.get("source", "?"))
         if ident in seen and seen[ident] != src:
             raise InputError(f"two runs for method {r['method']}, fraction {r['fraction']:g}, seed {r['seed']}, "
@@ -56,23 +63,40 @@ def aggregate(records: list[dict[str, Any]], title: str = "results") -> dict[str
     methods = sorted({r["method"] for r in records},
                      key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
     splits = list(dict.fromkeys(r["split"] for r in records))
-    metric = next((r["metric"] for r in records if r.get("metric")), None)
+    metrics = list(dict.fromkeys(r.get("metric") for r in records))
     rows = []
-    for split in splits:
-        for fraction in sorted({r["fraction"] for r in records if r["split"] == split}):
-            cells = {}
-            for m in methods:
-                rs = sorted((r for r in records if r["split"] == split and r["fraction"] == fraction
-                             and r["method"] == m and r["value"] is not None), key=lambda r: r["seed"])
-                if rs:
-                    vals = [float(r["value"]) for r in rs]
-                    mean, std = _mean_std(vals)
-                    cells[m] = {"mean": mean, "std": std, "n": len(vals), "seeds": [r["seed"] for r in rs],
-                                "values": vals}
-            rows.append({"split": split, "fraction": fraction, "cells": cells})
+    for metric in metrics:
+        of_metric = [r for r in records if r.get("metric") == metric]
+        for split in splits:
+            for fraction in sorted({r["fraction"] for r in of_metric if r["split"] == split}):
+                cells = {}
+                for m in methods:
+                    rs = sorted((r for r in of_metric if r["split"] == split and r["fraction"] == fraction
+                                 and r["method"] == m and r["value"] is not None), key=lambda r: r["seed"])
+                    if rs:
+                        vals = [float(r["value"]) for r in rs]
+                        mean, std = _mean_std(vals)
+                        cells[m] = {"mean": mean, "std": std, "n": len(vals), "seeds": [r["seed"] for r in rs],
+                                    "values": vals}
+                rows.append({"split": split, "fraction": fraction, "cells": cells,
+                             **({"metric": metric} if len(metrics) > 1 else {})})
     seeds = sorted({r["seed"] for r in records})
-    return {"title": title, "task": tasks[0], "metric": metric, "methods": methods, "splits": splits,
-            "seeds": seeds, "rows": rows, "references": _references(records, splits)}
+    headline = [r for r in records if r.get("metric") == metrics[0]]
+    return {"title": title, "task": tasks[0], "metric": metrics[0], "methods": methods, "splits": splits,
+            "seeds": seeds, "rows": rows, "references": _references(headline, splits),
+            **({"metrics": metrics} if len(metrics) > 1 else {})}
+
+
+def blocks(table: dict[str, Any]) -> list[tuple[str | None, str, list[dict[str, Any]]]]:
+    """The table's blocks: ``(metric, split, rows)`` per study metric and evaluation split (metric None for a
+    one-metric table)."""
+    out = []
+    for metric in table.get("metrics") or [None]:
+        for split in table["splits"]:
+            rows = [r for r in table["rows"] if r["split"] == split and r.get("metric") == metric]
+            if rows:
+                out.append((metric, split, rows))
+    return out
 
 
 def _references(records: list[dict[str, Any]], splits: list[str]) -> dict[str, dict[str, float]]:
@@ -104,7 +128,7 @@ def is_best(row: dict[str, Any], c: dict | None) -> bool:
 
 
 def caption(table: dict[str, Any]) -> str:
-    metric = METRIC_TITLE.get(table["metric"] or "", table["metric"] or "metric")
+    metric = " / ".join(metric_title(m) for m in table.get("metrics") or [table["metric"]])
     n = len(table["seeds"])
     spread = f"mean ± std over {n} seeds" if n > 1 else "one seed"
     return f"{table['task']}: {metric} (%), {spread}"
@@ -113,14 +137,13 @@ def caption(table: dict[str, Any]) -> str:
 def to_markdown(table: dict[str, Any]) -> str:
     ms = table["methods"]
     lines = [f"# {table['title']}", "", caption(table) + ".", ""]
-    for split in table["splits"]:
-        if len(table["splits"]) > 1:
-            lines += [f"## {split}", ""]
+    several = len(table["splits"]) > 1 or bool(table.get("metrics"))
+    for metric, split, rows in blocks(table):
+        if several:
+            lines += [f"## {metric_title(metric) + ', ' if metric else ''}{split}", ""]
         lines.append("| training fraction | " + " | ".join(method_title(m) for m in ms) + " |")
         lines.append("|---:|" + "---:|" * len(ms))
-        for row in table["rows"]:
-            if row["split"] != split:
-                continue
+        for row in rows:
             cells = []
             for m in ms:
                 c = row["cells"].get(m)
@@ -128,7 +151,7 @@ def to_markdown(table: dict[str, Any]) -> str:
             lines.append(f"| {row['fraction'] * 100:g}% | " + " | ".join(cells) + " |")
         lines.append("")
         refs = (table.get("references") or {}).get(split)
-        if refs:
+        if refs and metric in (None, table["metric"]):
             lines += ["References: " + ", ".join(f"{k} {v:.2f}" for k, v in refs.items()) + ".", ""]
     return "\n".join(lines)
 
@@ -137,12 +160,13 @@ def to_csv(table: dict[str, Any]) -> str:
     ms = table["methods"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head = ["split", "train_fraction"]
+    several = bool(table.get("metrics"))
+    head = (["metric"] if several else []) + ["split", "train_fraction"]
     for m in ms:
         head += [f"{method_title(m)}_mean", f"{method_title(m)}_std", f"{method_title(m)}_n"]
     w.writerow(head)
     for row in table["rows"]:
-        line: list[Any] = [row["split"], f"{row['fraction']:g}"]
+        line: list[Any] = ([row["metric"]] if several else []) + [row["split"], f"{row['fraction']:g}"]
         for m in ms:
             c = row["cells"].get(m)
             std = "" if not c or c.get("std") is None else f"{c['std']:.4f}"  # undefined for one seed: empty
@@ -173,13 +197,15 @@ def figure(table: dict[str, Any]):
 
     from ..training.plot import draw_references
 
-    splits = table["splits"]
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4), squeeze=False)
+    panels = blocks(table)
+    ncol = len(table["splits"])
+    nrow = max(1, len(panels) // max(ncol, 1))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4 * nrow), squeeze=False)
     fractions = sorted({r["fraction"] for r in table["rows"]})
-    for ax, split in zip(axes[0], splits, strict=True):
+    for ax, (metric, split, rows) in zip(axes.flat, panels, strict=False):
         tops = []
         for m in table["methods"]:
-            pts = [(r["fraction"], r["cells"][m]) for r in table["rows"] if r["split"] == split and m in r["cells"]]
+            pts = [(r["fraction"], r["cells"][m]) for r in rows if m in r["cells"]]
             if not pts:
                 continue
             xs = [p[0] * 100 for p in pts]
@@ -187,13 +213,14 @@ def figure(table: dict[str, Any]):
             ax.errorbar(xs, [p[1]["mean"] for p in pts], yerr=errs if any(errs) else None, marker="o", capsize=3,
                         label=method_title(m))
             tops += [p[1]["mean"] + e for p, e in zip(pts, errs, strict=True)]
-        draw_references(ax, (table.get("references") or {}).get(split), tops)
+        refs = (table.get("references") or {}).get(split) if metric in (None, table["metric"]) else None
+        draw_references(ax, refs, tops)
         if len(fractions) > 1 and max(fractions) / min(fractions) >= 10:
             ax.set_xscale("log")
         ax.set_xticks([f * 100 for f in fractions])
         ax.set_xticklabels([f"{f * 100:g}%" for f in fractions])
         ax.set_xlabel("training fraction")
-        ax.set_ylabel(f"{METRIC_TITLE.get(table['metric'] or '', table['metric'] or 'metric')} (%)")
+        ax.set_ylabel(f"{metric_title(metric or table['metric'])} (%)")
         ax.set_title(split)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -218,5 +245,5 @@ def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report
     return {"markdown": str(md), "csv": str(csv_p), "png": str(png)}
 
 
-__all__ = ["METHOD_ORDER", "aggregate", "caption", "cell_text", "figure", "is_best", "method_title", "plot",
-           "to_csv", "to_markdown", "write_report"]
+__all__ = ["METHOD_ORDER", "aggregate", "blocks", "caption", "cell_text", "figure", "is_best", "method_title",
+           "metric_title", "plot", "to_csv", "to_markdown", "write_report"]

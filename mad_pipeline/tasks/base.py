@@ -60,6 +60,9 @@ class Task:
     prediction_key: ClassVar[str]  # the id field of a record in the official results format
     files: ClassVar[tuple[str, ...]] = ()  # files :meth:`save` writes into a run directory
     order: ClassVar[int] = 100  # position in listings (the paper's three benchmarks first)
+    # More keys of :meth:`score`'s result that a study reports beside the headline, each with its own table:
+    # ``(key, title)`` (VCR: QA->R and Q->AR beside Q->A)
+    study_metrics: ClassVar[tuple[tuple[str, str], ...]] = ()
     # Settings that only some tasks read (marked ``task_setting=True`` where declared, e.g. ``vqa_eval``): a task
     # lists those it reads, and only those enter the keys of its stages, so a setting that means nothing to a task
     # never changes that task's keys (its cached results stay valid).

@@ -70,6 +70,7 @@ class VcrTask(Task):
     default_eval_split = "val"
     metric = "q2a"
     metric_key = "q2a"
+    study_metrics = (("qa2r", "QA->R"), ("q2ar", "Q->AR"))
     multiple_choice = True
     prediction_key = "annot_id"
 

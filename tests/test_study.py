@@ -1,0 +1,229 @@
+"""A study over several tasks in one `mad run` config (`task: [vqa, snli-ve, vcr]`): the plan is each task's own
+plan, ids prefixed by the task, one shared world; a one-task filter (`task=vcr`) finds the very same keys in the
+cache; each task gets its own paper-style report (VCR: Q->A, QA->R and Q->AR, on test and shift), and the study's
+ablation table pairs MAD with each variant by seed. Tiny: a 16-image world, one training step, baseline-only for the
+real run (no teacher)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import pytest
+from mad_pipeline.stages.pipeline import load_config
+
+from mad_pipeline.errors import InputError
+from mad_pipeline.pipeline import report as report_lib
+from mad_pipeline.pipeline.plan import expand_study
+
+STUDY = """\
+name: tiny study
+task: [vqa, snli-ve, vcr]
+data:
+  shapes: {{size: 16, seed: 0}}
+  eval_split: test
+  eval_splits: [shift]
+teacher: tiny-clip
+teacher_weights: {weights}
+methods: [baseline, naive, full]
+fractions: [0.5, 1.0]
+seeds: [0]
+vocab_min_count: 1
+train:
+  steps: 1
+  batch_size: 4
+"""
+TASKS = ("vqa", "snli-ve", "vcr")
+
+
+@pytest.fixture()
+def study_yaml(tiny_clip, tmp_path):
+    _, weights = tiny_clip
+    p = tmp_path / "study.yaml"
+    p.write_text(STUDY.format(weights=weights))
+    return p
+
+
+@pytest.fixture()
+def inproc(tiny_clip, tmp_path, monkeypatch, capsys):
+    """``mad ...`` in this process (tiny-clip registered as MAD_MODEL_CONFIGS registers it in a subprocess, a
+    private cache); returns stdout, asserting exit code 0."""
+    from mad_pipeline.cli.main import main
+
+    env = {"MAD_MODEL_CONFIGS": str(tiny_clip[0]), "MAD_CACHE": str(tmp_path / "cache"), "MAD_SHARED_CACHE": "",
+           "MAD_HASH_MEMO": str(tmp_path / "hash-memo"), "COLUMNS": "200"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+    def call(*args: str) -> str:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        return out.out
+
+    return call
+
+
+def _json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_three_task_study_expands_into_each_tasks_stages(study_yaml, inproc, tmp_path):
+    values = load_config(study_yaml).values
+    assert values["task"] == list(TASKS)
+    stages = expand_study(values)
+    assert [s.id for s in stages if s.kind == "data"] == ["data:shapes"] and stages[0].kind == "data"
+    for task in TASKS:
+        own = [s for s in stages if s.meta.get("task") == task]
+        assert all(s.id.startswith(f"{task}/") and s.label.startswith(f"{task}: ") for s in own)
+        by_kind = {k: [s for s in own if s.kind == k] for k in ("extract", "distill", "eval", "report")}
+        # the training subset at 50% (seed 0), the whole training split, the evaluation split (test)
+        assert sorted(s.id for s in by_kind["extract"]) == [f"{task}/extract:test", f"{task}/extract:train",
+                                                            f"{task}/extract:train@0.5/s0"]
+        assert len(by_kind["distill"]) == 3 * 2 and len(by_kind["report"]) == 1
+        assert sorted({s.meta["split"] for s in by_kind["eval"]}) == ["shift", "test"] and len(by_kind["eval"]) == 12
+        full = next(s for s in by_kind["distill"] if s.meta["method"] == "full" and s.meta["fraction"] == 0.5)
+        assert full.deps == {"data": "data:shapes", "train_stores": f"{task}/extract:train@0.5/s0",
+                             "eval_stores": f"{task}/extract:test"}
+        assert set(by_kind["report"][0].deps.values()) == {s.id for s in by_kind["eval"]}
+    # the plan through the CLI (dry run: nothing computed), and the one-task filter: that task's plain ids
+    res = _json(inproc("run", str(study_yaml), "--dry-run", "--json"))
+    assert res["dry_run"] and len(res["stages"]) == 1 + 3 * (3 + 6 + 12 + 1)
+    assert {s["task"] for s in res["stages"] if s["kind"] != "data"} == set(TASKS)
+    one = _json(inproc("run", str(study_yaml), "task=vcr", "--dry-run", "--json"))
+    assert [s["id"] for s in one["stages"] if s["kind"] == "report"] == ["report"]
+    assert len(one["stages"]) == 1 + 3 + 6 + 12 + 1
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("stage.json"))
+
+
+def test_per_task_settings_make_that_tasks_values(study_yaml):
+    """``per_task:`` sets one task's keys (as the YAML writes them); its stages are those of the one-task config
+    with the same settings, and the task filter keeps them."""
+    from mad_pipeline.pipeline.config import for_task
+
+    text = study_yaml.read_text() + "per_task:\n  vcr: {train: {batch_size: 2, steps: 3}, seeds: [0, 1]}\n"
+    study_yaml.write_text(text)
+    values = load_config(study_yaml).values
+    vcr, vqa = for_task(values, "vcr"), for_task(values, "vqa")
+    assert (vcr["train"]["batch_size"], vcr["train"]["steps"], vcr["seeds"]) == (2, 3, [0, 1])
+    assert (vqa["train"]["batch_size"], vqa["train"]["steps"], vqa["seeds"]) == (4, 1, [0])
+    assert len([s for s in expand_study(values) if s.kind == "distill" and s.meta["task"] == "vcr"]) == 3 * 2 * 2
+    one = load_config(study_yaml, ["task=vcr"]).values
+    assert for_task(one, "vcr") == vcr
+    assert load_config(study_yaml, ["task=vqa"]).values["train"]["batch_size"] == 4
+    study_yaml.write_text(text.replace("steps: 3", "stpes: 3"))
+    with pytest.raises(InputError, match=r"study\.yaml: per_task\.vcr: unknown key train\.stpes"):
+        load_config(study_yaml)
+    study_yaml.write_text(text.replace("  vcr:", "  vrc:"))
+    with pytest.raises(InputError, match=r"per_task\.vrc: not one of the config's tasks"):
+        load_config(study_yaml)
+
+
+@pytest.mark.parametrize("task, expect", [
+    ("[vqa, vqa]", "task: vqa listed twice"),
+    ("[vqa, nope]", "task[1]: 'nope' is not one of"),
+    ("[]", "expected a task or a list of tasks"),
+])
+def test_bad_task_list_is_one_line(tmp_path, task, expect):
+    p = tmp_path / "x.yaml"
+    p.write_text(f"task: {task}\ndata: {{shapes: {{size: 8}}}}\n")
+    with pytest.raises(InputError, match=expect.replace("[", r"\[").replace("]", r"\]")):
+        load_config(p)
+
+
+def test_study_runs_per_task_and_the_one_task_config_reuses_it(study_yaml, inproc, tmp_path):
+    """A real run of the baseline on SNLI-VE and VCR (one step each): a report per task, VCR's with its three
+    metrics on test and shift; the same config filtered to VCR is served entirely from the cache (same keys)."""
+    args = ("run", str(study_yaml), "task=[snli-ve,vcr]", "methods=[baseline]", "fractions=[1.0]")
+    res = _json(inproc(*args, "--out", str(tmp_path / "out"), "--json"))
+    assert res["trained"] == 2 and set(res["reports"]) == {"snli-ve", "vcr"}
+    vcr = res["reports"]["vcr"]["table"]
+    assert vcr["task"] == "vcr" and vcr["metrics"] == ["q2a", "qa2r", "q2ar"] and vcr["splits"] == ["test", "shift"]
+    assert [(b[0], b[1]) for b in report_lib.blocks(vcr)] == [
+        (m, s) for m in ("q2a", "qa2r", "q2ar") for s in ("test", "shift")]
+    assert "majority" in vcr["references"]["test"]  # the plot's reference line on the evaluation split
+    snli = res["reports"]["snli-ve"]["table"]
+    assert snli["metric"] == "accuracy" and "metrics" not in snli  # one metric: the table as before
+    for task in ("snli-ve", "vcr"):
+        for name in ("report.md", "report.csv", "report.png"):
+            assert (tmp_path / "out" / task / name).stat().st_size > 0, (task, name)
+    md = (tmp_path / "out" / "vcr" / "report.md").read_text()
+    assert "## QA->R accuracy, shift" in md and "## Q->A accuracy, test" in md
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "vcr" / "report.csv").read_text())))
+    assert {r["metric"] for r in rows} == {"q2a", "qa2r", "q2ar"} and len(rows) == 6
+
+    vcr_ids = {s["id"].removeprefix("vcr/"): s["key"] for s in res["stages"] if s["id"].startswith("vcr/")}
+    again = _json(inproc("run", str(study_yaml), "task=vcr", "methods=[baseline]", "fractions=[1.0]", "--json"))
+    assert again["counts"] == {"cached": len(again["stages"])} and again["trained"] == 0
+    assert {s["id"]: s["key"] for s in again["stages"] if s["kind"] != "data"} == vcr_ids
+    # mad report reads the three metrics back from the stage directories (the report's, or the eval stages')
+    vcr_stages = [s for s in res["stages"] if s["id"].startswith("vcr/")]
+    rep = next(s["path"] for s in vcr_stages if s["kind"] == "report")
+    evals = [s["path"] for s in vcr_stages if s["kind"] == "eval"]
+    for runs in ([rep], evals):
+        got = _json(inproc("report", *runs, "--out", str(tmp_path / "rep"), "--json"))["table"]
+        assert got["metrics"] == ["q2a", "qa2r", "q2ar"] and len(got["rows"]) == 6, runs
+    # the human output prints each task's table
+    out = inproc(*args)
+    assert "snli-ve" in out and "QA->R accuracy" in out and "Q->AR accuracy" in out
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_lowshot",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "lowshot.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ablation_table_pairs_each_variant_with_mad_by_seed(tmp_path):
+    """The study's ablation table from fake per-seed results: each selection policy beside MAD's own, each part
+    switched off, and naive, as MAD minus the variant paired by seed; per task and split."""
+    bench = _bench()
+    from mad_pipeline.stages.pipeline import schema
+
+    from mad_pipeline.pipeline.config import from_dict
+
+    values = from_dict({
+        "task": ["vqa", "vcr"], "data": {"shapes": {"size": 8}},
+        "methods": {"naive": {}, "full": {}, "full-all-tokens": {"preset": "full", "select": "all"},
+                    "full-random": {"preset": "full", "select": "random"},
+                    "full-no-confidence": {"preset": "full", "confidence": "none"},
+                    "full-constant-alpha": {"preset": "full", "alpha_schedule": "constant"}},
+    }, schema()).values
+    policies = bench.policy_methods(values)
+    assert policies["all"] == "full-all-tokens" and policies["random"] == "full-random"
+    own = next(p for p, m in policies.items() if m == "full")  # the preset's own policy is MAD itself
+    value = {"full": [40.0, 42.0, 44.0], "naive": [30.0, 31.0, 35.0], "full-all-tokens": [41.0, 41.0, 41.0],
+             "full-random": [39.0, 40.0, 41.0], "full-no-confidence": [40.0, 42.0, 44.0],
+             "full-constant-alpha": [20.0, 22.0, 24.0]}
+    tables = {}
+    for task in ("vqa", "vcr"):
+        recs = [{"method": m, "fraction": f, "seed": s, "split": split, "metric": "m", "value": v + f, "task": task,
+                 "source": f"{task}{m}{f}{s}{split}"}
+                for m, vs in value.items() for f in (0.01, 0.05) for s, v in enumerate(vs)
+                for split in ("test", "shift")]
+        tables[task] = report_lib.aggregate(recs)
+    abl = {t: {s: bench.ablation(tab, s, policies) for s in tab["splits"]} for t, tab in tables.items()}
+    row = abl["vcr"]["shift"][0]
+    assert row["fraction"] == 0.01 and row["policies"][own]["mad"]
+    assert row["policies"]["all"]["share_mean"] == pytest.approx(1.0)  # (40-41, 42-41, 44-41) / 3
+    assert row["policies"]["random"]["share_mean"] == pytest.approx(2.0)
+    assert row["parts"]["adaptive balance"]["share_mean"] == pytest.approx(20.0)
+    assert row["parts"]["adaptive balance"]["share_std"] == pytest.approx(0.0)
+    assert row["naive"]["share_mean"] == pytest.approx((10 + 11 + 9) / 3)
+    md = bench.ablation_markdown(abl, 3)
+    assert "## vqa, test" in md and "## vcr, shift" in md and "(MAD)" in md and "+20.00 ± 0.00" in md
+    lines = bench.ablation_csv(abl).splitlines()
+    assert len(lines) == 1 + 2 * 2 * 2 and lines[1].startswith("vqa,test,0.01,")
+    shards = bench.shards({**values, "seeds": [0, 1], "fractions": [0.05, 0.01]}, jobs=2)
+    assert shards[0] == ["task=vqa", "fractions=[0.01]", "seeds=[0]"] and len(shards) == 2 * 2 * 2
+    json.dumps(abl)  # lowshot.json holds it
