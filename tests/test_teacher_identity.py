@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXAMPLES, TINY_CLIP, mad, save_open_clip
+from conftest import EXAMPLES, TINY_CLIP, mad_inproc, save_open_clip
 
 from mad_pipeline.errors import TeacherError
 from mad_pipeline.teachers import load_teacher
@@ -221,11 +221,11 @@ def test_cli_text_teacher_hint_and_wrong_weights_are_one_line(tiny_clip, tmp_pat
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache")}
     args = ["extract", "--teacher", "tiny-clip", "--manifest", str(EXAMPLES / "manifest.jsonl"),
             "--data-root", str(EXAMPLES), "--quiet"]
-    p = mad(*args, "--weights", str(weights), "--text-teacher", "roberta-base", env=env, check=False)
+    p = mad_inproc(*args, "--weights", str(weights), "--text-teacher", "roberta-base", env=env, check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "--text-weights" in err[0], err
-    p = mad(*args, "--weights", str(SHAPES_CLIP / "open_clip_model.safetensors"), env=env, check=False)
+    p = mad_inproc(*args, "--weights", str(SHAPES_CLIP / "open_clip_model.safetensors"), env=env, check=False)
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(err) == 1 and "(by its tensor shapes); teacher tiny-clip expects" in err[0], err
 
