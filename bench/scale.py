@@ -292,9 +292,9 @@ def throughput(cache_dir: Path, fraction: float, stores: dict, layout: str, batc
             batch = next(it, None)
             if batch is None:
                 break
-            n += len(batch.target)
+            n += len(batch)
             if mode == "step":
-                x = batch.pixels.float().mean(dim=(2, 3))
+                x = batch.pixel_values.float().mean(dim=(2, 3))
                 loss = model(x).mean() + sum(t.float().mean() for t in _tensors(batch.targets)) * 0
                 opt.zero_grad()
                 loss.backward()
@@ -394,6 +394,7 @@ def main(argv=None) -> int:
                 sys.stderr.write(proc.stderr)
                 return 1
             entry["layouts"][layout] = json.loads(proc.stdout.strip().splitlines()[-1])
+        entry["load_average"] = [round(x, 2) for x in os.getloadavg()]  # other work on the machine meanwhile
         report["sizes"][f"{pct:g}%"] = entry
         print_table(f"{pct:g}%", entry)
     args.json.parent.mkdir(parents=True, exist_ok=True)
