@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, last_json, mad
+from conftest import EXAMPLES, last_json, mad, mad_inproc
 
 from mad_pipeline.cache import Cache
 from mad_pipeline.store.reader import open_store
@@ -27,19 +27,22 @@ from mad_pipeline.store.verify import verify_store
 
 @pytest.fixture(scope="module")
 def team_a(tiny_clip, tmp_path_factory):
-    """Team A's cache, built by a real `mad extract` (image, text and index stores, 2 rows per shard)."""
+    """Team A's cache, built by `mad extract` (image, text and index stores, 2 rows per shard), in this process."""
     cfg_file, weights = tiny_clip
     base = tmp_path_factory.mktemp("sharing")
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_SHARED_CACHE": "", "MAD_PULL": ""}
     args = ["extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest",
             str(EXAMPLES / "manifest.jsonl"), "--data-root", str(EXAMPLES), "--shard-rows", "2", "--json"]
-    res = last_json(mad(*args, env={**env, "MAD_CACHE": str(base / "team-a")}))
+    res = last_json(mad_inproc(*args, env={**env, "MAD_CACHE": str(base / "team-a")}))
     assert not any(s["cached"] for s in res["stores"].values())
     return {"cache": base / "team-a", "result": res, "env": env, "args": args, "base": base}
 
 
-def _team_b(team_a, cache: Path, shared: str, **extra_env) -> dict:
-    return last_json(mad(*team_a["args"], env={**team_a["env"], "MAD_CACHE": str(cache), "MAD_SHARED_CACHE": shared,
+def _team_b(team_a, cache: Path, shared: str, subprocess: bool = False, **extra_env) -> dict:
+    """Team B's `mad extract`: in this process, or (``subprocess=True``) the console script in a fresh process,
+    where fsspec reads ``FSSPEC_*`` variables at import."""
+    run = mad if subprocess else mad_inproc
+    return last_json(run(*team_a["args"], env={**team_a["env"], "MAD_CACHE": str(cache), "MAD_SHARED_CACHE": shared,
                                                **extra_env}))
 
 
@@ -214,7 +217,7 @@ def test_s3_compatible_server_push_then_in_place_and_pull(team_a, tmp_path, monk
         # ... team B reads them in place (the endpoint through fsspec's FSSPEC_S3_ENDPOINT_URL)
         local = tmp_path / "team-b"
         b_env = {**creds, "FSSPEC_S3_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL": ""}
-        res = _team_b(team_a, local, "s3://team-bucket/cache", **b_env)
+        res = _team_b(team_a, local, "s3://team-bucket/cache", subprocess=True, **b_env)
         _assert_served(res, team_a, "shared:s3://team-bucket/cache", local)
         _assert_same_features(res, team_a)
         ls = store_ls.run(store_ls.StoreLsConfig(cache="s3://team-bucket/cache"))
