@@ -41,6 +41,7 @@ from mad_pipeline.jsonio import dump_json
 from mad_pipeline.losses import MADConfig, MADLoss, TargetBuilder
 from mad_pipeline.settings import not_in_key
 from mad_pipeline.settings import setting as _f
+from mad_pipeline.store.reader import open_store
 from mad_pipeline.students import image_preprocess
 from mad_pipeline.tasks import Task, get_task, task_class
 from mad_pipeline.tasks.vqa import DEFAULT_MIN_COUNT, vqa_eval_setting
@@ -49,6 +50,7 @@ from mad_pipeline.training.collate import Collate, StudentTokenizer
 from mad_pipeline.training.config import TrainConfig, resolve_device, resolve_num_workers
 from mad_pipeline.training.dataset import DistillDataset, OnlineTeacherInput, SampleDataset, StorePaths
 from mad_pipeline.training.evaluate import evaluate
+from mad_pipeline.training.kept import check_selection as check_kept_selection
 from mad_pipeline.training.online import OnlineTeacher
 from mad_pipeline.training.trainer import Trainer
 
@@ -56,6 +58,7 @@ from . import extract as extract_stage
 
 RUN_FORMAT = 1
 TARGET_CACHE_MB = 256.0  # per process: each image's targets, made once per image
+STORAGE_FIELDS = {"storage": "fp16", "keep_tokens": None, "keep_policy": "teacher-saliency"}  # stage 1's
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,10 @@ class DistillConfig:
     precision: str = _f("auto", "teacher precision (extraction and online teacher)")
     cache: Path | None = _f(None, "store cache root", key=False)
     extract_batch_size: int = _f(32, "teacher batch size at extraction", key=False)
+    storage: str = _f("fp16", "image tokens as fp16, int8 or bitround:N at extraction (see mad extract --storage)")
+    keep_tokens: int | None = _f(None, "store only each image's CLS + K best patches (mad extract --keep-tokens)",
+                                 min=1)
+    keep_policy: str = _f("teacher-saliency", "the selection policy that ranks the kept patches")
     overwrite: bool = _f(False, "replace a different run in out", key=False)
     wait: bool = _f(False, "wait while another process uses out (default: stop with an error)", key=False)
     progress: bool = _f(True, "progress output", key=False)
@@ -111,6 +118,9 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
             d.pop(f.name, None)
     d["data_root"] = str(Path(cfg.data_root).resolve())
     d["out"] = str(Path(cfg.out).resolve())
+    for name in STORAGE_FIELDS:  # the default storage: the fingerprint it always had
+        if d.get(name) == STORAGE_FIELDS[name]:
+            d.pop(name, None)
     return d
 
 
@@ -213,6 +223,8 @@ def build_training(cfg: DistillConfig, task: Task, samples: list, root: Path, st
     student = build_student(cfg.student, task.name, task.num_classes, cfg.pretrained)
     student.labels = task.label_names()  # the saved student's id2label
     w = stores.widths()
+    if stores.image is not None and online is None:  # a keep-tokens store serves only some selections
+        check_kept_selection(cfg.mad, open_store(stores.image))
     objective = MADLoss(cfg.mad, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
     online_input = OnlineTeacherInput(online.image.preprocess, online.image.crop_box_fn) if online else None
     from mad_pipeline.training.joint import joint_projection  # the joint space of question-aware selection
@@ -284,7 +296,8 @@ def _extract_cfg(cfg: DistillConfig, dataset: str, split: str, fraction: float, 
         device=cfg.train.device, precision=cfg.precision, batch_size=cfg.extract_batch_size,
         num_workers=resolve_num_workers(cfg.train.num_workers, resolve_device(cfg.train.device)), task=cfg.task,
         vocab_min_count=cfg.vocab_min_count,
-        train_fraction=fraction, seed=seed, progress=cfg.progress)
+        train_fraction=fraction, seed=seed, progress=cfg.progress, storage=cfg.storage, keep_tokens=cfg.keep_tokens,
+        keep_policy=cfg.keep_policy)
 
 
 def _run_json(cfg: DistillConfig, data: _Data, n_train: int, store_keys: dict) -> dict[str, Any]:

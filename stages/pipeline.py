@@ -49,6 +49,7 @@ YAML_KEYS = {
     "text_weights": "text_weights", "precision": "precision", "student": "student", "pretrained": "pretrained",
     "subset_seed": "subset_seed", "vocab_min_count": "vocab_min_count", "extract_batch_size": "extract_batch_size",
     "vqa_eval": "vqa_eval",
+    "storage": "extract.storage", "keep_tokens": "extract.keep_tokens", "keep_policy": "extract.keep_policy",
 }
 
 

@@ -167,8 +167,16 @@ class Resolver:
         if ident is None:
             return None
         params = {**st.params, "task": self.task, "reader": self.reader, "vocab_min_count": self.v["vocab_min_count"],
-                  "zs_prompt": "auto", "teachers": ident}
+                  "zs_prompt": "auto", "teachers": ident, **self.storage().key_parts()}
         return params, {"data": self.fingerprint(st.params["split"])}
+
+    def storage(self):
+        """The image stores' storage (``extract.storage`` / ``keep_tokens`` / ``keep_policy``); in the extract
+        stage's key only when not the default, like in the stores' keys."""
+        from ..store.storage import Storage
+
+        e = self.v.get("extract") or {}
+        return Storage.parse(e.get("storage"), e.get("keep_tokens"), e.get("keep_policy"))
 
     def _key_distill(self, st: Stage):
         if not self.data_ready(st):
