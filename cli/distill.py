@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from rich.table import Table
 from mad_pipeline.losses import MADConfig
 from mad_pipeline.progress import quiet_library_bars
 from mad_pipeline.training.config import NUM_WORKERS_HELP, TrainConfig, parse_num_workers
+from mad_pipeline.training.distributed import RankFailed
 
 from .app import app
 from .options import setting_option
@@ -67,6 +69,7 @@ def distill_cmd(
     text_weights: str = typer.Option(None, "--text-weights", help="Local weights for --text-teacher."),
     student: str = typer.Option("vilt-tiny", "--student", help="vilt-tiny or vilt-b32."),
     pretrained: str = typer.Option(None, "--pretrained", help="Student backbone weights (directory or hub id)."),
+    init: str = setting_option(stage.DistillConfig, "init", "--init"),
     dataset: str = typer.Option(None, "--dataset", help="Reader (default: the task's)."),
     train_split: str = typer.Option("train", "--train-split", help="Training split."),
     eval_split: str = typer.Option(None, "--eval-split", help="Evaluation split (default val; SNLI-VE dev)."),
@@ -90,19 +93,36 @@ def distill_cmd(
     vocab_min_count: int = typer.Option(9, "--vocab-min-count", help="VQA: answers seen at least this often."),
     vqa_eval: str = setting_option(stage.DistillConfig, "vqa_eval", "--vqa-eval"),
     online_teacher: bool = typer.Option(False, "--online-teacher", help="Run the teacher in the loop (no stores)."),
+    storage: str = typer.Option("fp16", "--storage", help="Image tokens in stage 1's store: fp16, int8 or "
+                                "bitround:N (see mad extract)."),
+    keep_tokens: int = typer.Option(None, "--keep-tokens", help="Stage 1 keeps only each image's CLS + K best "
+                                    "patches; --select must then choose among them."),
+    keep_policy: str = typer.Option("teacher-saliency", "--keep-policy", help="The policy ranking the kept patches."),
     steps: int = typer.Option(_D.steps, "--steps", help="Optimizer steps."),
-    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Samples per micro-batch."),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size",
+                                   help="Samples per micro-batch (of all --nproc processes together)."),
     grad_accum: int = typer.Option(_D.grad_accum, "--grad-accum", help="Micro-batches per step."),
     lr: float = typer.Option(_D.lr, "--lr", help="Peak learning rate (AdamW)."),
     weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", help="AdamW weight decay."),
-    warmup: int = typer.Option(_D.warmup, "--warmup", help="Linear warmup steps."),
+    warmup: float = typer.Option(_D.warmup, "--warmup", help="Linear warmup: steps (a whole number), or a fraction "
+                                 "of --steps below 1 (0.1: the first 10%)."),
     min_lr_ratio: float = typer.Option(_D.min_lr_ratio, "--min-lr-ratio", help="Cosine decay floor / peak."),
     grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Max grad norm (0: off)."),
     eval_every: int = typer.Option(_D.eval_every, "--eval-every", help="Evaluate every N steps (0: at the end)."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, "--checkpoint-every", help="Checkpoint every N steps."),
     log_every: int = typer.Option(_D.log_every, "--log-every", help="Log training metrics every N steps."),
+    patience: int = typer.Option(_D.patience, "--patience", help="Early stopping: stop after N dev evaluations "
+                                 "without improvement (0: never; --steps is the cap)."),
+    dev_fraction: float = typer.Option(_D.dev_fraction, "--dev-fraction", help="Hold out this fraction of the "
+                                       "training samples (whole images) as the dev split; the best checkpoint by "
+                                       "its metric is the run's student."),
+    min_dev: int = typer.Option(_D.min_dev, "--min-dev", help="Dev samples at least (with --dev-fraction)."),
+    dev_every: int = typer.Option(_D.dev_every, "--dev-every", help="Evaluate the dev split every N steps "
+                                  "(0: --steps / 20)."),
     num_workers: str = typer.Option(_D.num_workers, "--num-workers", help=NUM_WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes training together (torchrun, DDP; on GPUs one per "
+                              "device); --batch-size is their global batch. Or run under torchrun yourself."),
     bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (never on CPU)."),
     cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Store cache root [env MAD_CACHE]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in --out."),
@@ -112,27 +132,40 @@ def distill_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (no bar at all, transformers' "
                                "included)."),
 ):
+    opts = dict(locals())  # every option, by name
     if quiet or as_json:
         quiet_library_bars()
+    _run_and_print(_distill_config(opts), quiet or as_json, as_json)
+
+
+def _distill_config(o: dict) -> stage.DistillConfig:
+    """The stage's settings from the options: each TrainConfig / DistillConfig field from the option of its name."""
     mad = MADConfig.from_switches(
-        "baseline" if no_distill else preset, select=select, top_k=top_k, confidence=confidence,
-        alpha_schedule=alpha_schedule, alpha=alpha, alpha_ratio=alpha_ratio, logit_kd=logit_kd,
-        token_loss=token_loss, image_tokens=False if no_image_tokens else None,
-        text_tokens=False if no_text_tokens else None, pooled=False if no_pooled else None)
-    train = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, weight_decay=weight_decay,
-                        warmup=warmup, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, eval_every=eval_every,
-                        checkpoint_every=checkpoint_every, log_every=log_every,
-                        num_workers=parse_num_workers(num_workers), device=device, bf16=bf16, seed=seed)
-    cfg = stage.DistillConfig(
-        task=task, data_root=data_root, out=out, teacher=teacher, weights=weights, text_teacher=text_teacher,
-        text_weights=text_weights, student=student, pretrained=pretrained, dataset=dataset, train_split=train_split,
-        eval_split=eval_split, test_splits=tuple(test_split), mad=mad, train=train, train_fraction=train_fraction,
-        subset_seed=subset_seed, vocab_min_count=vocab_min_count, vqa_eval=vqa_eval, online_teacher=online_teacher,
-        cache=cache,
-        overwrite=overwrite, wait=wait, progress=not (quiet or as_json))
+        "baseline" if o["no_distill"] else o["preset"], select=o["select"], top_k=o["top_k"],
+        confidence=o["confidence"], alpha_schedule=o["alpha_schedule"], alpha=o["alpha"], alpha_ratio=o["alpha_ratio"],
+        logit_kd=o["logit_kd"], token_loss=o["token_loss"], image_tokens=False if o["no_image_tokens"] else None,
+        text_tokens=False if o["no_text_tokens"] else None, pooled=False if o["no_pooled"] else None)
+    train = TrainConfig(**{**_named(TrainConfig, o), "num_workers": parse_num_workers(o["num_workers"])})
+    return stage.DistillConfig(**{**_named(stage.DistillConfig, o), "mad": mad, "train": train,
+                                  "test_splits": tuple(o["test_split"]),
+                                  "progress": not (o["quiet"] or o["as_json"])})
+
+
+def _named(cls, o: dict) -> dict:
+    return {f.name: o[f.name] for f in dataclasses.fields(cls) if f.name in o}
+
+
+def _run_and_print(cfg: stage.DistillConfig, quiet: bool, as_json: bool) -> None:
     err = Console(stderr=True)
-    result = stage.run(cfg, log=(lambda m: None) if (quiet or as_json)
-                       else (lambda m: err.print(m, markup=False, soft_wrap=True)))
+    try:
+        result = stage.run(cfg, log=(lambda m: None) if quiet else (lambda m: err.print(m, markup=False,
+                                                                                          soft_wrap=True)))
+    except RankFailed as e:
+        if e.reported:  # the rank printed its own one-line error
+            raise typer.Exit(e.exit_code) from None
+        raise
+    if not result.main:  # another rank of a torchrun group: rank 0 prints the results
+        return
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
     else:

@@ -42,13 +42,16 @@ from mad_pipeline.losses import MADConfig, MADLoss, TargetBuilder
 from mad_pipeline.settings import not_in_key
 from mad_pipeline.settings import setting as _f
 from mad_pipeline.store.reader import open_store
-from mad_pipeline.students import image_preprocess
+from mad_pipeline.students import INITS, image_preprocess, resolve_init
 from mad_pipeline.tasks import Task, get_task, task_class
 from mad_pipeline.tasks.vqa import DEFAULT_MIN_COUNT, vqa_eval_setting
-from mad_pipeline.training import rundir
+from mad_pipeline.training import distributed, rundir
 from mad_pipeline.training.collate import Collate, StudentTokenizer
+from mad_pipeline.training.confidence import write_confidence
 from mad_pipeline.training.config import TrainConfig, resolve_device, resolve_num_workers
 from mad_pipeline.training.dataset import DistillDataset, OnlineTeacherInput, SampleDataset, StorePaths
+from mad_pipeline.training.distributed import Dist
+from mad_pipeline.training.early_stop import EarlyStop, dev_split
 from mad_pipeline.training.evaluate import evaluate
 from mad_pipeline.training.kept import check_selection as check_kept_selection
 from mad_pipeline.training.online import OnlineTeacher
@@ -57,6 +60,7 @@ from mad_pipeline.training.trainer import Trainer
 from . import extract as extract_stage
 
 RUN_FORMAT = 1
+MAX_NPROC = 1024  # processes of one run
 TARGET_CACHE_MB = 256.0  # per process: each image's targets, made once per image
 STORAGE_FIELDS = {"storage": "fp16", "keep_tokens": None, "keep_policy": "teacher-saliency"}  # stage 1's
 
@@ -72,6 +76,9 @@ class DistillConfig:
     text_weights: str | None = _f(None, "local weights of the text teacher")
     student: str = _f("vilt-tiny", "student preset")
     pretrained: str | None = _f(None, "student backbone weights (save_pretrained directory or hub id)")
+    init: str = _f("scratch", "student initialisation: pretrained (the preset's own pretrained backbone: vilt-tiny "
+                   "the shipped shapes-vilt-tiny, vilt-b32 dandelin/vilt-b32-mlm) or scratch; --pretrained wins",
+                   choices=INITS)
     dataset: str | None = _f(None, "reader (default: the task's own)")
     train_split: str = _f("train", "training split")
     eval_split: str | None = _f(None, "evaluation split (default: the task's, e.g. val; SNLI-VE dev)")
@@ -93,6 +100,8 @@ class DistillConfig:
     overwrite: bool = _f(False, "replace a different run in out", key=False)
     wait: bool = _f(False, "wait while another process uses out (default: stop with an error)", key=False)
     progress: bool = _f(True, "progress output", key=False)
+    nproc: int = _f(1, "processes training together (torchrun + DDP; on GPUs one per device); --batch-size is "
+                    "their global batch", key=False, min=1, max=MAX_NPROC)
 
 
 @dataclass
@@ -101,6 +110,7 @@ class DistillResult:
     metrics: dict[str, Any]
     predictions: dict[str, str]
     seconds: float
+    main: bool = True  # False on the ranks other than 0 of a multi-process run (they return no results)
 
     def as_dict(self) -> dict[str, Any]:
         return {"out": self.out, "predictions": self.predictions, "seconds": round(self.seconds, 3), **self.metrics}
@@ -118,6 +128,8 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
             d.pop(f.name, None)
     d["data_root"] = str(Path(cfg.data_root).resolve())
     d["out"] = str(Path(cfg.out).resolve())
+    if d.get("init") == "scratch":  # random initialisation: the fingerprint it always had
+        d.pop("init")
     for name in STORAGE_FIELDS:  # the default storage: the fingerprint it always had
         if d.get(name) == STORAGE_FIELDS[name]:
             d.pop(name, None)
@@ -135,6 +147,7 @@ class _Data:
     tests: dict[str, Any]
     subset_seed: int
     references: dict[str, float]  # majority and chance levels on the evaluation split
+    dev: list  # held out of the training subset for early stopping (TrainConfig.dev_fraction)
 
 
 def run(cfg: DistillConfig, log=print) -> DistillResult:
@@ -145,19 +158,37 @@ def run(cfg: DistillConfig, log=print) -> DistillResult:
         raise InputError("distillation needs --teacher (or use --no-distill for the plain-finetuning baseline)")
     if cfg.online_teacher and not distill:
         raise InputError("--online-teacher needs distillation (not --no-distill)")
+    resolve_init(cfg.student, cfg.init, cfg.pretrained)  # a bad init or missing weights: one line, before any work
     out = Path(cfg.out)
-    with rundir.locked(out, wait=cfg.wait, on_wait=lambda who: log(f"--out {out}: in use ({who}); waiting")):
-        rundir.check(out, fingerprint(cfg), cfg.overwrite)  # before any work; writes nothing
-        testhooks.pause("run-dir-locked")
-        return _run(cfg, task, out, t0, log)
+    if not 1 <= cfg.nproc <= MAX_NPROC:
+        raise InputError(f"--nproc {cfg.nproc}: expected 1 to {MAX_NPROC} processes")
+    if cfg.train.batch_size < cfg.nproc:
+        raise InputError(f"--batch-size {cfg.train.batch_size}: the global batch is split among the {cfg.nproc} "
+                         "processes; give each at least one sample")
+    if cfg.nproc > 1 and not distributed.in_group_env():  # start the processes; each runs this function
+        return distributed.run_in_processes(cfg.nproc, f"{__name__}:run", cfg, cfg.train.device)
+    d, device = distributed.setup(cfg.train.device)
+    try:
+        if d.enabled:  # this rank's device; only rank 0 logs, draws bars and writes into out
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device),
+                                      progress=cfg.progress and d.is_main)
+            log = log if d.is_main else (lambda m: None)
+        if not d.is_main:
+            return _run(cfg, task, out, t0, log, d)
+        with rundir.locked(out, wait=cfg.wait, on_wait=lambda who: log(f"--out {out}: in use ({who}); waiting")):
+            rundir.check(out, fingerprint(cfg), cfg.overwrite)  # before any work; writes nothing
+            testhooks.pause("run-dir-locked")
+            return _run(cfg, task, out, t0, log, d)
+    finally:
+        distributed.shutdown(d)
 
 
-def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log) -> DistillResult:
+def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> DistillResult:
     """:func:`run` with the run directory locked: read, extract, build, then claim ``out`` and train."""
     distill = cfg.mad.distill
     data = _load_data(cfg, task)
     t_extract = time.perf_counter()
-    stores, eval_stores, store_keys = _extract(cfg, data, log) if distill else (StorePaths(), None, {})
+    stores, eval_stores, store_keys = _extract_once(cfg, data, log, d) if distill else (StorePaths(), None, {})
     if stores.zeroshot is not None:
         task.fit_confidence(stores.zeroshot, data.train)
     extract_seconds = time.perf_counter() - t_extract
@@ -171,22 +202,31 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log) -> DistillRe
     def evaluator(model, dataset=eval_data, split=data.eval_split):
         return evaluate(model, dataset, collate, batch_size=cfg.train.eval_batch_size,
                         num_workers=cfg.train.num_workers, device=device, bf16=cfg.train.bf16,
-                        progress=cfg.progress, description=f"eval {split}")
+                        progress=cfg.progress, description=f"eval {split}", dist=d)
 
     teacher_zs = (task.teacher_zeroshot(eval_stores.zeroshot, eval_data.samples)
                   if eval_stores is not None and eval_stores.zeroshot is not None else None)
     references = {**({"teacher zero-shot": teacher_zs["value"]} if teacher_zs else {}), **data.references}
 
     # the run has started: claim the directory (a failure before this point leaves nothing in it)
-    rundir.claim(out, _run_json(cfg, data, len(train_data), store_keys), cfg.overwrite)
-    task.save(out)
+    if d.is_main:
+        rundir.claim(out, _run_json(cfg, data, len(train_data), store_keys), cfg.overwrite)
+        task.save(out)
+    early = None
+    if data.dev:  # selection on the dev split, never on the splits reported
+        dev_data = SampleDataset(data.dev, data.root, task, image_preprocess(student))
+        early = EarlyStop(cfg.train, lambda model: evaluator(model, dev_data, "dev"), out / "checkpoints" / "best",
+                          len(dev_data))
     trainer = Trainer(cfg.train, student, objective, train_data, collate, out, evaluator=evaluator,
-                      online_teacher=online, log=log, progress=cfg.progress, references=references)
+                      online_teacher=online, log=log, progress=cfg.progress, references=references, early_stop=early,
+                      dist=d)
     summary = trainer.fit()
     evals, predictions = {}, {}
     results = {data.eval_split: trainer.last_eval or (None, [])}
     for split, ds in data.tests.items():
         results[split] = evaluator(student, SampleDataset(ds.samples, ds.root, task, image_preprocess(student)), split)
+    if not d.is_main:
+        return DistillResult(out=str(out), metrics={}, predictions={}, seconds=time.perf_counter() - t0, main=False)
     for split, (m, p) in results.items():
         evals[split] = m
         predictions[split] = task.write_predictions(p, out / "predictions" / f"{split}.json")["predictions"]
@@ -209,7 +249,10 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log) -> DistillRe
                     "total": round(time.perf_counter() - t0, 3)},
         **{k: summary[k] for k in ("steps", "resumed", "step_time_s", "samples_per_step", "train_config")},
         "final_train": summary.get("final_train"),
+        **({"early_stop": summary["early_stop"]} if "early_stop" in summary else {}),
     }
+    if (conf := write_confidence(objective, out)) is not None:  # the raw confidences and weights (confidence.png)
+        metrics["confidence"] = conf
     dump_json(out / "metrics.json", metrics)
     return DistillResult(out=str(out), metrics=metrics, predictions=predictions, seconds=time.perf_counter() - t0)
 
@@ -220,7 +263,8 @@ def build_training(cfg: DistillConfig, task: Task, samples: list, root: Path, st
     manifests, the training dataset and its collate function -- exactly as :func:`run` trains them."""
     from mad_pipeline.students import build_student
 
-    student = build_student(cfg.student, task.name, task.num_classes, cfg.pretrained)
+    student = build_student(cfg.student, task.name, task.num_classes,
+                            resolve_init(cfg.student, cfg.init, cfg.pretrained))
     student.labels = task.label_names()  # the saved student's id2label
     w = stores.widths()
     if stores.image is not None and online is None:  # a keep-tokens store serves only some selections
@@ -247,12 +291,13 @@ def _load_data(cfg: DistillConfig, task: Task) -> _Data:
     eval_split = cfg.eval_split or task.default_eval_split
     subset_seed = cfg.train.seed if cfg.subset_seed is None else cfg.subset_seed
     full = load_dataset(dataset, cfg.data_root, split=cfg.train_split)
-    train = subsample(full.samples, cfg.train_fraction, subset_seed)
+    train, dev = dev_split(subsample(full.samples, cfg.train_fraction, subset_seed), cfg.train.dev_fraction,
+                           cfg.train.min_dev, subset_seed)
     task.fit(full.samples, split=cfg.train_split)
     eval_ds = load_dataset(dataset, cfg.data_root, split=eval_split)
     tests = {s: load_dataset(dataset, cfg.data_root, split=s) for s in cfg.test_splits if s != eval_split}
     return _Data(task, dataset, train, full.root, eval_split, eval_ds, tests, subset_seed,
-                 task.references(full.samples, eval_ds.samples))
+                 task.references(full.samples, eval_ds.samples), dev)
 
 
 def _extract(cfg: DistillConfig, data: _Data, log) -> tuple[StorePaths, StorePaths, dict[str, Any]]:
@@ -267,6 +312,20 @@ def _extract(cfg: DistillConfig, data: _Data, log) -> tuple[StorePaths, StorePat
     keys = {"train": {k: s.key for k, s in tr.stores.items()},
             data.eval_split: {k: s.key for k, s in ev.stores.items()}}
     return stores, eval_stores, keys
+
+
+def _extract_once(cfg: DistillConfig, data: _Data, log, d: Dist):
+    """:func:`_extract` on rank 0; the other ranks use its stores where they see them (a shared cache), else look them
+    up (or extract them) themselves, the first rank of each machine first."""
+    first = d.broadcast(_extract(cfg, data, log) if d.is_main else None)
+    missing = [not all(_reachable(p) for s in first[:2] for p in dataclasses.astuple(s)) if not d.is_main else False]
+    if not any(d.gather(missing[0])):
+        return first
+    return d.in_turn(lambda: _extract(cfg, data, log) if missing[0] else first)
+
+
+def _reachable(path) -> bool:
+    return path is None or "://" in str(path) or Path(path).exists()
 
 
 def _online_teacher(cfg: DistillConfig, device: torch.device) -> OnlineTeacher | None:

@@ -18,6 +18,7 @@ name of each phase as it ends -- ``"data"``, ``"student"``, ``"teacher"``, ``"lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import testhooks
 from ..errors import InputError
 from ..hashing import to_jsonable
 from ..jsonio import dump_json
@@ -37,7 +39,6 @@ from .batch import Batch
 from .checkpoint import (
     Trainable,
     latest_checkpoint,
-    latest_step,
     load_checkpoint,
     remove_stale,
     rng_state,
@@ -47,6 +48,8 @@ from .checkpoint import (
 from .collate import Collate, make_loader
 from .config import TrainConfig, autocast, lr_at, resolve_device, resolve_num_workers
 from .dataset import DistillDataset
+from .distributed import Dist, RankBatches, global_batch, record_batch, share_size
+from .early_stop import EarlyStop
 from .online import OnlineTeacher
 from .sampler import ChunkShuffleSampler, ResumableBatches
 
@@ -75,10 +78,15 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, student, objective: MADLoss, train_data: DistillDataset, collate: Collate,
                  out_dir: str | Path, evaluator: Callable | None = None, online_teacher: OnlineTeacher | None = None,
                  log: Callable[[str], None] | None = None, on_event: Callable[[str], None] | None = None,
-                 progress: bool = False, references: dict[str, float] | None = None):
+                 progress: bool = False, references: dict[str, float] | None = None,
+                 early_stop: EarlyStop | None = None, dist: Dist | None = None):
         if len(train_data) == 0:
             raise InputError("no training samples")
         self.cfg = cfg
+        self.dist = dist = dist or Dist()
+        if cfg.batch_size < dist.world:
+            raise InputError(f"--batch-size {cfg.batch_size}: the global batch is split among the {dist.world} "
+                             "processes; give each at least one sample")
         self.task = train_data.task
         self.device = resolve_device(cfg.device)
         self.student = student.to(self.device)
@@ -92,6 +100,7 @@ class Trainer:
         self.event = on_event or (lambda name: None)
         self.show_progress = progress
         self.references = dict(references or {})
+        self.early = early_stop  # dev evaluations, the best checkpoint, early stopping (None: a fixed budget)
         self._grid_checked = False
         self.params = list(dict.fromkeys(p for p in self.model.parameters() if p.requires_grad))
         self.optimizer = torch.optim.AdamW(
@@ -101,10 +110,18 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)  # random token selection
         sampler = ChunkShuffleSampler(train_data.image_rows(), max(1, int(train_data.image_chunk_rows)),
                                       cfg.buffer_chunks, cfg.seed)
-        self.batches = ResumableBatches(sampler, cfg.batch_size)
+        self.batches = ResumableBatches(sampler, cfg.batch_size)  # the global batches; this rank reads its share
+        mine = RankBatches(self.batches, dist.rank, dist.world) if dist.enabled else self.batches
         workers = resolve_num_workers(cfg.num_workers, self.device)
         self.loader = make_loader(train_data, collate, cfg.batch_size, workers, cfg.seed, self.device,
-                                  batch_sampler=self.batches, persistent=True)
+                                  batch_sampler=mine, persistent=True)
+        self.ddp = None  # several processes: DDP over student + projections (gradients averaged over the ranks)
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                               else None, find_unused_parameters=True)
+        self._saved = -1  # the step of the newest checkpoint
         self.step = 0
         self.micro = 0  # micro-batches consumed: (epoch, position) = divmod(micro, batches per epoch)
         self.acc: dict[str, float] = {}
@@ -125,25 +142,45 @@ class Trainer:
 
     def checkpoint(self) -> Path:
         state = {"step": self.step, "micro": self.micro, "rng": rng_state(self.generator),
-                 "acc": {k: float(v) for k, v in self.acc.items()}}
-        return save_checkpoint(self.ckdir, self.step, self.model, self.optimizer, state, self.cfg.keep_checkpoints)
+                 "acc": {k: float(v) for k, v in self.acc.items()},
+                 **({"early": self.early.state()} if self.early is not None else {})}
+        rngs = self.dist.gather(state["rng"])  # each rank's generators (one process: its own)
+        if len(rngs) > 1:
+            state["rng_ranks"] = rngs
+        path = self.ckdir / f"step_{self.step:06d}"
+        if self.dist.is_main:
+            path = save_checkpoint(self.ckdir, self.step, self.model, self.optimizer, state,
+                                   self.cfg.keep_checkpoints)
+        self._saved = self.step
+        self.dist.barrier()  # a checkpoint is complete when every rank has passed it
+        if self.dist.enabled:
+            testhooks.pause(f"checkpoint-rank{self.dist.rank}")
+        return path
 
     def _resume(self) -> bool:
-        remove_stale(self.ckdir)
-        path = latest_checkpoint(self.ckdir)
+        main = self.dist.is_main
+        if main:
+            remove_stale(self.ckdir)
+        path = self.dist.broadcast(latest_checkpoint(self.ckdir) if main else None)
         if path is None:
-            self.metrics_path.unlink(missing_ok=True)
+            if main:
+                self.metrics_path.unlink(missing_ok=True)
             return False
         state = load_checkpoint(path, self.model, self.optimizer, self.device)
         self.step, self.micro = int(state["step"]), int(state["micro"])
+        self._saved = self.step
         self.acc = dict(state.get("acc", {}))
-        set_rng_state(state["rng"], self.generator)
-        if self.metrics_path.exists():  # drop rows logged after the checkpoint: the replay logs them again
+        rngs = state.get("rng_ranks") or [state["rng"]]  # another process count: the data order is kept, not RNGs
+        set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world else state["rng"], self.generator)
+        if self.early is not None:
+            self.early.load(state.get("early"))
+        done = self.step == self.cfg.steps or (self.early is not None and self.early.stopped)
+        if main and self.metrics_path.exists():  # drop rows logged after the checkpoint: the replay logs them again
             def keep(row: dict[str, Any]) -> bool:
                 if row.get("step", 0) > self.step:
                     return False
                 # a finished run's final evaluation is redone (its predictions are needed again)
-                return not ("eval" in row and row.get("step") == self.step == self.cfg.steps)
+                return not ("eval" in row and row.get("split") != "dev" and row.get("step") == self.step and done)
 
             rows = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip() and keep(json.loads(ln))]
             self.metrics_path.write_text("".join(r + "\n" for r in rows))
@@ -151,6 +188,8 @@ class Trainer:
         return True
 
     def _append(self, row: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -174,10 +213,28 @@ class Trainer:
             self.log(f"step {self.step}: eval {metrics['metric']} = {metrics['value']:.2f}")
 
     # -- one micro-batch --------------------------------------------------------------------------------------------
-    def _micro_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def _micro_step(self, batch: Batch, last: bool = True) -> dict[str, torch.Tensor]:
+        """One micro-batch forward and backward (``last``: the step's last, when DDP averages the gradients)."""
         cfg = self.cfg
         batch = batch.to(self.device, non_blocking=True)
         self.event("data")
+        d = self.dist
+        real = not d.enabled or share_size(global_batch(self.micro, len(self.train_data), cfg.batch_size), d.rank,
+                                           d.world) > 0
+        record_batch(d, self.micro, lambda: [self.train_data.samples[i].id for i in batch.indices.tolist()], real)
+        sync = {"reduce": d.sum, "weight": float(real)} if d.enabled else {}
+        if self.ddp is None:
+            losses = self._forward(batch, sync)
+            (losses["total"] / cfg.grad_accum).backward()
+        else:  # gradients are averaged over the ranks at the step's last micro-batch only
+            with contextlib.nullcontext() if last else self.ddp.no_sync():
+                losses = self.ddp(lambda: self._forward(batch, sync))
+                (losses.pop("share") * d.world / cfg.grad_accum).backward()
+        self.event("backward")
+        return losses
+
+    def _forward(self, batch: Batch, sync: dict[str, Any]) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
         with autocast(self.device, cfg.bf16):
             out = self.student(*batch.student_args())
             sb = student_batch(out, batch)
@@ -190,10 +247,8 @@ class Trainer:
             self.event("teacher")
             loss_task = self.task.loss(out.logits, batch.target)
             losses = self.objective(sb, targets, loss_task, target=batch.target, step=self.step,
-                                    total_steps=cfg.steps, generator=self.generator)
+                                    total_steps=cfg.steps, generator=self.generator, **sync)
             self.event("loss")
-        (losses["total"] / cfg.grad_accum).backward()
-        self.event("backward")
         return losses
 
     def _check_grid(self, sb: StudentBatch, batch: Batch) -> None:
@@ -231,8 +286,10 @@ class Trainer:
             t_run = time.perf_counter()
             step_times = self._loop(stream, bar)
             train_seconds = time.perf_counter() - t_run
+            if self.early is not None:  # the selected checkpoint is what is evaluated and saved
+                self.early.restore_best(self)
             self._evaluate()  # before the final checkpoint: a resumed finished run re-evaluates (see _resume)
-        if latest_step(self.ckdir) != self.step:
+        if self._saved != self.step:
             self.checkpoint()
         return self._finish(resumed, train_seconds, step_times)
 
@@ -241,12 +298,12 @@ class Trainer:
         cfg = self.cfg
         steps_since = 0
         step_times: list[float] = []
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and not (self.early is not None and self.early.stopped):
             t_step = time.perf_counter()
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(cfg, self.step)
-            for _ in range(cfg.grad_accum):
-                losses = self._micro_step(next(stream))
+            for i in range(cfg.grad_accum):
+                losses = self._micro_step(next(stream), last=i == cfg.grad_accum - 1)
                 self.micro += 1
                 for k, v in losses.items():
                     self.acc[k] = self.acc.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
@@ -269,31 +326,41 @@ class Trainer:
                          f"lr {row['lr']:.2e}")
                 bar.info(f"loss {row.get('total', float('nan')):.4g}, {row['samples_per_s']:,.3g} samples/s")
                 steps_since = 0
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+            if self.early is not None and self.early.due(self.step):
+                self.early.evaluate(self)
+            stopping = self.early is not None and self.early.stopped
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps and not stopping:
                 self._evaluate()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.checkpoint()
         return step_times
 
     def _finish(self, resumed: bool, train_seconds: float, step_times: list[float]) -> dict[str, Any]:
-        """Save the student, plot the curves, write ``metrics.json``; returns its content."""
+        """Save the student, plot the curves, write ``metrics.json`` (rank 0; the other ranks write nothing); returns
+        its content."""
         from .plot import plot_metrics
 
-        _quietly(self.student.save, self.out / "student")
-        plot_metrics(self.metrics_path, self.out / "training.png", references=self.references)
+        main = self.dist.is_main
+        if main:
+            _quietly(self.student.save, self.out / "student")
+            plot_metrics(self.metrics_path, self.out / "training.png", references=self.references)
         metrics, _ = self.last_eval if self.last_eval is not None else (None, [])
         # steady-state step time: the median, so DataLoader start-up and the first (slow) step do not count
         summary = {"steps": self.step, "resumed": resumed, "train_seconds": round(train_seconds, 3),
                    "step_time_s": float(np.median(step_times)) if step_times else None,
                    "samples_per_step": self.cfg.batch_size * self.cfg.grad_accum,
                    "train_samples": len(self.train_data), "eval": metrics,
-                   "train_config": to_jsonable(asdict(self.cfg))}
-        text = self.metrics_path.read_text() if self.metrics_path.exists() else ""
+                   "train_config": to_jsonable(asdict(self.cfg)),
+                   **({"early_stop": self.early.summary()} if self.early is not None else {})}
+        if self.dist.enabled:
+            summary["nproc"] = self.dist.world
+        text = self.metrics_path.read_text() if main and self.metrics_path.exists() else ""
         rows = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-        train_rows = [r for r in rows if "eval" not in r]
+        train_rows = [r for r in rows if "eval" not in r]  # (dev evaluations are "eval" rows too)
         if train_rows:
             summary["final_train"] = train_rows[-1]
-        dump_json(self.out / "metrics.json", summary)
+        if main:
+            dump_json(self.out / "metrics.json", summary)
         return summary
 
 
