@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import EXAMPLES, last_json, mad, write_manifest
+from conftest import EXAMPLES, last_json, mad_inproc, write_manifest
 
 from mad_pipeline.data.images import load_image
 
@@ -21,7 +21,8 @@ TEXTS = ["an astronaut holding a helmet", "a cup of coffee", "A cat, looking lef
 
 
 @pytest.fixture(scope="module")
-def vitl_weights(tmp_path_factory):
+def vitl(tmp_path_factory):
+    """(weights file, the open_clip model those weights were saved from: the reference, built once)."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -30,27 +31,30 @@ def vitl_weights(tmp_path_factory):
     model = open_clip.create_model("ViT-L-14-quickgelu")
     path = d / "ViT-L-14-random.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    yield path, model.eval()
     del model
     gc.collect()
-    return path
 
 
-def test_clip_vit_l_tokens_equal_open_clip(vitl_weights, tmp_path):
+def test_clip_vit_l_tokens_equal_open_clip(vitl, tmp_path):
     import open_clip
 
+    vitl_weights, ref = vitl
     m = write_manifest(tmp_path / "m.jsonl", [{"id": i, "image": f"images/{p}", "text": t}
                                               for i, (p, t) in enumerate(zip(PHOTOS, TEXTS, strict=True))])
     env = {"MAD_CACHE": str(tmp_path / "cache")}
-    res = last_json(mad("extract", "--teacher", "clip-vit-l", "--weights", str(vitl_weights), "--manifest", str(m),
-                        "--data-root", str(EXAMPLES), "--batch-size", "2", "--json", env=env))
+    res = last_json(mad_inproc("extract", "--teacher", "clip-vit-l", "--weights", str(vitl_weights), "--manifest",
+                               str(m), "--data-root", str(EXAMPLES), "--batch-size", "2", "--json", env=env))
     img = zarr.open_group(res["stores"]["image"]["path"], mode="r")
     txt = zarr.open_group(res["stores"]["text"]["path"], mode="r")
     assert img["tokens"].shape == (3, 257, 1024) and img["tokens"].dtype == np.float16
     assert img["pooled"].shape == (3, 768) and img["pooled"].dtype == np.float16
     assert txt["tokens"].shape == (3, 77, 768) and txt["pooled"].shape == (3, 768)
 
-    ref, _, preprocess = open_clip.create_model_and_transforms("ViT-L-14-quickgelu", pretrained=str(vitl_weights))
-    ref.eval()
+    # open_clip's own inference preprocessing for this model (as create_model_and_transforms builds it)
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    preprocess = image_transform_v2(PreprocessCfg(**ref.visual.preprocess_cfg), is_train=False)
     from mad_pipeline.hashing import sha256_file
 
     rows = {h: i for i, h in enumerate(img["image_hash"][:])}
@@ -79,10 +83,9 @@ def test_clip_vit_l_tokens_equal_open_clip(vitl_weights, tmp_path):
     close(txt["pooled"][:][torder], want_tpool)
 
     # MiniLM as a second text teacher: the ViT-L image store is reused, text tokens equal transformers'
-    del ref
-    gc.collect()
-    res2 = last_json(mad("extract", "--teacher", "clip-vit-l", "--weights", str(vitl_weights), "--text-teacher",
-                         "minilm", "--manifest", str(m), "--data-root", str(EXAMPLES), "--json", env=env))
+    res2 = last_json(mad_inproc("extract", "--teacher", "clip-vit-l", "--weights", str(vitl_weights),
+                                "--text-teacher", "minilm", "--manifest", str(m), "--data-root", str(EXAMPLES),
+                                "--json", env=env))
     assert res2["stores"]["image"]["cached"] and res2["teacher_loaded"] is True
     from transformers import AutoModel, AutoTokenizer
 
