@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, last_json, mad, write_manifest
+from conftest import EXAMPLES, last_json, mad_inproc, write_manifest
 
 from mad_pipeline.errors import TeacherError
 from mad_pipeline.teachers import get_teacher_spec
@@ -41,9 +41,9 @@ def test_open_clip_form_with_local_weights_has_the_alias_store_key(b32_weights, 
 
     manifest = write_manifest(tmp_path / "one.jsonl", [{"id": "a", "image": "images/coffee.jpg",
                                                         "text": "a cup of coffee on a saucer"}])
-    form = last_json(mad("extract", "--teacher", "open_clip:ViT-B-32/openai", "--weights", str(b32_weights),
-                         "--manifest", str(manifest), "--data-root", str(EXAMPLES), "--device", "cpu",
-                         "--num-workers", "0", "--json", env=_env(tmp_path)))
+    form = last_json(mad_inproc("extract", "--teacher", "open_clip:ViT-B-32/openai", "--weights", str(b32_weights),
+                                "--manifest", str(manifest), "--data-root", str(EXAMPLES), "--device", "cpu",
+                                "--num-workers", "0", "--json", env=_env(tmp_path)))
     assert not any(s["cached"] for s in form["stores"].values()) and form["teacher_loaded"]
     alias = extract.run(extract.ExtractConfig(teacher="clip-vit-b32", weights=str(b32_weights), manifest=manifest,
                                               data_root=EXAMPLES, cache=tmp_path / "cache", device="cpu",
@@ -72,9 +72,9 @@ def test_open_clip_form_with_local_weights_has_the_alias_store_key(b32_weights, 
 
 
 def test_wrong_weights_for_an_open_clip_form_is_one_line(b32_weights, tmp_path):
-    p = mad("extract", "--teacher", "open_clip:ViT-L-14-quickgelu/openai", "--weights", str(b32_weights),
-            "--manifest", str(EXAMPLES / "manifest.jsonl"), "--data-root", str(EXAMPLES), "--quiet",
-            env=_env(tmp_path), check=False)
+    p = mad_inproc("extract", "--teacher", "open_clip:ViT-L-14-quickgelu/openai", "--weights", str(b32_weights),
+                   "--manifest", str(EXAMPLES / "manifest.jsonl"), "--data-root", str(EXAMPLES), "--quiet",
+                   env=_env(tmp_path), check=False)
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(err) == 1, p.stderr
     assert err[0] == (f"error: checkpoint {b32_weights} (--weights) is ViT-B-32 (by its tensor shapes); "
