@@ -5,6 +5,7 @@ each method is marked. Writes OUT/sweep.json and OUT/sweep.md.
 
     python bench/sweep.py                                  # 3 x 3 grid, the YAML's seeds
     python bench/sweep.py --seeds 0,1 --lrs 3e-4,1e-3 --warmups 0,0.1
+    python bench/sweep.py --set device=cuda                # on a GPU machine
     python bench/sweep.py --smoke                          # seconds: a tiny world, 4 steps, one grid point
 """
 
@@ -69,11 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default=None, help="e.g. 0,1 (default: the YAML's)")
     ap.add_argument("--cache", default=None, help="cache root (default: MAD_CACHE, else the user cache dir)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "sweep")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="more overrides of the YAML for every grid point (e.g. device=cuda); repeatable")
     ap.add_argument("--smoke", action="store_true", help="a tiny world, 4 steps, one grid point: checks the config")
     args = ap.parse_args(argv)
     lrs = [float(x) for x in args.lrs.split(",")]
     warmups = [float(x) for x in args.warmups.split(",")]
-    extra = [f"seeds=[{args.seeds}]"] if args.seeds else []
+    extra = ([f"seeds=[{args.seeds}]"] if args.seeds else []) + list(args.set)
     if args.smoke:
         lrs, warmups, extra = lrs[:1], warmups[-1:], extra + SMOKE
     t0 = time.perf_counter()
