@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import EXAMPLES, last_json, mad, write_manifest
+from conftest import EXAMPLES, last_json, mad, mad_inproc, write_manifest
 from mad_pipeline.stages import extract as stage
 from PIL import Image
 
@@ -103,14 +103,16 @@ def test_cli_prints_one_line_and_exits_2_without_traceback(tiny_clip, corpus, tm
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache")}
     m = tmp_path / "m.jsonl"
     m.write_bytes(b'{"id": "a", "image": "good.jpg", "text": "fine"}\n{"id": "b", "image": "truncated.jpg"}\n')
-    for args in (["--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(m)],
-                 ["--teacher", "no-such-teacher", "--manifest", str(m)]):
-        p = mad("extract", *args, "--data-root", str(corpus), "-q", env=env, check=False)
+    stderr = []
+    # the console script in its own process, then the same entry point in this process
+    for run, args in ((mad, ["--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(m)]),
+                      (mad_inproc, ["--teacher", "no-such-teacher", "--manifest", str(m)])):
+        p = run("extract", *args, "--data-root", str(corpus), "-q", env=env, check=False)
         assert p.returncode == 2, p.stderr
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in p.stderr, p.stderr
-    assert "truncated.jpg" in mad("extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest",
-                                  str(m), "--data-root", str(corpus), "-q", env=env, check=False).stderr
+        stderr.append(p.stderr)
+    assert "truncated.jpg" in stderr[0]
     assert _published(tmp_path / "cache") == []
 
 
@@ -122,8 +124,8 @@ def test_skip_mode_records_every_bad_input_and_keeps_the_good(tiny_clip, corpus,
               b'{"id": "utf", "image": "good.jpg", "text": "\xff\xfe"}']
     m.write_bytes(b"\n".join(lines) + b"\n")
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache")}
-    res = last_json(mad("extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(m),
-                        "--data-root", str(corpus), "--on-error", "skip", "--json", env=env))
+    res = last_json(mad_inproc("extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(m),
+                               "--data-root", str(corpus), "--on-error", "skip", "--json", env=env))
     reasons = {(s["sample_id"] or Path(s["source"]).name): s["reason"] for s in res["skipped"]}
     n_good_bad = len(GOOD) + len(BAD_IMAGES)
     assert "malformed JSON" in reasons[f"m.jsonl:{n_good_bad + 1}"]  # unparseable: named by file and line
@@ -164,8 +166,9 @@ def test_skip_mode_with_every_input_unreadable_publishes_valid_stores(tiny_clip,
     cfg = _cfg(tiny_clip, corpus, m, cache, on_error="skip")
     if case == "all-missing":  # through the CLI: no traceback, exit 0
         env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache)}
-        p = mad("extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(m), "--data-root",
-                str(corpus), "--on-error", "skip", "--num-workers", "0", "--json", env=env, check=False)
+        p = mad_inproc("extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(m),
+                       "--data-root", str(corpus), "--on-error", "skip", "--num-workers", "0", "--json", env=env,
+                       check=False)
         assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
         res = last_json(p)
     else:
