@@ -21,11 +21,16 @@ key and bytes are what they always were. Other options are recorded in the manif
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import InputError
+
+# bitround stores name numcodecs' BitRound in their metadata, on purpose (zarr-python and numcodecs read it); zarr says
+# so at every array it opens
+warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification")
 
 TOKEN_INDEX = "token_index"  # positions of the kept tokens (keep_tokens)
 TOKEN_SCALE = "tokens_scale"  # per-token scale of int8 tokens
