@@ -28,6 +28,7 @@ from ..cache import Cache
 from ..errors import InputError, MadError
 from ..hashing import to_jsonable
 from ..settings import not_in_key
+from ..students.weights import resolve_init
 from ..tasks import task_class
 from ..training.config import TrainConfig
 from . import plan as plan_lib
@@ -188,7 +189,8 @@ class Resolver:
             train.pop(k, None)
         params = {"method": m["method"], "task": self.task, "reader": self.reader,
                   "train_split": self.v["data"]["train_split"], "eval_split": self.eval_split,
-                  "student": self.v["student"], "pretrained": plan_lib.pretrained_identity(self.v["pretrained"]),
+                  "student": self.v["student"], "pretrained": plan_lib.pretrained_identity(resolve_init(
+                      self.v["student"], self.v.get("init") or "scratch", self.v["pretrained"])),
                   "mad": to_jsonable(dataclasses.asdict(mad)), "train": to_jsonable(train),
                   "fraction": m["fraction"], "subset_seed": m["subset_seed"],
                   "vocab_min_count": self.v["vocab_min_count"], **task_class(self.task).settings_in_key(self.v)}
