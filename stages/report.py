@@ -80,7 +80,8 @@ def _records(f: Path) -> list[dict[str, Any]]:
         return []
     kind = d.get("kind")
     meta = d.get("meta", {})
-    task = d.get("params", {}).get("task")
+    task = d.get("params", {}).get("task") or (d.get("config") or {}).get("task")  # eval: the run's resolved config
+    task = task if isinstance(task, str) else None
     if kind == "report":
         return list(d.get("result", {}).get("records", []))
     if kind == "eval":
