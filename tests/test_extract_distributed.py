@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import last_json, mad, make_photos, write_manifest
+from conftest import last_json, mad, mad_inproc, make_photos, write_manifest
 
 N = 20  # images; with --shard-rows 4: 5 shards per store, batches of 3 cut within each shard
 TIMING = ("created",)  # manifest fields that say when, not what
@@ -31,7 +31,7 @@ def data(tiny_clip, tmp_path_factory):
     args = ["extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(root / "m.jsonl"),
             "--data-root", str(root), "--batch-size", "3", "--shard-rows", "4", "--num-workers", "0", "--json"]
     base_env = {"MAD_MODEL_CONFIGS": str(cfg_file)}
-    ref = last_json(mad(*args, env={**base_env, "MAD_CACHE": str(root / "ref-cache")}))
+    ref = last_json(mad_inproc(*args, env={**base_env, "MAD_CACHE": str(root / "ref-cache")}))
     return {"args": args, "env": base_env, "ref": ref, "root": root}
 
 
@@ -69,8 +69,12 @@ def test_options_are_checked_before_any_work(data, tmp_path):
         Pool(workers=2, scheduler="tcp://127.0.0.1:1")
     with pytest.raises(InputError, match="--workers 0: must be at least 1"):
         Pool(workers=0)
-    env = {**data["env"], "MAD_CACHE": str(tmp_path / "cache"), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
-    nobody = mad(*data["args"], "--scheduler", "tcp://127.0.0.1:9", env=env, check=False)
+    import dask
+    import distributed  # noqa: F401 - its defaults in dask's config first: set() below restores what it found
+
+    env = {**data["env"], "MAD_CACHE": str(tmp_path / "cache")}
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):  # in this process: dask's config, not its env
+        nobody = mad_inproc(*data["args"], "--scheduler", "tcp://127.0.0.1:9", env=env, check=False)
     assert nobody.returncode == 2 and "error: --scheduler tcp://127.0.0.1:9: cannot connect" in nobody.stderr
     assert "Traceback" not in nobody.stderr and not (tmp_path / "cache" / "partial").exists()
 
@@ -172,10 +176,9 @@ def test_scheduler_with_the_client_killed_then_resumed(data, cluster, tmp_path):
     assert done_at_kill >= 1
     (pause / "extract-shard-written.release").write_text("")
 
-    rerun = _extract(data, cache, "--scheduler", cluster.address)
-    out, err = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, err
-    got = json.loads(out.strip().splitlines()[-1])
+    # the rerun: a client in this process, on the same cluster
+    got = last_json(mad_inproc(*data["args"], "--scheduler", cluster.address,
+                               env={**data["env"], "MAD_CACHE": str(cache)}))
     image = got["stores"]["image"]
     assert image["shards_resumed"] >= done_at_kill  # finished shards are kept...
     assert image["shards_computed"] == image["shards_total"] - image["shards_resumed"]  # ...only the rest computed
