@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import last_json, mad
+from conftest import last_json, mad, mad_inproc
 from mad_pipeline.stages.pipeline import load_config, schema
 
 from mad_pipeline.errors import InputError
@@ -45,13 +45,13 @@ def setup(tiny_clip, tmp_path_factory):
     (d / "exp.yaml").write_text(CONFIG.format(weights=weights))
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(d / "cache"), "MAD_SHARED_CACHE": "",
            "OMP_NUM_THREADS": "1", "MAD_HASH_MEMO": str(d / "hash-memo")}
-    first = last_json(mad("run", str(d / "exp.yaml"), "--json", env=env))
+    first = last_json(mad_inproc("run", str(d / "exp.yaml"), "--json", env=env))
     return d, env, first
 
 
 def _run(setup, *args, check=True):
     d, env, _ = setup
-    return mad("run", str(d / "exp.yaml"), *args, env=env, check=check)
+    return mad_inproc("run", str(d / "exp.yaml"), *args, env=env, check=check)
 
 
 @pytest.fixture()
@@ -263,7 +263,7 @@ def test_mad_demo_is_the_bundled_config_through_mad_run(tmp_path):
     three tasks) generate the demo's world, so its data stage is the demo's."""
     from mad_pipeline.pipeline.config import bundled_config
 
-    shown = mad("demo", "--show-config").stdout
+    shown = mad_inproc("demo", "--show-config").stdout
     assert shown == bundled_config("demo").read_text()
     res = last_json(mad("demo", "--dry-run", "--json", "--cache", str(tmp_path / "c"), env={"MAD_SHARED_CACHE": ""}))
     kinds = _by_kind(res)
