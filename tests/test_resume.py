@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from conftest import last_json, mad, make_photos, write_manifest
+from conftest import last_json, mad_inproc, make_photos, write_manifest
 
 N = 96
 
@@ -48,7 +48,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_clip, tmp_path):
     args = ["extract", "--teacher", "tiny-clip", "--weights", str(weights), "--manifest", str(root / "m.jsonl"),
             "--data-root", str(root), "--batch-size", "4", "--shard-rows", "8", "--num-workers", "0", "--json"]
     ref_env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "ref")}
-    ref = last_json(mad(*args, env=ref_env))
+    ref = last_json(mad_inproc(*args, env=ref_env))  # the uninterrupted run and the resume in this process
 
     cache = tmp_path / "killed"
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(cache)}
@@ -65,7 +65,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_clip, tmp_path):
         f = store / "tokens" / "c" / str(i) / "0" / "0"
         shard_files[(store.parent.name, store.name, i)] = f.stat().st_mtime_ns
 
-    final = last_json(mad(*args, env=env))
+    final = last_json(mad_inproc(*args, env=env))
     assert any(n > 0 for _, n in done_at_kill), f"no kill landed mid-run: {done_at_kill}"
     resumed = sum(final["stores"][k]["shards_resumed"] for k in ("image", "text") if not final["stores"][k]["cached"])
     unfinished = sum(1 for key in shard_files if key[0] == "text" or not final["stores"]["image"]["cached"])
