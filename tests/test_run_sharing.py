@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import last_json, mad
+from conftest import last_json, mad, mad_inproc
 from test_sharing import _http_server, _snapshot, moto_server
 
 CONFIG = """\
@@ -35,7 +35,7 @@ def team_a(tiny_clip, tmp_path_factory):
     d = tmp_path_factory.mktemp("run-sharing")
     (d / "exp.yaml").write_text(CONFIG.format(weights=weights))
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_SHARED_CACHE": "", "MAD_PULL": "", "OMP_NUM_THREADS": "1"}
-    res = last_json(mad("run", str(d / "exp.yaml"), "--json", env={**env, "MAD_CACHE": str(d / "team-a")}))
+    res = last_json(mad_inproc("run", str(d / "exp.yaml"), "--json", env={**env, "MAD_CACHE": str(d / "team-a")}))
     assert res["extracted"] is True
     return {"dir": d, "cache": d / "team-a", "env": env, "result": res}
 
@@ -49,9 +49,11 @@ def _extract_stores(res: dict) -> dict[str, dict]:
     return out
 
 
-def _team_b(team_a, local: Path, shared: str, **extra_env) -> dict:
+def _team_b(team_a, local: Path, shared: str, subprocess: bool = False, **extra_env) -> dict:
+    """Team B's `mad run`: in this process, or (``subprocess=True``) the console script in a fresh process, where
+    fsspec reads ``FSSPEC_*`` variables at import."""
     env = {**team_a["env"], "MAD_CACHE": str(local), "MAD_SHARED_CACHE": shared, **extra_env}
-    return last_json(mad("run", str(team_a["dir"] / "exp.yaml"), "--json", env=env))
+    return last_json((mad if subprocess else mad_inproc)("run", str(team_a["dir"] / "exp.yaml"), "--json", env=env))
 
 
 def _assert_no_extraction(res: dict, team_a: dict, source: str, local: Path) -> None:
@@ -93,14 +95,14 @@ def test_mad_run_over_s3_shared_cache_extracts_nothing(team_a, tmp_path, monkeyp
         fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False,
                                client_kwargs={"endpoint_url": endpoint})
         fs.mkdir("team-bucket")
-        pushed = last_json(mad("store", "push", str(team_a["cache"]), "s3://team-bucket/cache", "--json",
-                               env={**creds, "AWS_ENDPOINT_URL": endpoint}))
+        pushed = last_json(mad_inproc("store", "push", str(team_a["cache"]), "s3://team-bucket/cache", "--json",
+                                      env={**creds, "AWS_ENDPOINT_URL": endpoint}))
         assert len(pushed) == len({s["key"] for s in _extract_stores(team_a["result"]).values()})
         objects = {k: (v["ETag"], v["LastModified"]) for k, v in fs.find("team-bucket", detail=True).items()}
 
         local = tmp_path / "team-b"
-        res = _team_b(team_a, local, "s3://team-bucket/cache", **creds, FSSPEC_S3_ENDPOINT_URL=endpoint,
-                      AWS_ENDPOINT_URL="")
+        res = _team_b(team_a, local, "s3://team-bucket/cache", subprocess=True, **creds,
+                      FSSPEC_S3_ENDPOINT_URL=endpoint, AWS_ENDPOINT_URL="")
         _assert_no_extraction(res, team_a, "shared:s3://team-bucket/cache", local)
         assert {k: (v["ETag"], v["LastModified"])
                 for k, v in fs.find("team-bucket", detail=True).items()} == objects  # read only
