@@ -74,6 +74,9 @@ def extract_cmd(
                                     "their grid positions); training then selects among them. In the key."),
     keep_policy: str = typer.Option("teacher-saliency", "--keep-policy", help="The selection policy that ranks the "
                                     "patches for --keep-tokens (a teacher-side one, e.g. teacher-saliency)."),
+    dense: bool = typer.Option(False, "--dense", help="Also store each image token's dense joint-space features "
+                               "(MaskCLIP's value path of an open_clip ViT, array 'dense'); question-aware "
+                               "selection ranks by them. In the image store's key when on."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
@@ -84,6 +87,7 @@ def extract_cmd(
         max_text_length=max_text_length, shard_rows=shard_rows, task=task, zs_prompt=zs_prompt,
         zs_template=zs_template, train_fraction=train_fraction, seed=seed, progress=not (quiet or as_json),
         workers=workers, scheduler=scheduler, storage=storage, keep_tokens=keep_tokens, keep_policy=keep_policy,
+        dense=dense,
     )
     err = Console(stderr=True)
     result = stage.run(cfg, log=lambda m: err.print(m, markup=False, highlight=False, soft_wrap=True))

@@ -271,12 +271,14 @@ def build_training(cfg: DistillConfig, task: Task, samples: list, root: Path, st
         check_kept_selection(cfg.mad, open_store(stores.image))
     objective = MADLoss(cfg.mad, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
     online_input = OnlineTeacherInput(online.image.preprocess, online.image.crop_box_fn) if online else None
-    from mad_pipeline.training.joint import joint_projection  # the joint space of question-aware selection
+    from mad_pipeline.training.joint import joint_space  # the joint space of question-aware selection
 
-    builder = (TargetBuilder(cfg.mad, cache_mb=TARGET_CACHE_MB, joint_proj=joint_projection(cfg.mad, stores))
-               if cfg.mad.distill else None)
+    space = joint_space(cfg.mad, stores)
+    builder = (TargetBuilder(cfg.mad, cache_mb=TARGET_CACHE_MB, joint_proj=space and space.proj,
+                             dense=bool(space and space.dense)) if cfg.mad.distill else None)
     data = DistillDataset(samples, root, task, image_preprocess(student), stores, online_input,
-                          has_image_targets=builder.cached if builder else None)
+                          has_image_targets=builder.cached if builder else None,
+                          read_dense=bool(builder and builder.dense))
     collate = Collate(task, StudentTokenizer(student), builder, getattr(student, "grid", None), data.grid)
     return student, objective, data, collate
 

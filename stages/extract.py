@@ -9,7 +9,8 @@ A second text teacher therefore reuses the image store untouched, and reordering
 
 ``storage`` / ``keep_tokens`` / ``keep_policy`` choose how the image store holds its tokens (int8, bitround:N,
 only the top-K tokens per image; :mod:`mad_pipeline.store.storage`): recorded in its manifest and key, read back as
-float values. The default (fp16, every token) leaves the key and the bytes as they always were.
+float values. The default (fp16, every token) leaves the key and the bytes as they always were. ``dense`` adds the
+image teacher's dense joint-space features (array ``dense``, :mod:`mad_pipeline.teachers.dense`), in the key when on.
 
 With ``workers`` (a local dask cluster of that many worker processes, one per GPU on a GPU machine) or ``scheduler``
 (an existing dask cluster), the image and text stores are computed one shard per task on the cluster's workers
@@ -72,6 +73,7 @@ class ExtractConfig:
     storage: str = "fp16"  # image tokens: fp16 | int8 | bitround:N (in the image store's key unless fp16)
     keep_tokens: int | None = None  # store only each image's CLS + top-K patches (in the key when set)
     keep_policy: str = "teacher-saliency"  # the selection policy that ranks them
+    dense: bool = False  # the image store also holds dense joint-space features (in its key when on)
 
 
 @dataclass
@@ -118,11 +120,14 @@ def run(cfg: ExtractConfig, log=print) -> ExtractResult:
     else:
         text_teacher = image_teacher if "text" in image_teacher.towers else None
     has_image = "image" in image_teacher.towers
+    if cfg.dense and (not has_image or image_teacher.spec.family != "open_clip"):
+        raise InputError(f"--dense: teacher {cfg.teacher} is not an open_clip image teacher (dense joint-space "
+                         "features are MaskCLIP's value path of an open_clip ViT)")
 
     stores: dict[str, StoreResult] = {}
     with make_progress(cfg.progress) as progress, pool or contextlib.nullcontext():
         ctx = BuildContext(cache, batch_size, num_workers, cfg.on_error, cfg.shard_rows, progress, log,
-                           pool, storage)
+                           pool, storage, cfg.dense)
         inputs = hash_inputs(ds, progress if has_image else None)
         skipped = [s.as_dict() for s in ds.skipped]
         where = ds.image_source().where  # a file under the data root, or shard.tar:member, file.parquet:row N

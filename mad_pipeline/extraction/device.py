@@ -204,9 +204,10 @@ def _add(clock: dict | None, key: str, seconds: float) -> None:
         clock[key] = clock.get(key, 0.0) + seconds
 
 
-def overlapped_forward(teacher, batches: Iterable, fast: FastPath, clock: dict | None = None) -> Iterator:
+def overlapped_forward(teacher, batches: Iterable, fast: FastPath, clock: dict | None = None,
+                       dense: bool = False) -> Iterator:
     """Run ``teacher.encode_image_tokens`` over ``(meta, pixels)`` batches; yield ``(meta, (tokens, pooled))`` as
-    fp16 numpy arrays, in order.
+    fp16 numpy arrays, in order (``dense``: ``(tokens, pooled, dense)``, the teacher's dense joint-space features).
 
     On CPU each batch is yielded right after its forward. On CUDA the host-to-device copy runs on a copy stream
     from pinned memory, the outputs are cast to fp16 on the device and copied to pinned host buffers on a side
@@ -214,8 +215,9 @@ def overlapped_forward(teacher, batches: Iterable, fast: FastPath, clock: dict |
     ``clock`` (a dict) collects seconds: ``input_wait`` (waiting for decoded batches), ``forward`` (CPU: the forward;
     CUDA: GPU time of the forward and the fp16 cast, by CUDA events), ``h2d`` and ``d2h`` (CUDA only: copy-stream
     times), ``to_host`` (CPU: fp16 cast and conversion; CUDA: waiting for a copy to finish)."""
+    forward = _forward(teacher, dense)
     if not fast.overlap_copies:
-        yield from _plain(teacher, batches, clock)
+        yield from _plain(forward, batches, clock)
         return
     dev = fast.device
     copy_in, copy_out = torch.cuda.Stream(dev), torch.cuda.Stream(dev)
@@ -240,8 +242,7 @@ def overlapped_forward(teacher, batches: Iterable, fast: FastPath, clock: dict |
         compute.wait_stream(copy_in)
         x.record_stream(compute)
         ev[2].record(compute)  # reached when the previous forward and this copy are done
-        tokens, pooled = teacher.encode_image_tokens(x)
-        out = [tokens.to(torch.float16), pooled.to(torch.float16)]
+        out = [t.to(torch.float16) for t in forward(x)]
         ev[3].record(compute)
         copy = _HostCopy(out, copy_out, clock)
         if pending is not None:
@@ -263,7 +264,15 @@ def _finish(pending: tuple, clock: dict | None):
     return meta, tuple(arrays)
 
 
-def _plain(teacher, batches: Iterable, clock: dict | None) -> Iterator:
+def _forward(teacher, dense: bool):
+    """The image forward: ``teacher.encode_image_tokens``, asked for the dense features only when wanted (a teacher
+    without them takes no ``dense`` argument)."""
+    if dense:
+        return lambda x: teacher.encode_image_tokens(x, dense=True)
+    return teacher.encode_image_tokens
+
+
+def _plain(forward, batches: Iterable, clock: dict | None) -> Iterator:
     it = iter(batches)
     while True:
         t0 = time.perf_counter()
@@ -273,9 +282,9 @@ def _plain(teacher, batches: Iterable, clock: dict | None) -> Iterator:
         if item is None:
             return
         meta, pixels = item
-        tokens, pooled = teacher.encode_image_tokens(pixels)
+        outputs = forward(pixels)
         t2 = time.perf_counter()
-        arrays = (tokens.to(torch.float16).cpu().numpy(), pooled.to(torch.float16).cpu().numpy())
+        arrays = tuple(t.to(torch.float16).cpu().numpy() for t in outputs)
         _add(clock, "forward", t2 - t1)
         _add(clock, "to_host", time.perf_counter() - t2)
         yield meta, arrays

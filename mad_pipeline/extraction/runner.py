@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import InputError
+from ..store.layout import DENSE
 from ..store.writer import StoreWriter
 from .device import (
     FastPath,
@@ -167,6 +168,7 @@ def extract_images(teacher, writer: StoreWriter, hashes, paths, *, batch_size: i
     copies overlapping the forward, writer threads; see :mod:`.device`), by default from the teacher's device."""
     hash_arr = _column(hashes)
     fast = fast or FastPath.for_device(teacher_device(teacher))
+    dense = DENSE in writer.specs  # a --dense store: the teacher's dense joint-space features too
 
     def batches(rows, stats):
         size = resolve_batch_size(batch_size, teacher, fast)  # "auto": from the device's memory (32 on CPU)
@@ -182,19 +184,20 @@ def extract_images(teacher, writer: StoreWriter, hashes, paths, *, batch_size: i
                     raise InputError(f"{paths[batch_rows[i]]}: {errors[i]} (use --on-error skip to record and go on)")
                 yield (batch_rows, boxes, errors), pixels
 
-        for (batch_rows, boxes, errors), (tokens, pooled) in overlapped_forward(prepare(teacher, fast), checked(),
-                                                                                fast, stats.timings):
+        for (batch_rows, boxes, errors), outputs in overlapped_forward(prepare(teacher, fast), checked(), fast,
+                                                                       stats.timings, dense=dense):
+            tokens, pooled = outputs[:2]
             bad = [i for i, e in enumerate(errors) if e]
             valid = np.asarray([not e for e in errors])
             if bad:
-                tokens[~valid] = 0
-                pooled[~valid] = 0
+                for values in outputs:
+                    values[~valid] = 0
                 recorded = [{"image_hash": hashes[batch_rows[i]], "path": paths[batch_rows[i]], "reason": errors[i]}
                             for i in bad]
                 writer.record_errors(recorded)
                 stats.errors.extend(recorded)
             yield batch_rows, {"image_hash": hash_arr[batch_rows], "tokens": tokens, "pooled": pooled,
-                               "crop_box": boxes, "valid": valid}
+                               "crop_box": boxes, "valid": valid, **({DENSE: outputs[2]} if dense else {})}
 
     return _fill(writer, "image teacher", "img", progress, batches, reuse, hash_arr, shards, fast.writers)
 

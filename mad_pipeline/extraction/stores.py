@@ -47,6 +47,12 @@ class BuildContext:
     log: Callable[[str], None] = print
     pool: object = None  # a cluster.Pool: compute on dask workers (None: in this process)
     storage: Storage = Storage()  # how the image store holds its tokens (the default: fp16, every token)
+    dense: bool = False  # the image store also holds dense joint-space features (in its key and manifest when on)
+
+
+# what a --dense image store records (manifest and key): MaskCLIP's value path, see mad_pipeline.teachers.dense
+DENSE_RECORD = {"array": "dense", "method": "maskclip-value-path",
+                "formula": "ln_post(ls_1(out_proj(v(ln_1(x))))) @ proj at the last block"}
 
 
 def dataset_identity(ds) -> dict:
@@ -59,7 +65,7 @@ class _Reuse:
 
     def __init__(self, ctx: BuildContext, kind: str, key: str, ident: dict, hashes: list[str]):
         self.ctx, self.kind, self.key, self.ident, self.hashes = ctx, kind, key, ident, hashes
-        self._plan: ReusePlan | None | bool = False
+        self._plan: ReusePlan | None | bool = None if kind == "image" and ctx.dense else False  # donors lack dense
 
     @property
     def plan(self) -> ReusePlan | None:
@@ -97,12 +103,13 @@ def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreR
     hashes, rels = inputs.unique_images()
     paths = list(map(ds.image_source().where, rels))  # file paths, or tar members / parquet cells
     ident = teacher.identity("image")
-    key = make_key("image", teacher=ident, inputs=hash_of_set(hashes), **ctx.storage.key_parts())
+    dense = {"dense": DENSE_RECORD} if ctx.dense else {}  # a default store's key is what it always was
+    key = make_key("image", teacher=ident, inputs=hash_of_set(hashes), **ctx.storage.key_parts(), **dense)
     reuse = _Reuse(ctx, "image", key, ident, hashes)
 
     def specs():
         g = reuse.geometry(teacher, _image_geometry)
-        return image_arrays(g["num_tokens"], g["width"], g["embed_dim"], ctx.storage)
+        return image_arrays(g["num_tokens"], g["width"], g["embed_dim"], ctx.storage, dense=ctx.dense)
 
     def fill(writer):
         write_visual_proj(writer, teacher)  # the joint-space projection (read from the weight file)
@@ -118,7 +125,8 @@ def image_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs) -> StoreR
         return {"teacher": {"name": teacher.name, "tower": "image", **ident},
                 "geometry": reuse.geometry(teacher, _image_geometry),
                 "dataset": dataset_identity(ds), "inputs_sha256": hash_of_set(hashes), **reuse.manifest(writer),
-                **constants_manifest(writer), **({} if ctx.storage.default else {"storage": ctx.storage.record()})}
+                **constants_manifest(writer), **({} if ctx.storage.default else {"storage": ctx.storage.record()}),
+                **dense}
 
     return get_or_build(ctx.cache, "image", key, len(hashes), specs, fill, manifest, shard_rows=ctx.shard_rows,
                         log=ctx.log)

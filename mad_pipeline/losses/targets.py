@@ -136,6 +136,7 @@ class TeacherBatch:
     text_ref: Tensor | None = None
     zs_logits: Tensor | None = None
     zs_mask: Tensor | None = None
+    image_dense: Tensor | None = None  # (B, T, E) dense joint-space features, CLS first (a --dense image store)
 
     def to(self, device) -> TeacherBatch:
         return _move(self, device)
@@ -204,11 +205,16 @@ class PatchCandidates:
 
 
 def patch_candidates(teacher_tokens: Tensor, grid: tuple[int, int] | None, crop_box: Tensor, student_centers: Tensor,
-                     joint_proj: Tensor, valid: Tensor | None = None,
-                     student_mask: Tensor | None = None) -> list[PatchCandidates]:
-    """Per image: the aligned patches and their projection by ``joint_proj (D, E)`` (one product per image, so each
-    image's result depends on that image only, bit for bit)."""
+                     joint_proj: Tensor | None, valid: Tensor | None = None, student_mask: Tensor | None = None,
+                     dense: Tensor | None = None) -> list[PatchCandidates]:
+    """Per image: the aligned patches and their joint-space features: ``dense (B, T, E)`` (the teacher's dense
+    joint-space features, aligned like the patches) when given, else their projection by ``joint_proj (D, E)``
+    (one product per image, so each image's result depends on that image only, bit for bit)."""
     aligned, mask = aligned_patches(teacher_tokens, grid, crop_box, student_centers, valid, student_mask)
+    if dense is not None:
+        joint = aligned_patches(dense, grid, crop_box, student_centers)[0]
+        return [PatchCandidates(aligned[i].to(teacher_tokens.dtype), mask[i], joint[i])
+                for i in range(aligned.shape[0])]
     proj = joint_proj.float()
     return [PatchCandidates(aligned[i].to(teacher_tokens.dtype), mask[i], aligned[i] @ proj)
             for i in range(aligned.shape[0])]
@@ -262,13 +268,15 @@ class TargetBuilder:
     text embedding (the teacher's ``text_pooled``); ``joint_proj (D, E)`` is the image teacher's visual projection
     into the space of that embedding. Without it (or without text embeddings) such a policy ranks as
     ``teacher-saliency`` does (the caller says so once, see ``mad_pipeline.training.joint``) and its targets keep
-    the policy's name.
+    the policy's name. ``dense``: such a policy ranks by the teacher's dense joint-space features
+    (``TeacherBatch.image_dense``, from a ``mad extract --dense`` store) instead of ``tokens @ joint_proj``.
     """
 
-    def __init__(self, config, cache_mb: float = 0.0, joint_proj: Tensor | None = None):
+    def __init__(self, config, cache_mb: float = 0.0, joint_proj: Tensor | None = None, dense: bool = False):
         self.config = config
         self.cache_mb = cache_mb
         self.joint_proj = joint_proj
+        self.dense = dense
         self._cache: OrderedDict[int, TokenTargets] = OrderedDict()
         self._cache_bytes = 0
 
@@ -298,7 +306,8 @@ class TargetBuilder:
         cfg = self.config
         policy = cfg.select_v
         per_sample = SELECTION_POLICIES[policy].text
-        if per_sample and (self.joint_proj is None or t.text_pooled is None):
+        dense = self.dense and t.image_dense is not None
+        if per_sample and (t.text_pooled is None or (self.joint_proj is None and not dense)):
             policy, per_sample = "teacher-saliency", False  # no joint space: rank as teacher-saliency does
 
         def compute(rows: list[int] | None) -> TokenTargets | list[PatchCandidates]:
@@ -307,7 +316,7 @@ class TargetBuilder:
             vmask = None if visual_mask is None else visual_mask[sel]
             if per_sample:
                 return patch_candidates(t.image_tokens[sel], t.image_grid, t.crop_box[sel], centers[sel],
-                                        self.joint_proj, valid, vmask)
+                                        self.joint_proj, valid, vmask, t.image_dense[sel] if dense else None)
             return image_targets(policy, cfg.k_v, t.image_tokens[sel], t.image_grid, t.crop_box[sel], centers[sel],
                                  valid, vmask)
 

@@ -29,6 +29,7 @@ READABLE_VERSIONS = (1, 2)  # versions the reader and `mad store verify` accept
 HASH_DTYPE = "<U64"  # a sha256 hex digest; "" where there is none
 CHUNK_TARGET_BYTES = 1 << 20  # at least ~1 MB per token chunk
 SHARD_TARGET_BYTES = 32 << 20  # one shard file per ~32 MB of token rows
+DENSE = "dense"  # the image store's optional dense joint-space features (mad extract --dense)
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,11 @@ class ArraySpec:
         return itemsize * int(np.prod(self.row_shape, dtype=np.int64))
 
 
-def image_arrays(num_tokens: int, width: int, embed_dim: int, storage: Storage | None = None) -> list[ArraySpec]:
+def image_arrays(num_tokens: int, width: int, embed_dim: int, storage: Storage | None = None,
+                 dense: bool = False) -> list[ArraySpec]:
     """The arrays an image store is written with and read as; ``storage`` (non-default) changes what is stored of
-    ``tokens`` (see :func:`stored_arrays`)."""
+    ``tokens`` (see :func:`stored_arrays`); ``dense`` adds ``dense (T, embed_dim)`` float16, every token's dense
+    joint-space features (``mad extract --dense``), chunked like the tokens."""
     storage = None if storage is None or storage.default else storage
     return [
         ArraySpec("image_hash", (), HASH_DTYPE, ("image",), fill=""),
@@ -58,6 +61,8 @@ def image_arrays(num_tokens: int, width: int, embed_dim: int, storage: Storage |
         ArraySpec("pooled", (embed_dim,), "float16", ("image", "embed")),
         ArraySpec("crop_box", (4,), "float32", ("image", "box")),
         ArraySpec("valid", (), "bool", ("image",), fill=False),
+        *([ArraySpec(DENSE, (num_tokens, embed_dim), "float16", ("image", "token", "embed"), big=True)] if dense
+          else []),
     ]
 
 

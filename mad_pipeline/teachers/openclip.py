@@ -24,6 +24,7 @@ from ..errors import TeacherError
 from ..hashing import sha256_file
 from .arch import check_clip
 from .base import TextBatch, autocast
+from .dense import dense_support, last_block_input, value_path
 from .digest import tensor_digest, tensor_shapes
 
 
@@ -274,15 +275,22 @@ class OpenClipTeacher:
         return _crop_box(self.resize_mode, self.image_size, width, height)
 
     @torch.no_grad()
-    def encode_image_tokens(self, pixels: torch.Tensor):
+    def encode_image_tokens(self, pixels: torch.Tensor, dense: bool = False):
+        """``(tokens (B, T, D), pooled (B, E))``; with ``dense`` also ``dense (B, T, E)``, the joint-space features
+        of MaskCLIP's value path (:mod:`.dense`), from the same forward."""
         pixels = pixels.to(self.device, non_blocking=True)
-        with autocast(self.device, self.precision):
+        visual = self.model.visual
+        if dense and (why := dense_support(visual)) is not None:
+            raise TeacherError(f"teacher {self.name} has no dense joint-space features: {why}")
+        with autocast(self.device, self.precision), \
+                (last_block_input(visual) if dense else contextlib.nullcontext()) as seen:
             out = self.model.forward_intermediates(
                 image=pixels, image_indices=1, normalize_intermediates=True, normalize=False,
                 image_output_fmt="NLC", image_output_extra_tokens=True,
             )
+            extra = (value_path(visual, seen[0]).float(),) if dense else ()
         tokens = torch.cat([out["image_intermediates_prefix"][-1], out["image_intermediates"][-1]], dim=1)
-        return tokens.float(), out["image_features"].float()
+        return (tokens.float(), out["image_features"].float(), *extra)
 
     # ---------------------------------------------------------------- text tower
     def tokenize(self, texts: list[str]) -> TextBatch:

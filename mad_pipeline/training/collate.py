@@ -88,7 +88,7 @@ class Collate:
         parts = {}
         for name, dtype in (("image_tokens", None), ("image_pooled", None), ("crop_box", np.float32),
                             ("text_tokens", None), ("text_pooled", None), ("text_spans", np.int64),
-                            ("text_length", np.int64), ("zs_logits", None), ("zs_mask", bool)):
+                            ("text_length", np.int64), ("zs_logits", None), ("zs_mask", bool), ("image_dense", None)):
             if name in t:
                 parts[name] = torch.from_numpy(_stack([it.teacher[name] for it in items], dtype))
         if "image_tokens" in parts:

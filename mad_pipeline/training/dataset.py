@@ -107,9 +107,10 @@ class DistillDataset(SampleDataset):
 
     def __init__(self, samples: Sequence[Sample], root: str | Path, task: Task, preprocess: Callable,
                  stores: StorePaths, online: OnlineTeacherInput | None = None, cache_chunks: int = 32,
-                 has_image_targets: Callable[[int], bool] | None = None):
+                 has_image_targets: Callable[[int], bool] | None = None, read_dense: bool = False):
         super().__init__(samples, root, task, preprocess)
         self.stores = stores
+        self.read_dense = read_dense  # also read the image store's dense joint-space features (question-aware)
         self.online = online
         self.has_image_targets = has_image_targets
         self.cache_chunks = cache_chunks
@@ -226,6 +227,7 @@ class DistillDataset(SampleDataset):
         if self.online is None:
             if st.image is not None:
                 kept = ("token_index",) if self.kept_tokens else ()  # where each kept token sits
+                kept += ("dense",) if self.read_dense else ()
                 h["image"] = arrays(st.image, ("tokens", "pooled", "crop_box", *kept), "image")
             if st.text is not None:
                 h["text"] = arrays(st.text, ("tokens", "pooled", "char_span", "length"), "text")
@@ -256,6 +258,7 @@ class DistillDataset(SampleDataset):
         h = self._open()
         cache = h["cache"]
         kept = {"token_index": "image_token_index"} if self.kept_tokens else {}
+        kept.update({"dense": "image_dense"} if self.read_dense else {})
         reads = {"image": (self._image_rows, {"tokens": "image_tokens", "pooled": "image_pooled",
                                               "crop_box": "crop_box", **kept}),
                  "text": (self._text_rows, {"tokens": "text_tokens", "pooled": "text_pooled",
@@ -266,7 +269,7 @@ class DistillDataset(SampleDataset):
                 rows = all_rows[idx]
                 for array, name in names.items():
                     need = np.ones(len(rows), bool)
-                    if name == "image_tokens" and self.has_image_targets is not None:
+                    if name in ("image_tokens", "image_dense") and self.has_image_targets is not None:
                         need = np.asarray([not self.has_image_targets(int(r)) for r in rows], bool)
                     values = iter(cache.rows(h[kind][array], rows[need], side=kind))
                     for it, needed in zip(items, need.tolist(), strict=True):
