@@ -13,6 +13,12 @@ image); ``random`` should match it.
 
     python bench/selection_objects.py                       # VQA + SNLI-VE on a size-2000 world's val split
     python bench/selection_objects.py --world DIR --cache C # an existing world (mad make-shapes) and cache
+    python bench/selection_objects.py --joint tokens        # question-aware by tokens @ visual_proj only
+
+``question-aware`` ranks each patch in the teacher's joint space; ``--joint both`` (the default) measures it twice:
+with ``tokens @ visual_proj`` (the stored last-layer tokens, projected) and with the image store's dense joint-space
+features (``mad extract --dense``: MaskCLIP's value path), row ``question-aware (dense)``. The image store is then
+extracted with ``--dense`` (its tokens are the default store's, bit for bit).
 
 Writes ``docs/results/selection_objects.json`` (per task and policy: mean fraction on object, its standard error,
 samples) and ``docs/results/selection_objects.png`` (one VQA image with each policy's kept patches outlined) and
@@ -33,7 +39,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-POLICIES = ("question-aware", "teacher-saliency", "all", "random")
+POLICIES = ("question-aware", "question-aware (dense)", "teacher-saliency", "all", "random")
+DENSE_ROW = "question-aware (dense)"  # question-aware, ranking by the store's dense features
+JOINT = {"tokens": ("question-aware",), "dense": (DENSE_ROW,), "both": ("question-aware", DENSE_ROW)}
 STUDENT = "vilt-tiny"
 ON_OBJECT = 0.25  # a kept patch is on the object when this share of its pixels is inside the objects' mask
 # task -> (dataset reader, the world's folder, the split name of the world's val split)
@@ -111,7 +119,7 @@ def patch_on_object(mask: np.ndarray, grid: int, box) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- selection
-def load_task(task: str, world: Path, cache: Path, seed: int):
+def load_task(task: str, world: Path, cache: Path, seed: int, dense: bool = False):
     """Samples with their scene and mentioned objects, and the teacher's features for them (real stores)."""
     import mad_pipeline as mad
     from mad_pipeline.data import load_dataset
@@ -123,7 +131,7 @@ def load_task(task: str, world: Path, cache: Path, seed: int):
     root = world / folder
     ds = load_dataset(reader, root, split=split)
     res = mad.extract(teacher="shapes-clip", dataset=reader, data_root=str(root), split=split, cache=str(cache),
-                      num_workers=0, progress=False, log=lambda m: None)
+                      num_workers=0, progress=False, log=lambda m: None, dense=dense)
     image, text = open_store(res.stores["image"].path), open_store(res.stores["text"].path)
     scene = scene_of(world, seed)
     t = get_task(task)
@@ -142,12 +150,14 @@ def load_task(task: str, world: Path, cache: Path, seed: int):
     irow = image.rows_for([sha256_file(root / s.image) for s, _, _ in keep])
     trow = text.rows_for([sha256_text(x) for x in texts])
     feats = {"tokens": image["tokens"][:][irow], "crop_box": image["crop_box"][:][irow],
-             "text_pooled": text["pooled"][:][trow], "image_rows": irow}
+             "text_pooled": text["pooled"][:][trow], "image_rows": irow,
+             "dense": image["dense"][:][irow] if dense else None}
     return keep, feats, skipped, {"image": res.stores["image"].path, "text": res.stores["text"].path}
 
 
 def kept_patches(policy: str, k, feats: dict, stores: dict, seed: int = 0) -> torch.Tensor:
-    """(N, positions) bool: the student positions each sample's policy keeps, as training selects them."""
+    """(N, positions) bool: the student positions each sample's policy keeps, as training selects them (row
+    ``question-aware (dense)``: question-aware ranking by the store's dense features)."""
     from mad_pipeline.losses import MADConfig, TargetBuilder, TeacherBatch, patch_centers, select_tokens
     from mad_pipeline.students.base import center_crop_box
     from mad_pipeline.students.vilt import VILT_CONFIGS
@@ -156,16 +166,19 @@ def kept_patches(policy: str, k, feats: dict, stores: dict, seed: int = 0) -> to
 
     cfg = VILT_CONFIGS[STUDENT]
     grid = cfg["image_size"] // cfg["patch_size"]
+    dense = policy == DENSE_ROW
+    policy = "question-aware" if dense else policy
     cfg_mad = MADConfig(select_v=policy, k_v=k)
     proj = joint_projection(cfg_mad, StorePaths(image=stores["image"], text=stores["text"]))
-    builder = TargetBuilder(cfg_mad, cache_mb=64, joint_proj=proj)
+    builder = TargetBuilder(cfg_mad, cache_mb=64, joint_proj=proj, dense=dense)
     n, out = len(feats["tokens"]), []
     gen = torch.Generator().manual_seed(seed)
     for lo in range(0, n, 256):
         sl = slice(lo, min(n, lo + 256))
         teacher = TeacherBatch(image_tokens=torch.from_numpy(feats["tokens"][sl]), image_grid=(8, 8),
                                crop_box=torch.from_numpy(feats["crop_box"][sl]),
-                               text_pooled=torch.from_numpy(feats["text_pooled"][sl]))
+                               text_pooled=torch.from_numpy(feats["text_pooled"][sl]),
+                               image_dense=torch.from_numpy(feats["dense"][sl]) if dense else None)
         box = torch.tensor([center_crop_box(cfg["image_size"], 64, 64)] * (sl.stop - sl.start))
         tt = builder.build(teacher, patch_centers(box, (grid, grid)), None,
                            image_keys=feats["image_rows"][sl].tolist()).image
@@ -180,21 +193,21 @@ def kept_patches(policy: str, k, feats: dict, stores: dict, seed: int = 0) -> to
     return torch.cat(out)
 
 
-def measure(task: str, keep_items, feats, stores, k) -> tuple[dict, dict]:
+def measure(task: str, keep_items, feats, stores, k, policies=POLICIES) -> tuple[dict, dict]:
     from mad_pipeline.students.base import center_crop_box
 
     grid = 8
     box = center_crop_box(64, 64, 64)
     on = np.stack([patch_on_object(object_mask(objs), grid, box) for _, _, objs in keep_items])
     out, kept_all = {}, {}
-    for policy in POLICIES:
+    for policy in policies:
         kept = kept_patches(policy, k, feats, stores).numpy()
         frac = (kept & on).sum(1) / np.maximum(kept.sum(1), 1)
         out[policy] = {"on_object": round(float(frac.mean()), 4),
                        "se": round(float(frac.std(ddof=1) / np.sqrt(len(frac))), 4),
                        "kept_per_sample": round(float(kept.sum(1).mean()), 2),
                        "object_first": round(float(_first_on(policy, kept, on, feats, stores, k)), 4)
-                       if policy == "question-aware" else None}
+                       if policy.startswith("question-aware") else None}
         kept_all[policy] = kept
     out["samples"] = len(keep_items)
     out["object_share"] = round(float(on.mean()), 4)
@@ -209,6 +222,7 @@ def _first_on(policy, kept, on, feats, stores, k) -> float:
 
 # ---------------------------------------------------------------------------------------------------- the picture
 def picture(path: Path, world: Path, item, kept: dict, row: int, k) -> None:
+    policies = list(kept)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,8 +232,8 @@ def picture(path: Path, world: Path, item, kept: dict, row: int, k) -> None:
 
     s, _, objs = item
     img = np.asarray(Image.open(world / "vqa" / s.image).convert("RGB"))
-    fig, axes = plt.subplots(1, len(POLICIES), figsize=(3.2 * len(POLICIES), 3.6))
-    for ax, policy in zip(axes, POLICIES, strict=True):
+    fig, axes = plt.subplots(1, len(policies), figsize=(3.2 * len(policies), 3.6))
+    for ax, policy in zip(axes, policies, strict=True):
         ax.imshow(img, extent=(0, 64, 64, 0), interpolation="nearest")
         for p in range(64):
             r, c = divmod(p, 8)
@@ -253,6 +267,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="cache root (default: MAD_CACHE, else the user cache)")
     ap.add_argument("--top-k", type=float, default=MADConfig().k_v, help="the study's top-k (a fraction)")
     ap.add_argument("--tasks", default="vqa,snli-ve")
+    ap.add_argument("--joint", choices=sorted(JOINT), default="both",
+                    help="question-aware's joint-space features: tokens (tokens @ visual_proj), dense (the store's "
+                         "dense features, mad extract --dense) or both (two rows)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "selection_objects.json")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "results" / "selection_objects.png")
     args = ap.parse_args(argv)
@@ -265,12 +282,14 @@ def main(argv=None) -> int:
     else:
         seed = json.loads((world / "shapes.json").read_text()).get("seed", seed)
     k = args.top_k
+    policies = [p for p in POLICIES if not p.startswith("question-aware") or p in JOINT[args.joint]]
+    dense = DENSE_ROW in policies
     results = {"top_k": k, "student": STUDENT, "teacher": "shapes-clip", "on_object_threshold": ON_OBJECT,
-               "world": {"size": args.size, "seed": seed, "split": "val"}, "tasks": {}}
+               "world": {"size": args.size, "seed": seed, "split": "val"}, "joint": args.joint, "tasks": {}}
     for task in args.tasks.split(","):
         log(f"{task}: reading the val split and its stores")
-        items, feats, skipped, stores = load_task(task, world, cache, seed)
-        fig, detail = measure(task, items, feats, stores, k)
+        items, feats, skipped, stores = load_task(task, world, cache, seed, dense)
+        fig, detail = measure(task, items, feats, stores, k, policies)
         fig["skipped"] = skipped
         results["tasks"][task] = fig
         if task == "vqa":  # the picture: a two-object image whose question names one object
@@ -289,12 +308,16 @@ QUESTION_FOR_PICTURE = "What color is the"
 
 
 def table(results: dict) -> str:
-    lines = ["| task | samples | objects' share | " + " | ".join(POLICIES) + " | question-aware top-1 on object |",
-             "|---|---|---|" + "---|" * len(POLICIES) + "---|"]
+    first = next(iter(results["tasks"].values()))
+    policies = [p for p in POLICIES if p in first]
+    qa = [p for p in policies if p.startswith("question-aware")]
+    lines = ["| task | samples | objects' share | " + " | ".join(policies) + " | "
+             + " | ".join(f"{p}: top-1 on object" for p in qa) + " |",
+             "|---|---|---|" + "---|" * (len(policies) + len(qa))]
     for task, fig in results["tasks"].items():
-        cells = [f"{100 * fig[p]['on_object']:.1f} +/- {100 * fig[p]['se']:.1f}" for p in POLICIES]
+        cells = [f"{100 * fig[p]['on_object']:.1f} +/- {100 * fig[p]['se']:.1f}" for p in policies]
         lines.append(f"| {task} | {fig['samples']} | {100 * fig['object_share']:.1f} | " + " | ".join(cells)
-                     + f" | {100 * fig['question-aware']['object_first']:.1f} |")
+                     + " | " + " | ".join(f"{100 * fig[p]['object_first']:.1f}" for p in qa) + " |")
     return "\n".join(lines)
 
 

@@ -62,7 +62,8 @@ from . import extract as extract_stage
 RUN_FORMAT = 1
 MAX_NPROC = 1024  # processes of one run
 TARGET_CACHE_MB = 256.0  # per process: each image's targets, made once per image
-STORAGE_FIELDS = {"storage": "fp16", "keep_tokens": None, "keep_policy": "teacher-saliency"}  # stage 1's
+STORAGE_FIELDS = {"storage": "fp16", "keep_tokens": None, "keep_policy": "teacher-saliency",  # stage 1's
+                  "dense": False}
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class DistillConfig:
     keep_tokens: int | None = _f(None, "store only each image's CLS + K best patches (mad extract --keep-tokens)",
                                  min=1)
     keep_policy: str = _f("teacher-saliency", "the selection policy that ranks the kept patches")
+    dense: bool = _f(False, "also store dense joint-space patch features at extraction (mad extract --dense); "
+                     "question-aware selection ranks by them")
     overwrite: bool = _f(False, "replace a different run in out", key=False)
     wait: bool = _f(False, "wait while another process uses out (default: stop with an error)", key=False)
     progress: bool = _f(True, "progress output", key=False)
@@ -358,7 +361,7 @@ def _extract_cfg(cfg: DistillConfig, dataset: str, split: str, fraction: float, 
         num_workers=resolve_num_workers(cfg.train.num_workers, resolve_device(cfg.train.device)), task=cfg.task,
         vocab_min_count=cfg.vocab_min_count,
         train_fraction=fraction, seed=seed, progress=cfg.progress, storage=cfg.storage, keep_tokens=cfg.keep_tokens,
-        keep_policy=cfg.keep_policy)
+        keep_policy=cfg.keep_policy, dense=cfg.dense)
 
 
 def _run_json(cfg: DistillConfig, data: _Data, n_train: int, store_keys: dict) -> dict[str, Any]:

@@ -51,6 +51,7 @@ YAML_KEYS = {
     "subset_seed": "subset_seed", "vocab_min_count": "vocab_min_count", "extract_batch_size": "extract_batch_size",
     "vqa_eval": "vqa_eval", "nproc": "nproc",  # nproc: the processes of each distill stage (changes no key)
     "storage": "extract.storage", "keep_tokens": "extract.keep_tokens", "keep_policy": "extract.keep_policy",
+    "dense": "extract.dense",  # dense joint-space features in the image stores (mad extract --dense)
 }
 
 

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_photos
 
 
@@ -98,8 +96,9 @@ def test_default_store_key_and_arrays_unchanged(dense_stores, tiny_clip):
 
 
 def test_dense_needs_an_open_clip_image_teacher(tmp_path):
-    from mad_pipeline.errors import InputError
     from mad_pipeline.stages import extract as stage
+
+    from mad_pipeline.errors import InputError
 
     names = make_photos(tmp_path, 1, size=32)
     (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "image": names[0], "text": "x"}) + "\n")
@@ -146,3 +145,55 @@ def test_question_aware_ranks_by_dense_features_when_the_store_has_them(dense_st
     again = cached.build(teacher, centers, None, image_keys=list(range(5))).image
     assert again.index.tolist() == out.index.tolist()
 
+
+
+def test_distill_dense_reads_the_dense_rows(tiny_clip, tmp_path):
+    """``mad distill --dense --select question-aware``: stage 1 writes the dense array, the run ranks by it (one line
+    says so), and the training data carries each image's dense rows to the target builder."""
+    from mad_pipeline.stages.distill import DistillConfig, fingerprint
+    from mad_pipeline.stages.distill import run as distill_run
+
+    from mad_pipeline.losses import MADConfig
+    from mad_pipeline.shapes.formats import write_dataset
+    from mad_pipeline.store.reader import open_store
+    from mad_pipeline.tasks import get_task
+    from mad_pipeline.training.collate import Collate
+    from mad_pipeline.training.config import TrainConfig
+    from mad_pipeline.training.dataset import DistillDataset, StorePaths
+    from mad_pipeline.training.joint import _said
+
+    _, weights = tiny_clip
+    write_dataset(tmp_path / "world", size=8, seed=0)
+    root = tmp_path / "world" / "vqa"
+    cfg = DistillConfig(task="vqa", data_root=root, out=tmp_path / "run", teacher="tiny-clip", weights=str(weights),
+                        vocab_min_count=1, cache=tmp_path / "cache", progress=False, dense=True,
+                        mad=MADConfig.from_switches(select="question-aware"),
+                        train=TrainConfig(steps=1, batch_size=4, eval_every=1, log_every=1, num_workers=0))
+    assert "dense" not in fingerprint(DistillConfig(task="vqa", data_root=root, out=tmp_path / "r"))  # default
+    lines: list[str] = []
+    _said.clear()
+
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("mad_pipeline").addHandler(handler)
+    try:
+        res = distill_run(cfg, log=lambda m: None)
+    finally:
+        logging.getLogger("mad_pipeline").removeHandler(handler)
+    assert any("dense joint-space features (dense" in ln for ln in lines), lines
+    stores = res.metrics["stores"]["train"]
+    image = open_store(tmp_path / "cache" / "stores" / "image" / f"{stores['image']}.zarr")
+    assert "dense" in image.array_names()
+    paths = StorePaths(image=str(image.path),
+                       text=str(tmp_path / "cache" / "stores" / "text" / f"{stores['text']}.zarr"),
+                       index=str(tmp_path / "cache" / "stores" / "index" / f"{stores['index']}.zarr"))
+    from mad_pipeline.data import load_dataset
+
+    task = get_task("vqa", vocab_min_count=1)
+    samples = load_dataset("vqa", root, split="train").samples
+    task.fit(samples)
+    data = DistillDataset(samples, root, task, lambda im: (torch.zeros(3, 8, 8), np.zeros(4, np.float32)), paths,
+                          read_dense=True)
+    items = data.__getitems__([0, 1])
+    teacher = Collate(task, None, teacher_grid=data.grid).teacher_batch(items)
+    assert teacher.image_dense is not None and teacher.image_dense.shape == (2, *image["dense"].shape[1:])

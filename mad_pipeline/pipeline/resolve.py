@@ -168,7 +168,8 @@ class Resolver:
         if ident is None:
             return None
         params = {**st.params, "task": self.task, "reader": self.reader, "vocab_min_count": self.v["vocab_min_count"],
-                  "zs_prompt": "auto", "teachers": ident, **self.storage().key_parts()}
+                  "zs_prompt": "auto", "teachers": ident, **self.storage().key_parts(),
+                  **({"dense": True} if (self.v.get("extract") or {}).get("dense") else {})}
         return params, {"data": self.fingerprint(st.params["split"])}
 
     def storage(self):
