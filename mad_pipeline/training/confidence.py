@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..losses.terms import CONF_BINS, WEIGHT_TOP
+from .plot import save_figure
 
 PERCENTILES = (10, 50, 90)
 
@@ -70,13 +71,7 @@ def confidence_figure(record: dict[str, Any], out_png: str | Path, title: str | 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, out_png)
 
 
 def write_confidence(objective, out_dir: str | Path) -> dict[str, Any] | None:

@@ -47,7 +47,6 @@ def plot_metrics(metrics_jsonl: str | Path, out_png: str | Path, title: str | No
                  references: dict[str, float] | None = None) -> Path | None:
     """Write the plot; returns its path (None when there is nothing to plot yet). ``references``: label -> level
     (percent) of the evaluation metric, drawn as horizontal lines."""
-    import matplotlib.pyplot as plt
 
     path = Path(metrics_jsonl)
     if not path.exists():
@@ -55,7 +54,13 @@ def plot_metrics(metrics_jsonl: str | Path, out_png: str | Path, title: str | No
     train, evals = read_metrics(path)
     if not train and not evals:
         return None
-    fig = metrics_figure(train, evals, title, references)
+    return save_figure(metrics_figure(train, evals, title, references), out_png)
+
+
+def save_figure(fig, out_png: str | Path) -> Path:
+    """Write ``fig`` to ``out_png`` atomically (a temporary file, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.png")
