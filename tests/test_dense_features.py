@@ -77,6 +77,9 @@ def test_dense_array_matches_the_models_own_modules(dense_stores):
     proj_tokens = st["tokens"][:].astype(np.float32) @ st["visual_proj"][...]
     assert not np.allclose(proj_tokens[:, 1:], dense[:, 1:].astype(np.float32), atol=1e-2)
     assert verify_store(str(st.path)).problems == []
+    from mad_pipeline.features import open_features
+
+    assert open_features(str(st.path)).dense.dims == ("image", "token", "embed")
 
 
 def test_default_store_key_and_arrays_unchanged(dense_stores, tiny_clip):
