@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import mad_inproc
 from mad_pipeline.stages.pipeline import load_config
 
 from mad_pipeline.errors import InputError
@@ -48,28 +49,12 @@ def study_yaml(tiny_clip, tmp_path):
 
 
 @pytest.fixture()
-def inproc(tiny_clip, tmp_path, monkeypatch, capsys):
+def inproc(tiny_clip, tmp_path):
     """``mad ...`` in this process (tiny-clip registered as MAD_MODEL_CONFIGS registers it in a subprocess, a
     private cache); returns stdout, asserting exit code 0."""
-    from mad_pipeline.cli.main import main
-
     env = {"MAD_MODEL_CONFIGS": str(tiny_clip[0]), "MAD_CACHE": str(tmp_path / "cache"), "MAD_SHARED_CACHE": "",
            "MAD_HASH_MEMO": str(tmp_path / "hash-memo"), "COLUMNS": "200"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-
-    def call(*args: str) -> str:
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        out = capsys.readouterr()
-        assert code == 0, out.err
-        return out.out
-
-    return call
+    return lambda *args: mad_inproc(*args, env=env).stdout
 
 
 def _json(out: str) -> dict:
