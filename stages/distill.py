@@ -202,10 +202,10 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
     student, objective, train_data, collate = build_training(cfg, task, data.train, data.root, stores, online)
     eval_data = SampleDataset(data.eval.samples, data.eval.root, task, image_preprocess(student))
 
-    def evaluator(model, dataset=eval_data, split=data.eval_split):
+    def evaluator(model, dataset=eval_data, split=data.eval_split, follow_up=True):
         return evaluate(model, dataset, collate, batch_size=cfg.train.eval_batch_size,
                         num_workers=cfg.train.num_workers, device=device, bf16=cfg.train.bf16,
-                        progress=cfg.progress, description=f"eval {split}", dist=d)
+                        progress=cfg.progress, description=f"eval {split}", dist=d, follow_up=follow_up)
 
     teacher_zs = (task.teacher_zeroshot(eval_stores.zeroshot, eval_data.samples)
                   if eval_stores is not None and eval_stores.zeroshot is not None else None)
@@ -218,8 +218,9 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
     early = None
     if data.dev:  # selection on the dev split, never on the splits reported
         dev_data = SampleDataset(data.dev, data.root, task, image_preprocess(student))
-        early = EarlyStop(cfg.train, lambda model: evaluator(model, dev_data, "dev"), out / "checkpoints" / "best",
-                          len(dev_data))
+        # only the headline selects: no follow-up question on the dev split (VCR: Q->A, not QA->R)
+        early = EarlyStop(cfg.train, lambda model: evaluator(model, dev_data, "dev", follow_up=False),
+                          out / "checkpoints" / "best", len(dev_data))
     trainer = Trainer(cfg.train, student, objective, train_data, collate, out, evaluator=evaluator,
                       online_teacher=online, log=log, progress=cfg.progress, references=references, early_stop=early,
                       dist=d)

@@ -257,10 +257,12 @@ class _Runner(Resolver):
         d = self.dep(st, "distill")
         run_dir = Path(d.record["path"]) / "run"
         out = plan_lib.stage_dir(self.cache.root, "eval", st.key) / "predictions.json"
-        res = eval_stage.run(eval_stage.EvalConfig(run=run_dir, split=st.params["split"], data_root=self.data_root,
-                                                   out=out, batch_size=self.v["eval_batch_size"],
-                                                   num_workers=self.v["num_workers"], device=self.v["device"],
-                                                   vqa_eval=self.v["vqa_eval"], progress=self.cfg.progress))
+        res = _scored_by_run(run_dir, st.params["split"], out, self.v["vqa_eval"])
+        if res is None:
+            res = eval_stage.run(eval_stage.EvalConfig(
+                run=run_dir, split=st.params["split"], data_root=self.data_root, out=out,
+                batch_size=self.v["eval_batch_size"], num_workers=self.v["num_workers"], device=self.v["device"],
+                vqa_eval=self.v["vqa_eval"], progress=self.cfg.progress))
         summary = {"metric": res["metric"], "value": res["value"], "n": res["n"]}
         return res, summary, "ran"
 
@@ -285,6 +287,38 @@ class _Runner(Resolver):
         table = report_lib.aggregate(records, title=self.v["name"])
         files = report_lib.write_report(table, plan_lib.stage_dir(self.cache.root, "report", st.key), records=records)
         return {"table": table, "files": files, "records": records}, {"files": files}, "ran"
+
+
+def _scored_by_run(run_dir: Path, split: str, out: Path, vqa_eval: str) -> dict[str, Any] | None:
+    """The eval stage's result for the split the distill stage already scored at the end of training (its
+    evaluation split: the selected checkpoint, the same student ``mad eval`` loads), read from the run directory
+    instead of predicting the split a second time: its metrics and its prediction files, copied to ``out``
+    (``<split>.json`` -> ``predictions.json``, ``<split>.leaderboard.csv`` -> ``predictions.leaderboard.csv``).
+    None when the run did not score ``split`` with these settings (then the stage evaluates)."""
+    from mad_pipeline.tasks import get_task, task_class
+
+    try:
+        met = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    scores = (met.get("eval") or {}).get(split) if met.get("eval_split") == split else None
+    src = run_dir / "predictions" / f"{split}.json"
+    cls = task_class(met["task"]) if met.get("task") else None
+    if not scores or cls is None or not src.is_file() or \
+            cls.settings_in_key(met) != cls.settings_in_key({"vqa_eval": vqa_eval}):
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for f in sorted(src.parent.glob(f"{split}.*")):  # the task's formats: predictions first, then the others
+        kind = "predictions" if f == src else f.name[len(split) + 1:].split(".")[0]
+        files[kind] = str(out.with_name(f"{out.stem}{f.name[len(split):]}"))
+        shutil.copyfile(f, files[kind])
+    files = {"predictions": files.pop("predictions"), **files}
+    task = get_task(met["task"], vqa_eval=vqa_eval)
+    return {"task": met["task"], **cls.settings_in_key({"vqa_eval": vqa_eval}), "split": split,
+            "n": len(json.loads(src.read_text())), "predictions": files["predictions"], "files": files,
+            "metric": scores["metric"], "value": scores["value"], "metrics": scores,
+            "rows": task.report_rows(scores), "scored_by": "distill"}
 
 
 def _quiet_transformers() -> None:

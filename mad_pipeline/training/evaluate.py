@@ -23,7 +23,9 @@ def evaluate(student, dataset: SampleDataset, collate: Collate, *, batch_size: i
     """Returns ``(metrics, predictions)``: predictions in the task's official results format (plus whatever the
     task keeps for its other files, written by :meth:`~mad_pipeline.tasks.Task.write_predictions`), metrics (with
     the headline ``metric`` and ``value`` first) None when the split has no labels. ``follow_up``: also answer the
-    task's follow-up question (VCR's QA->R). ``progress``: a bar of the batches with batches/s and ETA.
+    task's follow-up question (VCR's QA->R); without it (early stopping's dev evaluations, where only the headline
+    selects) the metrics the follow-up scores (the task's ``study_metrics``) are left out, and the headline is the
+    same. ``progress``: a bar of the batches with batches/s and ETA.
 
     ``dist`` (several processes): each rank predicts a contiguous part of the split, rank 0 gathers the records in
     the split's order and scores them; every rank gets the metrics, only rank 0 the predictions."""
@@ -56,12 +58,27 @@ def evaluate(student, dataset: SampleDataset, collate: Collate, *, batch_size: i
     finally:
         student.train(was_training)
     if not dist.enabled:
-        return task.headline(task.score(dataset.samples, preds)), preds
+        return _metrics(task, dataset.samples, preds, follow_up), preds
     parts = dist.gather(preds)  # (all ranks get every part: one collective, then only rank 0 scores)
     if not dist.is_main:
         return dist.broadcast(None), []
     preds = [r for part in parts for r in part]
-    return dist.broadcast(task.headline(task.score(dataset.samples, preds))), preds
+    return dist.broadcast(_metrics(task, dataset.samples, preds, follow_up)), preds
+
+
+def _metrics(task, samples, preds, follow_up: bool) -> dict[str, Any] | None:
+    """The task's headline metrics; without the follow-up question, not the figures only it would score."""
+    metrics = task.headline(task.score(samples, preds))
+    if metrics is None or follow_up:
+        return metrics
+    unscored = {k for k, _ in task.study_metrics} if _has_follow_up(task) else set()
+    return {k: v for k, v in metrics.items() if k not in unscored}
+
+
+def _has_follow_up(task) -> bool:
+    from ..tasks.base import Task
+
+    return type(task).follow_up is not Task.follow_up
 
 
 def _scores(student, collate: Collate, batch, texts: list[list[str]], device, bf16: bool) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""What a study run costs: the dev evaluations of early stopping answer only what selects (VCR: Q->A, not the four
+QA->R passes), the evaluation split the distill stage scored at the end of training is not predicted again by its
+eval stage (the same figures and files), and the sweep's settings are valid for every task and fraction it may run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import last_json, mad_inproc
+
+VCR_CONFIG = """\
+name: tiny vcr
+task: vcr
+data:
+  shapes: {size: 16, seed: 0}
+  eval_split: test
+  eval_splits: [shift]
+methods: [baseline]
+vocab_min_count: 1
+train: {steps: 4, batch_size: 4, dev_fraction: 0.25, min_dev: 4, dev_every: 2, patience: 3}
+"""
+
+
+@pytest.fixture(scope="module")
+def vcr_study(tmp_path_factory):
+    """A tiny VCR baseline through `mad run`, early-stopped on a dev split, scored on test and shift; every call of
+    the task's follow-up question (QA->R) counted by split size."""
+    from mad_pipeline.stages import evaluate as eval_stage
+
+    from mad_pipeline.tasks.vcr import VcrTask
+
+    d = tmp_path_factory.mktemp("study-cost")
+    (d / "vcr.yaml").write_text(VCR_CONFIG)
+    calls: list[int] = []
+    evaluated: list[str] = []
+    follow_up, run = VcrTask.follow_up, eval_stage.run
+
+    def counting(self, samples, records, scores, logits):
+        calls.append(len(samples))
+        return follow_up(self, samples, records, scores, logits)
+
+    def eval_run(cfg):
+        evaluated.append(cfg.split)
+        return run(cfg)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(VcrTask, "follow_up", counting)
+    mp.setattr(eval_stage, "run", eval_run)
+    try:
+        env = {"MAD_CACHE": str(d / "cache"), "MAD_SHARED_CACHE": "", "OMP_NUM_THREADS": "1",
+               "MAD_HASH_MEMO": str(d / "memo")}
+        res = last_json(mad_inproc("run", str(d / "vcr.yaml"), "--json", env=env))
+    finally:
+        mp.undo()
+    return d, env, res, calls, evaluated
+
+
+def _stage(res, kind, split=None):
+    return next(s for s in res["stages"] if s["kind"] == kind and (split is None or s.get("split") == split))
+
+
+def test_dev_evaluations_score_only_the_selection_metric(vcr_study):
+    _, _, res, calls, _ = vcr_study
+    run = Path(_stage(res, "distill")["run"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    dev = [r for r in rows if r.get("split") == "dev"]
+    assert len(dev) == 2 and metrics["early_stop"]["metric"] == "q2a"
+    assert all(set(r["eval"]) >= {"metric", "value", "q2a", "n"} and "qa2r" not in r["eval"] and "q2ar" not in r["eval"]
+               for r in dev)  # Q->A selects; QA->R was not answered, so it is not reported
+    n_test, n_shift = metrics["eval"]["test"]["n"], _stage(res, "eval", "shift")["n"]
+    # QA->R is answered once on test (end of training) and once on shift (its eval stage); never on the dev split
+    assert sum(calls) == n_test + n_shift
+    assert {"q2a", "qa2r", "q2ar"} <= set(metrics["eval"]["test"])
+
+
+def test_eval_stage_of_the_scored_split_reads_the_run(vcr_study, tmp_path):
+    from mad_pipeline.stages import evaluate as eval_stage
+
+    d, env, res, _, evaluated = vcr_study
+    assert evaluated == ["shift"]  # test was scored once, by the distill stage
+    test_stage = _stage(res, "eval", "test")
+    rec = json.loads((Path(test_stage["path"]) / "stage.json").read_text())["result"]
+    run = Path(_stage(res, "distill")["run"])
+    assert rec["scored_by"] == "distill"
+    # the same figures and files as predicting the split again with the saved student (what `mad eval` does)
+    fresh = eval_stage.run(eval_stage.EvalConfig(run=run, split="test", out=tmp_path / "p.json", progress=False))
+    assert rec["metrics"] == fresh["metrics"] and rec["value"] == fresh["value"] and rec["n"] == fresh["n"]
+    assert rec["rows"] == [list(r) for r in fresh["rows"]]
+    assert set(rec["files"]) == set(fresh["files"]) == {"predictions", "leaderboard"}
+    for kind, p in rec["files"].items():
+        assert Path(p).parent == Path(test_stage["path"])
+        assert Path(p).read_bytes() == Path(fresh["files"][kind]).read_bytes()
+    # the report has QA->R and Q->AR on test from it; a rerun is served from the cache
+    table = res["report"]["table"]
+    assert {(r["metric"], r["split"]) for r in table["rows"]} >= {("qa2r", "test"), ("q2ar", "test")}
+    again = last_json(mad_inproc("run", str(d / "vcr.yaml"), "--json", env=env))
+    assert again["counts"] == {"cached": len(again["stages"])}
+
+
+def test_sweep_settings_fit_every_task_at_every_fraction():
+    """configs/sweep.yaml's dev split is satisfiable for each task and fraction it runs, and for the study's tasks at
+    the study's lowest fraction (the sweep's `task=` / `fractions=` overrides)."""
+    from mad_pipeline.stages.pipeline import load_config
+
+    from mad_pipeline.training.early_stop import dev_split
+
+    repo = Path(__file__).resolve().parents[1]
+    study = load_config(repo / "configs" / "lowshot.yaml").values
+    # training samples per task of the study's world (docs/lowshot.md): VQA 9,891, SNLI-VE 6,000, VCR 2,000
+    sizes = {"vqa": 9891, "snli-ve": 6000, "vcr": 2000}
+    for task in sizes:
+        for fractions in (None, study["fractions"]):
+            over = [f"task={task}"] + ([f"fractions={fractions}"] if fractions else [])
+            v = load_config(repo / "configs" / "sweep.yaml", over).values
+            assert v["data"]["shapes"] == study["data"]["shapes"]
+            for f in v["fractions"]:
+                n = round(sizes[task] * f)
+                samples = [type("S", (), {"image": f"i{i}", "id": i})() for i in range(n)]
+                train, dev = dev_split(samples, v["train"]["dev_fraction"], v["train"]["min_dev"], 0)
+                assert train and dev, (task, f)
