@@ -4,6 +4,7 @@ metric at each run's selected checkpoint, per method and training fraction, mean
 each method is marked. Writes OUT/sweep.json and OUT/sweep.md.
 
     python bench/sweep.py                                  # 3 x 3 grid, the YAML's seeds
+    python bench/sweep.py --tasks vqa,snli-ve,vcr          # the study's three tasks, each its own rows
     python bench/sweep.py --seeds 0,1 --lrs 3e-4,1e-3 --warmups 0,0.1
     python bench/sweep.py --set device=cuda                # on a GPU machine
     python bench/sweep.py --smoke                          # seconds: a tiny world, 4 steps, one grid point
@@ -38,7 +39,8 @@ def run_point(config: Path, lr: float, warmup: float, extra: list[str], cache: s
             continue
         m = json.loads((Path(st.get("run") or Path(st["path"]) / "run") / "metrics.json").read_text())
         es = m.get("early_stop") or {}
-        rows.append({"method": st.get("method"), "fraction": st.get("fraction"), "seed": st.get("seed"), "lr": lr,
+        rows.append({"task": st.get("task"), "method": st.get("method"), "fraction": st.get("fraction"),
+                     "seed": st.get("seed"), "lr": lr,
                      "warmup": warmup, "dev": es.get("best"), "best_step": es.get("best_step"),
                      "steps": m.get("steps"), "metric": es.get("metric")})
     return rows
@@ -47,18 +49,19 @@ def run_point(config: Path, lr: float, warmup: float, extra: list[str], cache: s
 def table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["fraction"], r["lr"], r["warmup"]), []).append(r)
+        groups.setdefault((r.get("task"), r["method"], r["fraction"], r["lr"], r["warmup"]), []).append(r)
     best: dict[tuple, float] = {}
-    for (method, fraction, _, _), rs in groups.items():
+    for (task, method, fraction, _, _), rs in groups.items():
         v = statistics.mean(r["dev"] for r in rs)
-        best[(method, fraction)] = max(best.get((method, fraction), -1.0), v)
-    lines = ["| method | fraction | lr | warmup | dev metric at the selected step (mean) | seeds | best step / steps "
-             "run |", "|---|---:|---:|---:|---:|---:|---|"]
-    for (method, fraction, lr, warmup), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        best[(task, method, fraction)] = max(best.get((task, method, fraction), -1.0), v)
+    lines = ["| task | method | fraction | lr | warmup | dev metric at the selected step (mean) | seeds | best step / "
+             "steps run |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for (task, method, fraction, lr, warmup), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         v = statistics.mean(r["dev"] for r in rs)
-        mark = " **(best)**" if v == best[(method, fraction)] else ""
+        mark = " **(best)**" if v == best[(task, method, fraction)] else ""
         steps = ", ".join(f"{r['best_step']}/{r['steps']}" for r in rs)
-        lines.append(f"| {method} | {fraction:g} | {lr:g} | {warmup:g} | {v:.2f}{mark} | {len(rs)} | {steps} |")
+        lines.append(f"| {task} | {method} | {fraction:g} | {lr:g} | {warmup:g} | {v:.2f}{mark} | {len(rs)} | "
+                     f"{steps} |")
     return "\n".join(lines) + "\n"
 
 
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lrs", default="3e-4,1e-3,3e-3")
     ap.add_argument("--warmups", default="0,0.05,0.1")
     ap.add_argument("--seeds", default=None, help="e.g. 0,1 (default: the YAML's)")
+    ap.add_argument("--tasks", default=None, help="e.g. vqa,snli-ve,vcr (default: the YAML's)")
     ap.add_argument("--cache", default=None, help="cache root (default: MAD_CACHE, else the user cache dir)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "sweep")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     lrs = [float(x) for x in args.lrs.split(",")]
     warmups = [float(x) for x in args.warmups.split(",")]
-    extra = ([f"seeds=[{args.seeds}]"] if args.seeds else []) + list(args.set)
+    extra = ([f"seeds=[{args.seeds}]"] if args.seeds else []) + ([f"task=[{args.tasks}]"] if args.tasks else []) \
+        + list(args.set)
     if args.smoke:
         lrs, warmups, extra = lrs[:1], warmups[-1:], extra + SMOKE
     t0 = time.perf_counter()
