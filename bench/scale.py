@@ -22,10 +22,12 @@ px of COCO-sized 640 x 480 JPEGs, MAD's ``TargetBuilder``) and a real ``DataLoad
 - page cache **warm** (a pass first) and **cold** where ``/proc/sys/vm/drop_caches`` can be written (reported if
   not).
 
-Text layouts compared (``--text-layouts``): ``rows`` (the format's: one row per chunk inside ~32 MB shards),
-``chunks`` (the layout before it: ~1 MB chunks of 14 rows) and ``grouped`` (1 MB chunks with rows in the order of
-their first image's row: what ordering texts by image would read; simulated by writing the rows in that order and
-remapping the dataset's text rows, since a real store sorts rows by hash).
+Text layouts compared (``--text-layouts``, the first one is also timed): ``view`` (what training reads by
+default: the text rows in training order, one chunk per image-store chunk, built from the ``rows`` store by
+``mad_pipeline.training.text_view``; its build time and size are reported), ``rows`` (the text store's format: one
+row per chunk inside ~32 MB shards, rows by hash), ``chunks`` (the layout before it: ~1 MB chunks of 14 rows) and
+``grouped`` (1 MB chunks with rows in the order of their first image's row, simulated by writing the rows in that
+order and remapping the dataset's text rows).
 
     python bench/scale.py --cache /data/mad-scale --json docs/results/bench-scale.json   # 1% and 10%
     python bench/scale.py --cache /data/mad-scale --full                                 # and 100%
@@ -149,7 +151,8 @@ def build_stores(cache_dir: Path, fraction: float, teacher: str, layouts: list[s
     txt_pool = _pool((t_txt, w_txt), 2)
     txt_geo = {"max_length": t_txt, "width": w_txt, "embed_dim": e_img}
     out["text"] = {}
-    for layout in layouts:
+    for layout in [x for x in layouts if x != "view"] + (["rows"] if "view" in layouts and "rows" not in layouts
+                                                          else []):
         # rows: by hash (the format); grouped: by the image row of the question's image (the simulated ordering)
         order = hash_order if layout != "grouped" else np.lexsort((np.arange(len(texts)), img_row[image_of]))
 
@@ -217,7 +220,7 @@ def dataset(cache_dir: Path, fraction: float, stores: dict, layout: str, store_o
     task.fit(samples)
     from mad_pipeline.students.vilt import ViltImagePreprocess
 
-    text = stores["text"][layout]
+    text = stores["text"]["rows" if layout == "view" else layout]
     by_hash = next((v["path"] for v in stores["text"].values() if v["row_of_question"] is None), None)
     if by_hash is None:
         raise SystemExit("--text-layouts: the grouped layout is measured beside rows or chunks (its rows are looked "
@@ -228,6 +231,10 @@ def dataset(cache_dir: Path, fraction: float, stores: dict, layout: str, store_o
     if text["row_of_question"] is not None:  # grouped: where each question's row sits in the grouped store
         data._text_rows = np.asarray(text["row_of_question"])[[int(s.id) for s in data.samples]]
     data.stores = dataclasses.replace(paths, text=text["path"])  # read from this layout's store
+    if layout == "view":  # the text rows in training order (built by main() beforehand: found here)
+        from mad_pipeline.training.text_view import attach
+
+        attach(data, cache_dir, "auto", log=lambda m: None, progress=False)
     return data, task
 
 
@@ -343,6 +350,21 @@ def measure(args) -> dict:
     return res
 
 
+def build_view(cache_dir: Path, fraction: float, stores: dict) -> dict:
+    """The text view of the dataset over the ``rows`` text store (``training/text_view.py``), built (or found) here:
+    its build time, size and chunking."""
+    from mad_pipeline.training import text_view
+
+    global StoreOnly
+    StoreOnly = StoreOnly or _store_only_class()
+    data, _ = dataset(cache_dir, fraction, stores, "rows", store_only=True)
+    t0 = time.perf_counter()
+    plan = text_view.plan_for(data)
+    path, built = text_view.ensure_view(cache_dir, data.stores.text, plan, log=lambda m: None, progress=False)
+    return {"build_seconds": round(time.perf_counter() - t0, 1), "built_now": built, "disk_mb": _disk_mb(path),
+            **text_view.describe(path)}
+
+
 def _disk_mb(path: str) -> float:
     return round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6, 1)
 
@@ -353,7 +375,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="1,10", help="percent of VQA v2 train, comma-separated")
     p.add_argument("--full", action="store_true", help="also 100%% (about 30 GB of stores with vit-b16)")
     p.add_argument("--teacher", choices=sorted(TEACHERS), default="vit-b16")
-    p.add_argument("--text-layouts", default="rows,chunks,grouped")
+    p.add_argument("--text-layouts", default="view,rows,chunks")
     p.add_argument("--zs-candidates", type=int, default=0, help="zero-shot logits per question (0: no store)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--batches", type=int, default=50, help="timed batches per mode (0: counts only)")
@@ -384,6 +406,9 @@ def main(argv=None) -> int:
                  "disk_mb": {"image": _disk_mb(stores["image"]),
                              **{f"text[{k}]": _disk_mb(v["path"]) for k, v in stores["text"].items()}},
                  "layouts": {}}
+        if "view" in layouts:
+            entry["view"] = build_view(args.cache, pct / 100, stores)
+            entry["disk_mb"]["text[view]"] = entry["view"]["disk_mb"]
         for layout in layouts:
             cmd = [sys.executable, __file__, "--measure", "--cache", str(args.cache), "--fraction", str(pct / 100),
                    "--layout", layout, "--stores-json", str(sj), "--batch-size", str(args.batch_size),
@@ -407,8 +432,11 @@ def print_table(size: str, entry: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    view = entry.get("view")
+    built = (f"; text view: {view['n_rows']:,} rows in chunks of {view['chunk_rows']}, {view['disk_mb']} MB, "
+             f"{'built' if view['built_now'] else 'found'} in {view['build_seconds']} s" if view else "")
     t = Table(title=f"{size} of VQA v2: {entry['samples']:,} questions, {entry['images']:,} images "
-                    f"(stores built in {entry['build_seconds']} s)")
+                    f"(stores built in {entry['build_seconds']} s{built})")
     for c in ("text layout", "side", "chunks/sample", "KB decoded/sample", "requests/sample", "KB read/sample",
               "loader samples/s", "step samples/s", "peak RSS MB (main / worker)"):
         t.add_column(c, justify="right" if c not in ("text layout", "side") else "left")

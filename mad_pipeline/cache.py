@@ -8,6 +8,8 @@ Layout under the cache root (``--cache`` / ``MAD_CACHE`` / the user cache dir)::
     locks/<key>.lock             one writer per key at a time (flock; released by the OS if the process dies)
     used/<key>                   touched whenever a lookup serves the key (``mad store gc --older-than``)
     quarantine/<kind>/<key>-<time>.zarr   corrupt stores moved aside by a lookup (kept for inspection, never served)
+    derived/<area>/<key>.zarr    stores derived from published ones for one use (training's text views), rebuilt
+                                 whenever missing or damaged
 
 A published store in the local cache is served only if it passes the checks that need no chunk reads (its chunk
 files all there with the bytes its manifest records, shapes that match the manifest: see
@@ -119,6 +121,10 @@ class Cache:
     def partial_path(self, kind: str, key: str, purpose: str | None = None) -> Path:
         """Where the store is built (resumable), or with ``purpose`` (``pull``) a scratch name unique to this call."""
         return self.root / partial_rel(kind, key, purpose)
+
+    def derived_path(self, area: str, key: str) -> Path:
+        """Where a store derived from published ones lives (``derived/<area>/<key>.zarr``: local, rebuildable)."""
+        return self.root / "derived" / area / f"{key}.zarr"
 
     @property
     def stores_dir(self) -> Path:

@@ -26,6 +26,7 @@ from ..data.base import Sample
 from ..data.images import ImageDecodeError, load_image
 from ..errors import InputError, StoreError
 from ..hashing import sha256_text
+from ..store.zeroshot import candidate_labels
 from ..tasks import Task
 from .batch import Item
 from .chunks import ChunkCache, count_reads
@@ -123,6 +124,7 @@ class DistillDataset(SampleDataset):
         self.image_chunk_rows = 1
         self.grid: tuple[int, int] | None = None
         self.kept_tokens = 0  # a keep-tokens image store: patches kept per image (see training/kept.py)
+        self.text_view = None  # the text rows in training order (see training/text_view.py, use_text_view)
         self.samples = self._index(self.samples)
         self._handles: dict[str, Any] | None = None
         self._pid: int | None = None
@@ -201,6 +203,21 @@ class DistillDataset(SampleDataset):
         """Image store row of each sample (-1 = none): what the chunk-aware sampler groups by."""
         return self._image_rows.copy()
 
+    def text_rows(self) -> np.ndarray:
+        """Text store row of each sample's teacher text (-1 = none)."""
+        return self._text_rows.copy()
+
+    def reads_text_store(self) -> bool:
+        """Whether items read text features from the text store beside an image store (what a text view serves)."""
+        return (self.online is None and self.stores.text is not None and self.stores.image is not None
+                and bool(len(self._text_rows)) and bool((self._text_rows >= 0).all()))
+
+    def use_text_view(self, view) -> None:
+        """Read text features from ``view`` (a :class:`~.text_view.TextView`: the same values in training order)
+        instead of the text store; None: from the text store again. Handles opened so far are dropped."""
+        self.text_view = view
+        self._handles = None
+
     # -- lazy per-process handles -------------------------------------------------------------------------------------
 
     def __getstate__(self):
@@ -229,10 +246,13 @@ class DistillDataset(SampleDataset):
                 kept = ("token_index",) if self.kept_tokens else ()  # where each kept token sits
                 kept += ("dense",) if self.read_dense else ()
                 h["image"] = arrays(st.image, ("tokens", "pooled", "crop_box", *kept), "image")
-            if st.text is not None:
+            if self.text_view is not None:  # one packed array in training order (text_view.py)
+                h["text_view"] = count_reads(open_store(self.text_view.path), cache.side("text"))["rows"]
+            elif st.text is not None:
                 h["text"] = arrays(st.text, ("tokens", "pooled", "char_span", "length"), "text")
         if st.zeroshot is not None:
-            h["zeroshot"] = arrays(st.zeroshot, ("logits", "candidate_label"), "zeroshot")
+            zs = count_reads(open_store(st.zeroshot), cache.side("zeroshot"))  # labels: shared (a tuple) or per row
+            h["zeroshot"] = {"logits": zs["logits"], "candidate_label": candidate_labels(zs)}
         self._handles, self._pid = h, os.getpid()
         return h
 
@@ -274,9 +294,21 @@ class DistillDataset(SampleDataset):
                     values = iter(cache.rows(h[kind][array], rows[need], side=kind))
                     for it, needed in zip(items, need.tolist(), strict=True):
                         it.teacher[name] = next(values) if needed else None
+        if "text_view" in h:
+            self._text_view(h, idx, items)
         if "zeroshot" in h:
             self._zeroshot(h, idx, items)
         return items
+
+    def _text_view(self, h: dict[str, Any], idx: np.ndarray, items: list[Item]) -> None:
+        view = self.text_view
+        h["cache"].side("text").samples += len(idx)
+        block = h["cache"].rows(h["text_view"], view.sample_rows[idx], side="text")
+        values = view.unpack(block)
+        names = {"tokens": "text_tokens", "pooled": "text_pooled", "char_span": "text_spans", "length": "text_length"}
+        for j, it in enumerate(items):
+            for array, name in names.items():
+                it.teacher[name] = values[array][j]
 
     def _zeroshot(self, h: dict[str, Any], idx: np.ndarray, items: list[Item]) -> None:
         zs = h["zeroshot"]
@@ -289,7 +321,9 @@ class DistillDataset(SampleDataset):
         safe = np.where(ok, rows, 0)
         h["cache"].side("zeroshot").samples += len(idx)
         logits = h["cache"].rows(zs["logits"], safe, side="zeroshot").astype(np.float32)
-        labels = h["cache"].rows(zs["candidate_label"], safe, side="zeroshot")
+        shared = zs["candidate_label"] if isinstance(zs["candidate_label"], tuple) else None
+        labels = [shared] * len(items) if shared is not None else \
+            h["cache"].rows(zs["candidate_label"], safe, side="zeroshot")
         for j, it in enumerate(items):
             z, good = self.task.zeroshot_vector(logits[j], labels[j])
             it.teacher.update(zs_logits=z, zs_mask=bool(ok[j] and good))
