@@ -1,11 +1,15 @@
-"""``mad run``: one YAML file -> data, extract, distill, eval and report stages, each cached by content key.
+"""``mad run``: one YAML file -> data, student-pretrain, extract, distill, eval and report stages, each cached by
+content key.
 
 ``run(cfg)`` loads and validates the config (:func:`load_config`: the schema of :mod:`mad_pipeline.pipeline.config`
 with the DistillConfig settings of :data:`YAML_KEYS`), expands it into stages (:mod:`mad_pipeline.pipeline.plan`),
 then walks them in order. For each stage the resolver (:mod:`mad_pipeline.pipeline.resolve`) computes the key from
 its own value-changing settings and its inputs' keys and serves it from ``<cache>/runs/<kind>/<key>/stage.json``
 (written last, so only complete stages are served); otherwise it runs through the ordinary stages (:mod:`.extract`,
-:mod:`.distill`, :mod:`.evaluate`) and then the marker is written. Feature stores are stage 1's own content-addressed
+:mod:`.distill`, :mod:`.evaluate`) and then the marker is written. A ``student-pretrain`` stage (``init:
+student-pretrain``, its settings under ``student_pretrain:``: :data:`PRETRAIN_YAML`) is :mod:`.student_pretrain`
+itself: its key, cache entry and marker are the stage's own, so ``mad student pretrain`` with the same settings and
+``mad run`` serve each other's result. Feature stores are stage 1's own content-addressed
 stores: an extract stage is cached when its marker is there and every store it names is found by
 :meth:`Cache.locate` (local, then the shared caches); when it runs but every store is found in a cache, no teacher
 forward runs and it still counts as cached.
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mad_pipeline.cache import Cache
+from mad_pipeline.errors import InputError
 from mad_pipeline.pipeline import config as config_lib
 from mad_pipeline.pipeline import plan as plan_lib
 from mad_pipeline.pipeline import report as report_lib
@@ -33,11 +38,13 @@ from mad_pipeline.pipeline.config import PipelineConfig
 from mad_pipeline.pipeline.plan import Stage
 from mad_pipeline.pipeline.resolve import Resolver
 from mad_pipeline.pipeline.schema import settings_keys
+from mad_pipeline.students.weights import INITS, PRETRAIN_STAGE
 from mad_pipeline.tasks import task_names
 
 from . import distill as distill_stage
 from . import evaluate as eval_stage
 from . import extract as extract_stage
+from . import student_pretrain as pretrain_stage
 from .distill import DistillConfig
 
 # The DistillConfig fields a `mad run` YAML sets, by their YAML key: the one table between the two names. Defaults,
@@ -53,6 +60,11 @@ YAML_KEYS = {
     "storage": "extract.storage", "keep_tokens": "extract.keep_tokens", "keep_policy": "extract.keep_policy",
     "dense": "extract.dense",  # dense joint-space features in the image stores (mad extract --dense)
 }
+# The StudentPretrainConfig fields a YAML sets under `student_pretrain:` (the settings of `mad student pretrain`): all
+# but the student (the config's own `student:`) and those that change nothing (out, cache, progress).
+PRETRAIN_SECTION = "student_pretrain"
+PRETRAIN_YAML = tuple(f.name for f in dataclasses.fields(pretrain_stage.StudentPretrainConfig)
+                      if f.name != "student" and f.metadata.get("key") is not False)
 
 
 def schema() -> dict[str, Any]:
@@ -66,9 +78,15 @@ def schema() -> dict[str, Any]:
         "weights": {"kind": "path"}, "text_weights": {"kind": "path"},  # local files, relative to the YAML
         "precision": {"choices": ("auto", "fp32", "bf16")},
         "subset_seed": {"min": 0}, "vocab_min_count": {"min": 1}, "extract_batch_size": {"min": 1},
+        "init": {"choices": (*INITS, PRETRAIN_STAGE),
+                 "help": "the students' initial weights: pretrained (the preset's own: vilt-tiny the shipped "
+                         "shapes-vilt-tiny), scratch, or student-pretrain (the output of this config's "
+                         "student-pretrain stage, its settings under student_pretrain:)"},
     }
     keys = settings_keys(DistillConfig, YAML_KEYS, extras=extras)
-    return config_lib.schema({YAML_KEYS[name]: key for name, key in keys.items()})
+    pretrain = settings_keys(pretrain_stage.StudentPretrainConfig, PRETRAIN_YAML)
+    return config_lib.schema({**{YAML_KEYS[name]: key for name, key in keys.items()},
+                              **{f"{PRETRAIN_SECTION}.{name}": key for name, key in pretrain.items()}})
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
@@ -183,6 +201,23 @@ class _Runner(Resolver):
         super().__init__(values, source, cache, dry_run=cfg.dry_run)
         self.cfg = cfg
         self.log = log
+        if values.get("init") == PRETRAIN_STAGE:
+            self.pretrain_keys(self._pretrain_params())  # bad pretraining settings: one line, before any work
+
+    def _pretrain_params(self) -> dict[str, Any]:
+        return {**self.v[PRETRAIN_SECTION], "student": self.v["student"]}
+
+    def _pretrain_cfg(self, params: dict[str, Any]) -> pretrain_stage.StudentPretrainConfig:
+        return pretrain_stage.StudentPretrainConfig(**params, cache=self.cache.root, progress=self.cfg.progress)
+
+    def pretrain_keys(self, params: dict[str, Any]) -> tuple[str, str]:
+        """The student-pretrain stage's own key and its weights' key (:func:`.student_pretrain.weights_key`)."""
+        cfg = self._pretrain_cfg(params)
+        try:
+            pretrain_stage.check(cfg)
+        except InputError as e:
+            raise InputError(f"{self.source}: {PRETRAIN_SECTION}: {e}") from None
+        return pretrain_stage.stage_key(cfg), pretrain_stage.weights_key(cfg)
 
     def execute(self, st: Stage) -> None:
         if st.key is None:  # an input became known only now (upstream ran): key it again
@@ -195,6 +230,11 @@ class _Runner(Resolver):
             if self.serve_cached(st):  # another run may have just finished it
                 return
             t0 = time.perf_counter()
+            if st.kind == PRETRAIN_STAGE:  # the stage writes its own marker (its own cache entry)
+                res = pretrain_stage.run(self._pretrain_cfg(st.params))
+                st.record = plan_lib.read_marker(self.cache.root, st.kind, res.key)
+                st.status = "cached" if res.cached else "ran"
+                return
             result, summary, status = getattr(self, f"_run_{st.kind}")(st)
             st.record = plan_lib.write_marker(
                 self.cache.root, st, inputs=st.meta["_inputs"], config=self.v, result=result, summary=summary,
@@ -209,9 +249,13 @@ class _Runner(Resolver):
         return ({"data_roots": man["data_roots"], "manifest": man},
                 {"size": st.params["size"], "seed": st.params["seed"]}, "ran")
 
-    def _distill_cfg(self, method: str, fraction: float, seed: int, subset_seed: int, out: Path) -> DistillConfig:
-        """The DistillConfig of one run: the YAML's settings (:data:`YAML_KEYS`), then what the plan decides."""
+    def _distill_cfg(self, method: str, fraction: float, seed: int, subset_seed: int, out: Path,
+                     pretrained: Path | None = None) -> DistillConfig:
+        """The DistillConfig of one run: the YAML's settings (:data:`YAML_KEYS`), then what the plan decides
+        (``pretrained``: the weights of the config's student-pretrain stage)."""
         from_yaml = {name: config_lib.lookup(self.v, key) for name, key in YAML_KEYS.items()}
+        if from_yaml["init"] == PRETRAIN_STAGE:
+            from_yaml.update(init="pretrained", pretrained=str(pretrained) if pretrained else None)
         return DistillConfig(**{
             **from_yaml, "data_root": self.data_root, "out": out, "eval_split": self.eval_split,
             "mad": config_lib.mad_config(self.v, method, self.source), "train": config_lib.train_config(self.v, seed),
@@ -238,7 +282,11 @@ class _Runner(Resolver):
     def _run_distill(self, st: Stage):
         m = st.meta
         out = plan_lib.stage_dir(self.cache.root, "distill", st.key) / "run"
-        dcfg = self._distill_cfg(m["method"], m["fraction"], m["seed"], m["subset_seed"], out)
+        init = self.dep(st, "init") if "init" in st.deps else None
+        if "init" in st.deps and init is None:
+            raise AssertionError(f"stage {st.id}: its student-pretrain stage has not run")
+        dcfg = self._distill_cfg(m["method"], m["fraction"], m["seed"], m["subset_seed"], out,
+                                 Path(init.record["path"]) / "weights" if init is not None else None)
         run_json = out / "run.json"
         if run_json.exists():  # an interrupted run of this key resumes; one with other (non-key) paths starts over
             try:

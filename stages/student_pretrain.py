@@ -32,18 +32,20 @@ _D = PretrainSettings()
 @dataclass(frozen=True)
 class StudentPretrainConfig:
     student: str = _f(_D.student, "student preset to pretrain (vilt-tiny: 64 px images, the shapes world's size)")
-    seed: int = _f(_D.seed, "seed of the scenes' order, captions, negatives, masks and the initialisation")
-    steps: int = _f(_D.steps, "pretraining steps (one MLM and one ITM forward each)")
-    batch_size: int = _f(_D.batch_size, "images per step")
-    pool_size: int = _f(_D.pool_size, "distinct training scenes of the student-pretrain stream")
-    lr: float = _f(_D.lr, "peak learning rate (AdamW, linear warm-up, cosine decay)")
-    warmup: int = _f(_D.warmup, "warm-up steps")
-    mask_prob: float = _f(_D.mask_prob, "MLM: share of caption tokens predicted (BERT's 80/10/10)")
-    negative_fraction: float = _f(_D.negative_fraction, "ITM: share of non-matching captions")
-    hard_fraction: float = _f(_D.hard_fraction, "ITM: share of the non-matching captions that are hard negatives")
-    eval_size: int = _f(500, "held-out scenes the figures are measured on (0: no figures)")
-    probe_steps: int = _f(200, "labelled steps of the comparison (linear probes, from-scratch models)")
-    probe_train: int = _f(2000, "training scenes of the linear probes")
+    seed: int = _f(_D.seed, "seed of the scenes' order, captions, negatives, masks and the initialisation", min=0)
+    steps: int = _f(_D.steps, "pretraining steps (one MLM and one ITM forward each)", min=1)
+    batch_size: int = _f(_D.batch_size, "images per step", min=2)
+    pool_size: int = _f(_D.pool_size, "distinct training scenes of the student-pretrain stream (at least a batch)",
+                        min=2)
+    lr: float = _f(_D.lr, "peak learning rate (AdamW, linear warm-up, cosine decay)", min=0)
+    warmup: int = _f(_D.warmup, "warm-up steps", min=0)
+    mask_prob: float = _f(_D.mask_prob, "MLM: share of caption tokens predicted (BERT's 80/10/10)", min=0, max=1)
+    negative_fraction: float = _f(_D.negative_fraction, "ITM: share of non-matching captions", min=0, max=1)
+    hard_fraction: float = _f(_D.hard_fraction, "ITM: share of the non-matching captions that are hard negatives",
+                              min=0, max=1)
+    eval_size: int = _f(500, "held-out scenes the figures are measured on (0: no figures)", min=0)
+    probe_steps: int = _f(200, "labelled steps of the comparison (linear probes, from-scratch models)", min=1)
+    probe_train: int = _f(2000, "training scenes of the linear probes", min=1)
     out: Path | None = _f(None, "also copy the weights directory here", key=False)
     cache: Path | None = _f(None, "cache root (default: MAD_CACHE or the user cache dir)", key=False)
     progress: bool = _f(True, "progress bars", key=False)
@@ -73,6 +75,18 @@ def stage_key(cfg: StudentPretrainConfig) -> str:
 
     params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in not_in_key(StudentPretrainConfig)}
     return content_key({"format": FORMAT, "kind": KIND, "params": params,
+                        "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
+
+
+def weights_key(cfg: StudentPretrainConfig) -> str:
+    """The key of the weights alone: the settings that change them (not those of the figures: ``eval_size``,
+    ``probe_steps``, ``probe_train``) and the library versions. A ``mad run`` distill stage that starts from this
+    stage's output has it in its key, so other pretraining settings train other students, while measuring the
+    figures differently does not."""
+    import torch
+    import transformers
+
+    return content_key({"format": FORMAT, "kind": f"{KIND} weights", "settings": dataclasses.asdict(cfg.settings()),
                         "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
 
 
@@ -165,4 +179,4 @@ def _build(cfg: StudentPretrainConfig, weights: Path) -> tuple[dict[str, Any], d
     return figures, timing
 
 
-__all__ = ["KIND", "StudentPretrainConfig", "StudentPretrainResult", "check", "run", "stage_key"]
+__all__ = ["KIND", "StudentPretrainConfig", "StudentPretrainResult", "check", "run", "stage_key", "weights_key"]

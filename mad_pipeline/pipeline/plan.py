@@ -3,6 +3,7 @@
 Stages, in order (each depends only on stages before it):
 
 ``data``     the shapes world, generated once per (size, seed)              only with ``data.shapes``
+``student-pretrain``  the student pretrained on the world's captions         only with ``init: student-pretrain``
 ``extract``  the feature stores of one split (a training subset: split, fraction, subset seed), via stage 1
 ``distill``  one training run per (method, fraction, seed), via stage 2
 ``eval``     one trained student on one evaluation split
@@ -10,7 +11,8 @@ Stages, in order (each depends only on stages before it):
 
 A config with several tasks (``task: [vqa, snli-ve, vcr]``) is one such plan per task (:func:`expand_study`), each
 task's stage ids prefixed with its name (``vcr/distill:full@0.05/s1``, ``vcr/report``), sharing the ``data`` stage:
-each task's stages and keys are exactly those of the same config with that one task.
+each task's stages and keys are exactly those of the same config with that one task (a ``student-pretrain`` stage
+is shared too, unless a task's ``per_task`` settings give it other pretraining settings).
 
 A stage's key is the sha256 of the canonical JSON of ``{format, kind, params, inputs}``: ``params`` are the stage's
 own settings that change its values (never batch sizes, workers or devices), ``inputs`` the content keys of what it
@@ -34,10 +36,11 @@ from typing import Any
 
 from ..hashing import canonical_json, content_key, sha256_file, sha256_text
 from ..jsonio import save_memo
+from ..students.weights import PRETRAIN_STAGE as PRETRAIN_KIND  # its key and marker: the stage's own
 
 PIPELINE_FORMAT = 1
 MARKER = "stage.json"
-KINDS = ("data", "extract", "distill", "eval", "report")
+KINDS = ("data", PRETRAIN_KIND, "extract", "distill", "eval", "report")
 
 
 @dataclass
@@ -95,6 +98,11 @@ def expand(values: dict[str, Any]) -> list[Stage]:
         stages.append(Stage("data", "data:shapes", f"shapes world, {sh['size']} training images, seed {sh['seed']}",
                             {"world": "shapes", "size": sh["size"], "seed": sh["seed"]}))
         data_dep = {"data": "data:shapes"}
+    init_dep: dict[str, str] = {}
+    if values.get("init") == PRETRAIN_KIND:  # the students start from this config's own pretraining
+        params = {**values["student_pretrain"], "student": values["student"]}
+        stages.append(Stage(PRETRAIN_KIND, PRETRAIN_KIND, f"{params['student']}, {params['steps']} steps", params))
+        init_dep = {"init": PRETRAIN_KIND}
 
     distilling = [m for m, spec in values["methods"].items() if spec["preset"] != "baseline"]
     extracts: dict[tuple, str] = {}
@@ -124,7 +132,7 @@ def expand(values: dict[str, Any]) -> list[Stage]:
             for seed in values["seeds"]:
                 ss = seed if values["subset_seed"] is None else values["subset_seed"]
                 did = f"distill:{method}@{fraction:g}/s{seed}"
-                deps = dict(data_dep)
+                deps = {**data_dep, **init_dep}
                 if spec["preset"] != "baseline":
                     deps.update(train_stores=extract_id(train_split, fraction, ss),
                                 eval_stores=extract_id(eval_split, 1.0, 0))
@@ -141,7 +149,7 @@ def expand(values: dict[str, Any]) -> list[Stage]:
                         deps={e: e for e in evals}))
     # extraction first (all of it), then the runs: the order a person reads the plan in
     order = {k: i for i, k in enumerate(KINDS)}
-    stages.sort(key=lambda s: order[s.kind] if s.kind in ("data", "extract") else len(KINDS))
+    stages.sort(key=lambda s: order[s.kind] if s.kind in ("data", PRETRAIN_KIND, "extract") else len(KINDS))
     return stages
 
 
@@ -160,14 +168,22 @@ def expand_study(values: dict[str, Any]) -> list[Stage]:
         return stages
     out: list[Stage] = []
     for task in tasks:
+        shared: set[str] = set()  # the shared stages this task's stages depend on
         for st in expand(for_task(values, task)):
             if st.kind == "data":
                 if not any(s.id == st.id for s in out):
                     out.append(st)
                 continue
+            if st.kind == PRETRAIN_KIND:  # shared by the tasks with the same pretraining settings
+                same = next((s for s in out if s.id == st.id), None)
+                if same is None or same.params == st.params:
+                    if same is None:
+                        out.append(st)
+                    shared.add(st.id)
+                    continue
 
-            def pre(ident: str, task: str = task) -> str:
-                return ident if ident.startswith("data:") else f"{task}/{ident}"
+            def pre(ident: str, task: str = task, shared: set[str] = shared) -> str:
+                return ident if ident.startswith("data:") or ident in shared else f"{task}/{ident}"
 
             st.id, st.label = pre(st.id), f"{task}: {st.label}"
             st.deps = {pre(role) if st.kind == "report" else role: pre(d) for role, d in st.deps.items()}
@@ -209,6 +225,8 @@ def still_valid(kind: str, rec: dict[str, Any], locate: Callable[[str, str], Any
         return (Path(rec["path"]) / "world" / "shapes.json").exists()
     if kind == "report":
         return all(Path(p).exists() for p in rec["result"]["files"].values())
+    if kind == PRETRAIN_KIND:
+        return (Path(rec["path"]) / "weights" / "model.safetensors").exists()
     return True
 
 
@@ -294,6 +312,6 @@ def split_fingerprint(reader: str, root: Path, split: str, memo_dir: Path | None
                         "missing": sorted(inputs.missing)})
 
 
-__all__ = ["KINDS", "MARKER", "PIPELINE_FORMAT", "Stage", "eval_split_of", "expand", "expand_study", "fraction_label",
-           "pretrained_identity", "read_marker", "split_fingerprint", "stage_dir", "stage_key", "still_valid",
-           "write_marker"]
+__all__ = ["KINDS", "MARKER", "PIPELINE_FORMAT", "PRETRAIN_KIND", "Stage", "eval_split_of", "expand", "expand_study",
+           "fraction_label", "pretrained_identity", "read_marker", "split_fingerprint", "stage_dir", "stage_key",
+           "still_valid", "write_marker"]

@@ -4,12 +4,15 @@ A key (:func:`.plan.stage_key`) hashes a stage's ``params`` -- its own settings 
 sizes, workers or devices -- and its ``inputs``: the content keys of what it reads. Per kind:
 
 ``data``     the world's size and seed, the generator's format version
+``student-pretrain``  the stage's own key (``mad student pretrain`` with the same settings: the same cache entry),
+             given by the stage layer (:attr:`Resolver.pretrain_keys`)
 ``extract``  split, fraction, subset seed, task, reader, VQA vocabulary threshold, the teachers' identities (the same
              identity stage 1 keys its stores by); input: the split's fingerprint
 ``distill``  method, the method's whole MADConfig, the trainer's settings that change the weights, task, reader,
-             splits, student and its pretrained weights, fraction, subset seed, the task settings the task reads
-             (VQA: ``vqa_eval``, the accuracy's rules); inputs: the fingerprints of the training and evaluation
-             splits, the keys of the feature stores it trains from
+             splits, student and its pretrained weights (with ``init: student-pretrain``: the key of the
+             pretraining's weights, i.e. of its settings that change them), fraction, subset seed, the task settings
+             the task reads (VQA: ``vqa_eval``, the accuracy's rules); inputs: the fingerprints of the training and
+             evaluation splits, the keys of the feature stores it trains from
 ``eval``     split, task, reader, the task settings the task reads; inputs: the distill key, the split's
              fingerprint
 ``report``   name, task; input: every eval key with its method, fraction, seed and split
@@ -28,7 +31,7 @@ from ..cache import Cache
 from ..errors import InputError, MadError
 from ..hashing import to_jsonable
 from ..settings import not_in_key
-from ..students.weights import resolve_init
+from ..students.weights import PRETRAIN_STAGE, resolve_init
 from ..tasks import task_class
 from ..training.config import TrainConfig
 from . import plan as plan_lib
@@ -38,7 +41,10 @@ from .plan import Stage
 
 class Resolver:
     """Keys the stages of one validated config in plan order (each stage's upstream stages are in ``by_id`` once
-    resolved or run). ``dry_run``: nothing is written, not even the hash memo."""
+    resolved or run). ``dry_run``: nothing is written, not even the hash memo. ``pretrain_keys(params)`` -> (the
+    student-pretrain stage's key, its weights' key): the stage's own keys, set by the stage layer that runs it."""
+
+    pretrain_keys: Any = None
 
     def __init__(self, values: dict[str, Any], source: str, cache: Cache, dry_run: bool = False):
         self.v = values
@@ -64,6 +70,9 @@ class Resolver:
         if self.v["student"] not in STUDENTS:
             raise InputError(f"{self.source}: student: unknown student {self.v['student']!r}; expected one of "
                              f"{', '.join(STUDENTS)}")
+        if self.v.get("init") == PRETRAIN_STAGE and self.v["pretrained"]:
+            raise InputError(f"{self.source}: init: {PRETRAIN_STAGE} starts the students from the config's own "
+                             f"pretraining; pretrained: {self.v['pretrained']} names other weights: give one of them")
         if all(m["preset"] == "baseline" for m in self.v["methods"].values()):
             return
         for key in ("teacher", "text_teacher"):
@@ -122,6 +131,11 @@ class Resolver:
 
     def resolve(self, st: Stage) -> None:
         """Compute the stage's key (None when an input is not known yet) and serve it from the cache if complete."""
+        if st.kind == PRETRAIN_STAGE:  # the stage's own key and marker (no inputs: known at once)
+            st.key, st.meta["weights_key"] = self.pretrain_keys(st.params)
+            st.meta["_inputs"], st.meta["_params"] = {}, st.params
+            self.serve_cached(st)
+            return
         got = getattr(self, f"_key_{st.kind}")(st)
         if got is None:
             st.key = None
@@ -190,11 +204,12 @@ class Resolver:
             train.pop(k, None)
         params = {"method": m["method"], "task": self.task, "reader": self.reader,
                   "train_split": self.v["data"]["train_split"], "eval_split": self.eval_split,
-                  "student": self.v["student"], "pretrained": plan_lib.pretrained_identity(resolve_init(
-                      self.v["student"], self.v.get("init") or "scratch", self.v["pretrained"])),
+                  "student": self.v["student"], "pretrained": self._init_identity(st),
                   "mad": to_jsonable(dataclasses.asdict(mad)), "train": to_jsonable(train),
                   "fraction": m["fraction"], "subset_seed": m["subset_seed"],
                   "vocab_min_count": self.v["vocab_min_count"], **task_class(self.task).settings_in_key(self.v)}
+        if params["pretrained"] is False:
+            return None
         inputs: dict[str, Any] = {"train_data": self.fingerprint(self.v["data"]["train_split"]),
                                   "eval_data": self.fingerprint(self.eval_split)}
         if "train_stores" in st.deps:
@@ -204,6 +219,16 @@ class Resolver:
             inputs["stores"] = {"train": {k: s["key"] for k, s in tr.record["result"]["stores"].items()},
                                 "eval": {k: s["key"] for k, s in ev.record["result"]["stores"].items()}}
         return params, inputs
+
+    def _init_identity(self, st: Stage) -> Any:
+        """The student's initial weights in a distill key: with ``init: student-pretrain`` the key of the weights the
+        config's pretraining stage makes (False while that stage is not keyed), else the weights' content
+        identity (None: random initialisation)."""
+        if self.v.get("init") == PRETRAIN_STAGE:
+            p = self.by_id.get(st.deps.get("init", ""))
+            return {PRETRAIN_STAGE: p.meta["weights_key"]} if p is not None and p.key is not None else False
+        return plan_lib.pretrained_identity(resolve_init(self.v["student"], self.v.get("init") or "scratch",
+                                                         self.v["pretrained"]))
 
     def _key_eval(self, st: Stage):
         d = self.dep(st, "distill")

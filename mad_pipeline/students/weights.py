@@ -8,6 +8,10 @@
 
 ``scratch``: the preset's config at random initialisation (seeded). An explicit ``pretrained`` directory or hub id
 always wins over ``init``.
+
+In a ``mad run`` config, ``init: student-pretrain`` (:data:`PRETRAIN_STAGE`) starts the students from the output of
+the config's own ``student-pretrain`` stage (its settings under ``student_pretrain:``); the plan resolves it to that
+stage's weights directory.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from .base import StudentError
 
 INITS = ("pretrained", "scratch")
+PRETRAIN_STAGE = "student-pretrain"  # mad run's init: the config's own student-pretrain stage
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "students"
 PRESET_WEIGHTS: dict[str, str | Path] = {
     "vilt-tiny": SHIPPED_DIR / "shapes-vilt-tiny",
@@ -43,4 +48,4 @@ def resolve_init(student: str, init: str, pretrained: str | Path | None = None) 
     return str(weights)
 
 
-__all__ = ["INITS", "PRESET_WEIGHTS", "SHIPPED_DIR", "resolve_init"]
+__all__ = ["INITS", "PRESET_WEIGHTS", "PRETRAIN_STAGE", "SHIPPED_DIR", "resolve_init"]
