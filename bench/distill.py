@@ -225,6 +225,7 @@ def build_run(setup: Setup, mode: str, steps: int, args, out: Path, on_event):
     train = TrainConfig(steps=steps, batch_size=args.batch_size, log_every=1, num_workers=args.num_workers,
                         device="cpu", seed=0)
     cfg = DistillConfig(task=TASK, data_root=setup.root, out=out, teacher="clip-vit-b16", weights=str(setup.weights),
+                        cache=setup.tmp / "cache",  # the text view goes beside the stores, in the temp dir
                         student=setup.student, mad=MADConfig.full() if distill else MADConfig.baseline(), train=train,
                         online_teacher=mode == "online", progress=False)
     stores = setup.stores if distill else StorePaths()

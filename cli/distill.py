@@ -126,6 +126,7 @@ def distill_cmd(
     nproc: int = typer.Option(1, "--nproc", help="Processes training together (torchrun, DDP; on GPUs one per "
                               "device); --batch-size is their global batch. Or run under torchrun yourself."),
     bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (never on CPU)."),
+    text_view: str = setting_option(stage.DistillConfig, "text_view", "--text-view"),
     cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Store cache root [env MAD_CACHE]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in --out."),
     wait: bool = typer.Option(False, "--wait", help="If another process is using --out, wait for it to end "

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from mad_pipeline import testhooks
+from mad_pipeline.cache import Cache
 from mad_pipeline.data import load_dataset
 from mad_pipeline.data.splits import subsample
 from mad_pipeline.errors import InputError
@@ -45,7 +46,7 @@ from mad_pipeline.store.reader import open_store
 from mad_pipeline.students import INITS, image_preprocess, resolve_init
 from mad_pipeline.tasks import Task, get_task, task_class
 from mad_pipeline.tasks.vqa import DEFAULT_MIN_COUNT, vqa_eval_setting
-from mad_pipeline.training import distributed, rundir
+from mad_pipeline.training import distributed, rundir, text_view
 from mad_pipeline.training.collate import Collate, StudentTokenizer
 from mad_pipeline.training.confidence import write_confidence
 from mad_pipeline.training.config import TrainConfig, resolve_device, resolve_num_workers
@@ -105,6 +106,9 @@ class DistillConfig:
     progress: bool = _f(True, "progress output", key=False)
     nproc: int = _f(1, "processes training together (torchrun + DDP; on GPUs one per device); --batch-size is "
                     "their global batch", key=False, min=1, max=MAX_NPROC)
+    text_view: str = _f("auto", "where training reads the text features: auto, a cached copy of the text rows in "
+                        "training order (built once per dataset and text store, under the cache's derived/views); "
+                        "off, the text store itself", key=False, choices=text_view.MODES)
 
 
 @dataclass
@@ -199,7 +203,8 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
     device = resolve_device(cfg.train.device)
     online = _online_teacher(cfg, device)  # loaded before seeding: it must not shift the student's initialisation
     seed_everything(cfg.train.seed)
-    student, objective, train_data, collate = build_training(cfg, task, data.train, data.root, stores, online)
+    student, objective, train_data, collate = build_training(cfg, task, data.train, data.root, stores, online,
+                                                             dist=d, log=log)
     eval_data = SampleDataset(data.eval.samples, data.eval.root, task, image_preprocess(student))
 
     def evaluator(model, dataset=eval_data, split=data.eval_split, follow_up=True):
@@ -262,9 +267,10 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
 
 
 def build_training(cfg: DistillConfig, task: Task, samples: list, root: Path, stores: StorePaths,
-                   online: OnlineTeacher | None):
+                   online: OnlineTeacher | None, dist: Dist | None = None, log=None):
     """The student (seeded by the caller), the objective with projections to the teacher widths read from the store
-    manifests, the training dataset and its collate function -- exactly as :func:`run` trains them."""
+    manifests, the training dataset (with its text view, built first if needed: ``cfg.text_view``) and its collate
+    function -- exactly as :func:`run` trains them."""
     from mad_pipeline.students import build_student
 
     student = build_student(cfg.student, task.name, task.num_classes,
@@ -284,6 +290,7 @@ def build_training(cfg: DistillConfig, task: Task, samples: list, root: Path, st
                           has_image_targets=builder.cached if builder else None,
                           read_dense=bool(builder and builder.dense))
     collate = Collate(task, StudentTokenizer(student), builder, getattr(student, "grid", None), data.grid)
+    text_view.attach(data, Cache.at(cfg.cache).root, cfg.text_view, dist, log or (lambda m: None), cfg.progress)
     return student, objective, data, collate
 
 

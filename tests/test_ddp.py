@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def ddp_world(tiny_clip, tmp_path_factory):
     # one process: in this process (stage 1 runs here, once); two: plain torchrun running the CLI on each rank
     one_env = {**env, "MAD_DEBUG_BATCHES": str(root / "batches-one")}
     runs = {"one": last_json(mad_inproc(*args(root / "one"), env=one_env))}
+    shutil.rmtree(root / "cache" / "derived")  # the text view: built again below, by the two ranks' rank 0 alone
     torchrun = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
          "mad_pipeline.cli", *args(root / "two")], capture_output=True, text=True, timeout=900,
@@ -98,6 +100,10 @@ def test_two_processes_see_the_samples_and_losses_of_one(ddp_world):
     preds = json.loads((root / "two" / "predictions" / "val.json").read_text())
     assert len(preds) == runs["two"]["eval"]["val"]["n"]
     assert (root / "two" / "student").is_dir() and (root / "two" / "training.png").exists()
+    # the text view the two ranks trained from: one, built by rank 0 before the other rank looked (nothing left over)
+    views = list((root / "cache" / "derived" / "views").iterdir())
+    assert len(views) == 1 and json.loads((views[0] / "zarr.json").read_text())["attributes"]["mad"]["built_by"][
+        "rank"] == 0
 
 
 def test_sigkill_one_rank_then_rerun_resumes_to_the_same_weights(ddp_world):
