@@ -5,7 +5,9 @@ Builds VQA-v2-shaped stores directly, through the real writer and the real store
 geometry: VQA v2 train has 443,757 questions over 82,783 COCO images (~5.4 questions per image); each question is
 its own text row (6-14 words, so 8-16 CLIP tokens with start and end, zeros past them as a real text store has). The
 teacher geometry is ``--teacher`` (default ``vit-b16``: 197 x 768 image tokens, pooled 512; CLIP text: 77 x 512). The
-zero-shot store (one row per question, ``--zs-candidates`` logits) is built when ``--zs-candidates`` > 0.
+zero-shot store has one row per question and ``--zs-candidates`` logits (default 3,129: VQA v2's answer vocabulary;
+0: no zero-shot store), in the format's layout (rows by image, ``logits`` in ~1 MB chunks, the candidates' labels and
+question-independent texts stored once: see ``mad_pipeline/store/zeroshot.py``); its bytes on disk are reported.
 
 Then, per size (1% and 10% of VQA v2 by default; ``--full`` adds 100%), over the real ``DistillDataset``, the real
 chunk-aware sampler and ``ResumableBatches``, the real ``Collate`` (ViLT tokenizer, ViLT-B/32 preprocessing at 384
@@ -190,23 +192,36 @@ def build_stores(cache_dir: Path, fraction: float, teacher: str, layouts: list[s
                                 lambda w: shards(w, fill_index), lambda w: {}, log=log).path
     out["zeroshot"] = None
     if zs_candidates:
-        from mad_pipeline.extraction.zeroshot import zeroshot_arrays
-
-        labels = np.asarray([f"ans{k}" for k in range(zs_candidates)], object)
-        zs_pool = np.random.default_rng(3).normal(20, 3, (POOL_ROWS, zs_candidates)).astype(np.float32)
-
-        def fill_zs(lo, hi):
-            r = np.arange(lo, hi)
-            return {"sample_id": np.asarray([s.id for s in samples[lo:hi]], object),
-                    "image_hash": np.asarray([ih[i] for i in image_of[lo:hi]], object),
-                    "logits": zs_pool[r % POOL_ROWS], "candidate_label": np.tile(labels, (hi - lo, 1)),
-                    "candidate_text": np.tile(labels, (hi - lo, 1))}
-
-        key = make_key("zeroshot", **base, k=zs_candidates)
-        out["zeroshot"] = get_or_build(cache, "zeroshot", key, len(samples), lambda: zeroshot_arrays(zs_candidates),
-                                       lambda w: shards(w, fill_zs), lambda w: {"task": "vqa"}, log=log).path
+        out["zeroshot"] = build_zeroshot(cache, base, samples, [ih[i] for i in image_of], zs_candidates, log)
     write_jpegs(cache_dir / "data")
     return out
+
+
+def build_zeroshot(cache, base: dict, samples, hashes: list[str], k: int, log=print) -> str:
+    """The zero-shot store as stage 1 writes it for a question-independent VQA template: one row per question in
+    image order, ``k`` logits each, the labels and texts (every question's the same) stored once."""
+    from mad_pipeline.cache import make_key
+    from mad_pipeline.extraction.build import get_or_build
+    from mad_pipeline.store.zeroshot import ROW_ORDER, SHARED, image_order, write_shared, zeroshot_arrays
+
+    labels = [f"ans{j}" for j in range(k)]
+    shared = {"label": labels, "text": [f"a photo of {a}" for a in labels]}
+    order = image_order(hashes)
+    zs_pool = np.random.default_rng(3).normal(20, 3, (POOL_ROWS, k)).astype(np.float32)
+
+    def fill(writer):
+        write_shared(writer, shared, k)
+        for s in sorted(set(range(writer.n_shards)) - writer.done_shards()):
+            lo, hi = writer.shard_range(s)
+            q = order[lo:hi]
+            writer.write_shard(s, {"sample_id": np.asarray([samples[i].id for i in q], object),
+                                   "image_hash": np.asarray([hashes[i] for i in q], object),
+                                   "logits": zs_pool[np.arange(lo, hi) % POOL_ROWS]})
+
+    key = make_key("zeroshot", **base, k=k, layout="shared")
+    return get_or_build(cache, "zeroshot", key, len(samples), lambda: zeroshot_arrays(k, tuple(shared)), fill,
+                        lambda w: {"task": "vqa", "row_order": ROW_ORDER, "constants": sorted(SHARED.values())},
+                        log=log).path
 
 
 # -- measuring (in a child process per size and layout) -----------------------------------------------------------
@@ -376,7 +391,8 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="also 100%% (about 30 GB of stores with vit-b16)")
     p.add_argument("--teacher", choices=sorted(TEACHERS), default="vit-b16")
     p.add_argument("--text-layouts", default="view,rows,chunks")
-    p.add_argument("--zs-candidates", type=int, default=0, help="zero-shot logits per question (0: no store)")
+    p.add_argument("--zs-candidates", type=int, default=3129,
+                   help="zero-shot logits per question (default: VQA v2's 3,129 answers; 0: no zero-shot store)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--batches", type=int, default=50, help="timed batches per mode (0: counts only)")
     p.add_argument("--count-batches", type=int, default=0, help="batches counted (0: one epoch)")
@@ -404,7 +420,8 @@ def main(argv=None) -> int:
                                   for k, v in stores["text"].items()}}))
         entry = {"samples": stores["samples"], "images": stores["images"], "build_seconds": built,
                  "disk_mb": {"image": _disk_mb(stores["image"]),
-                             **{f"text[{k}]": _disk_mb(v["path"]) for k, v in stores["text"].items()}},
+                             **{f"text[{k}]": _disk_mb(v["path"]) for k, v in stores["text"].items()},
+                             **({"zeroshot": _disk_mb(stores["zeroshot"])} if stores["zeroshot"] else {})},
                  "layouts": {}}
         if "view" in layouts:
             entry["view"] = build_view(args.cache, pct / 100, stores)
@@ -447,6 +464,7 @@ def print_table(size: str, entry: dict) -> None:
                       f"{c['requests']:.3f}", f"{c['bytes_read'] / 1e3:.1f}",
                       str(warm.get("loader_samples_per_s", "")), str(warm.get("step_samples_per_s", "")),
                       f"{res['peak_rss_mb']} / {res['peak_worker_rss_mb']}")
+    t.caption = "on disk, MB: " + ", ".join(f"{k} {v}" for k, v in entry["disk_mb"].items())
     Console().print(t)
 
 

@@ -12,6 +12,7 @@ publishes the stores and never builds a teacher (the geometry is asked of a work
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import Cache, make_key
-from ..hashing import content_key, hash_of_set
+from ..hashing import canonical_json, hash_of_set
 from ..store.layout import image_arrays, index_arrays, text_arrays
 from ..store.reader import open_store
 from ..store.storage import Storage
+from ..store.zeroshot import ROW_ORDER, SHARED, image_order, shared_columns, write_shared, zeroshot_arrays
 from . import distributed as remote
 from .build import StoreResult, get_or_build
 from .device import plain_batch_size
@@ -33,7 +35,7 @@ from .inputs import DatasetInputs, samples_digest
 from .projection import constants_manifest, write_visual_proj
 from .reuse import ReusePlan, plan_reuse
 from .runner import extract_images, extract_texts, rows_to_compute
-from .zeroshot import fill_zeroshot, zeroshot_arrays
+from .zeroshot import fill_zeroshot
 
 
 @dataclass
@@ -190,17 +192,21 @@ def index_store(ctx: BuildContext, ds, inputs: DatasetInputs, skipped: list[dict
 
 def zeroshot_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs, image: StoreResult, task: str,
                    candidates, prompt: dict) -> StoreResult:
-    """The teacher's logits between each sample's image (from ``image``'s pooled) and its candidate texts."""
+    """The teacher's logits between each sample's image (from ``image``'s pooled) and its candidate texts. Rows are
+    written by image (:mod:`mad_pipeline.store.zeroshot`); the key is over the samples in dataset order, as always."""
     samples = [s for s in ds.samples if s.image and s.image in inputs.image_hash]
     ids = [s.id for s in samples]
     hashes = [inputs.image_hash[s.image] for s in samples]
     ident = teacher.identity("text")
-    digest = content_key([[i, h, list(c.labels), list(c.texts)]
-                          for i, h, c in zip(ids, hashes, candidates, strict=True)])
-    key = make_key("zeroshot", teacher=ident, image_store=image.key, task=task, candidates=digest)
+    key = make_key("zeroshot", teacher=ident, image_store=image.key, task=task,
+                   candidates=candidates_digest(ids, hashes, candidates))
     kmax = max((len(c.texts) for c in candidates), default=1)
+    shared = shared_columns(candidates)
+    order = image_order(hashes).tolist()
+    ids, hashes, candidates = [ids[i] for i in order], [hashes[i] for i in order], [candidates[i] for i in order]
 
     def fill(writer):
+        write_shared(writer, shared, kmax)  # the columns every row shares: once, before the rows
         size = max(plain_batch_size(ctx.batch_size, teacher.device), 64)  # --batch-size auto: by device
         if ctx.pool is not None:
             return remote.fill_zeroshot_remote(ctx.pool, writer, teacher, ident, image.path, ids, hashes, candidates,
@@ -211,10 +217,31 @@ def zeroshot_store(ctx: BuildContext, teacher, ds, inputs: DatasetInputs, image:
     def manifest(writer):
         return {"teacher": {"name": teacher.name, "tower": "image+text", **ident}, "task": task, **prompt,
                 "image_store": image.key, "dataset": dataset_identity(ds),
-                "logits": "logit_scale * cos(image, text), CLIP convention"}
+                "logits": "logit_scale * cos(image, text), CLIP convention", "row_order": ROW_ORDER,
+                **({"constants": sorted(SHARED[c] for c in shared)} if shared else {})}
 
-    return get_or_build(ctx.cache, "zeroshot", key, len(samples), lambda: zeroshot_arrays(kmax), fill, manifest,
-                        log=ctx.log)
+    return get_or_build(ctx.cache, "zeroshot", key, len(samples), lambda: zeroshot_arrays(kmax, shared), fill,
+                        manifest, log=ctx.log)
+
+
+def candidates_digest(ids, hashes, candidates) -> str:
+    """``content_key([[id, image hash, labels, texts], ...])`` in dataset order, computed as a stream (the same
+    digest, without holding the whole JSON: at VQA v2 size with its vocabulary that would be tens of GB); a label or
+    text tuple equal to the previous row's is serialised once."""
+    h = hashlib.sha256(b"[")
+    memo: dict[str, tuple] = {}
+
+    def part(name: str, values) -> str:
+        last = memo.get(name)
+        if last is None or not (last[0] is values or last[0] == values):
+            last = memo[name] = (values, canonical_json(list(values)))
+        return last[1]
+
+    for j, (i, hh, c) in enumerate(zip(ids, hashes, candidates, strict=True)):
+        row = f"[{canonical_json(i)},{canonical_json(hh)},{part('labels', c.labels)},{part('texts', c.texts)}]"
+        h.update((b"," if j else b"") + row.encode())
+    h.update(b"]")
+    return h.hexdigest()
 
 
 def decode_skips(image: StoreResult | None) -> list[dict]:

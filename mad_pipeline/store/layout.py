@@ -43,6 +43,7 @@ class ArraySpec:
     storage: Storage | None = None  # a token array stored otherwise than as it is written and read (storage.py)
     keepbits: int = 0  # a stored array written through numcodecs' BitRound filter (mantissa bits kept)
     row_chunks: bool = False  # read one row at a time, at random (text store): one row per chunk, inside shards
+    follows_big: bool = False  # chunked and sharded like the big arrays, not counted in their size (zero-shot strings)
 
     def row_bytes(self) -> int:
         itemsize = 64 if self.dtype == "str" else np.dtype(self.dtype).itemsize

@@ -36,7 +36,6 @@ import numpy as np
 from ..errors import StoreError
 from .integrity import Problem, manifest_problems, n_chunk_files, shape_problems
 from .layout import (
-    HASH_DTYPE,
     READABLE_VERSIONS,
     image_arrays,
     index_arrays,
@@ -46,6 +45,7 @@ from .layout import (
 )
 from .location import Location, chunk_counts, chunk_keys, key_of_store_name
 from .storage import Storage
+from .zeroshot import SHARED, shared_arrays, zeroshot_arrays
 
 EMPTY = 2**64 - 1  # sharding index entry of a chunk that was never written
 __all__ = ["EXPECTED", "ZEROSHOT_ARRAYS", "Problem", "VerifyReport", "verify_store"]
@@ -55,10 +55,9 @@ def _table(specs) -> dict[str, tuple]:
     return {s.name: (zarr_data_type(s.dtype), 1 + len(s.row_shape)) for s in specs}
 
 
-# name -> (zarr data_type, ndim) per kind. The zero-shot table mirrors
-# mad_pipeline.extraction.zeroshot.zeroshot_arrays (kept here so verify does not import torch; a test compares them).
-ZEROSHOT_ARRAYS = {"sample_id": ("string", 1), "image_hash": (zarr_data_type(HASH_DTYPE), 1), "logits": ("float32", 2),
-                   "candidate_label": ("string", 2), "candidate_text": ("string", 2)}
+# name -> (zarr data_type, ndim) per kind. A zero-shot store's candidate columns are per row (this table) or, where
+# every row shares them, one (K,) array each (the manifest's constants; see mad_pipeline.store.zeroshot).
+ZEROSHOT_ARRAYS = _table(zeroshot_arrays(1))
 EXPECTED = {
     "image": _table(image_arrays(1, 1, 1)),
     "text": _table(text_arrays(1, 1, 1)),
@@ -69,8 +68,12 @@ HASH_COLUMNS = ("image_hash", "text_hash")  # format v1 stored them as variable-
 SORTED_COLUMN = {"image": "image_hash", "text": "text_hash"}
 
 
-def expected_arrays(kind, version, storage: Storage | None = None) -> dict[str, tuple]:
+def expected_arrays(kind, version, storage: Storage | None = None, constants=()) -> dict[str, tuple]:
     table = EXPECTED.get(kind, {})
+    if kind == "zeroshot":  # a column every row shares is stored once instead of per row
+        shared = [c for c, name in SHARED.items() if name in constants]
+        table = {**_table(zeroshot_arrays(1, shared)), **{s.name: (zarr_data_type(s.dtype), len(s.row_shape))
+                                                          for s in shared_arrays(1) if s.name in constants}}
     if kind == "image" and storage is not None and not storage.default:  # int8, bitround, kept tokens (storage.py)
         table = {**table, **_table(stored_arrays(image_arrays(1, 1, 1, storage)))}
     if version == 1:
@@ -358,7 +361,8 @@ def _check_manifest(loc: Location, man: dict, arrays: dict[str, dict], columns: 
     kind = man.get("kind")
     if kind not in EXPECTED:
         bad(f"unknown kind {kind!r} (expected one of {', '.join(EXPECTED)})")
-    for name, (dtype, ndim) in expected_arrays(kind, version, Storage.from_manifest(man)).items():
+    constants = man.get("constants") if isinstance(man.get("constants"), list) else []
+    for name, (dtype, ndim) in expected_arrays(kind, version, Storage.from_manifest(man), constants).items():
         m = arrays.get(name)
         if m is None:
             if name not in skip:

@@ -111,8 +111,8 @@ class StoreWriter:
         n = max(self.n_rows, 0)
         for s in self.stored.values():
             _before_write(self.path / s.name / "zarr.json")
-            chunk_rows = 1 if s.row_chunks else layout["chunk_rows"] if s.big else layout["shard_rows"]
-            shards = (layout["shard_rows"], *s.row_shape) if s.big or s.row_chunks else None
+            chunk_rows = 1 if s.row_chunks else layout["chunk_rows"] if s.big or s.follows_big else layout["shard_rows"]
+            shards = (layout["shard_rows"], *s.row_shape) if s.big or s.row_chunks or s.follows_big else None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UnstableSpecificationWarning)  # fixed-width hash strings
                 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in")  # bitround, on purpose

@@ -145,11 +145,12 @@ class Task:
     def teacher_zeroshot(self, zeroshot_store: str, samples: Sequence[Sample]) -> dict[str, Any] | None:
         """The teacher's zero-shot accuracy on ``samples`` (those it scored), on the student's official scale."""
         from ..store.reader import open_store
+        from ..store.zeroshot import zeroshot_blocks
 
-        zs = open_store(zeroshot_store)
-        ids = np.asarray(zs["sample_id"][:], dtype=object).astype(str)
+        records: list[dict] = []
         try:
-            records = self.zeroshot_predictions(ids, zs["logits"][:].astype(np.float64), zs["candidate_label"][:])
+            for ids, logits, labels in zeroshot_blocks(open_store(zeroshot_store)):  # a block of rows at a time
+                records += self.zeroshot_predictions(ids, logits, labels)
         except ValueError:
             return None
         by_id = {r[self.prediction_key]: r for r in records}

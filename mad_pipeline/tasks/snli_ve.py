@@ -46,12 +46,13 @@ def fit_snli_calibration(zeroshot_store: str, samples: Sequence[Sample]):
     zs = open_store(zeroshot_store)
     ids = np.asarray(zs["sample_id"][:], dtype=object).astype(str)
     logits = np.asarray(zs["logits"][:, 0], np.float64)
-    gold = {s.id: s.meta.get("gold_label") for s in samples}
+    score = dict(zip(ids.tolist(), logits.tolist(), strict=True))
     sims, labels = [], []
-    for sid, z in zip(ids.tolist(), logits.tolist(), strict=True):
-        if gold.get(sid) is not None and np.isfinite(z):
+    for s in samples:  # in the samples' (dataset) order, whichever order the store's rows are in
+        z, gold = score.get(s.id), s.meta.get("gold_label")
+        if gold is not None and z is not None and np.isfinite(z):
             sims.append(z)
-            labels.append(label_index(gold[sid]))
+            labels.append(label_index(gold))
     if len(sims) < 2:
         raise InputError(f"{zeroshot_store}: too few labelled zero-shot scores to calibrate SNLI-VE confidence")
     return fit_calibration(torch.tensor(sims), torch.tensor(labels), num_classes=NUM_LABELS)

@@ -27,6 +27,8 @@ Standard practice (bottom-up attention / UNITER / ViLT lineage):
 from __future__ import annotations
 
 import json
+import re
+import string
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -180,8 +182,13 @@ def vqa_candidates(samples: Sequence[Sample], prompt: str = "auto", template: st
     if vocab is None:
         raise InputError("zero-shot VQA with a template needs the answer vocabulary of the training split")
     tmpl = template or DEFAULT_TEMPLATE
+    labels = tuple(vocab.answers)  # one tuple every sample shares (the zero-shot store keeps it once)
+    fields = {re.split(r"[.\[]", f)[0] for _, f, _, _ in string.Formatter().parse(tmpl) if f}
+    if "q" not in fields:  # the same texts for every question: one Candidates for all
+        shared = Candidates(labels, tuple(tmpl.format(q="", a=a) for a in vocab.answers))
+        return [shared] * len(samples), "template"
     for s in samples:
-        out.append(Candidates(tuple(vocab.answers), tuple(tmpl.format(q=s.texts[0], a=a) for a in vocab.answers)))
+        out.append(Candidates(labels, tuple(tmpl.format(q=s.texts[0], a=a) for a in vocab.answers)))
     return out, "template"
 
 
@@ -270,7 +277,7 @@ class VQATask(Task):
 
     def zeroshot_vector(self, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, bool]:
         out = np.full(len(self.vocab), ZS_FILL, np.float32)
-        cols, where = self._vocab_map(tuple(str(x) for x in labels))
+        cols, where = self._vocab_map(labels if isinstance(labels, tuple) else tuple(str(x) for x in labels))
         vals = logits[where]
         fin = np.isfinite(vals)
         out[cols[fin]] = vals[fin]
