@@ -147,3 +147,20 @@ def test_a_study_shares_one_pretraining_unless_a_task_changes_it():
                                                                             "student-pretrain"]
     deps = {s.meta["task"]: s.deps["init"] for s in stages if s.kind == "distill"}
     assert deps == {"vqa": "student-pretrain", "snli-ve": "snli-ve/student-pretrain"}
+
+
+def test_init_pretrained_still_starts_from_the_preset_weights(pretrained_run, monkeypatch):
+    """`init: pretrained` (the shipped weights; here the stage's output in their place) plans no pretraining stage,
+    keys the students by the weights' content and trains them from the preset's directory."""
+    from mad_pipeline.students import weights as weights_mod
+
+    d, env, first = pretrained_run
+    shipped = Path(_stage(first, "student-pretrain")["path"]) / "weights"
+    monkeypatch.setitem(weights_mod.PRESET_WEIGHTS, "vilt-tiny", shipped)
+    res = _run(d, env, "init=pretrained")
+    assert "student-pretrain" not in [s["kind"] for s in res["stages"]]
+    dist = _stage(res, "distill")
+    assert dist["status"] == "ran" and dist["key"] != _stage(first, "distill")["key"]
+    fp = json.loads((Path(dist["run"]) / "run.json").read_text())["fingerprint"]
+    assert fp["init"] == "pretrained" and fp["pretrained"] is None
+    assert json.loads((Path(dist["run"]) / "metrics.json").read_text())["steps"] == 2
