@@ -18,11 +18,13 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
 Every stage is cached by content key (in ``--cache``), so a rerun only computes what is missing: a study can span
 several invocations, and the runs the two configs share (naive and MAD at the low fractions) are trained once. With
 ``--jobs N`` each config is sharded by task x seed x fraction into N parallel ``mad run`` processes sharing the cache
-(the first alone: it builds the world); a final ``mad run`` of the whole config then finds every stage cached and
-writes the reports. ``--only TASK`` (repeatable) runs a subset of the tasks.
+(the first alone: it builds the world, and with ``init=student-pretrain`` the students' pretraining); a final ``mad
+run`` of the whole config then finds every stage cached and writes the reports. ``--only TASK`` (repeatable) runs a
+subset of the tasks.
 
     python bench/lowshot.py --jobs 2                          # the main tables, then the ablation (2 CPU cores)
     python bench/lowshot.py --jobs 2 --no-ablation            # the main tables only
+    python bench/lowshot.py --jobs 2 init=student-pretrain    # pretrain the students first (mad student pretrain's)
     python bench/lowshot.py --jobs 12 --device cuda --only vqa --no-ablation   # one task on a GPU machine
     python bench/lowshot.py --only vqa seeds=[0] fractions=[0.05] --no-ablation --out /tmp/lowshot   # a quick look
 """
@@ -70,8 +72,9 @@ def shards(values: dict, jobs: int) -> list[list[str]]:
 
 def run_shards(args, config: Path, overrides: list[str], values: dict, deadline: float) -> float:
     """Run the shards, at most ``args.jobs`` at a time, the first alone (it builds the stages every shard shares:
-    the world and the evaluation splits' stores). Past ``deadline`` (perf_counter) the running shards are killed
-    (their distill stages resume from checkpoints next time) and no new one starts. Returns the wall time."""
+    the world, the students' pretraining with ``init=student-pretrain``, and the evaluation splits' stores). Past
+    ``deadline`` (perf_counter) the running shards are killed (their distill stages resume from checkpoints next
+    time) and no new one starts. Returns the wall time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     todo = shards(values, args.jobs)
