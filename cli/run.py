@@ -17,8 +17,9 @@ from mad_pipeline.progress import quiet_library_bars
 
 from .app import app
 
-RUN_HELP = """Run a whole experiment from one YAML file: data, extract (frozen teachers -> feature stores), \
-distill (per method, training fraction and seed), eval, report. Every stage is keyed by the content hash of \
+RUN_HELP = """Run a whole experiment from one YAML file: data, student-pretrain (with init: student-pretrain: the \
+students' initial weights, the same cache entry as `mad student pretrain`), extract (frozen teachers -> feature \
+stores), distill (per method, training fraction and seed), eval, report. Every stage is keyed by the content hash of \
 everything that determines it and kept in the cache (<cache>/runs/<kind>/<key>/), so a rerun only computes what \
 changed: an unchanged config is served entirely from the cache; a changed distillation setting reruns distill, eval \
 and report only; another text teacher reuses the image stores.

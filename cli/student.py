@@ -28,8 +28,9 @@ features, never a colour+shape pair of the shift split. Then measures ITM and ML
 number of labelled steps.
 
 Cached by content key under the cache root (runs/student-pretrain/KEY/): the same settings again print the \
-cached figures without training. The weights are transformers' ViltForMaskedLM layout: `mad distill --pretrained \
-DIR` (or `--init pretrained` for the shipped copy) starts the student from them.
+cached figures without training. It is also a `mad run` stage (init: student-pretrain, these settings under \
+student_pretrain:), with the same key and cache entry. The weights are transformers' ViltForMaskedLM layout: \
+`mad distill --pretrained DIR` (or `--init pretrained` for the shipped copy) starts the student from them.
 
 Examples:
 
