@@ -29,7 +29,7 @@ def scaled(tmp_path_factory):
     spec.loader.exec_module(scale)
     scale.StoreOnly = scale._store_only_class()
     cache = tmp_path_factory.mktemp("view")
-    stores = scale.build_stores(cache, FRACTION, "vit-b16", ["rows"], 0, log=lambda m: None)
+    stores = scale.build_stores(cache, FRACTION, "vit-b16", ["rows", "chunks"], 0, log=lambda m: None)
     return scale, cache, stores
 
 
@@ -43,8 +43,9 @@ def _epoch(data) -> list:
     return [it for idx in batches for it in data.__getitems__(idx)]
 
 
-def test_view_is_built_once_and_serves_the_same_items(scaled):
+def test_view_is_built_once_and_serves_the_same_items(scaled, monkeypatch):
     _, cache, _ = scaled
+    monkeypatch.setattr(text_view, "WHOLE_STORE_BYTES", 0)  # build as from a large store: rows read from the shards
     plain, viewed = _data(scaled), _data(scaled)
     logs: list[str] = []
     view = text_view.attach(viewed, cache, "auto", log=logs.append, progress=False)
@@ -132,3 +133,23 @@ def test_distill_trains_the_same_with_and_without_the_view(tiny_clip, tmp_path):
     assert on_weights.keys() == off_weights.keys()
     assert all(bool((on_weights[k] == off_weights[k]).all()) for k in on_weights)
     assert list((tmp_path / "cache" / "derived" / "views").glob("*.zarr")) == views  # off builds nothing
+
+
+def test_shard_rows_reads_what_zarr_reads(scaled):
+    """Building a view reads the text store's shard files directly; the values are zarr's, for either text layout
+    (one row per inner chunk, or the ~1 MB inner chunks of stores written before)."""
+    from mad_pipeline.store.reader import open_store
+    from mad_pipeline.training.shard_rows import ShardRows
+
+    _, _, stores = scaled
+    rows = np.random.default_rng(0).integers(0, 222, 50)  # repeats and any order
+    for layout in ("rows", "chunks"):
+        src = open_store(stores["text"][layout]["path"])
+        for name in text_view.FIELDS:
+            fast = ShardRows.open(src.path, name)
+            if fast is None:  # the old layout's small arrays are not sharded: read through zarr
+                assert layout == "chunks" and name != "tokens", (layout, name)
+                continue
+            got, want = fast.rows(rows), np.asarray(src[name][:])[rows]
+            assert got.dtype == want.dtype and np.array_equal(got, want), (layout, name)
+    assert ShardRows.open(src.path, "text") is None  # variable-length strings: not a layout it reads

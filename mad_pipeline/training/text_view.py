@@ -208,10 +208,11 @@ def _build(src, text_key: str, plan: ViewPlan, key: str, final: Path, log, progr
         # least); a large one row by row, each block of the view's rows with one call per array
         small = src.n_rows * width * 2 <= WHOLE_STORE_BYTES
         whole = {f["name"]: np.asarray(src[f["name"]][:]) for f in fields} if small else None
+        readers = _readers(src, fields) if whole is None else whole
         with progress_bar(f"text view {key[:12]}", n, unit="row", enabled=progress) as bar:
             for lo in range(0, max(n, 1), per_shard):
                 hi = min(n, lo + per_shard)
-                arr[lo:hi] = _gather(whole or src, fields, plan.rows[lo:hi])
+                arr[lo:hi] = _gather(readers, fields, plan.rows[lo:hi])
                 bar.advance(hi - lo)
         manifest = {"kind": "text-view", "cache_key": key, "view_format": VIEW_FORMAT, "n_rows": n,
                     "text_store": text_key, "chunk_rows": plan.chunk_rows,
@@ -230,16 +231,30 @@ def _build(src, text_key: str, plan: ViewPlan, key: str, final: Path, log, progr
         f"{time.perf_counter() - t0:.1f} s ({mb:.1f} MB)")
 
 
-def _gather(src, fields: tuple[dict, ...], rows: np.ndarray) -> np.ndarray:
-    """The packed rows of text-store rows ``rows`` (-1: a padding row of zeros), read in one call per array from
-    ``src`` (the store, or its arrays already read whole)."""
+def _readers(src, fields: tuple[dict, ...]) -> dict:
+    """Per array, what reads rows of it: the shard files directly where the layout allows (a local store written
+    by the store writer, see :mod:`.shard_rows`), else zarr."""
+    from ..store.location import is_url
+    from .shard_rows import ShardRows
+
+    out = {}
+    for f in fields:
+        fast = None if is_url(src.path) or src.storage.dtype == "int8" else ShardRows.open(src.path, f["name"])
+        out[f["name"]] = fast.rows if fast is not None else src[f["name"]].__getitem__
+    return out
+
+
+def _gather(src: dict, fields: tuple[dict, ...], rows: np.ndarray) -> np.ndarray:
+    """The packed rows of text-store rows ``rows`` (-1: a padding row of zeros), read in one call per array
+    (``src``: per array, the values read whole or what reads rows, see :func:`_readers`)."""
     ok = rows >= 0
     want, inverse = np.unique(rows[ok], return_inverse=True)
     values = {}
     for f in fields:
         block = np.zeros((len(rows), *f["shape"]), np.dtype(f["dtype"]))
         if len(want):
-            block[ok] = np.asarray(src[f["name"]][want])[inverse]
+            read = src[f["name"]]
+            block[ok] = (read[want] if isinstance(read, np.ndarray) else np.asarray(read(want)))[inverse]
         values[f["name"]] = block
     return _pack(values, fields, len(rows))
 
