@@ -262,3 +262,29 @@ def test_fixed_seed_is_deterministic():
     (la, va), (lb, vb), (lc, _) = run(0), run(0), run(1)
     assert torch.equal(la, lb) and torch.equal(va, vb)
     assert not torch.equal(la, lc)
+
+
+def test_pretrained_vilt_with_heads_loads_without_a_load_report(tmp_path, capfd, caplog):
+    """A checkpoint with MLM/ITM heads (the pretraining layout) loads into the backbone quietly: no multi-line load
+    report of the unused head weights; a backbone weight the checkpoint lacks is one warning line."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+    from transformers import ViltConfig, ViltForMaskedLM
+
+    from mad_pipeline.students.vilt import VILT_CONFIGS, build_vilt
+
+    ViltForMaskedLM(ViltConfig(**VILT_CONFIGS["vilt-tiny"])).save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        build_vilt("vilt-tiny", "vqa", 5, tmp_path)
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "UNEXPECTED" not in err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    weights = tmp_path / "model.safetensors"
+    state = load_file(str(weights))
+    del state["vilt.encoder.layer.0.output.dense.bias"]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with caplog.at_level(logging.WARNING):
+        build_vilt("vilt-tiny", "vqa", 5, tmp_path)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "encoder.layer.0.output.dense.bias" in warned[0] and "\n" not in warned[0]

@@ -285,6 +285,29 @@ def read_student_json(directory: Path) -> dict[str, Any]:
     return meta
 
 
+def _load_backbone(model_cls, pretrained: str | Path):
+    """``ViltModel.from_pretrained`` in fp32 (whatever the checkpoint's dtype: the shipped shapes-vilt-tiny is fp16),
+    without transformers' multi-line load report: a checkpoint with heads (``ViltForMaskedLM``'s ``mlm_score``, an
+    ``itm_score``) loads into the backbone by design, so unused head weights are logged at debug level and only
+    backbone weights the checkpoint lacks (left at random init) are worth one warning line."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        backbone, info = model_cls.from_pretrained(str(pretrained), dtype=torch.float32, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(level)
+    if info.get("unexpected_keys"):
+        log.debug("%s: %d weights not used by the backbone (heads): %s", pretrained, len(info["unexpected_keys"]),
+                  ", ".join(sorted(info["unexpected_keys"])[:8]))
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    if missing:
+        log.warning("%s: %d backbone weights missing from the checkpoint (left at random init): %s", pretrained,
+                    len(missing), ", ".join(missing[:8]))
+    return backbone
+
+
 def build_vilt(name: str, task: str, num_classes: int, pretrained: str | Path | None = None) -> ViltStudent:
     """A ViLT student. ``pretrained``: a ``save_pretrained`` directory or a hub id (e.g. ``dandelin/vilt-b32-mlm``)
     whose backbone weights (and tokenizer, if it has one) are loaded -- its config wins over ``name``'s; without it,
@@ -298,8 +321,7 @@ def build_vilt(name: str, task: str, num_classes: int, pretrained: str | Path | 
         backbone = ViltModel(ViltConfig(**VILT_CONFIGS[name]))
     else:
         try:
-            # fp32 whatever the checkpoint's dtype (the shipped shapes-vilt-tiny is stored in fp16)
-            backbone = ViltModel.from_pretrained(str(pretrained), dtype=torch.float32)
+            backbone = _load_backbone(ViltModel, pretrained)
         except OSError as e:
             raise StudentError(f"could not load ViLT weights from {pretrained} ({str(e).splitlines()[0][:160]}); "
                                "offline? pass a local save_pretrained directory") from None
