@@ -4,9 +4,10 @@ Rows are the leading dimension of every array. Chunks hold whole rows and are si
 big token arrays (a random read touches one chunk per row group, not the store); shards group chunks into files of
 tens of MB so a writer writes one file per row range. The text-store arrays training reads (tokens, length, pooled,
 char_span) are read a row at a time, at random (rows are sorted by hash, not by the images that use them): they
-hold one row per chunk inside the same shards, so a row read decodes that row only. Every chunk is
-Blosc/Zstd-compressed with byte shuffle and carries a crc32c checksum; every array has ``dimension_names`` so xarray
-and dask can open it.
+hold one row per chunk inside the same shards, so a row read decodes that row only. The zero-shot store's ``logits``
+are chunked like a token array, its per-row candidate columns like its ``logits`` (``follows_big``; see
+:mod:`.zeroshot`). Every chunk is Blosc/Zstd-compressed with byte shuffle and carries a crc32c checksum; every array
+has ``dimension_names`` so xarray and dask can open it.
 
 Content-hash columns (``image_hash``, ``text_hash``) are fixed-width unicode (numpy ``<U64``): zarr returns them as
 plain numpy ``<U64`` arrays, which every numpy sorts, compares with Python ``str`` and ``searchsorted`` correctly.
