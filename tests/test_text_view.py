@@ -87,6 +87,12 @@ def test_damaged_or_half_written_view_is_built_again(scaled):
     assert not text_view.usable(Path(path), key)
     assert text_view.ensure_view(cache, data.stores.text, plan, progress=False) == (path, True)
     assert not stale.exists() and text_view.usable(Path(path), key)
+    # a cache it cannot write (here: a file where the cache root should be): one warning, the text store is read
+    blocked = cache / "not-a-directory"
+    blocked.write_text("")
+    logs.clear()
+    assert text_view.attach(data, blocked, "auto", log=logs.append, progress=False) is None
+    assert data.text_view is None and len(logs) == 1 and logs[0].startswith("warning: text view not built"), logs
 
 
 def test_plan_aligns_view_chunks_with_image_chunks():

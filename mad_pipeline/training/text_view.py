@@ -286,10 +286,17 @@ def attach(data, cache_root: str | Path, mode: str = "auto", dist=None, log: Cal
         return None
     plan = plan_for(data)
 
-    def build() -> str:
-        return ensure_view(cache_root, data.stores.text, plan, log=log, progress=progress)[0]
+    def build() -> str | None:
+        try:
+            return ensure_view(cache_root, data.stores.text, plan, log=log, progress=progress)[0]
+        except OSError as e:  # a full disk, a cache it may not write: the view is an optimisation, go without it
+            log(f"warning: text view not built in {cache_root} ({e.strerror or e}"
+                f"{': ' + str(e.filename) if e.filename else ''}); reading the text store directly")
+            return None
 
     path = dist.in_turn(build) if dist is not None else build()
+    if path is None:
+        return None
     view = open_view(path, plan)
     data.use_text_view(view)
     return view
