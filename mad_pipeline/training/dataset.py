@@ -8,7 +8,9 @@
 Reading: zarr is opened lazily in whichever process reads (each DataLoader worker opens its own handles; nothing
 opened is ever pickled), and ``__getitems__`` reads a whole batch through a :class:`~.chunks.ChunkCache`, so each
 chunk is decompressed once per batch (and, with the chunk-aware sampler over :meth:`DistillDataset.image_rows`, about
-once per epoch). Nothing here runs a teacher or builds targets: that is :class:`~.collate.Collate`'s job.
+once per epoch). Text features come from the dataset's text view when it has one (:meth:`DistillDataset.use_text_view`,
+see :mod:`.text_view`: the same values, in training order, one chunk per image-store chunk), else from the text store.
+Nothing here runs a teacher or builds targets: that is :class:`~.collate.Collate`'s job.
 """
 
 from __future__ import annotations
