@@ -190,3 +190,14 @@ def mad_inproc(*args: str, env: dict | None = None, check: bool = True) -> subpr
     if check and code != 0:
         raise AssertionError(f"mad {' '.join(args)} failed ({code}):\n{stdout}\n{stderr}")
     return proc
+
+
+def bench_module(name: str):
+    """``bench/<name>.py`` imported as a module (the benches are scripts, not a package), for tests of their parts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "bench"
+                                                  / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -9,10 +9,10 @@ chunk) and reading the text view training uses by default (the rows in training 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import bench_module
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {0.0005: 222, 0.0015: 666}  # fraction of VQA v2: questions (over 41 and 124 images)
@@ -20,10 +20,7 @@ SIZES = {0.0005: 222, 0.0015: 666}  # fraction of VQA v2: questions (over 41 and
 
 @pytest.fixture(scope="module")
 def scale():
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("scale")
 
 
 @pytest.fixture(scope="module")

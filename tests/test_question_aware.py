@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import bench_module
 
 from mad_pipeline.losses import MADConfig, TargetBuilder, TeacherBatch, patch_centers, select_tokens
 from mad_pipeline.training import joint
@@ -239,14 +240,9 @@ def test_a_store_that_predates_the_projection(stores, tmp_path, caplog):
 
 
 def test_the_objects_a_text_mentions_and_their_patches():
-    import importlib.util
-
     from mad_pipeline.shapes.world import COLOURS, Obj, Scene
 
-    spec = importlib.util.spec_from_file_location("selection_objects", Path(__file__).resolve().parents[1] / "bench"
-                                                  / "selection_objects.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("selection_objects")
     square = Obj("red", "square", 0, 10.7, 10.7, 7.0, COLOURS["red"])
     circle = Obj("blue", "circle", 8, 53.3, 53.3, 7.0, COLOURS["blue"])
     scene = Scene((square, circle), 4, (242, 242, 236))

@@ -7,13 +7,11 @@ real run (no teacher)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
-from pathlib import Path
 
 import pytest
-from conftest import mad_inproc
+from conftest import bench_module, mad_inproc
 from mad_pipeline.stages.pipeline import load_config
 
 from mad_pipeline.errors import InputError
@@ -162,11 +160,7 @@ def test_study_runs_per_task_and_the_one_task_config_reuses_it(study_yaml, inpro
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_lowshot",
-                                                  Path(__file__).resolve().parents[1] / "bench" / "lowshot.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("lowshot")
 
 
 def test_ablation_table_pairs_each_variant_with_mad_by_seed(tmp_path):

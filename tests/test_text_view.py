@@ -7,13 +7,13 @@ losses with ``--text-view auto`` (the default) and ``--text-view off``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import bench_module
 
 from mad_pipeline.training import text_view
 from mad_pipeline.training.sampler import ChunkShuffleSampler, ResumableBatches
@@ -24,9 +24,7 @@ FRACTION = 0.0005  # of VQA v2: 222 questions over 41 images, ViT-B/16 image row
 
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
-    scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scale)
+    scale = bench_module("scale")
     scale.StoreOnly = scale._store_only_class()
     cache = tmp_path_factory.mktemp("view")
     stores = scale.build_stores(cache, FRACTION, "vit-b16", ["rows", "chunks"], 0, log=lambda m: None)

@@ -4,7 +4,6 @@ array, per-row labels and texts, dataset order) read the same; the store key is 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import bench_module
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = "a photo of {a}"  # question-independent: every row shares its texts too
@@ -177,10 +177,7 @@ def test_the_documented_snippet_reads_a_shared_store(shared_store):
 
 @pytest.fixture(scope="module")
 def scale():
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("scale")
 
 
 def _zeroshot_epoch(scale, cache: Path, fraction: float) -> tuple[dict, float, int]:
