@@ -54,6 +54,9 @@ def pretrain_cmd(
                                             help="ITM: share of non-matching captions."),
     hard_fraction: float = typer.Option(_D.hard_fraction, "--hard-fraction",
                                         help="ITM: share of the non-matching captions that are hard negatives."),
+    hard_ramp: float = typer.Option(_D.hard_ramp, "--hard-ramp",
+                                    help="ITM: share of the steps over which hard negatives ramp in from none."),
+    itm_weight: float = typer.Option(_D.itm_weight, "--itm-weight", help="ITM loss weight (MLM's is 1)."),
     eval_size: int = typer.Option(_D.eval_size, "--eval-size", help="Held-out scenes measured (0: no figures)."),
     probe_steps: int = typer.Option(_D.probe_steps, "--probe-steps",
                                     help="Labelled steps of the comparison (probes, from-scratch model)."),
@@ -66,7 +69,8 @@ def pretrain_cmd(
         quiet_library_bars()
     cfg = stage.StudentPretrainConfig(
         seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr, warmup=warmup, mask_prob=mask_prob,
-        negative_fraction=negative_fraction, hard_fraction=hard_fraction, eval_size=eval_size,
+        negative_fraction=negative_fraction, hard_fraction=hard_fraction, hard_ramp=hard_ramp,
+        itm_weight=itm_weight, eval_size=eval_size,
         probe_steps=probe_steps, probe_train=probe_train, out=out, cache=cache, progress=not (quiet or as_json))
     result = stage.run(cfg)
     if as_json:

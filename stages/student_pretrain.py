@@ -43,6 +43,9 @@ class StudentPretrainConfig:
     negative_fraction: float = _f(_D.negative_fraction, "ITM: share of non-matching captions", min=0, max=1)
     hard_fraction: float = _f(_D.hard_fraction, "ITM: share of the non-matching captions that are hard negatives",
                               min=0, max=1)
+    hard_ramp: float = _f(_D.hard_ramp, "ITM: share of the steps over which hard negatives ramp in from none",
+                          min=0, max=1)
+    itm_weight: float = _f(_D.itm_weight, "ITM loss weight (MLM's is 1)", min=0)
     eval_size: int = _f(500, "held-out scenes the figures are measured on (0: no figures)", min=0)
     probe_steps: int = _f(200, "labelled steps of the comparison (linear probes, from-scratch models)", min=1)
     probe_train: int = _f(2000, "training scenes of the linear probes", min=1)
@@ -99,9 +102,11 @@ def check(cfg: StudentPretrainConfig) -> None:
                          f"images); {known} other than it take their pretrained weights with --pretrained")
     if cfg.steps < 1 or cfg.batch_size < 2 or cfg.pool_size < cfg.batch_size:
         raise InputError("need --steps >= 1, --batch-size >= 2 and --pool-size of at least one batch")
-    for name in ("mask_prob", "negative_fraction", "hard_fraction"):
+    for name in ("mask_prob", "negative_fraction", "hard_fraction", "hard_ramp"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise InputError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: a share between 0 and 1")
+    if cfg.itm_weight < 0:
+        raise InputError(f"--itm-weight {cfg.itm_weight}: must be >= 0")
     if cfg.eval_size < 0 or cfg.probe_steps < 1 or cfg.probe_train < 1:
         raise InputError("need --eval-size >= 0, --probe-steps >= 1 and --probe-train >= 1")
     if cfg.out is not None and Path(cfg.out).exists() and not Path(cfg.out).is_dir():

@@ -15,7 +15,15 @@ from mad_pipeline.shapes import pairs
 from mad_pipeline.shapes.world import HELD_OUT_PAIRS, make_scene
 from mad_pipeline.students import StudentError, build_student, resolve_init
 from mad_pipeline.students import weights as weights_mod
-from mad_pipeline.students.pretrain import FIRST_WORD_ID, mask_tokens, tokenize
+from mad_pipeline.students.pretrain import (
+    FIRST_WORD_ID,
+    Pool,
+    PretrainSettings,
+    hard_share,
+    itm_texts,
+    mask_tokens,
+    tokenize,
+)
 from mad_pipeline.students.vilt import VILT_CONFIGS, _load_tokenizer
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny matrices: one thread is faster, and the bytes depend on the thread count
@@ -43,6 +51,27 @@ def test_student_stream_has_no_held_out_pair_and_negatives_are_false():
     # the teacher's stream is another one, unchanged: it still has the held-out pairs
     assert any(make_scene(0, "pretrain", i).pairs() & held for i in range(50))
     assert make_scene(0, "pretrain", 3) != pairs.pool_scene(0, 3)
+
+
+def test_hard_negatives_come_in_as_a_curriculum():
+    s = PretrainSettings(steps=1000, hard_fraction=0.5, hard_ramp=0.4)
+    assert hard_share(0, s) == 0.0 and hard_share(200, s) == 0.25 and hard_share(400, s) == hard_share(999, s) == 0.5
+    assert hard_share(0, PretrainSettings(hard_ramp=0.0, hard_fraction=0.5)) == 0.5
+    scenes = [pairs.pool_scene(0, i) for i in range(400)]
+    pool = Pool(scenes, torch.zeros(len(scenes), 1))
+    idx = np.arange(len(scenes))
+    own = [_phrases(pairs.caption(sc, np.random.default_rng(0))) for sc in scenes]
+
+    def kinds(hard):
+        texts, labels = itm_texts(pool, idx, s, np.random.default_rng(3), hard)
+        neg = [(i, t) for i, (t, y) in enumerate(zip(texts, labels, strict=True)) if y == 0]
+        # a hard negative shares all but one part with the scene's own caption; another scene's caption rarely does
+        return len(neg), sum(len(_phrases(t) & own[i]) >= len(own[i]) - 1 for i, t in neg)
+
+    n, hard = kinds(0.0)
+    assert 150 < n < 250 and hard < 0.1 * n
+    n, hard = kinds(1.0)
+    assert hard == n
 
 
 def test_mlm_masking_is_berts():

@@ -5,8 +5,11 @@ Objectives (ViLT's, Kim et al. 2021), every step, on a batch of scenes from the 
 (:mod:`mad_pipeline.shapes.pairs`: never a ``shift`` colour+shape pair):
 
 - **image-text matching** (ITM): each image with its caption or, with probability ``negative_fraction``, a caption
-  that does not match -- half of them (``hard_fraction``) the scene's own caption with one attribute changed, the
-  rest another scene's caption. The head is ViLT's ITM head, ``Linear(H, 2)`` on the pooled output (``itm_score``).
+  that does not match -- the scene's own caption with one attribute changed (a *hard* negative) or another scene's
+  caption (an *easy* one). Hard negatives come in as a curriculum: none at the start, their share growing to
+  ``hard_fraction`` over the first ``hard_ramp`` of the steps. The head is ViLT's ITM head, ``Linear(H, 2)`` on the
+  pooled output (``itm_score``). The ITM loss is weighted by ``itm_weight`` (our choice, not ViLT's: at this size
+  and budget, unweighted ITM never leaves chance; see ``Loop.step``).
 - **masked language modelling** (MLM): ``mask_prob`` (15%) of each matching caption's tokens, at least one, chosen
   for prediction, BERT's way: 80% replaced by ``[MASK]``, 10% by a random token, 10% kept. The head is transformers'
   ``ViltForMaskedLM`` head (``mlm_score``: dense -> GELU -> LayerNorm -> decoder tied to the word embeddings), run on
@@ -59,6 +62,8 @@ class PretrainSettings:
     mask_prob: float = 0.15
     negative_fraction: float = 0.5
     hard_fraction: float = 0.5
+    hard_ramp: float = 0.5  # share of the steps over which the hard negatives' share grows from 0 to hard_fraction
+    itm_weight: float = 40.0  # ITM loss multiplier (see ``Loop.step``)
 
 
 class PretrainModel(nn.Module):
@@ -149,16 +154,25 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tensor
     return enc["input_ids"].long(), enc["attention_mask"].long(), maskable
 
 
-def itm_texts(pool: Pool, idx: np.ndarray, s: PretrainSettings,
-              rng: np.random.Generator) -> tuple[list[str], list[int]]:
-    """One text per image: its caption (label 1) or a non-matching one (label 0, a hard one with ``hard_fraction``)."""
+def hard_share(step: int, s: PretrainSettings) -> float:
+    """The share of hard negatives among the non-matching captions at ``step``: 0 at the start, growing linearly to
+    ``hard_fraction`` over the first ``hard_ramp`` of the steps (easy negatives first, as a curriculum)."""
+    ramp = s.hard_ramp * s.steps
+    return s.hard_fraction if ramp <= 0 else s.hard_fraction * min(1.0, step / ramp)
+
+
+def itm_texts(pool: Pool, idx: np.ndarray, s: PretrainSettings, rng: np.random.Generator,
+              hard: float | None = None) -> tuple[list[str], list[int]]:
+    """One text per image: its caption (label 1) or a non-matching one (label 0, a hard one with probability
+    ``hard``, by default ``hard_fraction``)."""
+    hard = s.hard_fraction if hard is None else hard
     texts, labels = [], []
     for i in idx:
         scene = pool.scenes[int(i)]
         if rng.random() >= s.negative_fraction:
             texts.append(caption(scene, rng))
             labels.append(1)
-        elif rng.random() < s.hard_fraction:
+        elif rng.random() < hard:
             texts.append(hard_negative(scene, rng))
             labels.append(0)
         else:
@@ -216,12 +230,15 @@ class Loop:
                                       self.max_length)
         masked, chosen = mask_tokens(ids, maskable, s.mask_prob, self.tokenizer, self.rng)
         l_mlm = F.cross_entropy(model.mlm_logits(px, masked, att, chosen), ids[chosen])
-        texts, labels = itm_texts(self.pool, idx, s, self.rng)
+        texts, labels = itm_texts(self.pool, idx, s, self.rng, hard_share(step, s))
         t_ids, t_att, _ = tokenize(self.tokenizer, texts, self.max_length)
         itm = model.itm_logits(px, t_ids, t_att)
         target = torch.tensor(labels)
         l_itm = F.cross_entropy(itm, target)
-        loss = l_mlm + l_itm
+        # ITM's gradient on the shared weights is ~40x smaller than MLM's (bench/pretrain_itm.py --grad-norms), and
+        # AdamW scales each weight's step by the size of its summed gradient: unweighted, ITM moves the backbone at
+        # about 1/40 of the learning rate and stays at ln 2.
+        loss = l_mlm + s.itm_weight * l_itm
         for g in self.opt.param_groups:
             g["lr"] = lr_at(step, s)
         self.opt.zero_grad(set_to_none=True)
@@ -296,5 +313,5 @@ def timed(fn, *args, **kwargs):
 
 
 __all__ = ["CONFIG_FILE", "META_FILE", "WEIGHTS_FILE", "Loop", "Pool", "PretrainModel", "PretrainSettings",
-           "build_model", "load", "lr_at", "make_pool", "mask_tokens", "pixels", "save", "settings_dict", "timed",
-           "tokenize", "train"]
+           "build_model", "hard_share", "itm_texts", "load", "lr_at", "make_pool", "mask_tokens", "pixels", "save",
+           "settings_dict", "timed", "tokenize", "train"]
