@@ -51,6 +51,13 @@ bench's rewrite do not), and one that writes ``steps.<mode>.wall_ms`` / ``cpu_ms
     python bench/distill.py --steps 40 --repeats 7 --json bench-distill.json
     python bench/distill.py --skip online,loader  # (a) only
     python bench/distill.py --compare-with 1d9bda5 --repeats 6 --json bench-compare.json  # old vs new code
+
+On a GPU (``--device cuda``; ``bench/gpu.sh`` runs it after the stage-1 bench), (a) also reports the share of each
+step the GPU was busy, not waiting for the loader (the event hook synchronises with the GPU, so the ``data`` phase is
+GPU idle time), and nvidia-smi's mean utilisation:
+
+    python bench/distill.py --device cuda --student vilt-b32 --skip online,loader --repeats 1 --steps 40 \
+        --batch-size 64 --num-workers 8 --world-size 1024 --threads 0
 """
 
 from __future__ import annotations
@@ -98,12 +105,18 @@ def log(msg: str) -> None:
 
 
 class EventClock:
-    """The trainer's ``on_event`` hook: the wall and CPU clocks at each event, nothing else."""
+    """The trainer's ``on_event`` hook: the wall and CPU clocks at each event, nothing else. On a GPU
+    (``sync=True``) it first waits for the GPU's queued work, so each phase's wall time is the GPU's work of that
+    phase, and the ``data`` phase (from the previous optimizer step to the batch in hand) is time the GPU spent idle
+    waiting for the loader."""
 
-    def __init__(self):
+    def __init__(self, sync: bool = False):
         self.marks: list[tuple[str, float, float]] = []
+        self.sync = sync
 
     def __call__(self, name: str) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
         self.marks.append((name, time.perf_counter(), time.process_time()))
 
     def steps(self) -> list[dict]:
@@ -223,7 +236,7 @@ def build_run(setup: Setup, mode: str, steps: int, args, out: Path, on_event):
 
     distill = mode != "plain"
     train = TrainConfig(steps=steps, batch_size=args.batch_size, log_every=1, num_workers=args.num_workers,
-                        device="cpu", seed=0)
+                        device=args.device, seed=0)
     cfg = DistillConfig(task=TASK, data_root=setup.root, out=out, teacher="clip-vit-b16", weights=str(setup.weights),
                         cache=setup.tmp / "cache",  # the text view goes beside the stores, in the temp dir
                         student=setup.student, mad=MADConfig.full() if distill else MADConfig.baseline(), train=train,
@@ -253,18 +266,28 @@ def timed_run(setup: Setup, mode: str, steps: int, skip: int, args, name: str) -
     """One ``Trainer.fit()`` of ``steps`` steps, observed through ``on_event``: the median wall and CPU seconds per
     step over the steps after the first ``skip``, each step's times, and the timed steps' per-phase times."""
     out = setup.tmp / "runs" / name
-    clock = EventClock()
+    cuda = args.device.startswith("cuda")
+    clock = EventClock(sync=cuda)
     trainer = build_run(setup, mode, steps, args, out, clock)
-    with Meter() as m, contextlib.redirect_stdout(sys.stderr):
+    smi = contextlib.nullcontext()
+    if cuda:
+        from gpu_extract import GpuSampler  # bench/gpu_extract.py: nvidia-smi's utilisation every 100 ms
+
+        smi = GpuSampler(torch.cuda.current_device())
+    with Meter() as m, contextlib.redirect_stdout(sys.stderr), smi:
         trainer.fit()
     shutil.rmtree(out, ignore_errors=True)
     steps_ = clock.steps()
     if len(steps_) != steps:
         raise RuntimeError(f"{mode}: {len(steps_)} optimizer events for {steps} steps")
     timed = steps_[skip:] or steps_
-    return {"wall": statistics.median(s["wall"] for s in timed), "cpu": statistics.median(s["cpu"] for s in timed),
-            "wall_steps": [s["wall"] for s in steps_], "cpu_steps": [s["cpu"] for s in steps_],
-            "phases": timed, "foreign": m.foreign, "load1": m.load1}
+    out = {"wall": statistics.median(s["wall"] for s in timed), "cpu": statistics.median(s["cpu"] for s in timed),
+           "wall_steps": [s["wall"] for s in steps_], "cpu_steps": [s["cpu"] for s in steps_],
+           "phases": timed, "foreign": m.foreign, "load1": m.load1}
+    if cuda:  # the share of the step the GPU was not waiting for data (the events synchronise: see EventClock)
+        out["gpu_busy"] = statistics.median(1 - s["phase_wall"].get("data", 0.0) / s["wall"] for s in timed)
+        out["gpu_util_smi"] = smi.mean()
+    return out
 
 
 def breakdown(runs: list[dict], key: str) -> dict[str, float]:
@@ -283,6 +306,11 @@ def bench_steps(setup: Setup, args) -> dict:
             log(f"  (a) repeat {rep + 1}/{args.repeats} {mode:5s}: {r['wall'] * 1000:7.1f} ms/step wall, "
                 f"{r['cpu'] * 1000:7.1f} ms CPU (other processes {r['foreign']:.2f} cores, {load_str()})")
     out = {mode: _summary(rs, args.batch_size) for mode, rs in runs.items()}
+    for mode, rs in runs.items():
+        if "gpu_busy" in rs[0]:
+            out[mode]["gpu_busy"] = med(r["gpu_busy"] for r in rs)
+            smi = [r["gpu_util_smi"] for r in rs if r["gpu_util_smi"] is not None]
+            out[mode]["gpu_util_smi"] = statistics.mean(smi) if smi else None
     pairs = list(zip(runs["plain"], runs["mad"], strict=True))
     out["ratio_wall"] = out["mad"]["wall_ms"] / out["plain"]["wall_ms"]
     out["ratio_cpu"] = out["mad"]["cpu_ms"] / out["plain"]["cpu_ms"]
@@ -536,6 +564,10 @@ def report_steps(a: dict, args: dict) -> list[str]:
         r = a[mode]
         runs = ", ".join(f"{x:.0f}/{y:.0f}" for x, y in zip(r["wall_ms_runs"], r["cpu_ms_runs"], strict=True))
         lines.append(f"  {name:26s} {r['wall_ms']:9.1f} {r['cpu_ms']:8.1f} {r['samples_per_s']:10.1f}   {runs}")
+        if "gpu_busy" in r:
+            smi = "n/a" if r["gpu_util_smi"] is None else f"{r['gpu_util_smi']:.0f}%"
+            lines.append(f"  {'':26s} GPU busy {r['gpu_busy']:.0%} of the step (not waiting for data); "
+                         f"nvidia-smi utilisation {smi}")
     for key, name in (("cpu", "CPU time"), ("wall", "wall clock")):
         ratio = a[f"ratio_{key}"]
         verdict = "within" if ratio <= 1.15 else "ABOVE"
@@ -644,6 +676,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--online-steps", type=int, default=1,
                    help="timed online-teacher steps in (b), after one untimed step (default 1)")
     p.add_argument("--student", default="vilt-tiny", help="student of (a) and (b) (default vilt-tiny)")
+    p.add_argument("--device", default="cpu",
+                   help="training device of (a) and (b): cpu (default) or cuda[:N]; on a GPU, (a) also reports the "
+                        "share of the step the GPU was busy, not waiting for the loader")
     p.add_argument("--world-size", type=int, default=256, help="shapes-world training images (default 256)")
     p.add_argument("--num-workers", type=int, default=0, help="training DataLoader workers (default 0, as mad distill)")
     p.add_argument("--loader-rows", type=int, default=2000, help="rows of the (c) image store (default 2000)")

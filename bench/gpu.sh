@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Stage 1 on one GPU machine without network, in under 4 minutes: ViT-L/14 and ViT-B/16 (random weights), end to end
-# vs forward only, the GPU's busy fraction and the time split (bench/gpu_extract.py; docs/benchmarks.md#stage-1-on-a-gpu).
+# vs forward only, the GPU's busy fraction and the time split (bench/gpu_extract.py; docs/benchmarks.md#stage-1-on-a-gpu);
+# then stage 2, in under 4 more: a ViLT-B/32 student at 384 px trained from stores, with the GPU's busy share of the
+# step (bench/distill.py --device cuda).
 #
 # What it assumes of the GPU machine, and nothing more:
 #   - a Python 3 (python3, or $PYTHON) with a CUDA build of torch and torchvision that sees a GPU: checked first, the
@@ -84,4 +86,21 @@ JSON=${OUT:-/tmp}/gpu-result.json
 # shellcheck disable=SC2086
 timeout "${GPU_BENCH_TIMEOUT:-225}" $PY bench/gpu_extract.py --device "$DEVICE" --images "$IMAGES" \
     --models "${MODELS:-clip-vit-l,clip-vit-b16}" --budget-s "${BUDGET_S:-185}" --json "$JSON" ${EXTRA:-}
+log "stage 1 done"
+
+# 4. stage 2 (DISTILL=0 skips it): a ViLT-B/32 student at 384 px trained from stores of ViT-B/16 geometry, plain
+#    finetuning and store-fed MAD, through the real trainer (bench/distill.py --device cuda): ms/step, samples/s and
+#    the share of the step the GPU was busy (not waiting for the loader), plus nvidia-smi's utilisation; figures to
+#    stdout and $OUT/gpu-distill.json
+if [ "${DISTILL:-1}" = 1 ]; then
+    DJSON=${OUT:-/tmp}/gpu-distill.json
+    if [ "$DEVICE" = cpu ]; then
+        DARGS=${DISTILL_ARGS:-"--student vilt-tiny --steps 3 --warmup 1 --batch-size 8 --world-size 64"}
+    else
+        DARGS=${DISTILL_ARGS:-"--student vilt-b32 --steps 40 --warmup 5 --batch-size 64 --num-workers 8 --world-size 1024 --threads 0"}
+    fi
+    # shellcheck disable=SC2086
+    timeout "${GPU_DISTILL_TIMEOUT:-240}" $PY bench/distill.py --device "$DEVICE" --skip online,loader --repeats 1 \
+        $DARGS --json "$DJSON" || log "stage-2 bench stopped early (exit $?)"
+fi
 log "done"

@@ -1,4 +1,5 @@
-"""The Python distributions ``bench/gpu_extract.py`` needs beyond torch, for a GPU machine without network.
+"""The Python distributions ``bench/gpu_extract.py`` and ``bench/distill.py`` need beyond torch, for a GPU machine
+without network.
 
     python bench/gpu_deps.py freeze > bench/wheels/requirements.txt   # here: name==version of what the bench imports
     python bench/gpu_deps.py missing bench/wheels/requirements.txt   # there: the names not installed (stdlib only)
@@ -40,8 +41,16 @@ def freeze() -> list[str]:
         teacher.encode_image_tokens(torch.zeros(1, 3, teacher.image_size, teacher.image_size))
         with contextlib.redirect_stdout(io.StringIO()):
             gpu_extract.print_tables([], {"device_name": "cpu"})  # rich's table and console modules
+    # stage 2 (bench/distill.py --device cuda): the trainer's whole path, the shapes world, the ViLT students
+    import distill  # noqa: F401
     import numcodecs  # noqa: F401
     import zarr.codecs  # noqa: F401
+    from mad_pipeline.stages.distill import build_training  # noqa: F401
+
+    from mad_pipeline.data import load_dataset  # noqa: F401
+    from mad_pipeline.shapes.formats import write_dataset  # noqa: F401
+    from mad_pipeline.students import vilt  # noqa: F401  (transformers' ViLT: transformers is already listed)
+    from mad_pipeline.training.trainer import Trainer  # noqa: F401
 
     owners = metadata.packages_distributions()
     dists = {d for mod in list(sys.modules) for d in owners.get(mod.split(".")[0], [])}
