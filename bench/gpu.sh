@@ -83,6 +83,7 @@ log "dependencies ready"
 # 3. the bench itself, bounded in time; the figures go to stdout and to $OUT/gpu-result.json ($OUT: the device
 #    tool's folder that comes back; /tmp otherwise)
 JSON=${OUT:-/tmp}/gpu-result.json
+mkdir -p "$(dirname "$JSON")"
 # shellcheck disable=SC2086
 timeout "${GPU_BENCH_TIMEOUT:-225}" $PY bench/gpu_extract.py --device "$DEVICE" --images "$IMAGES" \
     --models "${MODELS:-clip-vit-l,clip-vit-b16}" --budget-s "${BUDGET_S:-185}" --json "$JSON" ${EXTRA:-}
