@@ -9,6 +9,7 @@ the learning-rate schedule):
 - ``--init scratch`` or ``--init DIR`` (a ``mad student pretrain`` output: start from its MLM-grounded weights);
 - ``--no-mlm`` (ITM alone) or MLM + ITM as in pretraining, the ITM loss multiplied by ``--itm-weight``;
 - ``--hard-fraction`` (share of the non-matching captions that are hard: one attribute changed);
+- ``--itm-from N``: MLM alone for the first N steps, then MLM + ITM (an MLM-only phase before matching);
 - ``--grad-norms``: print each objective's gradient norm on a few shared parameters at the first batch and stop.
 
     python bench/pretrain_itm.py --init DIR --no-mlm --hard-fraction 0 --steps 200 --lr 1e-4 --batch-size 32
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pool", type=int, default=4000, help="training scenes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--itm-from", type=int, default=0, help="MLM alone before this step")
     ap.add_argument("--every", type=int, default=20, help="print the mean of the last N steps every N steps")
     ap.add_argument("--grad-norms", action="store_true")
     args = ap.parse_args(argv)
@@ -55,13 +57,15 @@ def main(argv=None) -> int:
     loop = P.Loop(s, pool, model)
     model, rng, tok = loop.model, loop.rng, loop.tokenizer
 
-    def losses(idx):
+    def losses(idx, itm=True):
         px = P.pixels(pool.images[torch.from_numpy(idx)])
         l_mlm = torch.zeros(())
         if not args.no_mlm:
             ids, att, maskable = P.tokenize(tok, [P.caption(pool.scenes[int(i)], rng) for i in idx], loop.max_length)
             masked, chosen = P.mask_tokens(ids, maskable, s.mask_prob, tok, rng)
             l_mlm = F.cross_entropy(model.mlm_logits(px, masked, att, chosen), ids[chosen])
+        if not itm:
+            return l_mlm, torch.zeros(()), 0.5
         texts, labels = P.itm_texts(pool, idx, s, rng)
         t_ids, t_att, _ = P.tokenize(tok, texts, loop.max_length)
         logits = model.itm_logits(px, t_ids, t_att)
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
 
     t0, hist = time.perf_counter(), []
     for step in range(args.steps):
-        l_mlm, l_itm, acc = losses(loop._batch())
+        l_mlm, l_itm, acc = losses(loop._batch(), itm=step >= args.itm_from)
         for g in loop.opt.param_groups:
             g["lr"] = P.lr_at(step, s)
         loop.opt.zero_grad(set_to_none=True)
