@@ -281,13 +281,13 @@ def timed_run(setup: Setup, mode: str, steps: int, skip: int, args, name: str) -
     if len(steps_) != steps:
         raise RuntimeError(f"{mode}: {len(steps_)} optimizer events for {steps} steps")
     timed = steps_[skip:] or steps_
-    out = {"wall": statistics.median(s["wall"] for s in timed), "cpu": statistics.median(s["cpu"] for s in timed),
+    res = {"wall": statistics.median(s["wall"] for s in timed), "cpu": statistics.median(s["cpu"] for s in timed),
            "wall_steps": [s["wall"] for s in steps_], "cpu_steps": [s["cpu"] for s in steps_],
            "phases": timed, "foreign": m.foreign, "load1": m.load1}
     if cuda:  # the share of the step the GPU was not waiting for data (the events synchronise: see EventClock)
-        out["gpu_busy"] = statistics.median(1 - s["phase_wall"].get("data", 0.0) / s["wall"] for s in timed)
-        out["gpu_util_smi"] = smi.mean()
-    return out
+        res["gpu_busy"] = statistics.median(1 - s["phase_wall"].get("data", 0.0) / s["wall"] for s in timed)
+        res["gpu_util_smi"] = smi.mean()
+    return res
 
 
 def breakdown(runs: list[dict], key: str) -> dict[str, float]:

@@ -3,8 +3,8 @@ loop under changed conditions, printing the ITM loss and batch accuracy every ``
 
 The default pretraining run learns masked language modelling (MLM) but its ITM loss stays at ln 2 = 0.693 (chance)
 for all 1,500 steps. This script isolates why, one condition at a time, with the library's own pieces
-(``mad_pipeline.students.pretrain``: the model, the pool, the captions, the negatives, the masking, the optimizer and
-the learning-rate schedule):
+(``mad_pipeline.students.pretrain``: ``Loop.losses`` and ``Loop.update``, the very objectives and optimizer step of
+``mad student pretrain``; the share of hard negatives is held at ``--hard-fraction``, not ramped):
 
 - ``--init scratch`` or ``--init DIR`` (a ``mad student pretrain`` output: start from its MLM-grounded weights);
 - ``--no-mlm`` (ITM alone) or MLM + ITM as in pretraining, the ITM loss multiplied by ``--itm-weight``;
@@ -45,37 +45,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
 
     from mad_pipeline.students import pretrain as P
 
     torch.set_num_threads(args.threads)
     s = P.PretrainSettings(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                           warmup=args.warmup, hard_fraction=args.hard_fraction)
+                           warmup=args.warmup, hard_fraction=args.hard_fraction, hard_ramp=0.0,
+                           itm_weight=args.itm_weight)
     pool = P.make_pool(args.seed, 0, args.pool)
-    model = None if args.init == "scratch" else P.load(args.init).train()
-    loop = P.Loop(s, pool, model)
-    model, rng, tok = loop.model, loop.rng, loop.tokenizer
-
-    def losses(idx, itm=True):
-        px = P.pixels(pool.images[torch.from_numpy(idx)])
-        l_mlm = torch.zeros(())
-        if not args.no_mlm:
-            ids, att, maskable = P.tokenize(tok, [P.caption(pool.scenes[int(i)], rng) for i in idx], loop.max_length)
-            masked, chosen = P.mask_tokens(ids, maskable, s.mask_prob, tok, rng)
-            l_mlm = F.cross_entropy(model.mlm_logits(px, masked, att, chosen), ids[chosen])
-        if not itm:
-            return l_mlm, torch.zeros(()), 0.5
-        texts, labels = P.itm_texts(pool, idx, s, rng)
-        t_ids, t_att, _ = P.tokenize(tok, texts, loop.max_length)
-        logits = model.itm_logits(px, t_ids, t_att)
-        target = torch.tensor(labels)
-        return l_mlm, F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean().item()
+    loop = P.Loop(s, pool, None if args.init == "scratch" else P.load(args.init).train())
 
     if args.grad_norms:
-        l_mlm, l_itm, _ = losses(loop._batch())
-        named = list(model.named_parameters())
-        grads = [torch.autograd.grad(loss, [p for _, p in named], allow_unused=True) for loss in (l_mlm, l_itm)]
+        out = loop.losses(0, loop._batch())
+        named = list(loop.model.named_parameters())
+        grads = [torch.autograd.grad(out[k], [p for _, p in named], allow_unused=True) for k in ("mlm", "itm")]
         print(f"{'parameter':64s} {'|grad MLM|':>11s} {'|grad ITM|':>11s}")
         for (name, _), g1, g2 in zip(named, *grads, strict=True):
             if any(k in name for k in ("word_embeddings", "patch_embeddings.projection.weight", "layer.0.attention",
@@ -83,18 +66,16 @@ def main(argv=None) -> int:
                 n1 = 0.0 if g1 is None else g1.norm().item()
                 n2 = 0.0 if g2 is None else g2.norm().item()
                 print(f"{name:64s} {n1:11.2e} {n2:11.2e}")
-        print(f"losses: MLM {l_mlm.item():.3f}, ITM {l_itm.item():.3f}")
+        print(f"losses: MLM {out['mlm'].item():.3f}, ITM {out['itm'].item():.3f}")
         return 0
 
     t0, hist = time.perf_counter(), []
     for step in range(args.steps):
-        l_mlm, l_itm, acc = losses(loop._batch(), itm=step >= args.itm_from)
-        for g in loop.opt.param_groups:
-            g["lr"] = P.lr_at(step, s)
-        loop.opt.zero_grad(set_to_none=True)
-        (l_mlm + args.itm_weight * l_itm).backward()
-        loop.opt.step()
-        hist.append((l_mlm.item(), l_itm.item(), acc))
+        out = loop.losses(step, loop._batch(), mlm=not args.no_mlm, itm=step >= args.itm_from)
+        zero = torch.zeros(())
+        l_mlm, l_itm = out.get("mlm", zero), out.get("itm", zero)
+        loop.update(step, l_mlm + s.itm_weight * l_itm)
+        hist.append((l_mlm.item(), l_itm.item(), out["itm_acc"].item() if "itm_acc" in out else 0.5))
         if (step + 1) % args.every == 0:
             m = np.mean(hist[-args.every:], axis=0)
             print(f"step {step + 1:5d}  MLM loss {m[0]:.3f}  ITM loss {m[1]:.3f}  ITM batch accuracy {m[2]:.3f}  "

@@ -23,6 +23,7 @@ from mad_pipeline.hashing import content_key
 from mad_pipeline.settings import not_in_key
 from mad_pipeline.settings import setting as _f
 from mad_pipeline.students.pretrain import CONFIG_FILE, META_FILE, WEIGHTS_FILE, PretrainSettings
+from mad_pipeline.training.config import check_bounds
 
 KIND = "student-pretrain"
 FORMAT = 1
@@ -105,8 +106,8 @@ def check(cfg: StudentPretrainConfig) -> None:
     for name in ("mask_prob", "negative_fraction", "hard_fraction", "hard_ramp"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise InputError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: a share between 0 and 1")
-    if cfg.itm_weight < 0:
-        raise InputError(f"--itm-weight {cfg.itm_weight}: must be >= 0")
+    weight = next(f for f in dataclasses.fields(cfg) if f.name == "itm_weight")
+    check_bounds(weight, cfg.itm_weight, "--itm-weight")  # its bounds are the field's
     if cfg.eval_size < 0 or cfg.probe_steps < 1 or cfg.probe_train < 1:
         raise InputError("need --eval-size >= 0, --probe-steps >= 1 and --probe-train >= 1")
     if cfg.out is not None and Path(cfg.out).exists() and not Path(cfg.out).is_dir():

@@ -162,10 +162,9 @@ def hard_share(step: int, s: PretrainSettings) -> float:
 
 
 def itm_texts(pool: Pool, idx: np.ndarray, s: PretrainSettings, rng: np.random.Generator,
-              hard: float | None = None) -> tuple[list[str], list[int]]:
+              hard: float) -> tuple[list[str], list[int]]:
     """One text per image: its caption (label 1) or a non-matching one (label 0, a hard one with probability
-    ``hard``, by default ``hard_fraction``)."""
-    hard = s.hard_fraction if hard is None else hard
+    ``hard``: see :func:`hard_share`)."""
     texts, labels = [], []
     for i in idx:
         scene = pool.scenes[int(i)]
@@ -222,30 +221,43 @@ class Loop:
         self.cursor += self.s.batch_size
         return idx
 
-    def step(self, step: int) -> dict[str, float]:
+    def losses(self, step: int, idx: np.ndarray, mlm: bool = True, itm: bool = True) -> dict[str, torch.Tensor]:
+        """The objectives on the images ``idx`` at ``step``: ``mlm`` (masked captions) and ``itm``, ``itm_acc``
+        (matching and non-matching captions). The generator draws, in order, the captions and masks, then the ITM
+        texts; an objective left out draws nothing."""
         s, model = self.s, self.model
-        idx = self._batch()
         px = pixels(self.pool.images[torch.from_numpy(idx)])
-        ids, att, maskable = tokenize(self.tokenizer, [caption(self.pool.scenes[int(i)], self.rng) for i in idx],
-                                      self.max_length)
-        masked, chosen = mask_tokens(ids, maskable, s.mask_prob, self.tokenizer, self.rng)
-        l_mlm = F.cross_entropy(model.mlm_logits(px, masked, att, chosen), ids[chosen])
-        texts, labels = itm_texts(self.pool, idx, s, self.rng, hard_share(step, s))
-        t_ids, t_att, _ = tokenize(self.tokenizer, texts, self.max_length)
-        itm = model.itm_logits(px, t_ids, t_att)
-        target = torch.tensor(labels)
-        l_itm = F.cross_entropy(itm, target)
-        # ITM's gradient on the shared weights is ~40x smaller than MLM's (bench/pretrain_itm.py --grad-norms), and
-        # AdamW scales each weight's step by the size of its summed gradient: unweighted, ITM moves the backbone at
-        # about 1/40 of the learning rate and stays at ln 2.
-        loss = l_mlm + s.itm_weight * l_itm
+        out = {}
+        if mlm:
+            ids, att, maskable = tokenize(self.tokenizer, [caption(self.pool.scenes[int(i)], self.rng) for i in idx],
+                                          self.max_length)
+            masked, chosen = mask_tokens(ids, maskable, s.mask_prob, self.tokenizer, self.rng)
+            out["mlm"] = F.cross_entropy(model.mlm_logits(px, masked, att, chosen), ids[chosen])
+        if itm:
+            texts, labels = itm_texts(self.pool, idx, s, self.rng, hard_share(step, s))
+            t_ids, t_att, _ = tokenize(self.tokenizer, texts, self.max_length)
+            logits = model.itm_logits(px, t_ids, t_att)
+            target = torch.tensor(labels)
+            out["itm"] = F.cross_entropy(logits, target)
+            out["itm_acc"] = (logits.argmax(1) == target).float().mean()
+        return out
+
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        """One AdamW step on ``loss`` at ``step``'s learning rate."""
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(step, s)
+            g["lr"] = lr_at(step, self.s)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"loss": loss.item(), "mlm": l_mlm.item(), "itm": l_itm.item(),
-                "itm_acc": (itm.argmax(1) == target).float().mean().item()}
+
+    def step(self, step: int) -> dict[str, float]:
+        out = self.losses(step, self._batch())
+        # ITM's gradient on the shared weights is ~40x smaller than MLM's (bench/pretrain_itm.py --grad-norms), and
+        # AdamW scales each weight's step by the size of its summed gradient: unweighted, ITM moves the backbone at
+        # about 1/40 of the learning rate and stays at ln 2.
+        loss = out["mlm"] + self.s.itm_weight * out["itm"]
+        self.update(step, loss)
+        return {"loss": loss.item(), **{k: v.item() for k, v in out.items()}}
 
 
 def train(s: PretrainSettings, pool: Pool, progress: Callable[[int, dict], None] | None = None,
