@@ -91,9 +91,14 @@ class Cluster:
         self.scheduler = self._start(["scheduler", "--scheduler-file", str(self.file), "--host", "127.0.0.1",
                                       "--port", "0", "--no-dashboard"], "scheduler")
         deadline = time.time() + 60
-        while not self.file.exists() and time.time() < deadline:
-            time.sleep(0.05)
-        self.address = json.loads(self.file.read_text())["address"]
+        while time.time() < deadline:  # the scheduler creates the file, then writes it: wait for whole JSON
+            try:
+                self.address = json.loads(self.file.read_text())["address"]
+                break
+            except (FileNotFoundError, json.JSONDecodeError):
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"no scheduler file {self.file} after 60 s")
 
     def _start(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
         log = open(self.base / f"{name}.log", "w")  # noqa: SIM115 - open for the process's life
