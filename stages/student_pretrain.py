@@ -34,7 +34,7 @@ _D = PretrainSettings()
 class StudentPretrainConfig:
     student: str = _f(_D.student, "student preset to pretrain (vilt-tiny: 64 px images, the shapes world's size)")
     seed: int = _f(_D.seed, "seed of the scenes' order, captions, negatives, masks and the initialisation", min=0)
-    steps: int = _f(_D.steps, "pretraining steps (one MLM and one ITM forward each)", min=1)
+    steps: int = _f(_D.steps, "pretraining steps (one MLM forward each, and one ITM forward once ITM starts)", min=1)
     batch_size: int = _f(_D.batch_size, "images per step", min=2)
     pool_size: int = _f(_D.pool_size, "distinct training scenes of the student-pretrain stream (at least a batch)",
                         min=2)
@@ -44,9 +44,12 @@ class StudentPretrainConfig:
     negative_fraction: float = _f(_D.negative_fraction, "ITM: share of non-matching captions", min=0, max=1)
     hard_fraction: float = _f(_D.hard_fraction, "ITM: share of the non-matching captions that are hard negatives",
                               min=0, max=1)
-    hard_ramp: float = _f(_D.hard_ramp, "ITM: share of the steps over which hard negatives ramp in from none",
+    hard_ramp: float = _f(_D.hard_ramp, "ITM: share of the steps over which hard negatives ramp in, once let in",
                           min=0, max=1)
     itm_weight: float = _f(_D.itm_weight, "ITM loss weight (MLM's is 1)", min=0)
+    itm_start: float = _f(_D.itm_start, "share of the steps of MLM alone before ITM joins", min=0, max=1)
+    hard_gate: float = _f(_D.hard_gate, "ITM batch accuracy on easy negatives that lets hard negatives in", min=0,
+                          max=1)
     eval_size: int = _f(500, "held-out scenes the figures are measured on (0: no figures)", min=0)
     probe_steps: int = _f(200, "labelled steps of the comparison (linear probes, from-scratch models)", min=1)
     probe_train: int = _f(2000, "training scenes of the linear probes", min=1)
@@ -103,7 +106,7 @@ def check(cfg: StudentPretrainConfig) -> None:
                          f"images); {known} other than it take their pretrained weights with --pretrained")
     if cfg.steps < 1 or cfg.batch_size < 2 or cfg.pool_size < cfg.batch_size:
         raise InputError("need --steps >= 1, --batch-size >= 2 and --pool-size of at least one batch")
-    for name in ("mask_prob", "negative_fraction", "hard_fraction", "hard_ramp"):
+    for name in ("mask_prob", "negative_fraction", "hard_fraction", "hard_ramp", "itm_start", "hard_gate"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise InputError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: a share between 0 and 1")
     weight = next(f for f in dataclasses.fields(cfg) if f.name == "itm_weight")
@@ -159,10 +162,10 @@ def _build(cfg: StudentPretrainConfig, weights: Path) -> tuple[dict[str, Any], d
         pool = P.make_pool(s.seed, 0, s.pool_size, bar.advance)
         held_out = P.make_pool(s.seed, s.pool_size, cfg.eval_size, bar.advance) if cfg.eval_size else None
     t1 = time.perf_counter()
-    with progress_bar("pretraining (MLM + ITM)", s.steps, unit="step", enabled=cfg.progress) as bar:
+    with progress_bar("pretraining (MLM, then MLM + ITM)", s.steps, unit="step", enabled=cfg.progress) as bar:
         def tick(step: int, info: dict) -> None:
             bar.advance()
-            bar.info(f"mlm {info['mlm']:.3f}  itm {info['itm']:.3f}")
+            bar.info(f"mlm {info['mlm']:.3f}  itm {info['itm']:.3f}  hard {info['hard']:.2f}")
 
         model, history = P.train(s, pool, tick)
     t2 = time.perf_counter()

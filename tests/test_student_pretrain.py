@@ -4,6 +4,7 @@ stage, bit-identical rebuilds, the shipped weights, and `--init pretrained|scrat
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,10 @@ def test_student_stream_has_no_held_out_pair_and_negatives_are_false():
 
 def test_hard_negatives_come_in_as_a_curriculum():
     s = PretrainSettings(steps=1000, hard_fraction=0.5, hard_ramp=0.4)
-    assert hard_share(0, s) == 0.0 and hard_share(200, s) == 0.25 and hard_share(400, s) == hard_share(999, s) == 0.5
-    assert hard_share(0, PretrainSettings(hard_ramp=0.0, hard_fraction=0.5)) == 0.5
+    assert hard_share(999, s, None) == 0.0  # the gate never opened: easy negatives only
+    assert hard_share(99, s, 100) == 0.0 and hard_share(300, s, 100) == 0.25
+    assert hard_share(500, s, 100) == hard_share(999, s, 100) == 0.5
+    assert hard_share(7, PretrainSettings(hard_ramp=0.0, hard_fraction=0.5), 7) == 0.5
     scenes = [pairs.pool_scene(0, i) for i in range(400)]
     pool = Pool(scenes, torch.zeros(len(scenes), 1))
     idx = np.arange(len(scenes))
@@ -72,6 +75,28 @@ def test_hard_negatives_come_in_as_a_curriculum():
     assert 150 < n < 250 and hard < 0.1 * n
     n, hard = kinds(1.0)
     assert hard == n
+
+
+def test_schedule_mlm_alone_then_itm_then_hard_negatives_once_easy_itm_is_learned(monkeypatch):
+    from mad_pipeline.students import pretrain as P
+
+    monkeypatch.setattr(P, "GATE_WINDOW", 2)
+    torch.set_num_threads(1)
+    pool = P.make_pool(0, 0, 8)
+    s = PretrainSettings(steps=6, batch_size=4, warmup=1, itm_start=0.5, hard_gate=0.0, hard_ramp=0.0)
+    loop = P.Loop(s, pool)
+    infos = [loop.step(i) for i in range(s.steps)]
+    assert loop.itm_from == 3
+    # MLM alone for the first half: ITM reported at chance, not trained
+    assert all(i["itm"] == pytest.approx(np.log(2)) and i["itm_acc"] == 0.5 for i in infos[:3])
+    assert all(i["loss"] == i["mlm"] for i in infos[:3])
+    # ITM from step 3; the gate (any accuracy >= 0 over 2 ITM steps) opens after step 4: hard negatives from step 5
+    assert all(i["loss"] > i["mlm"] for i in infos[3:])
+    assert loop.gate == 5 and [i["hard"] for i in infos] == [0, 0, 0, 0, 0, 0.5]
+    # a gate never reached keeps the negatives easy
+    loop = P.Loop(replace(s, hard_gate=1.0), pool)
+    infos = [loop.step(i) for i in range(s.steps)]
+    assert max(i["itm_acc"] for i in infos) < 1.0 and loop.gate is None and {i["hard"] for i in infos} == {0}
 
 
 def test_mlm_masking_is_berts():

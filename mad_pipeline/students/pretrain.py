@@ -6,10 +6,13 @@ Objectives (ViLT's, Kim et al. 2021), every step, on a batch of scenes from the 
 
 - **image-text matching** (ITM): each image with its caption or, with probability ``negative_fraction``, a caption
   that does not match -- the scene's own caption with one attribute changed (a *hard* negative) or another scene's
-  caption (an *easy* one). Hard negatives come in as a curriculum: none at the start, their share growing to
-  ``hard_fraction`` over the first ``hard_ramp`` of the steps. The head is ViLT's ITM head, ``Linear(H, 2)`` on the
-  pooled output (``itm_score``). The ITM loss is weighted by ``itm_weight`` (our choice, not ViLT's: at this size
-  and budget, unweighted ITM never leaves chance; see ``Loop.step``).
+  caption (an *easy* one). The head is ViLT's ITM head, ``Linear(H, 2)`` on the pooled output (``itm_score``).
+  Our schedule, not ViLT's (ViLT starts from ViT weights; ours starts from nothing, and at this size unscheduled ITM
+  never leaves chance -- see ``Loop.step`` and docs/shapes.md): MLM alone for the first ``itm_start`` of the steps
+  (ITM learns only on a model whose MLM already reads the image), then MLM + ITM with the ITM loss weighted by
+  ``itm_weight``, on easy negatives only until ITM's batch accuracy (mean of the last ``GATE_WINDOW`` steps)
+  reaches ``hard_gate``; from then on the hard negatives' share grows to ``hard_fraction`` over ``hard_ramp`` of
+  the steps (a curriculum on the measured accuracy, not on the step count).
 - **masked language modelling** (MLM): ``mask_prob`` (15%) of each matching caption's tokens, at least one, chosen
   for prediction, BERT's way: 80% replaced by ``[MASK]``, 10% by a random token, 10% kept. The head is transformers'
   ``ViltForMaskedLM`` head (``mlm_score``: dense -> GELU -> LayerNorm -> decoder tied to the word embeddings), run on
@@ -46,6 +49,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 META_FILE = "training.json"
 TIED_KEY = "mlm_score.decoder.weight"  # = vilt.embeddings.text_embeddings.word_embeddings.weight, not stored
+GATE_WINDOW = 50  # ITM steps whose mean batch accuracy opens the hard negatives' gate
 FIRST_WORD_ID = 999  # BERT-uncased: ids below are [PAD], [unused*], [UNK], [CLS], [SEP], [MASK]
 
 
@@ -53,7 +57,7 @@ FIRST_WORD_ID = 999  # BERT-uncased: ids below are [PAD], [unused*], [UNK], [CLS
 class PretrainSettings:
     student: str = "vilt-tiny"
     seed: int = 0
-    steps: int = 1500
+    steps: int = 2000
     batch_size: int = 64
     pool_size: int = 12_800  # distinct training scenes (re-captioned every time they are drawn)
     lr: float = 5e-4
@@ -62,8 +66,10 @@ class PretrainSettings:
     mask_prob: float = 0.15
     negative_fraction: float = 0.5
     hard_fraction: float = 0.5
-    hard_ramp: float = 0.5  # share of the steps over which the hard negatives' share grows from 0 to hard_fraction
+    hard_ramp: float = 0.1  # share of the steps over which the hard negatives' share grows from 0 to hard_fraction
     itm_weight: float = 40.0  # ITM loss multiplier (see ``Loop.step``)
+    itm_start: float = 0.5  # share of the steps of MLM alone before ITM joins
+    hard_gate: float = 0.8  # ITM batch accuracy (mean of the last GATE_WINDOW steps) that lets hard negatives in
 
 
 class PretrainModel(nn.Module):
@@ -154,11 +160,14 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tensor
     return enc["input_ids"].long(), enc["attention_mask"].long(), maskable
 
 
-def hard_share(step: int, s: PretrainSettings) -> float:
-    """The share of hard negatives among the non-matching captions at ``step``: 0 at the start, growing linearly to
-    ``hard_fraction`` over the first ``hard_ramp`` of the steps (easy negatives first, as a curriculum)."""
+def hard_share(step: int, s: PretrainSettings, gate: int | None) -> float:
+    """The share of hard negatives among the non-matching captions at ``step``: 0 before ``gate`` (the step at
+    which easy ITM reached ``hard_gate``; ``None``: not yet), then growing linearly to ``hard_fraction`` over
+    ``hard_ramp`` of the steps (easy negatives first, as a curriculum)."""
+    if gate is None or step < gate:
+        return 0.0
     ramp = s.hard_ramp * s.steps
-    return s.hard_fraction if ramp <= 0 else s.hard_fraction * min(1.0, step / ramp)
+    return s.hard_fraction if ramp <= 0 else s.hard_fraction * min(1.0, (step - gate) / ramp)
 
 
 def itm_texts(pool: Pool, idx: np.ndarray, s: PretrainSettings, rng: np.random.Generator,
@@ -213,6 +222,9 @@ class Loop:
         self.opt = optimizer(self.model, s)
         self.rng = np.random.default_rng([s.seed, 11])
         self.order, self.cursor = self.rng.permutation(len(pool.scenes)), 0
+        self.itm_from = int(round(s.itm_start * s.steps))  # the first step with ITM
+        self.gate: int | None = None  # the step from which hard negatives come in (see hard_share)
+        self.accuracies: list[float] = []  # ITM batch accuracies of the last GATE_WINDOW ITM steps
 
     def _batch(self) -> np.ndarray:
         if self.cursor + self.s.batch_size > len(self.order):
@@ -221,10 +233,10 @@ class Loop:
         self.cursor += self.s.batch_size
         return idx
 
-    def losses(self, step: int, idx: np.ndarray, mlm: bool = True, itm: bool = True) -> dict[str, torch.Tensor]:
-        """The objectives on the images ``idx`` at ``step``: ``mlm`` (masked captions) and ``itm``, ``itm_acc``
-        (matching and non-matching captions). The generator draws, in order, the captions and masks, then the ITM
-        texts; an objective left out draws nothing."""
+    def losses(self, idx: np.ndarray, mlm: bool = True, itm: bool = True, hard: float = 0.0) -> dict[str, torch.Tensor]:
+        """The objectives on the images ``idx``: ``mlm`` (masked captions) and ``itm``, ``itm_acc`` (matching and
+        non-matching captions, a share ``hard`` of the latter hard). The generator draws, in order, the captions and
+        masks, then the ITM texts; an objective left out draws nothing."""
         s, model = self.s, self.model
         px = pixels(self.pool.images[torch.from_numpy(idx)])
         out = {}
@@ -234,7 +246,7 @@ class Loop:
             masked, chosen = mask_tokens(ids, maskable, s.mask_prob, self.tokenizer, self.rng)
             out["mlm"] = F.cross_entropy(model.mlm_logits(px, masked, att, chosen), ids[chosen])
         if itm:
-            texts, labels = itm_texts(self.pool, idx, s, self.rng, hard_share(step, s))
+            texts, labels = itm_texts(self.pool, idx, s, self.rng, hard)
             t_ids, t_att, _ = tokenize(self.tokenizer, texts, self.max_length)
             logits = model.itm_logits(px, t_ids, t_att)
             target = torch.tensor(labels)
@@ -251,18 +263,29 @@ class Loop:
         self.opt.step()
 
     def step(self, step: int) -> dict[str, float]:
-        out = self.losses(step, self._batch())
+        """One step of the schedule (see the module's docstring); returns the losses (ITM's are ln 2 and 0.5, chance,
+        while it is not trained)."""
+        itm = step >= self.itm_from
+        out = self.losses(self._batch(), itm=itm, hard=hard_share(step, self.s, self.gate))
         # ITM's gradient on the shared weights is ~40x smaller than MLM's (bench/pretrain_itm.py --grad-norms), and
         # AdamW scales each weight's step by the size of its summed gradient: unweighted, ITM moves the backbone at
         # about 1/40 of the learning rate and stays at ln 2.
-        loss = out["mlm"] + self.s.itm_weight * out["itm"]
+        loss = out["mlm"] + self.s.itm_weight * out["itm"] if itm else out["mlm"]
         self.update(step, loss)
-        return {"loss": loss.item(), **{k: v.item() for k, v in out.items()}}
+        info = {"loss": loss.item(), "mlm": out["mlm"].item(), "itm": math.log(2.0), "itm_acc": 0.5}
+        if itm:
+            info |= {"itm": out["itm"].item(), "itm_acc": out["itm_acc"].item()}
+            self.accuracies = (self.accuracies + [info["itm_acc"]])[-GATE_WINDOW:]
+            if (self.gate is None and len(self.accuracies) == GATE_WINDOW
+                    and sum(self.accuracies) / GATE_WINDOW >= self.s.hard_gate):
+                self.gate = step + 1
+        info["hard"] = hard_share(step, self.s, self.gate)
+        return info
 
 
 def train(s: PretrainSettings, pool: Pool, progress: Callable[[int, dict], None] | None = None,
           model: PretrainModel | None = None) -> tuple[PretrainModel, list[dict]]:
-    """``s.steps`` steps of MLM + ITM; returns the model (eval mode) and the per-step losses."""
+    """``s.steps`` steps of the schedule; returns the model (eval mode) and the per-step losses."""
     loop = Loop(s, pool, model)
     history = []
     for step in range(s.steps):
@@ -324,6 +347,6 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-__all__ = ["CONFIG_FILE", "META_FILE", "WEIGHTS_FILE", "Loop", "Pool", "PretrainModel", "PretrainSettings",
-           "build_model", "hard_share", "itm_texts", "load", "lr_at", "make_pool", "mask_tokens", "pixels", "save",
-           "settings_dict", "timed", "tokenize", "train"]
+__all__ = ["CONFIG_FILE", "GATE_WINDOW", "META_FILE", "WEIGHTS_FILE", "Loop", "Pool", "PretrainModel",
+           "PretrainSettings", "build_model", "hard_share", "itm_texts", "load", "lr_at", "make_pool", "mask_tokens",
+           "pixels", "save", "settings_dict", "timed", "tokenize", "train"]

@@ -7,18 +7,21 @@ On held-out scenes of the ``student-pretrain`` stream (indices past the training
   negatives' accuracy alone.
 - **MLM accuracy**: 15% of each caption's tokens (at least one) replaced by ``[MASK]``; accuracy on all of them and on
   the *content* words only (colours, shapes, places, the grey box: the words the image decides).
-- **linear probes**: the first object's colour and shape and the number of objects, from the features of the image
-  with an empty text (the pooled output and the mean of the patch tokens, concatenated), a linear layer trained for
-  ``probe_steps`` on scenes of the training pool, accuracy on the held-out scenes.
+- **probes**: the first object's colour and shape and the number of objects, from the features of the image with an
+  empty text (the pooled output and the mean of the patch tokens, concatenated). *Fine-tuned* (``probe_*``): the
+  model and a linear layer per label trained end to end for ``probe_steps`` on scenes of the training pool, accuracy
+  on the held-out scenes; *linear* (``linear_probe_*``, the pretrained model only): the same linear layers on its
+  frozen features.
 
 The comparison (*from scratch*, same architecture and seed): a fresh model trained for the same ``probe_steps`` on
-each objective's labels -- ITM + MLM for the ITM and MLM figures, the probe labels end to end (backbone and linear
-layer) for the probe figures. So both models get the same number of labelled steps on the same measure; the
-pretrained one had its pretraining before them, and for the probes it only trains the linear layer.
+each objective's labels -- ITM + MLM for the ITM and MLM figures, the probe labels end to end for the probe figures.
+So both models get the same number of labelled steps on the same measure, the same way; the pretrained one had its
+pretraining before them.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -137,9 +140,11 @@ def linear_probes(model: PretrainModel, train_pool: Pool, test_pool: Pool, e: Ev
         return _probe_scores(heads, test_x, test_y)
 
 
-def scratch_probes(s: PretrainSettings, train_pool: Pool, test_pool: Pool, e: EvalSettings) -> dict[str, float]:
-    """A fresh model and linear layers trained end to end on the probe labels for ``probe_steps``."""
-    model = build_model(s.student, s.seed)
+def finetuned_probes(model: PretrainModel, s: PretrainSettings, train_pool: Pool, test_pool: Pool,
+                     e: EvalSettings) -> dict[str, float]:
+    """A copy of ``model`` and linear layers trained end to end on the probe labels for ``probe_steps`` (AdamW at
+    the pretraining's learning rate, a short warm-up); accuracy on ``test_pool``."""
+    model = copy.deepcopy(model)
     heads = _probe_heads(2 * model.config.hidden_size, s.seed)
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
@@ -165,20 +170,23 @@ def evaluate(model: PretrainModel, s: PretrainSettings, e: EvalSettings, train_p
     """ITM, MLM and probe figures of ``model`` on ``test_pool``."""
     return {**itm_accuracy(model, test_pool, s.seed, e.batch_size),
             **mlm_accuracy(model, test_pool, s.seed, e.batch_size, s.mask_prob),
-            **linear_probes(model, _head(train_pool, e.probe_train), test_pool, e, s.seed)}
+            **finetuned_probes(model, s, _head(train_pool, e.probe_train), test_pool, e),
+            **{f"linear_{k}": v for k, v in
+               linear_probes(model, _head(train_pool, e.probe_train), test_pool, e, s.seed).items()}}
 
 
 def compare(model: PretrainModel, s: PretrainSettings, e: EvalSettings, train_pool: Pool,
             test_pool: Pool, progress=None) -> dict[str, Any]:
     """``{"pretrained": figures, "scratch": figures}``: the from-scratch model trained ``probe_steps`` on ITM + MLM
-    (same settings and draws as pretraining, shorter) for its ITM / MLM figures, end to end on the probe labels for
-    its probe figures."""
+    (same settings and draws as pretraining, shorter) for its ITM / MLM figures; both models fine-tuned the same way
+    on the probe labels for the probe figures (and the pretrained one's linear probes besides)."""
     pretrained = evaluate(model, s, e, train_pool, test_pool)
     short = replace(s, steps=e.probe_steps, warmup=min(s.warmup, max(1, e.probe_steps // 10)))
     scratch_model, _ = train(short, train_pool, progress)
     scratch = {**itm_accuracy(scratch_model, test_pool, s.seed, e.batch_size),
                **mlm_accuracy(scratch_model, test_pool, s.seed, e.batch_size, s.mask_prob),
-               **scratch_probes(s, _head(train_pool, e.probe_train), test_pool, e)}
+               **finetuned_probes(build_model(s.student, s.seed), s, _head(train_pool, e.probe_train), test_pool,
+                                  e)}
     return {"pretrained": {k: round(v, 4) for k, v in pretrained.items()},
             "scratch": {k: round(v, 4) for k, v in scratch.items()}}
 
@@ -188,4 +196,4 @@ def _head(pool: Pool, n: int) -> Pool:
 
 
 __all__ = ["CONTENT_WORDS", "EvalSettings", "PROBES", "compare", "evaluate", "image_features", "itm_accuracy",
-           "linear_probes", "mlm_accuracy", "scratch_probes"]
+           "finetuned_probes", "linear_probes", "mlm_accuracy"]
