@@ -1,7 +1,7 @@
 """Pretrain a ViLT student on the shapes world's image-caption pairs with ViLT's own objectives
 (``mad student pretrain``), so that the study distills into an existing vision-language model, as the paper does.
 
-Objectives (ViLT's, Kim et al. 2021), every step, on a batch of scenes from the ``student-pretrain`` stream
+Objectives (ViLT's, Kim et al. 2021), on a batch of scenes a step from the ``student-pretrain`` stream
 (:mod:`mad_pipeline.shapes.pairs`: never a ``shift`` colour+shape pair):
 
 - **image-text matching** (ITM): each image with its caption or, with probability ``negative_fraction``, a caption
