@@ -65,7 +65,7 @@ def pretrain_cmd(
     eval_size: int = typer.Option(_D.eval_size, "--eval-size", help="Held-out scenes measured (0: no figures)."),
     probe_steps: int = typer.Option(_D.probe_steps, "--probe-steps",
                                     help="Labelled steps of the comparison (probes, from-scratch model)."),
-    probe_train: int = typer.Option(_D.probe_train, "--probe-train", help="Training scenes of the linear probes."),
+    probe_train: int = typer.Option(_D.probe_train, "--probe-train", help="Training scenes of the probes."),
     cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Cache root [env MAD_CACHE]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),

@@ -51,8 +51,8 @@ class StudentPretrainConfig:
     hard_gate: float = _f(_D.hard_gate, "ITM batch accuracy on easy negatives that lets hard negatives in", min=0,
                           max=1)
     eval_size: int = _f(500, "held-out scenes the figures are measured on (0: no figures)", min=0)
-    probe_steps: int = _f(200, "labelled steps of the comparison (linear probes, from-scratch models)", min=1)
-    probe_train: int = _f(2000, "training scenes of the linear probes", min=1)
+    probe_steps: int = _f(200, "labelled steps of the comparison (probes, from-scratch models)", min=1)
+    probe_train: int = _f(2000, "training scenes of the probes", min=1)
     out: Path | None = _f(None, "also copy the weights directory here", key=False)
     cache: Path | None = _f(None, "cache root (default: MAD_CACHE or the user cache dir)", key=False)
     progress: bool = _f(True, "progress bars", key=False)

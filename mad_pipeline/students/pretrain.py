@@ -265,8 +265,8 @@ class Loop:
     def step(self, step: int) -> dict[str, float]:
         """One step of the schedule (see the module's docstring); returns the losses (ITM's are ln 2 and 0.5, chance,
         while it is not trained)."""
-        itm = step >= self.itm_from
-        out = self.losses(self._batch(), itm=itm, hard=hard_share(step, self.s, self.gate))
+        itm, hard = step >= self.itm_from, hard_share(step, self.s, self.gate)
+        out = self.losses(self._batch(), itm=itm, hard=hard)
         # ITM's gradient on the shared weights is ~40x smaller than MLM's (bench/pretrain_itm.py --grad-norms), and
         # AdamW scales each weight's step by the size of its summed gradient: unweighted, ITM moves the backbone at
         # about 1/40 of the learning rate and stays at ln 2.
@@ -279,7 +279,7 @@ class Loop:
             if (self.gate is None and len(self.accuracies) == GATE_WINDOW
                     and sum(self.accuracies) / GATE_WINDOW >= self.s.hard_gate):
                 self.gate = step + 1
-        info["hard"] = hard_share(step, self.s, self.gate)
+        info["hard"] = hard  # the gate opens for the next step at the earliest
         return info
 
 

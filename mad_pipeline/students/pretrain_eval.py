@@ -168,11 +168,11 @@ def finetuned_probes(model: PretrainModel, s: PretrainSettings, train_pool: Pool
 def evaluate(model: PretrainModel, s: PretrainSettings, e: EvalSettings, train_pool: Pool,
              test_pool: Pool) -> dict[str, float]:
     """ITM, MLM and probe figures of ``model`` on ``test_pool``."""
+    probe_pool = _head(train_pool, e.probe_train)
     return {**itm_accuracy(model, test_pool, s.seed, e.batch_size),
             **mlm_accuracy(model, test_pool, s.seed, e.batch_size, s.mask_prob),
-            **finetuned_probes(model, s, _head(train_pool, e.probe_train), test_pool, e),
-            **{f"linear_{k}": v for k, v in
-               linear_probes(model, _head(train_pool, e.probe_train), test_pool, e, s.seed).items()}}
+            **finetuned_probes(model, s, probe_pool, test_pool, e),
+            **{f"linear_{k}": v for k, v in linear_probes(model, probe_pool, test_pool, e, s.seed).items()}}
 
 
 def compare(model: PretrainModel, s: PretrainSettings, e: EvalSettings, train_pool: Pool,
