@@ -140,11 +140,11 @@ def _paired(a: dict, b: dict) -> list[float]:
 
 def policy_methods(values: dict) -> dict[str, str]:
     """Selection policy -> the ablation method that is MAD with that policy (``full`` for the preset's own)."""
-    from mad_pipeline.pipeline.config import mad_config
+    from mad_pipeline.pipeline.methods import METHOD_SETTINGS, mad_config
 
     out: dict[str, str] = {}
     for m, spec in values["methods"].items():
-        if spec["preset"] != "full" or set(spec) - {"preset", "select"}:
+        if spec["preset"] != "full" or set(spec) - {"preset", "select", *METHOD_SETTINGS}:
             continue
         select = mad_config(values, m).select_v  # the image tokens' policy (`select` sets both)
         if m == "full" or select not in out:

@@ -7,6 +7,7 @@ each method is marked. Writes OUT/sweep.json and OUT/sweep.md.
     python bench/sweep.py --tasks vqa,snli-ve,vcr          # the study's three tasks, each its own rows
     python bench/sweep.py --seeds 0,1 --lrs 3e-4,1e-3 --warmups 0,0.1
     python bench/sweep.py --set device=cuda                # on a GPU machine
+    python bench/sweep.py --lrs baseline=1e-4,3e-4,1e-3 --lrs full=3e-4,1e-3,3e-3   # each method its own lrs
     python bench/sweep.py --smoke                          # seconds: a tiny world, 4 steps, one grid point
 """
 
@@ -46,6 +47,29 @@ def run_point(config: Path, lr: float, warmup: float, extra: list[str], cache: s
     return rows
 
 
+def grid_methods(config: Path, extra: list[str]) -> dict[str, dict]:
+    """The YAML's methods (with the overrides), as `mad run` reads them."""
+    from mad_pipeline.stages.pipeline import load_config
+
+    return load_config(config, extra).methods
+
+
+def method_lrs(config: Path, extra: list[str], specs: list[str]) -> dict[str, list[float]]:
+    """Each method's learning rates: ``1e-3,3e-3`` for every method, ``full=1e-3,3e-3`` for one."""
+    methods = grid_methods(config, extra)
+    out: dict[str, list[float]] = {}
+    for spec in specs:
+        name, _, lrs = spec.rpartition("=")
+        if name and name not in methods:
+            sys.exit(f"--lrs {spec}: {name} is not one of the config's methods ({', '.join(methods)})")
+        for m in [name] if name else methods:
+            out[m] = [float(x) for x in lrs.split(",")]
+    missing = [m for m in methods if m not in out]
+    if missing:
+        sys.exit(f"--lrs: no learning rates for {', '.join(missing)} (give --lrs {missing[0]}=...)")
+    return out
+
+
 def table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -68,7 +92,9 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "sweep.yaml")
-    ap.add_argument("--lrs", default="3e-4,1e-3,3e-3")
+    ap.add_argument("--lrs", action="append", default=None, metavar="[METHOD=]LRS",
+                    help="learning rates, comma-separated (default 3e-4,1e-3,3e-3), for every method or, repeated "
+                         "as METHOD=LRS, for each method of the YAML its own")
     ap.add_argument("--warmups", default="0,0.05,0.1")
     ap.add_argument("--seeds", default=None, help="e.g. 0,1 (default: the YAML's)")
     ap.add_argument("--tasks", default=None, help="e.g. vqa,snli-ve,vcr (default: the YAML's)")
@@ -78,18 +104,22 @@ def main(argv: list[str] | None = None) -> None:
                     help="more overrides of the YAML for every grid point (e.g. device=cuda); repeatable")
     ap.add_argument("--smoke", action="store_true", help="a tiny world, 4 steps, one grid point: checks the config")
     args = ap.parse_args(argv)
-    lrs = [float(x) for x in args.lrs.split(",")]
     warmups = [float(x) for x in args.warmups.split(",")]
     extra = ([f"seeds=[{args.seeds}]"] if args.seeds else []) + ([f"task=[{args.tasks}]"] if args.tasks else []) \
         + list(args.set)
     if args.smoke:
-        lrs, warmups, extra = lrs[:1], warmups[-1:], extra + SMOKE
+        warmups, extra = warmups[-1:], extra + SMOKE
+    grid = method_lrs(args.config, extra, args.lrs or ["3e-4,1e-3,3e-3"])
+    if args.smoke:
+        grid = {m: lrs[:1] for m, lrs in grid.items()}
     t0 = time.perf_counter()
     rows = []
-    for lr in lrs:
+    for lr in sorted({lr for lrs in grid.values() for lr in lrs}):
+        methods = {m: spec for m, spec in grid_methods(args.config, extra).items() if lr in grid[m]}
         for w in warmups:
-            rows += run_point(args.config, lr, w, extra, args.cache)
-            print(f"lr {lr:g}, warmup {w:g}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
+            rows += run_point(args.config, lr, w, [*extra, f"methods={json.dumps(methods)}"], args.cache)
+            print(f"lr {lr:g}, warmup {w:g} ({', '.join(methods)}): done ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
     md = table(rows)
     print(md)
     if not args.smoke:

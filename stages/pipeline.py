@@ -201,7 +201,7 @@ class _Runner(Resolver):
         super().__init__(values, source, cache, dry_run=cfg.dry_run)
         self.cfg = cfg
         self.log = log
-        if values.get("init") == PRETRAIN_STAGE:
+        if PRETRAIN_STAGE in config_lib.inits(values):
             self.pretrain_keys(self._pretrain_params())  # bad pretraining settings: one line, before any work
 
     def _pretrain_params(self) -> dict[str, Any]:
@@ -252,13 +252,15 @@ class _Runner(Resolver):
     def _distill_cfg(self, method: str, fraction: float, seed: int, subset_seed: int, out: Path,
                      pretrained: Path | None = None) -> DistillConfig:
         """The DistillConfig of one run: the YAML's settings (:data:`YAML_KEYS`), then what the plan decides
-        (``pretrained``: the weights of the config's student-pretrain stage)."""
-        from_yaml = {name: config_lib.lookup(self.v, key) for name, key in YAML_KEYS.items()}
+        (``pretrained``: the weights of the config's student-pretrain stage); the method's own ``train:`` and
+        ``init`` over the config's."""
+        values = config_lib.for_method(self.v, method)
+        from_yaml = {name: config_lib.lookup(values, key) for name, key in YAML_KEYS.items()}
         if from_yaml["init"] == PRETRAIN_STAGE:
             from_yaml.update(init="pretrained", pretrained=str(pretrained) if pretrained else None)
         return DistillConfig(**{
             **from_yaml, "data_root": self.data_root, "out": out, "eval_split": self.eval_split,
-            "mad": config_lib.mad_config(self.v, method, self.source), "train": config_lib.train_config(self.v, seed),
+            "mad": config_lib.mad_config(self.v, method, self.source), "train": config_lib.train_config(values, seed),
             "train_fraction": fraction, "subset_seed": subset_seed, "cache": self.cache.root,
             "progress": self.cfg.progress})
 

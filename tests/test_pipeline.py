@@ -178,6 +178,32 @@ def test_settings_that_do_not_change_values_keep_every_key(setup, inproc):
     assert res["counts"] == {"cached": len(first["stages"])}
 
 
+def test_each_method_trains_with_its_own_lr_and_init(setup):
+    """A method's own ``train:`` settings and ``init`` (here from the command line) change that method's runs only:
+    its distill key, the lr its trainer used and the weights it started from; the other methods' runs stay cached."""
+    d, _, first = setup
+    old = {s["id"]: s["key"] for s in first["stages"]}
+    res = last_json(_run(setup, "methods.baseline.train.lr=0.0123", "methods.full.init=pretrained", "fractions=[1.0]",
+                         "seeds=[0]", "--json"))
+    kinds = _by_kind(res)
+    assert all(s["status"] == "cached" for s in kinds["data"] + kinds["extract"])
+    runs = {s["method"]: s for s in kinds["distill"]}
+    assert runs["baseline"]["status"] == runs["full"]["status"] == "ran"
+    assert runs["baseline"]["key"] != old["distill:baseline@1/s0"] and runs["full"]["key"] != old["distill:full@1/s0"]
+    base = json.loads((Path(runs["baseline"]["path"]) / "run" / "run.json").read_text())
+    full = json.loads((Path(runs["full"]["path"]) / "run" / "run.json").read_text())
+    assert base["fingerprint"]["train"]["lr"] == 0.0123 and full["fingerprint"]["train"]["lr"] != 0.0123
+    assert "init" not in base["fingerprint"] and full["fingerprint"]["init"] == "pretrained"  # scratch: left out
+    # the same settings written in the YAML are the same runs
+    (d / "per-method.yaml").write_text((d / "exp.yaml").read_text().replace(
+        "methods: [baseline, full]", "methods:\n  baseline: {train: {lr: 0.0123}}\n  full: {init: pretrained}"))
+    again = last_json(mad_inproc("run", str(d / "per-method.yaml"), "fractions=[1.0]", "seeds=[0]", "--json",
+                                 env=setup[1]))
+    assert {s["id"]: s["key"] for s in again["stages"] if s["kind"] == "distill"} == \
+        {s["id"]: s["key"] for s in kinds["distill"]}
+    assert all(s["status"] == "cached" for s in again["stages"] if s["kind"] != "report")
+
+
 def test_bad_yaml_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "exp-bad.yaml"
     bad.write_text("task: vqa\n  data: [\n")
@@ -194,6 +220,10 @@ def test_bad_yaml_is_one_line_exit_2(tmp_path):
     (CONFIG, ("teacher=nope",), r"exp-bad\.yaml: teacher: unknown teacher 'nope'"),
     (CONFIG, ("fractions=[0.5, 2]",), r"fractions\[1\]: 2.0 is not in \(0, 1\]"),
     (CONFIG, ("num_workers=many",), r"num_workers: expected a count >= 0 or auto, got 'many'"),
+    (CONFIG, ("methods.full.train.stpes=3",), r"exp-bad\.yaml: unknown key methods\.full\.train\.stpes \(known: "),
+    (CONFIG, ("methods.full.init=nope",), r"methods\.full\.init: 'nope' is not one of pretrained, scratch"),
+    (CONFIG, ("methods.full.train.batch_size=0",), r"methods\.full\.train\.batch_size: "),
+    (CONFIG, ("methods.full.lr=1",), r"unknown key methods\.full\.lr \(known: .*train"),
 ])
 def test_bad_config_is_one_line_exit_2(inproc, tiny_clip, tmp_path, content, override, expect):
     import re

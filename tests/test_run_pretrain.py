@@ -147,6 +147,17 @@ def test_a_study_shares_one_pretraining_unless_a_task_changes_it():
                                                                             "student-pretrain"]
     deps = {s.meta["task"]: s.deps["init"] for s in stages if s.kind == "distill"}
     assert deps == {"vqa": "student-pretrain", "snli-ve": "snli-ve/student-pretrain"}
+    # a method of its own init: scratch students beside the pretrained ones, and pretraining only when a method uses it
+    raw.pop("per_task")
+    raw["methods"] = {"baseline": None, "scratch": {"preset": "baseline", "init": "scratch"}}
+    stages = expand_study(from_dict(raw, schema()).values)
+    assert {s.meta["method"]: s.deps.get("init") for s in stages if s.kind == "distill"} == {
+        "baseline": "student-pretrain", "scratch": None}
+    raw.update(init="scratch", methods={"baseline": None, "pre": {"preset": "baseline", "init": "student-pretrain"}})
+    stages = expand_study(from_dict(raw, schema()).values)
+    assert [s.id for s in stages if s.kind == "student-pretrain"] == ["student-pretrain"]
+    assert {s.meta["method"]: s.deps.get("init") for s in stages if s.kind == "distill"} == {
+        "baseline": None, "pre": "student-pretrain"}
 
 
 def test_init_pretrained_still_starts_from_the_preset_weights(pretrained_run, monkeypatch):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .methods import METHOD_SETTINGS, for_method, inits, mad_config, parse_methods
 from .schema import (
     DEFAULT_METHODS,
     TOP_LEVEL_TRAIN,
@@ -101,7 +102,7 @@ def schema(settings: Mapping[str, Key]) -> dict[str, Any]:
         "data.shapes.size": Key("int", min=1, help="generate the shapes world with this many training images"),
         "data.shapes.seed": Key("int", 0, min=0),
         "data.eval_splits": Key("strs", [], help="more splits evaluated and reported (e.g. [shift, test])"),
-        "methods": Key("custom", list(DEFAULT_METHODS), parse=_methods,
+        "methods": Key("custom", list(DEFAULT_METHODS), parse=parse_methods,
                        help=f"list of presets ({', '.join(PRESETS)}), or a mapping name -> {{preset, switches}}"),
         "fractions": Key("floats", [1.0], check=_fractions_check, help="training fractions (low-shot subsets)"),
         "seeds": Key("ints", [0], check=_seeds_check, help="training seeds (each also picks its subset)"),
@@ -136,46 +137,6 @@ def _fractions_check(vals: list, source: str, key: str) -> None:
 def _seeds_check(vals: list, source: str, key: str) -> None:
     if any(x < 0 for x in vals):
         raise InputError(f"{source}: {key}: seeds must be >= 0")
-
-
-def _methods(v: Any, source: str, key: str) -> dict[str, dict[str, Any]]:
-    """``[baseline, naive, full]`` or ``{name: {preset: full, select: random, ...}}`` -> {name: {preset, switches}}."""
-    from ..losses import PRESETS
-
-    if isinstance(v, str):
-        v = [v]
-    if isinstance(v, list):
-        out: dict[str, dict[str, Any]] = {}
-        for i, name in enumerate(v):
-            if not isinstance(name, str) or name not in PRESETS:
-                raise InputError(f"{source}: {key}[{i}]: {show(name)} is not one of {', '.join(PRESETS)} "
-                                 "(use a mapping name -> {preset: ..., switches} for custom methods)")
-            if name in out:
-                raise InputError(f"{source}: {key}: {name} listed twice")
-            out[name] = {"preset": name}
-        if not out:
-            raise InputError(f"{source}: {key}: expected at least one method")
-        return out
-    if not isinstance(v, dict) or not v:
-        raise InputError(f"{source}: {key}: expected a list of presets or a mapping, got {show(v)}")
-    switches = distill_section()
-    out = {}
-    for name, body in v.items():
-        body = {} if body is None else body
-        if not isinstance(body, dict):
-            raise InputError(f"{source}: {key}.{name}: expected a mapping (preset: ..., select: ...), got "
-                             f"{show(body)}")
-        rest = {k: b for k, b in body.items() if k != "preset"}
-        for k in rest:
-            if k not in switches:
-                raise InputError(f"{source}: unknown key {key}.{name}.{k} (known: preset, "
-                                 f"{', '.join(sorted(switches))})")
-        preset = body.get("preset", name)
-        if preset not in PRESETS:
-            raise InputError(f"{source}: {key}.{name}.preset: {show(preset)} is not one of {', '.join(PRESETS)}")
-        sw = {k: check_value(b, switches[k], source, f"{key}.{name}.{k}") for k, b in rest.items()}
-        out[str(name)] = {"preset": preset, **sw}
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -270,9 +231,11 @@ def _apply_override(raw: dict, sch: dict, ov: str) -> str:
 
 
 def _override_method(raw: dict, parts: list[str], value: Any, ov: str) -> None:
-    """``methods.<name>=...`` or ``methods.<name>.<switch>=...`` (the list form becomes a mapping)."""
-    if len(parts) > 3:
-        raise InputError(f"override {ov!r}: expected methods.<name>=... or methods.<name>.<switch>=...")
+    """``methods.<name>=...``, ``methods.<name>.<switch>=...`` or ``methods.<name>.train.<key>=...`` (the list form
+    becomes a mapping)."""
+    if len(parts) > 4 or (len(parts) == 4 and parts[2] != "train"):
+        raise InputError(f"override {ov!r}: expected methods.<name>=..., methods.<name>.<switch>=... or "
+                         "methods.<name>.train.<key>=...")
     m = raw.get("methods")
     m = [m] if isinstance(m, str) else m
     m = {str(x): {} for x in m} if isinstance(m, list) else (m if isinstance(m, dict) else {})
@@ -283,6 +246,12 @@ def _override_method(raw: dict, parts: list[str], value: Any, ov: str) -> None:
     body = m.get(parts[1]) or {}
     if not isinstance(body, dict):
         raise InputError(f"override {ov!r}: methods.{parts[1]} is not a mapping")
+    if len(parts) == 4:
+        train = body.get("train") or {}
+        if not isinstance(train, dict):
+            raise InputError(f"override {ov!r}: methods.{parts[1]}.train is not a mapping")
+        train[parts[3]] = value
+        value = train
     body[parts[2]] = value
     m[parts[1]] = body
 
@@ -337,26 +306,16 @@ def _check_whole(values: dict[str, Any], source: str) -> None:
         train_config(values)
     except InputError as e:
         raise InputError(f"{source}: train: {e}") from None
+    for name, m in values["methods"].items():
+        if m.get("train"):
+            try:
+                train_config(for_method(values, name))
+            except InputError as e:
+                raise InputError(f"{source}: methods.{name}.train: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # what the values make
-
-
-def mad_config(values: dict[str, Any], method: str, source: str = "<config>"):
-    """The MADConfig of one method: its preset, the config's ``distill`` switches, then the method's own switches.
-    The baseline is always the plain-finetuning preset (switches do not apply to it, and do not change its key)."""
-    from ..losses import MADConfig
-
-    m = values["methods"][method]
-    if m["preset"] == "baseline":
-        return MADConfig.from_switches("baseline")
-    switches = {k: v for k, v in values["distill"].items() if v is not None}
-    switches.update({k: v for k, v in m.items() if k != "preset" and v is not None})
-    try:
-        return MADConfig.from_switches(m["preset"], **switches)
-    except InputError as e:
-        raise InputError(f"{source}: methods.{method}: {e}") from None
 
 
 def train_kwargs(values: dict[str, Any]) -> dict[str, Any]:
@@ -372,5 +331,6 @@ def train_config(values: dict[str, Any], seed: int = 0):
     return TrainConfig(**train_kwargs(values), seed=seed)
 
 
-__all__ = ["BUNDLED_DIR", "PipelineConfig", "bundled_config", "for_task", "from_dict", "load_config", "lookup",
-           "mad_config", "parse_tasks", "schema", "tasks_of", "train_config", "train_kwargs"]
+__all__ = ["BUNDLED_DIR", "METHOD_SETTINGS", "PipelineConfig", "bundled_config", "for_method", "for_task",
+           "from_dict", "inits", "load_config", "lookup", "mad_config", "parse_tasks", "schema", "tasks_of",
+           "train_config", "train_kwargs"]

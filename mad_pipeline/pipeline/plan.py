@@ -37,6 +37,7 @@ from typing import Any
 from ..hashing import canonical_json, content_key, sha256_file, sha256_text
 from ..jsonio import save_memo
 from ..students.weights import PRETRAIN_STAGE as PRETRAIN_KIND  # its key and marker: the stage's own
+from .methods import for_method, inits
 
 PIPELINE_FORMAT = 1
 MARKER = "stage.json"
@@ -98,11 +99,9 @@ def expand(values: dict[str, Any]) -> list[Stage]:
         stages.append(Stage("data", "data:shapes", f"shapes world, {sh['size']} training images, seed {sh['seed']}",
                             {"world": "shapes", "size": sh["size"], "seed": sh["seed"]}))
         data_dep = {"data": "data:shapes"}
-    init_dep: dict[str, str] = {}
-    if values.get("init") == PRETRAIN_KIND:  # the students start from this config's own pretraining
+    if PRETRAIN_KIND in inits(values):  # students (all, or some methods') start from this config's own pretraining
         params = {**values["student_pretrain"], "student": values["student"]}
         stages.append(Stage(PRETRAIN_KIND, PRETRAIN_KIND, f"{params['student']}, {params['steps']} steps", params))
-        init_dep = {"init": PRETRAIN_KIND}
 
     distilling = [m for m, spec in values["methods"].items() if spec["preset"] != "baseline"]
     extracts: dict[tuple, str] = {}
@@ -128,6 +127,7 @@ def expand(values: dict[str, Any]) -> list[Stage]:
 
     evals: list[str] = []
     for method, spec in values["methods"].items():
+        init_dep = {"init": PRETRAIN_KIND} if for_method(values, method).get("init") == PRETRAIN_KIND else {}
         for fraction in values["fractions"]:
             for seed in values["seeds"]:
                 ss = seed if values["subset_seed"] is None else values["subset_seed"]

@@ -35,7 +35,8 @@ from ..students.weights import PRETRAIN_STAGE, resolve_init
 from ..tasks import task_class
 from ..training.config import TrainConfig
 from . import plan as plan_lib
-from .config import mad_config, train_config
+from .config import train_config
+from .methods import for_method, inits, mad_config
 from .plan import Stage
 
 
@@ -70,7 +71,7 @@ class Resolver:
         if self.v["student"] not in STUDENTS:
             raise InputError(f"{self.source}: student: unknown student {self.v['student']!r}; expected one of "
                              f"{', '.join(STUDENTS)}")
-        if self.v.get("init") == PRETRAIN_STAGE and self.v["pretrained"]:
+        if PRETRAIN_STAGE in inits(self.v) and self.v["pretrained"]:
             raise InputError(f"{self.source}: init: {PRETRAIN_STAGE} starts the students from the config's own "
                              f"pretraining; pretrained: {self.v['pretrained']} names other weights: give one of them")
         if all(m["preset"] == "baseline" for m in self.v["methods"].values()):
@@ -199,7 +200,7 @@ class Resolver:
             return None
         m = st.meta
         mad = mad_config(self.v, m["method"], self.source)
-        train = dataclasses.asdict(train_config(self.v, m["seed"]))
+        train = dataclasses.asdict(train_config(for_method(self.v, m["method"]), m["seed"]))
         for k in not_in_key(TrainConfig):
             train.pop(k, None)
         params = {"method": m["method"], "task": self.task, "reader": self.reader,
@@ -224,11 +225,11 @@ class Resolver:
         """The student's initial weights in a distill key: with ``init: student-pretrain`` the key of the weights the
         config's pretraining stage makes (False while that stage is not keyed), else the weights' content
         identity (None: random initialisation)."""
-        if self.v.get("init") == PRETRAIN_STAGE:
+        init = for_method(self.v, st.meta["method"]).get("init")
+        if init == PRETRAIN_STAGE:
             p = self.by_id.get(st.deps.get("init", ""))
             return {PRETRAIN_STAGE: p.meta["weights_key"]} if p is not None and p.key is not None else False
-        return plan_lib.pretrained_identity(resolve_init(self.v["student"], self.v.get("init") or "scratch",
-                                                         self.v["pretrained"]))
+        return plan_lib.pretrained_identity(resolve_init(self.v["student"], init or "scratch", self.v["pretrained"]))
 
     def _key_eval(self, st: Stage):
         d = self.dep(st, "distill")
