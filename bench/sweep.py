@@ -40,10 +40,13 @@ def run_point(config: Path, lr: float, warmup: float, extra: list[str], cache: s
             continue
         m = json.loads((Path(st.get("run") or Path(st["path"]) / "run") / "metrics.json").read_text())
         es = m.get("early_stop") or {}
+        ev = (m.get("eval") or {}).get(m.get("eval_split")) or {}
         rows.append({"task": st.get("task"), "method": st.get("method"), "fraction": st.get("fraction"),
                      "seed": st.get("seed"), "lr": lr,
                      "warmup": warmup, "dev": es.get("best"), "best_step": es.get("best_step"),
-                     "steps": m.get("steps"), "metric": es.get("metric")})
+                     "steps": m.get("steps"), "stopped_early": es.get("stopped_early"), "metric": es.get("metric"),
+                     "eval_split": m.get("eval_split"), "eval": ev.get("value"),
+                     "per_type": ev.get("per_question_type") or {}})
     return rows
 
 
@@ -78,15 +81,26 @@ def table(rows: list[dict]) -> str:
     for (task, method, fraction, _, _), rs in groups.items():
         v = statistics.mean(r["dev"] for r in rs)
         best[(task, method, fraction)] = max(best.get((task, method, fraction), -1.0), v)
+    types = sorted({t for r in rows for t in r.get("per_type") or {}})
+    split = next((r["eval_split"] for r in rows if r.get("eval_split")), "eval")
     lines = ["| task | method | fraction | lr | warmup | dev metric at the selected step (mean) | seeds | best step / "
-             "steps run |", "|---|---|---:|---:|---:|---:|---:|---|"]
+             f"steps run | stopped early | {split} (mean) | " + "".join(f"{split}: {t} | " for t in types),
+             "|---|---|---:|---:|---:|---:|---:|---|---|---:|" + "---:|" * len(types)]
     for (task, method, fraction, lr, warmup), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         v = statistics.mean(r["dev"] for r in rs)
         mark = " **(best)**" if v == best[(task, method, fraction)] else ""
         steps = ", ".join(f"{r['best_step']}/{r['steps']}" for r in rs)
+        early = ", ".join("yes" if r.get("stopped_early") else "no" for r in rs)
+        ev = _mean([r.get("eval") for r in rs])
+        per = "".join(f"{_mean([(r.get('per_type') or {}).get(t) for r in rs])} | " for t in types)
         lines.append(f"| {task} | {method} | {fraction:g} | {lr:g} | {warmup:g} | {v:.2f}{mark} | {len(rs)} | "
-                     f"{steps} |")
-    return "\n".join(lines) + "\n"
+                     f"{steps} | {early} | {ev} | {per}")
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _mean(vals: list) -> str:
+    vals = [v for v in vals if v is not None]
+    return f"{statistics.mean(vals):.2f}" if vals else "-"
 
 
 def main(argv: list[str] | None = None) -> None:
