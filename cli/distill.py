@@ -109,6 +109,7 @@ def distill_cmd(
     warmup: float = typer.Option(_D.warmup, "--warmup", help="Linear warmup: steps (a whole number), or a fraction "
                                  "of --steps below 1 (0.1: the first 10%)."),
     min_lr_ratio: float = typer.Option(_D.min_lr_ratio, "--min-lr-ratio", help="Cosine decay floor / peak."),
+    head_lr_mult: float = setting_option(TrainConfig, "head_lr_mult", "--head-lr-mult"),
     grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Max grad norm (0: off)."),
     eval_every: int = typer.Option(_D.eval_every, "--eval-every", help="Evaluate every N steps (0: at the end)."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, "--checkpoint-every", help="Checkpoint every N steps."),
@@ -118,9 +119,8 @@ def distill_cmd(
     dev_fraction: float = typer.Option(_D.dev_fraction, "--dev-fraction", help="Hold out this fraction of the "
                                        "training samples (whole images) as the dev split; the best checkpoint by "
                                        "its metric is the run's student."),
-    min_dev: int = typer.Option(_D.min_dev, "--min-dev", help="Dev samples at least (with --dev-fraction)."),
-    dev_every: int = typer.Option(_D.dev_every, "--dev-every", help="Evaluate the dev split every N steps "
-                                  "(0: --steps / 20)."),
+    min_dev: int = setting_option(TrainConfig, "min_dev", "--min-dev"),
+    dev_every: int = setting_option(TrainConfig, "dev_every", "--dev-every"),
     num_workers: str = typer.Option(_D.num_workers, "--num-workers", help=NUM_WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     nproc: int = typer.Option(1, "--nproc", help="Processes training together (torchrun, DDP; on GPUs one per "

@@ -40,7 +40,7 @@ from mad_pipeline.errors import InputError
 from mad_pipeline.hashing import to_jsonable
 from mad_pipeline.jsonio import dump_json
 from mad_pipeline.losses import MADConfig, MADLoss, TargetBuilder
-from mad_pipeline.settings import not_in_key
+from mad_pipeline.settings import keyed, not_in_key
 from mad_pipeline.settings import setting as _f
 from mad_pipeline.store.reader import open_store
 from mad_pipeline.students import INITS, image_preprocess, resolve_init
@@ -128,8 +128,7 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
     d = to_jsonable(dataclasses.asdict(cfg))
     for k in not_in_key(DistillConfig):
         d.pop(k, None)
-    for k in not_in_key(TrainConfig):
-        d["train"].pop(k, None)
+    d["train"] = keyed(TrainConfig, d["train"])
     for f in dataclasses.fields(DistillConfig):  # a task setting only for the tasks that read it (VQA: vqa_eval)
         if f.metadata.get("task_setting") and f.name not in task_class(cfg.task).keyed_settings:
             d.pop(f.name, None)

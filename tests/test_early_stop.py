@@ -162,6 +162,31 @@ BASE = ("--task", "vqa", "--vocab-min-count", "1", "--batch-size", "4", "--num-w
         "--json")
 
 
+def test_head_lr_mult_scales_the_heads_learning_rate_only(world, tmp_path, monkeypatch):
+    """``--head-lr-mult 0`` leaves the task head as it was created (two runs of 2 and 4 steps end with the same head
+    and different backbones); the default trains it; a run at the default multiplier has the fingerprint it always
+    had (no ``head_lr_mult`` in it)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    def run(name: str, *extra: str) -> tuple[dict, dict]:
+        _cli("distill", *BASE, "--data-root", str(world / "vqa"), "--no-distill", "--out", str(tmp_path / name),
+             "--lr", "1e-3", *extra)
+        w = load_file(str(tmp_path / name / "student" / "model.safetensors"))
+        fp = json.loads((tmp_path / name / "run.json").read_text())["fingerprint"]["train"]
+        return w, fp
+
+    frozen2, fp0 = run("frozen2", "--steps", "2", "--head-lr-mult", "0")
+    frozen4, _ = run("frozen4", "--steps", "4", "--head-lr-mult", "0")
+    trained, fp1 = run("trained", "--steps", "2")
+    heads = [k for k in frozen2 if k.startswith("classifier.")]
+    backbone = [k for k in frozen2 if k.startswith("vilt.encoder.")]
+    assert heads and backbone
+    assert all(torch.equal(frozen2[k], frozen4[k]) for k in heads)
+    assert not all(torch.equal(frozen2[k], frozen4[k]) for k in backbone)
+    assert not all(torch.equal(frozen2[k], trained[k]) for k in heads)
+    assert fp0["head_lr_mult"] == 0 and "head_lr_mult" not in fp1
+
+
 def test_flat_dev_curve_stops_and_the_best_checkpoint_is_the_student(world, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run = tmp_path / "run"

@@ -30,7 +30,7 @@ from typing import Any
 from ..cache import Cache
 from ..errors import InputError, MadError
 from ..hashing import to_jsonable
-from ..settings import not_in_key
+from ..settings import keyed
 from ..students.weights import PRETRAIN_STAGE, resolve_init
 from ..tasks import task_class
 from ..training.config import TrainConfig
@@ -200,9 +200,7 @@ class Resolver:
             return None
         m = st.meta
         mad = mad_config(self.v, m["method"], self.source)
-        train = dataclasses.asdict(train_config(for_method(self.v, m["method"]), m["seed"]))
-        for k in not_in_key(TrainConfig):
-            train.pop(k, None)
+        train = keyed(TrainConfig, dataclasses.asdict(train_config(for_method(self.v, m["method"]), m["seed"])))
         params = {"method": m["method"], "task": self.task, "reader": self.reader,
                   "train_split": self.v["data"]["train_split"], "eval_split": self.eval_split,
                   "student": self.v["student"], "pretrained": self._init_identity(st),

@@ -30,6 +30,9 @@ class TrainConfig:
     batch_size: int = _f(32, "samples per micro-batch", min=1, max=MAX_BATCH, why=BATCH_WHY)
     lr: float = _f(1e-3, "peak learning rate (AdamW)", min=0)
     min_lr_ratio: float = _f(0.1, "cosine decay floor / peak", min=0)
+    head_lr_mult: float = _f(1.0, "learning-rate multiplier of the parameters the run creates (the task head, MAD's "
+                             "projections) over the student's backbone (ViLT fine-tunes its heads at 10x)", min=0,
+                             key="unless-default")
     decay: str = _f("cosine", "learning-rate decay after warmup", choices=("cosine", "constant"))
     warmup: float = _f(0, "linear warmup: a count of steps (a whole number), or a fraction of steps below 1 "
                        "(0.1: the first 10%)", min=0, max=MAX_STEPS, why=STEPS_WHY)
@@ -128,6 +131,28 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return low + 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))) * (cfg.lr - low)
 
 
+def created_here(student: torch.nn.Module, objective: torch.nn.Module) -> set[int]:
+    """The ids of the parameters a run creates rather than loads: the student's task head (``student.head``, when it
+    has one) and the objective's (MAD's projections)."""
+    head = getattr(student, "head", None)
+    own = list(head.parameters()) if isinstance(head, torch.nn.Module) else []
+    return {id(p) for p in [*own, *objective.parameters()]}
+
+
+def param_groups(params: list, created: set[int], cfg: TrainConfig) -> list[dict]:
+    """AdamW's groups: weight decay on matrices only; the parameters in ``created`` at ``head_lr_mult`` times the
+    schedule's learning rate (``lr_mult`` of each group, read by the trainer at every step). At the default
+    multiplier 1 they are the two groups they always were, so earlier checkpoints resume."""
+    created = created if cfg.head_lr_mult != 1.0 else set()
+    groups = []
+    for mult, ps in ((1.0, [p for p in params if id(p) not in created]),
+                     (cfg.head_lr_mult, [p for p in params if id(p) in created])):
+        for decay, sel in ((cfg.weight_decay, [p for p in ps if p.dim() >= 2]), (0.0, [p for p in ps if p.dim() < 2])):
+            if sel:
+                groups.append({"params": sel, "weight_decay": decay, "lr_mult": mult})
+    return groups
+
+
 def parse_num_workers(value: int | str) -> int | str:
     """``"auto"`` or a count from 0 to :func:`max_workers` (ints, or their text as a command line gives them);
     anything else is one clear error."""
@@ -203,5 +228,6 @@ def autocast(device: torch.device, bf16: bool):
 
 
 __all__ = ["MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "check_bounds", "check_device",
-           "dev_every", "lr_at", "max_workers", "parse_num_workers", "parse_warmup", "resolve_device",
+           "created_here", "dev_every", "lr_at", "max_workers", "param_groups", "parse_num_workers", "parse_warmup",
+           "resolve_device",
            "resolve_num_workers", "warmup_steps"]

@@ -46,7 +46,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .collate import Collate, make_loader
-from .config import TrainConfig, autocast, lr_at, resolve_device, resolve_num_workers
+from .config import TrainConfig, autocast, created_here, lr_at, param_groups, resolve_device, resolve_num_workers
 from .dataset import DistillDataset
 from .distributed import Dist, RankBatches, global_batch, record_batch, share_size
 from .early_stop import EarlyStop
@@ -103,10 +103,8 @@ class Trainer:
         self.early = early_stop  # dev evaluations, the best checkpoint, early stopping (None: a fixed budget)
         self._grid_checked = False
         self.params = list(dict.fromkeys(p for p in self.model.parameters() if p.requires_grad))
-        self.optimizer = torch.optim.AdamW(
-            [{"params": [p for p in self.params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-             {"params": [p for p in self.params if p.dim() < 2], "weight_decay": 0.0}],
-            lr=cfg.lr, betas=cfg.betas, foreach=False)
+        self.optimizer = torch.optim.AdamW(param_groups(self.params, created_here(self.student, self.objective), cfg),
+                                           lr=cfg.lr, betas=cfg.betas, foreach=False)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # random token selection
         sampler = ChunkShuffleSampler(train_data.image_rows(), max(1, int(train_data.image_chunk_rows)),
                                       cfg.buffer_chunks, cfg.seed)
@@ -301,7 +299,7 @@ class Trainer:
         while self.step < cfg.steps and not (self.early is not None and self.early.stopped):
             t_step = time.perf_counter()
             for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(cfg, self.step)
+                group["lr"] = lr_at(cfg, self.step) * group["lr_mult"]
             for i in range(cfg.grad_accum):
                 losses = self._micro_step(next(stream), last=i == cfg.grad_accum - 1)
                 self.micro += 1
