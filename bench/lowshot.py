@@ -13,6 +13,8 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
 - ``ablation.md / .csv``               per task: MAD against each variant, each part's share paired by seed
                                       (the selection policies side by side, confidence weighting, adaptive balance)
 - ``per_type.md``                      VQA accuracy per question type (baseline, naive, MAD, teacher zero-shot)
+- ``convergence.md``                   per task, method and fraction: runs stopped early on a flat dev curve, or at
+                                      the step cap with how much the dev metric still rose there
 - ``lowshot.json``                     every figure above plus per-run values, timings, machine and versions
 
 Every stage is cached by content key (in ``--cache``), so a rerun only computes what is missing: a study can span
@@ -286,6 +288,45 @@ def per_type_markdown(pt: dict, split: str, methods=("baseline", "naive", "full"
     return "\n".join(lines) + "\n"
 
 
+def convergence(stages: list) -> list[dict]:
+    """Per task, method and fraction, how the runs ended: stopped early (patience ran out: the dev curve was flat
+    for ``patience`` evaluations) or at the step cap, and for the capped runs the dev metric's rise over their last
+    ``patience`` evaluations (near 0: flat at the cap; well above the seed spread: still learning)."""
+    groups: dict[tuple, list[dict]] = {}
+    for st in stages:
+        if st.kind != "distill" or st.record is None:
+            continue
+        m = json.loads((Path(st.record["path"]) / "run" / "metrics.json").read_text())
+        es = m.get("early_stop")
+        if not es:
+            continue
+        vals = [v for _, v in es["curve"]]
+        tail = vals[-(es["patience"] + 1):] if es.get("patience") else vals[-2:]
+        groups.setdefault((st.meta.get("task"), st.meta["method"], st.meta["fraction"]), []).append(
+            {"early": es["stopped_early"], "best_step": es["best_step"], "steps": m["steps"],
+             "rise": max(tail) - tail[0] if tail else 0.0})
+    return [{"task": t, "method": meth, "fraction": f, "runs": len(rs),
+             "stopped_early": sum(r["early"] for r in rs),
+             "best_step": statistics.median(r["best_step"] for r in rs),
+             "steps": statistics.median(r["steps"] for r in rs),
+             "capped_rise": max((r["rise"] for r in rs if not r["early"]), default=None)}
+            for (t, meth, f), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0])))]
+
+
+def convergence_markdown(rows: list[dict]) -> str:
+    lines = ["# Did the runs converge?", "",
+             "Per task, method and fraction: the runs that stopped early (patience ran out on a flat dev curve), the "
+             "median selected and last step, and for the runs that reached the step cap instead the largest rise "
+             "of the dev metric over their last `patience` evaluations (0: flat at the cap).", "",
+             "| task | method | fraction | runs | stopped early | selected step (median) | steps run (median) | "
+             "rise at the cap (max) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        rise = "-" if r["capped_rise"] is None else f"{r['capped_rise']:+.2f}"
+        lines.append(f"| {r['task']} | {r['method']} | {r['fraction'] * 100:g}% | {r['runs']} | "
+                     f"{r['stopped_early']} | {r['best_step']:g} | {r['steps']:g} | {rise} |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the config (as for mad run)")
@@ -342,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "ablation.csv").write_text(ablation_csv(abl))
     (args.out / "per_type.md").write_text("\n".join(per_type_markdown(v, main_res["tables"][task]["splits"][0])
                                                     for task, v in pt.items()))
+    conv = convergence(main_res["stages"])
+    (args.out / "convergence.md").write_text(convergence_markdown(conv))
     all_stages = [st for r in results.values() for st in r["stages"]]
     trains = {st.key: st.record["seconds"] for st in all_stages if st.kind == "distill" and st.record
               and st.record.get("seconds")}
@@ -353,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             "distill_stage_seconds_median": statistics.median(trains.values()) if trains else None,
             "distill_stages": len(trains), "device": dev, "cpu_count": os.cpu_count(),
             "platform": platform.platform(), "versions": library_versions(), "tables": main_res["tables"],
-            "ablation_tables": abl_res["tables"], "ablation": abl, "policies": policies,
+            "ablation_tables": abl_res["tables"], "ablation": abl, "policies": policies, "convergence": conv,
             "per_type": {task: {"students": {f"{f:g}": v for f, v in d["students"].items()},
                                 "teacher": d["teacher"]} for task, d in pt.items()}}
     (args.out / "lowshot.json").write_text(json.dumps(info, indent=1) + "\n")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import last_json, mad_inproc
+from conftest import bench_module, last_json, mad_inproc
 
 VCR_CONFIG = """\
 name: tiny vcr
@@ -121,3 +121,22 @@ def test_sweep_settings_fit_every_task_at_every_fraction():
                 samples = [type("S", (), {"image": f"i{i}", "id": i})() for i in range(n)]
                 train, dev = dev_split(samples, v["train"]["dev_fraction"], v["train"]["min_dev"], 0)
                 assert train and dev, (task, f)
+
+
+def test_convergence_table_says_how_each_run_ended(vcr_study):
+    """bench/lowshot.py's convergence table, from the study's own distill stages: stopped early or at the cap, the
+    selected and last steps (here one run: its metrics.json decides every cell)."""
+    from types import SimpleNamespace
+
+    bench = bench_module("lowshot")
+    _, _, res, _, _ = vcr_study
+    st = _stage(res, "distill")
+    stages = [SimpleNamespace(kind="distill", record={"path": st["path"]},
+                              meta={"task": "vcr", "method": "baseline", "fraction": 1.0})]
+    m = json.loads((Path(st["path"]) / "run" / "metrics.json").read_text())
+    [row] = bench.convergence(stages)
+    assert row["runs"] == 1 and row["steps"] == m["steps"] and row["best_step"] == m["early_stop"]["best_step"]
+    assert row["stopped_early"] == int(m["early_stop"]["stopped_early"])
+    assert (row["capped_rise"] is None) == m["early_stop"]["stopped_early"]
+    md = bench.convergence_markdown([row])
+    assert "| vcr | baseline | 100% | 1 |" in md
