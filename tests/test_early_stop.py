@@ -211,12 +211,12 @@ def test_flat_dev_curve_stops_and_the_best_checkpoint_is_the_student(world, tmp_
 
 
 def test_patience_zero_is_todays_fixed_budget(world):
-    """The defaults carve no dev split and build no early stopping (the run is today's: tests/test_pins.py pins its
-    figures); only a dev split makes one."""
+    """The defaults carve no dev split and build no early stopping (with ``--warmup 0`` the run is today's:
+    tests/test_pins.py pins its figures); only a dev split makes one. The default warmup is 5% of the steps."""
     from mad_pipeline.tasks import get_task
 
     cfg = TrainConfig()
-    assert (cfg.patience, cfg.dev_fraction, cfg.warmup) == (0, 0.0, 0) and type(cfg.warmup) is int
+    assert (cfg.patience, cfg.dev_fraction, cfg.warmup) == (0, 0.0, 0.05) and warmup_steps(cfg) == 10
     dcfg = stage.DistillConfig(task="vqa", data_root=world / "vqa", out=world / "unused", vocab_min_count=1)
     data = stage._load_data(dcfg, get_task("vqa", vocab_min_count=1))
     assert data.dev == [] and len(data.train) == 80

@@ -51,7 +51,7 @@ def compute(tmp: Path) -> dict:
     for name, task, extra in RUNS:
         run = tmp / name
         res = _cli("distill", "--task", task, "--data-root", str(world / task), "--teacher", "shapes-clip",
-                   "--out", str(run), "--steps", str(STEPS), "--batch-size", "8", "--log-every", "1",
+                   "--out", str(run), "--steps", str(STEPS), "--batch-size", "8", "--log-every", "1", "--warmup", "0",
                    "--num-workers", "0", "--vocab-min-count", "1", "--cache", str(cache), "--json", *extra)
         rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
         train = [{k: r[k] for k in TRAIN_KEYS if k in r} for r in rows if "eval" not in r]

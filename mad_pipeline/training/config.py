@@ -34,7 +34,7 @@ class TrainConfig:
                              "projections) over the student's backbone (ViLT fine-tunes its heads at 10x)", min=0,
                              key="unless-default")
     decay: str = _f("cosine", "learning-rate decay after warmup", choices=("cosine", "constant"))
-    warmup: float = _f(0, "linear warmup: a count of steps (a whole number), or a fraction of steps below 1 "
+    warmup: float = _f(0.05, "linear warmup: a count of steps (a whole number), or a fraction of steps below 1 "
                        "(0.1: the first 10%)", min=0, max=MAX_STEPS, why=STEPS_WHY)
     weight_decay: float = _f(0.01, "AdamW weight decay (matrices only, not biases / norms)", min=0)
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas", yaml=False)
