@@ -229,5 +229,4 @@ def autocast(device: torch.device, bf16: bool):
 
 __all__ = ["MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "check_bounds", "check_device",
            "created_here", "dev_every", "lr_at", "max_workers", "param_groups", "parse_num_workers", "parse_warmup",
-           "resolve_device",
-           "resolve_num_workers", "warmup_steps"]
+           "resolve_device", "resolve_num_workers", "warmup_steps"]
