@@ -57,9 +57,8 @@ def grid_methods(config: Path, extra: list[str]) -> dict[str, dict]:
     return load_config(config, extra).methods
 
 
-def method_lrs(config: Path, extra: list[str], specs: list[str]) -> dict[str, list[float]]:
+def method_lrs(methods: dict[str, dict], specs: list[str]) -> dict[str, list[float]]:
     """Each method's learning rates: ``1e-3,3e-3`` for every method, ``full=1e-3,3e-3`` for one."""
-    methods = grid_methods(config, extra)
     out: dict[str, list[float]] = {}
     for spec in specs:
         name, _, lrs = spec.rpartition("=")
@@ -123,13 +122,14 @@ def main(argv: list[str] | None = None) -> None:
         + list(args.set)
     if args.smoke:
         warmups, extra = warmups[-1:], extra + SMOKE
-    grid = method_lrs(args.config, extra, args.lrs or ["3e-4,1e-3,3e-3"])
+    all_methods = grid_methods(args.config, extra)
+    grid = method_lrs(all_methods, args.lrs or ["3e-4,1e-3,3e-3"])
     if args.smoke:
         grid = {m: lrs[:1] for m, lrs in grid.items()}
     t0 = time.perf_counter()
     rows = []
     for lr in sorted({lr for lrs in grid.values() for lr in lrs}):
-        methods = {m: spec for m, spec in grid_methods(args.config, extra).items() if lr in grid[m]}
+        methods = {m: spec for m, spec in all_methods.items() if lr in grid[m]}
         for w in warmups:
             rows += run_point(args.config, lr, w, [*extra, f"methods={json.dumps(methods)}"], args.cache)
             print(f"lr {lr:g}, warmup {w:g} ({', '.join(methods)}): done ({time.perf_counter() - t0:.0f} s)",

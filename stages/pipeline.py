@@ -38,7 +38,7 @@ from mad_pipeline.pipeline.config import PipelineConfig
 from mad_pipeline.pipeline.plan import Stage
 from mad_pipeline.pipeline.resolve import Resolver
 from mad_pipeline.pipeline.schema import settings_keys
-from mad_pipeline.students.weights import INITS, PRETRAIN_STAGE
+from mad_pipeline.students.weights import PRETRAIN_STAGE, RUN_INITS
 from mad_pipeline.tasks import task_names
 
 from . import distill as distill_stage
@@ -78,7 +78,7 @@ def schema() -> dict[str, Any]:
         "weights": {"kind": "path"}, "text_weights": {"kind": "path"},  # local files, relative to the YAML
         "precision": {"choices": ("auto", "fp32", "bf16")},
         "subset_seed": {"min": 0}, "vocab_min_count": {"min": 1}, "extract_batch_size": {"min": 1},
-        "init": {"choices": (*INITS, PRETRAIN_STAGE),
+        "init": {"choices": RUN_INITS,
                  "help": "the students' initial weights: pretrained (the preset's own: vilt-tiny the shipped "
                          "shapes-vilt-tiny), scratch, or student-pretrain (the output of this config's "
                          "student-pretrain stage, its settings under student_pretrain:)"},

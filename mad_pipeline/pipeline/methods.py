@@ -61,7 +61,7 @@ METHOD_SETTINGS = ("train", "init")
 
 
 def _method_settings(body: dict[str, Any], source: str, key: str) -> dict[str, Any]:
-    from ..students.weights import INITS, PRETRAIN_STAGE
+    from ..students.weights import RUN_INITS
 
     out: dict[str, Any] = {}
     train = body.get("train")
@@ -76,7 +76,7 @@ def _method_settings(body: dict[str, Any], source: str, key: str) -> dict[str, A
         out["train"] = {k: check_value(x, section[k], source, f"{key}.train.{k}") for k, x in train.items()
                         if x is not None}
     if body.get("init") is not None:
-        out["init"] = check_value(body["init"], Key("str", choices=(*INITS, PRETRAIN_STAGE)), source, f"{key}.init")
+        out["init"] = check_value(body["init"], Key("str", choices=RUN_INITS), source, f"{key}.init")
     return out
 
 

@@ -22,6 +22,7 @@ from .base import StudentError
 
 INITS = ("pretrained", "scratch")
 PRETRAIN_STAGE = "student-pretrain"  # mad run's init: the config's own student-pretrain stage
+RUN_INITS = (*INITS, PRETRAIN_STAGE)  # the inits a mad run config may name (its own, or a method's)
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "students"
 PRESET_WEIGHTS: dict[str, str | Path] = {
     "vilt-tiny": SHIPPED_DIR / "shapes-vilt-tiny",
@@ -48,4 +49,4 @@ def resolve_init(student: str, init: str, pretrained: str | Path | None = None) 
     return str(weights)
 
 
-__all__ = ["INITS", "PRESET_WEIGHTS", "PRETRAIN_STAGE", "SHIPPED_DIR", "resolve_init"]
+__all__ = ["INITS", "PRESET_WEIGHTS", "PRETRAIN_STAGE", "RUN_INITS", "SHIPPED_DIR", "resolve_init"]

@@ -141,7 +141,7 @@ def created_here(student: torch.nn.Module, objective: torch.nn.Module) -> set[in
 
 def param_groups(params: list, created: set[int], cfg: TrainConfig) -> list[dict]:
     """AdamW's groups: weight decay on matrices only; the parameters in ``created`` at ``head_lr_mult`` times the
-    schedule's learning rate (``lr_mult`` of each group, read by the trainer at every step). At the default
+    schedule's learning rate (``lr_mult`` of each group, which the trainer keeps). At the default
     multiplier 1 they are the two groups they always were, so earlier checkpoints resume."""
     created = created if cfg.head_lr_mult != 1.0 else set()
     groups = []

@@ -103,8 +103,10 @@ class Trainer:
         self.early = early_stop  # dev evaluations, the best checkpoint, early stopping (None: a fixed budget)
         self._grid_checked = False
         self.params = list(dict.fromkeys(p for p in self.model.parameters() if p.requires_grad))
-        self.optimizer = torch.optim.AdamW(param_groups(self.params, created_here(self.student, self.objective), cfg),
-                                           lr=cfg.lr, betas=cfg.betas, foreach=False)
+        groups = param_groups(self.params, created_here(self.student, self.objective), cfg)
+        # each group's multiplier of the schedule's lr, from the config (a loaded checkpoint's groups may predate it)
+        self.lr_mults = [g["lr_mult"] for g in groups]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=False)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # random token selection
         sampler = ChunkShuffleSampler(train_data.image_rows(), max(1, int(train_data.image_chunk_rows)),
                                       cfg.buffer_chunks, cfg.seed)
@@ -298,8 +300,8 @@ class Trainer:
         step_times: list[float] = []
         while self.step < cfg.steps and not (self.early is not None and self.early.stopped):
             t_step = time.perf_counter()
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(cfg, self.step) * group["lr_mult"]
+            for group, mult in zip(self.optimizer.param_groups, self.lr_mults, strict=True):
+                group["lr"] = lr_at(cfg, self.step) * mult
             for i in range(cfg.grad_accum):
                 losses = self._micro_step(next(stream), last=i == cfg.grad_accum - 1)
                 self.micro += 1
