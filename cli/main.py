@@ -3,6 +3,7 @@ module and attaches itself to them when imported; :func:`_register` imports them
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -23,6 +24,9 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stdout.isatty():  # a log file or a pipe: each line as it is printed, not at exit (4 KB blocks)
+        with contextlib.suppress(AttributeError, ValueError):
+            sys.stdout.reconfigure(line_buffering=True)
     if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:  # answered before importing every command
         typer.echo(f"mad {package_version()}")
         sys.exit(0)

@@ -1,5 +1,9 @@
 """Rich progress bars with a rate column, shared by long-running library loops.
 
+On a terminal they are live bars. Written to a file or a pipe (a batch job's log, ``mad run ... 2> log``) a live bar
+draws nothing until it ends, so there each task is a plain line instead, every :data:`LOG_EVERY_ENV` seconds (default
+30) and once when it ends: ``training: 120/500 step (24%), 2.4 step/s, elapsed 0:00:50, eta 0:02:38, loss 1.23``.
+
 :func:`make_progress` is one rich ``Progress`` (on stderr) for a stage that shows several bars of its own.
 :func:`progress_bar` is one bar with a rate and an ETA from its total (training steps, evaluation batches): shown in
 the bar already on screen when there is one (evaluation inside training adds a row below the training bar and removes
@@ -10,8 +14,10 @@ it when done), else in a new display. :func:`quiet_library_bars` hides the bars 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import os
 import sys
+import threading
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -56,9 +62,89 @@ class InfoColumn(ProgressColumn):
         return Text(str(task.fields.get("info", "")), style="progress.description")
 
 
+LOG_EVERY_ENV = "MAD_PROGRESS_EVERY"  # seconds between a log file's progress lines
+LOG_EVERY_DEFAULT = 30.0
+
+
+def log_every() -> float:
+    """Seconds between the progress lines of a log file (``MAD_PROGRESS_EVERY``, default 30; at least 0.1)."""
+    try:
+        return max(0.1, float(os.environ.get(LOG_EVERY_ENV, LOG_EVERY_DEFAULT)))
+    except ValueError:
+        return LOG_EVERY_DEFAULT
+
+
+def _clock(seconds: float | None) -> str:
+    return "-:--:--" if seconds is None else str(_dt.timedelta(seconds=int(seconds)))
+
+
+def task_line(task) -> str:
+    """One task's progress as a plain line: done/total, percent, rate, elapsed, eta and its ``info``."""
+    unit = task.fields.get("unit", "it")
+    done = f"{task.completed:,.0f}"
+    if task.total:
+        done += f"/{task.total:,.0f} {unit} ({100 * task.completed / task.total:.0f}%)"
+    else:
+        done += f" {unit}"
+    elapsed = task.finished_time if task.finished else task.elapsed
+    speed = task.finished_speed or task.speed or (task.completed / elapsed if task.completed and elapsed else None)
+    parts = [f"{task.description}: {done}"]
+    parts.append("- " + unit + "/s" if not speed else
+                 f"{1 / speed:,.1f} s/{unit}" if speed < 1 else f"{speed:,.1f} {unit}/s")
+    parts.append(f"elapsed {_clock(elapsed)}")
+    if task.total and not task.finished:
+        parts.append(f"eta {_clock(task.time_remaining)}")
+    info = str(task.fields.get("info", "") or "")
+    return ", ".join(parts) + (f", {info}" if info else "")
+
+
+class LogProgress(Progress):
+    """A ``Progress`` for a log file: no live display; each unfinished task as a line (:func:`task_line`) every
+    ``every`` seconds, and a last line when it is removed (if it lived that long) or when the display stops."""
+
+    def __init__(self, *columns, every: float | None = None, **kwargs):
+        super().__init__(*columns, **kwargs)
+        self.every = log_every() if every is None else every
+        self._stop_lines = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _print(self, tasks) -> None:
+        for t in tasks:
+            if t.visible:
+                self.console.print(task_line(t), markup=False, highlight=False, soft_wrap=True)
+
+    def _loop(self) -> None:
+        while not self._stop_lines.wait(self.every):
+            with self._lock:
+                tasks = [t for t in self.tasks if not t.finished]
+            self._print(tasks)
+
+    def start(self) -> None:  # no live display at all (on a file it would only add a blank line at the end)
+        if self._thread is None and not self.disable:
+            self._stop_lines.clear()
+            self._thread = threading.Thread(target=self._loop, name="mad-progress-lines", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop_lines.set()
+            self._thread.join()
+            self._thread = None
+            self._print(self.tasks)
+
+    def remove_task(self, task_id: TaskID) -> None:
+        with self._lock:
+            task = self._tasks.get(task_id)
+        if task is not None and (task.elapsed or 0) >= self.every:
+            self._print([task])
+        super().remove_task(task_id)
+
+
 def make_progress(enabled: bool = True) -> Progress | contextlib.nullcontext:
+    """The stage's progress display on stderr: live bars on a terminal, :class:`LogProgress` lines elsewhere."""
     console = Console(file=sys.stderr)
-    return Progress(
+    cls = Progress if console.is_terminal or console.is_jupyter else LogProgress
+    return cls(
         TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), RateColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), InfoColumn(), console=console,
         disable=not enabled, transient=False,
@@ -122,4 +208,5 @@ def quiet_library_bars() -> None:
         disable_progress_bars()
 
 
-__all__ = ["Bar", "InfoColumn", "RateColumn", "make_progress", "progress_bar", "quiet_library_bars"]
+__all__ = ["LOG_EVERY_ENV", "Bar", "InfoColumn", "LogProgress", "RateColumn", "log_every", "make_progress",
+           "progress_bar", "quiet_library_bars", "task_line"]

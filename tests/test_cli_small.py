@@ -1,6 +1,7 @@
 """The small things of the command line: ``mad --version``, shell completion, Click's parse errors as one
-``error:`` line, ``mad teachers`` at 80 columns, ``mad store info`` / ``verify`` by key or key prefix (and ``~`` in
-paths), ``mad store ls`` telling two stores of one teacher apart."""
+``error:`` line, progress as plain lines with a rate in a log file, ``mad teachers`` at 80 columns, ``mad store
+info`` / ``verify`` by key or key prefix (and ``~`` in paths), ``mad store ls`` telling two stores of one teacher
+apart."""
 
 from __future__ import annotations
 
@@ -129,6 +130,42 @@ def test_help_and_exit_codes_still_work(capsys):
 
 
 # ------------------------------------------------------------------ mad teachers at 80 columns
+def test_progress_in_a_log_file_is_plain_lines_with_a_rate(tmp_path):
+    """stderr redirected to a file: no live bar (which would draw nothing until the end) but a line per task every
+    MAD_PROGRESS_EVERY seconds and a last one when it ends; stdout's lines reach the file as they are printed."""
+    err, out = tmp_path / "err.log", tmp_path / "out.log"
+    with err.open("w") as e, out.open("w") as o:
+        subprocess.run([sys.executable, "-m", "mad_pipeline.cli", "datasets", "make", "shapes", "--out",
+                        str(tmp_path / "w"), "--size", "40"], stdout=o, stderr=e, check=True,
+                       env={**os.environ, "MAD_PROGRESS_EVERY": "0.05"})
+    lines = err.read_text().splitlines()
+    line = r"shapes world: (\d+)/70 img \((\d+)%\), [\d.,]+ (img/s|s/img), elapsed \d:\d\d:\d\d"
+    assert lines and all(re.fullmatch(line + r"(, eta \d:\d\d:\d\d)?", ln) for ln in lines), lines
+    assert re.fullmatch(line, lines[-1]) and lines[-1].startswith("shapes world: 70/70 img (100%)")
+    assert not BOX & set(err.read_text()) and "\u2501" not in err.read_text()
+    assert "shapes world (seed 0)" in out.read_text()
+
+
+def test_nested_progress_rows_in_a_log(capsys, monkeypatch):
+    """A bar inside another (evaluation inside training): its last line only when it lived a full interval."""
+    import time
+
+    from mad_pipeline.progress import progress_bar
+
+    monkeypatch.setenv("MAD_PROGRESS_EVERY", "0.2")
+    with progress_bar("training", 3, unit="step") as bar:
+        with progress_bar("quick eval", 2, unit="batch") as b:
+            b.advance(2)
+        with progress_bar("slow eval", 2, unit="batch") as b:
+            time.sleep(0.3)
+            b.advance(2)
+        bar.advance(3)
+        bar.info("loss 0.5")
+    err = capsys.readouterr().err
+    assert "quick eval" not in err and "slow eval: 2/2 batch (100%)" in err
+    assert err.splitlines()[-1].startswith("training: 3/3 step (100%)") and err.splitlines()[-1].endswith("loss 0.5")
+
+
 def test_teachers_readable_at_80_columns(capsys):
     from mad_pipeline.stages import teachers as stage
 
