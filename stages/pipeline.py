@@ -252,9 +252,9 @@ class _Runner(Resolver):
     def _distill_cfg(self, method: str, fraction: float, seed: int, subset_seed: int, out: Path,
                      pretrained: Path | None = None) -> DistillConfig:
         """The DistillConfig of one run: the YAML's settings (:data:`YAML_KEYS`), then what the plan decides
-        (``pretrained``: the weights of the config's student-pretrain stage); the method's own ``train:`` and
-        ``init`` over the config's."""
-        values = config_lib.for_method(self.v, method)
+        (``pretrained``: the weights of the config's student-pretrain stage); the fraction's own ``train:`` (its
+        ``per_fraction`` entry) and the method's own ``train:`` and ``init`` over the config's."""
+        values = config_lib.for_run(self.v, method, fraction)
         from_yaml = {name: config_lib.lookup(values, key) for name, key in YAML_KEYS.items()}
         if from_yaml["init"] == PRETRAIN_STAGE:
             from_yaml.update(init="pretrained", pretrained=str(pretrained) if pretrained else None)

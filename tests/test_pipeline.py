@@ -204,6 +204,30 @@ def test_each_method_trains_with_its_own_lr_and_init(setup):
     assert all(s["status"] == "cached" for s in again["stages"] if s["kind"] != "report")
 
 
+def test_a_fraction_trains_with_its_own_step_cap(setup):
+    """``per_fraction`` gives the runs at one training fraction their own ``train:`` settings (a larger step cap where
+    there is more data): those runs train with them and get new keys; the other fraction's runs stay cached; a
+    method's own ``train:`` settings apply over the fraction's."""
+    _, _, first = setup
+    old = {s["id"]: s["key"] for s in first["stages"]}
+    res = last_json(_run(setup, "per_fraction={1.0: {train: {steps: 3, lr: 0.02}}}", "methods.full.train.lr=0.0123",
+                         "seeds=[0]", "--json"))
+    runs = {s["id"]: s for s in _by_kind(res)["distill"]}
+    assert runs["distill:baseline@0.5/s0"]["status"] == "cached"
+    assert runs["distill:baseline@0.5/s0"]["key"] == old["distill:baseline@0.5/s0"]
+    assert runs["distill:baseline@1/s0"]["status"] == runs["distill:full@1/s0"]["status"] == "ran"
+
+    def trained(run_id):
+        run = json.loads((Path(runs[run_id]["path"]) / "run" / "run.json").read_text())
+        metrics = json.loads((Path(runs[run_id]["path"]) / "run" / "metrics.json").read_text())
+        return run["fingerprint"]["train"], metrics["steps"]
+
+    assert trained("distill:baseline@1/s0") == ({**trained("distill:baseline@1/s0")[0], "steps": 3, "lr": 0.02}, 3)
+    full_train, full_steps = trained("distill:full@1/s0")
+    assert full_train["steps"] == 3 and full_train["lr"] == 0.0123 and full_steps == 3  # the method's lr wins
+    assert trained("distill:full@0.5/s0")[0]["steps"] == 2
+
+
 def test_bad_yaml_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "exp-bad.yaml"
     bad.write_text("task: vqa\n  data: [\n")
@@ -224,6 +248,10 @@ def test_bad_yaml_is_one_line_exit_2(tmp_path):
     (CONFIG, ("methods.full.init=nope",), r"methods\.full\.init: 'nope' is not one of pretrained, scratch"),
     (CONFIG, ("methods.full.train.batch_size=0",), r"methods\.full\.train\.batch_size: "),
     (CONFIG, ("methods.full.lr=1",), r"unknown key methods\.full\.lr \(known: .*train"),
+    (CONFIG, ("per_fraction={0.2: {train: {steps: 3}}}",), r"per_fraction\.0\.2: not one of the config's fractions"),
+    (CONFIG, ("per_fraction={1.0: {train: {stpes: 3}}}",), r"unknown key per_fraction\.1\.0\.train\.stpes \(known: "),
+    (CONFIG, ("per_fraction={1.0: {steps: 3}}",), r"unknown key per_fraction\.1\.0\.steps \(known: train\)"),
+    (CONFIG, ("per_fraction={1.0: {train: {patience: 2}}}",), r"per_fraction\.1\.train: .*--patience 2"),
 ])
 def test_bad_config_is_one_line_exit_2(inproc, tiny_clip, tmp_path, content, override, expect):
     import re

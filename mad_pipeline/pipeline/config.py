@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .fractions import check_per_fraction, for_run, parse_per_fraction
 from .methods import METHOD_SETTINGS, for_method, inits, mad_config, parse_methods
 from .schema import (
     DEFAULT_METHODS,
@@ -108,6 +109,8 @@ def schema(settings: Mapping[str, Key]) -> dict[str, Any]:
         "seeds": Key("ints", [0], check=_seeds_check, help="training seeds (each also picks its subset)"),
         "per_task": Key("custom", {}, parse=parse_per_task, help="a study over several tasks: settings of one task, as "
                         "the YAML's keys (per_task: {vcr: {train: {batch_size: 16}}})"),
+        "per_fraction": Key("custom", {}, parse=parse_per_fraction, help="train settings of the runs at one training "
+                            "fraction, over the config's (per_fraction: {1.0: {train: {steps: 3000}}})"),
         **top_level_train_keys(),
         "cache": Key("path", help="cache root (default: MAD_CACHE, else the user cache dir)"),
         "out": Key("path", help="also copy the report here"),
@@ -312,6 +315,7 @@ def _check_whole(values: dict[str, Any], source: str) -> None:
                 train_config(for_method(values, name))
             except InputError as e:
                 raise InputError(f"{source}: methods.{name}.train: {e}") from None
+    check_per_fraction(values, source, train_config)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -331,6 +335,6 @@ def train_config(values: dict[str, Any], seed: int = 0):
     return TrainConfig(**train_kwargs(values), seed=seed)
 
 
-__all__ = ["BUNDLED_DIR", "METHOD_SETTINGS", "PipelineConfig", "bundled_config", "for_method", "for_task",
-           "from_dict", "inits", "load_config", "lookup", "mad_config", "parse_tasks", "schema", "tasks_of",
+__all__ = ["BUNDLED_DIR", "METHOD_SETTINGS", "PipelineConfig", "bundled_config", "for_method", "for_run",
+           "for_task", "from_dict", "inits", "load_config", "lookup", "mad_config", "parse_tasks", "schema", "tasks_of",
            "train_config", "train_kwargs"]

@@ -36,6 +36,7 @@ from ..tasks import task_class
 from ..training.config import TrainConfig
 from . import plan as plan_lib
 from .config import train_config
+from .fractions import for_run
 from .methods import for_method, inits, mad_config
 from .plan import Stage
 
@@ -200,7 +201,8 @@ class Resolver:
             return None
         m = st.meta
         mad = mad_config(self.v, m["method"], self.source)
-        train = keyed(TrainConfig, dataclasses.asdict(train_config(for_method(self.v, m["method"]), m["seed"])))
+        run_values = for_run(self.v, m["method"], m["fraction"])
+        train = keyed(TrainConfig, dataclasses.asdict(train_config(run_values, m["seed"])))
         params = {"method": m["method"], "task": self.task, "reader": self.reader,
                   "train_split": self.v["data"]["train_split"], "eval_split": self.eval_split,
                   "student": self.v["student"], "pretrained": self._init_identity(st),

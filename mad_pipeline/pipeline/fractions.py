@@ -1,0 +1,74 @@
+"""A training fraction's own settings in a ``mad run`` config, and the settings one run trains with.
+
+``per_fraction: {1.0: {train: {steps: 3000}}}`` gives the runs at one training fraction their own ``train:``
+settings over the config's: a larger step cap where there is more data to learn from, for instance, while early
+stopping ends the small fractions' runs long before it. A method's own ``train:`` settings
+(``methods.<name>.train``) apply over both. A run's settings are in its key, so only the runs whose settings change
+are trained again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InputError
+from .methods import for_method
+from .schema import check_value, show, train_section
+
+
+def parse_per_fraction(v: Any, source: str, key: str) -> dict[float, dict[str, Any]]:
+    """``{1.0: {train: {steps: 3000}}}`` -> ``{1.0: {"train": {...}}}``, each train key checked like the ``train:``
+    section's."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise InputError(f"{source}: {key}: expected a mapping fraction -> {{train: {{...}}}}, got {show(v)}")
+    section = train_section()
+    out: dict[float, dict[str, Any]] = {}
+    for f, body in v.items():
+        where = f"{key}.{f}"
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1:
+            raise InputError(f"{source}: {where}: {show(f)} is not a training fraction in (0, 1]")
+        if not isinstance(body, dict) or set(body) - {"train"}:
+            extra = sorted(set(body) - {"train"}) if isinstance(body, dict) else None
+            what = f"unknown key {where}.{extra[0]} (known: train)" if extra else \
+                f"{where}: expected {{train: {{steps: ...}}}}, got {show(body)}"
+            raise InputError(f"{source}: {what}")
+        train = body.get("train") or {}
+        if not isinstance(train, dict):
+            raise InputError(f"{source}: {where}.train: expected a mapping of train settings, got {show(train)}")
+        for k in train:
+            if k not in section:
+                raise InputError(f"{source}: unknown key {where}.train.{k} (known: {', '.join(sorted(section))})")
+        out[float(f)] = {"train": {k: check_value(x, section[k], source, f"{where}.train.{k}")
+                                   for k, x in train.items() if x is not None}}
+    return out
+
+
+def for_run(values: dict[str, Any], method: str, fraction: float) -> dict[str, Any]:
+    """The config's values as the run of ``method`` at ``fraction`` trains with them: the config's ``train:``, then
+    the fraction's own, then the method's own (and the method's ``init``)."""
+    own = (values.get("per_fraction") or {}).get(float(fraction))
+    if not own or not own.get("train"):
+        return for_method(values, method)
+    base = dict(values)
+    base["train"] = {**values["train"], **own["train"]}
+    return for_method(base, method)
+
+
+def check_per_fraction(values: dict[str, Any], source: str, train_config) -> None:
+    """Each ``per_fraction`` entry names one of the config's fractions, and makes valid trainer settings with every
+    method (``train_config``: values -> TrainConfig, raising :class:`InputError`)."""
+    fractions = [float(f) for f in values["fractions"]]
+    for f in values.get("per_fraction") or {}:
+        if f not in fractions:
+            raise InputError(f"{source}: per_fraction.{f:g}: not one of the config's fractions "
+                             f"({', '.join(f'{x:g}' for x in fractions)})")
+        for name in values["methods"]:
+            try:
+                train_config(for_run(values, name, f))
+            except InputError as e:
+                raise InputError(f"{source}: per_fraction.{f:g}.train: {e}") from None
+
+
+__all__ = ["check_per_fraction", "for_run", "parse_per_fraction"]
