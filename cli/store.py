@@ -195,11 +195,12 @@ def pull_cmd(key: str = typer.Argument(..., help="Store key (a unique prefix wor
 
 @store_app.command("gc", help="Clean the local cache: remove incomplete stores (interrupted builds, pulls and "
                    "pushes) that no live process holds, and with --older-than complete stores that no lookup has "
-                   "served for that many days. Never touches a store whose key is locked, nor a shared cache.\n\n"
+                   "served for that many days; the same for training's text views under derived/ (rebuilt when "
+                   "needed). Never touches a store whose key is locked, nor a shared cache.\n\n"
                    "Examples:\n\n  mad store gc --dry-run\n\n  mad store gc --older-than 30")
 def gc_cmd(cache: str = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Local cache."),
-           older_than: float = typer.Option(None, "--older-than", help="Also remove complete stores unused for "
-                                            "this many days.", metavar="DAYS"),
+           older_than: float = typer.Option(None, "--older-than", help="Also remove complete stores (and text "
+                                            "views) unused for this many days.", metavar="DAYS"),
            dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
            as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")):
     from mad_pipeline.stages import store_share

@@ -9,7 +9,7 @@ Layout under the cache root (``--cache`` / ``MAD_CACHE`` / the user cache dir)::
     used/<key>                   touched whenever a lookup serves the key (``mad store gc --older-than``)
     quarantine/<kind>/<key>-<time>.zarr   corrupt stores moved aside by a lookup (kept for inspection, never served)
     derived/<area>/<key>.zarr    stores derived from published ones for one use (training's text views), rebuilt
-                                 whenever missing or damaged
+                                 whenever missing or damaged; marked in used/ when a run opens them
 
 A published store in the local cache is served only if it passes the checks that need no chunk reads (its chunk
 files all there with the bytes its manifest records, shapes that match the manifest: see
@@ -55,6 +55,7 @@ from .store.location import (
 from .store.transfer import pull_store
 
 SHARED_ENV = "MAD_SHARED_CACHE"
+DERIVED = "derived"  # stores derived from published ones for one use, local and rebuildable
 PULL_ENV = "MAD_PULL"
 
 
@@ -124,7 +125,7 @@ class Cache:
 
     def derived_path(self, area: str, key: str) -> Path:
         """Where a store derived from published ones lives (``derived/<area>/<key>.zarr``: local, rebuildable)."""
-        return self.root / "derived" / area / f"{key}.zarr"
+        return self.root / DERIVED / area / f"{key}.zarr"
 
     @property
     def stores_dir(self) -> Path:
@@ -137,6 +138,10 @@ class Cache:
     def store_entries(self) -> list[Path]:
         """Everything under ``stores/<kind>/``, sorted: stores with or without a manifest, leftovers of removals."""
         return sorted(self.root.glob(f"{STORES}/*/*"))
+
+    def derived_entries(self) -> list[Path]:
+        """Everything under ``derived/<area>/``, sorted: derived stores, and builds killed before their rename."""
+        return sorted(self.root.glob(f"{DERIVED}/*/*"))
 
     def partial_entries(self) -> list[Path]:
         """Everything under ``partial/<kind>/``, sorted: builds, pulls and pushes under way or interrupted."""
@@ -216,10 +221,11 @@ class Cache:
         except OSError:
             pass
 
-    def last_used(self, kind: str, key: str) -> float:
-        """Seconds since the epoch of the last lookup that served the key (or of its publication)."""
+    def last_used(self, kind: str, key: str, path: Path | None = None) -> float:
+        """Seconds since the epoch of the last lookup that served the key (or of its publication: the root metadata
+        of ``path``, by default the published store of ``kind``)."""
         times = []
-        for p in (self.root / "used" / key, self.store_path(kind, key) / "zarr.json"):
+        for p in (self.root / "used" / key, (path or self.store_path(kind, key)) / "zarr.json"):
             with contextlib.suppress(OSError):
                 times.append(p.stat().st_mtime)
         return max(times, default=0.0)

@@ -147,7 +147,9 @@ def gc(cfg: GcConfig) -> GcResult:
     - ``partial/*/*``: unfinished builds, pulls and pushes, unless a live process holds the key's lock
       (an interrupted build's resumable progress goes with it);
     - entries of ``stores/`` without a manifest, and leftovers of earlier removals (``.*.trash-*``);
-    - with ``older_than_days``: complete stores whose key no lookup has served for that long, unless locked.
+    - with ``older_than_days``: complete stores whose key no lookup has served for that long, unless locked;
+    - ``derived/`` (training's text views, rebuilt whenever missing): builds killed before their rename and entries
+      without a manifest, unless locked; with ``older_than_days``, views no run has opened for that long.
 
     Lock files are kept (removing one could let two builders hold "the" lock on different files).
     """
@@ -168,6 +170,17 @@ def gc(cfg: GcConfig) -> GcResult:
             age = (now - cache.last_used(p.parent.name, key)) / 86400
             if age > cfg.older_than_days:
                 _consider(cache, p, key, f"not used for {age:.1f} days", res, cfg.dry_run)
+    for p in cache.derived_entries():
+        key = _key_of(p.name)
+        if p.name.endswith(".tmp"):
+            _consider(cache, p, key, "unfinished derived store (its build was killed)", res, cfg.dry_run)
+        elif not is_complete(p, key):
+            _consider(cache, p, key, "derived store without a manifest", res, cfg.dry_run)
+        elif cfg.older_than_days is not None and key is not None:
+            age = (now - cache.last_used(p.parent.name, key, p)) / 86400
+            if age > cfg.older_than_days:
+                _consider(cache, p, key, f"derived store not used for {age:.1f} days (rebuilt when needed)", res,
+                          cfg.dry_run)
     return res
 
 

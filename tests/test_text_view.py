@@ -93,6 +93,42 @@ def test_damaged_or_half_written_view_is_built_again(scaled):
     assert data.text_view is None and len(logs) == 1 and logs[0].startswith("warning: text view not built"), logs
 
 
+def test_gc_removes_killed_builds_and_unused_views_never_locked(scaled, tmp_path):
+    """``mad store gc`` cleans ``derived/``: a build killed before its rename always (unless its key is locked);
+    with ``--older-than``, a view no run has opened for that long. A run then builds it again."""
+    import os
+    import time
+
+    from mad_pipeline.cache import Cache
+    from mad_pipeline.stages import store_share
+
+    data = _data(scaled)
+    plan = text_view.plan_for(data)
+    cache = tmp_path / "cache"
+    path, built = text_view.ensure_view(cache, data.stores.text, plan, progress=False)
+    view = Path(path)
+    key = view.name.removesuffix(".zarr")
+    stale = view.parent / f".{key}.1-deadbeef.tmp"
+    shutil.copytree(view, stale)
+
+    def gc(days=None):
+        return store_share.gc(store_share.GcConfig(cache=cache, older_than_days=days))
+
+    assert built and [Path(r["path"]) for r in gc().removed] == [stale] and text_view.usable(view, key)
+    assert not gc(5).removed  # just used
+    old = time.time() - 10 * 86400
+    for p in (view / "zarr.json", cache / "used" / key):
+        os.utime(p, (old, old))
+    with Cache(cache).lock(key):
+        res = gc(5)
+    assert not res.removed and [r["key"] for r in res.kept] == [key] and view.exists()
+    res = gc(5)
+    assert [Path(r["path"]) for r in res.removed] == [view] and "not used for 10.0 days" in res.removed[0]["reason"]
+    assert not view.exists()
+    assert text_view.ensure_view(cache, data.stores.text, plan, progress=False) == (path, True)
+    assert not gc(5).removed
+
+
 def test_plan_aligns_view_chunks_with_image_chunks():
     image_rows = np.array([5, 0, 1, 4, 0, 9, 2, 2, 8, 1])  # chunks of 4 image rows: 6 samples, 2, 2
     plan = text_view.plan_view(image_rows, np.arange(10) * 10, image_chunk_rows=4, row_bytes=100)

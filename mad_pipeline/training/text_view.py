@@ -168,6 +168,7 @@ def ensure_view(cache_root: str | Path, text_store: str, plan: ViewPlan, log: Ca
         raise StoreError(f"{text_store}: the text store's manifest has no cache key")
     key = plan.key(str(text_key))
     final = cache.derived_path(AREA, key)
+    cache.mark_used(key)  # for `mad store gc --older-than`
     if usable(final, key):
         return str(final), False
     with cache.lock(key, on_wait=lambda: log(f"text view {key[:12]}: another process is building it; waiting")):
