@@ -316,20 +316,41 @@ class _Runner(Resolver):
         summary = {"metric": res["metric"], "value": res["value"], "n": res["n"]}
         return res, summary, "ran"
 
+    def _references(self, st: Stage, evals: list) -> dict[str, dict[str, float]]:
+        """Per evaluated split, the plot's reference lines (see :func:`_split_references`); the task as the runs
+        fitted it (their answer vocabulary), read from one of them."""
+        from mad_pipeline.data import load_dataset
+        from mad_pipeline.tasks import get_task
+
+        if not evals:
+            return {}
+        task = get_task(self.task, vqa_eval=self.v["vqa_eval"]).load(Path(self.dep(evals[0], "distill")
+                                                                          .record["path"]) / "run")
+        stores = {}
+        for d in st.deps.values():
+            ex = self.by_id[d]
+            if ex.kind == "extract" and ex.record is not None:
+                zs = (ex.record.get("result", {}).get("stores") or {}).get("zeroshot")
+                hit = self.cache.find("zeroshot", zs["key"]) if zs else None
+                stores[ex.meta["split"]] = hit.path if hit else None
+        train = load_dataset(self.reader, self.data_root, split=self.v["data"]["train_split"]).samples
+        return {split: _split_references(task, train, load_dataset(self.reader, self.data_root, split=split).samples,
+                                         stores.get(split))
+                for split in dict.fromkeys(e.meta["split"] for e in evals)}
+
     def _run_report(self, st: Stage):
         from mad_pipeline.tasks import task_class
 
         records = []
-        for eid in st.deps.values():
-            e = self.by_id[eid]
+        evals = [e for e in (self.by_id[d] for d in st.deps.values()) if e.kind == "eval"]
+        refs = self._references(st, evals)
+        for e in evals:
             s = e.record["summary"]
             d = self.dep(e, "distill")
-            met = d.record.get("result", {}).get("metrics", {})
             rec = {"method": e.meta["method"], "fraction": e.meta["fraction"], "seed": e.meta["seed"],
                    "split": e.meta["split"], "metric": s["metric"], "value": s["value"], "task": self.task,
                    "source": str((Path(d.record["path"]) / "run").resolve())}
-            records.append({**rec, "references": met.get("references") if e.meta["split"] == met.get("eval_split")
-                            else {}})
+            records.append({**rec, "references": refs.get(e.meta["split"], {})})
             scores = e.record.get("result", {}).get("metrics") or {}
             for key, _title in task_class(self.task).study_metrics:  # VCR: QA->R and Q->AR beside Q->A
                 if key in scores:
@@ -337,6 +358,13 @@ class _Runner(Resolver):
         table = report_lib.aggregate(records, title=self.v["name"])
         files = report_lib.write_report(table, plan_lib.stage_dir(self.cache.root, "report", st.key), records=records)
         return {"table": table, "files": files, "records": records}, {"files": files}, "ran"
+
+
+def _split_references(task, train: list, samples: list, zeroshot_store: str | None) -> dict[str, float]:
+    """The reference levels of one evaluated split: the teacher's zero-shot accuracy (when its answers on the split
+    were extracted) and the task's own (majority answer, ...; from the whole training split)."""
+    zs = task.teacher_zeroshot(zeroshot_store, samples) if zeroshot_store else None
+    return {**({"teacher zero-shot": zs["value"]} if zs else {}), **task.references(train, samples)}
 
 
 def _scored_by_run(run_dir: Path, split: str, out: Path, vqa_eval: str) -> dict[str, Any] | None:

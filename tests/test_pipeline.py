@@ -228,6 +228,21 @@ def test_a_fraction_trains_with_its_own_step_cap(setup):
     assert trained("distill:full@0.5/s0")[0]["steps"] == 2
 
 
+def test_report_draws_reference_lines_on_every_evaluated_split(setup):
+    """The report's reference levels per split: the teacher's zero-shot accuracy (its answers on each evaluated
+    split are extracted for it), the majority answer and VQA's answer prior per question type, all from the data."""
+    _, _, first = setup
+    assert set(first["report"]["table"]["references"]["val"]) == {"teacher zero-shot", "majority",
+                                                                  "answer prior per type"}
+    res = last_json(_run(setup, "data.eval_splits=[test]", "fractions=[1.0]", "seeds=[0]", "--json"))
+    kinds = _by_kind(res)
+    assert {s["id"] for s in kinds["extract"]} >= {"extract:val", "extract:test"}
+    assert all(s["status"] == "cached" for s in kinds["distill"])
+    refs = res["report"]["table"]["references"]
+    assert set(refs) == {"val", "test"} and set(refs["test"]) == set(refs["val"])
+    assert refs["val"] == first["report"]["table"]["references"]["val"]
+
+
 def test_bad_yaml_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "exp-bad.yaml"
     bad.write_text("task: vqa\n  data: [\n")

@@ -68,22 +68,24 @@ def test_three_task_study_expands_into_each_tasks_stages(study_yaml, inproc, tmp
         own = [s for s in stages if s.meta.get("task") == task]
         assert all(s.id.startswith(f"{task}/") and s.label.startswith(f"{task}: ") for s in own)
         by_kind = {k: [s for s in own if s.kind == k] for k in ("extract", "distill", "eval", "report")}
-        # the training subset at 50% (seed 0), the whole training split, the evaluation split (test)
-        assert sorted(s.id for s in by_kind["extract"]) == [f"{task}/extract:test", f"{task}/extract:train",
-                                                            f"{task}/extract:train@0.5/s0"]
+        # the training subset at 50% (seed 0), the whole training split, the evaluation splits (test; shift: the
+        # teacher's zero-shot reference there)
+        assert sorted(s.id for s in by_kind["extract"]) == [f"{task}/extract:shift", f"{task}/extract:test",
+                                                            f"{task}/extract:train", f"{task}/extract:train@0.5/s0"]
         assert len(by_kind["distill"]) == 3 * 2 and len(by_kind["report"]) == 1
         assert sorted({s.meta["split"] for s in by_kind["eval"]}) == ["shift", "test"] and len(by_kind["eval"]) == 12
         full = next(s for s in by_kind["distill"] if s.meta["method"] == "full" and s.meta["fraction"] == 0.5)
         assert full.deps == {"data": "data:shapes", "train_stores": f"{task}/extract:train@0.5/s0",
                              "eval_stores": f"{task}/extract:test"}
-        assert set(by_kind["report"][0].deps.values()) == {s.id for s in by_kind["eval"]}
+        assert set(by_kind["report"][0].deps.values()) == {s.id for s in by_kind["eval"]} | {
+            f"{task}/extract:test", f"{task}/extract:shift"}
     # the plan through the CLI (dry run: nothing computed), and the one-task filter: that task's plain ids
     res = _json(inproc("run", str(study_yaml), "--dry-run", "--json"))
-    assert res["dry_run"] and len(res["stages"]) == 1 + 3 * (3 + 6 + 12 + 1)
+    assert res["dry_run"] and len(res["stages"]) == 1 + 3 * (4 + 6 + 12 + 1)
     assert {s["task"] for s in res["stages"] if s["kind"] != "data"} == set(TASKS)
     one = _json(inproc("run", str(study_yaml), "task=vcr", "--dry-run", "--json"))
     assert [s["id"] for s in one["stages"] if s["kind"] == "report"] == ["report"]
-    assert len(one["stages"]) == 1 + 3 + 6 + 12 + 1
+    assert len(one["stages"]) == 1 + 4 + 6 + 12 + 1
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("stage.json"))
 
 
@@ -132,7 +134,7 @@ def test_study_runs_per_task_and_the_one_task_config_reuses_it(study_yaml, inpro
     assert vcr["task"] == "vcr" and vcr["metrics"] == ["q2a", "qa2r", "q2ar"] and vcr["splits"] == ["test", "shift"]
     assert [(b[0], b[1]) for b in report_lib.blocks(vcr)] == [
         (m, s) for m in ("q2a", "qa2r", "q2ar") for s in ("test", "shift")]
-    assert "majority" in vcr["references"]["test"]  # the plot's reference line on the evaluation split
+    assert "majority" in vcr["references"]["test"] and "majority" in vcr["references"]["shift"]  # on every split
     snli = res["reports"]["snli-ve"]["table"]
     assert snli["metric"] == "accuracy" and "metrics" not in snli  # one metric: the table as before
     for task in ("snli-ve", "vcr"):

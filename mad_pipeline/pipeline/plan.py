@@ -86,6 +86,9 @@ def eval_split_of(values: dict[str, Any]) -> str:
     return values["data"]["eval_split"] or task_class(values["task"]).default_eval_split
 
 
+ZEROSHOT_DEP = "zeroshot:"  # a report's dependency on the extract stage of one evaluated split (+ its name)
+
+
 def expand(values: dict[str, Any]) -> list[Stage]:
     """The stages of a validated config (see :mod:`.config`), in execution order, without keys."""
     data = values["data"]
@@ -123,7 +126,8 @@ def expand(values: dict[str, Any]) -> list[Stage]:
             for seed in values["seeds"]:
                 ss = seed if values["subset_seed"] is None else values["subset_seed"]
                 extract_id(train_split, fraction, ss)
-        extract_id(eval_split, 1.0, 0)
+        for split in eval_splits:  # the eval split's stores; the others' for the teacher's zero-shot reference
+            extract_id(split, 1.0, 0)
 
     evals: list[str] = []
     for method, spec in values["methods"].items():
@@ -145,8 +149,10 @@ def expand(values: dict[str, Any]) -> list[Stage]:
                                         {"split": split}, deps={"distill": did, **data_dep},
                                         meta={**meta, "split": split}))
                     evals.append(eid)
+    # the report also reads the teacher's zero-shot answers on each evaluated split (its reference lines)
+    zeroshot = {f"{ZEROSHOT_DEP}{s}": extracts[(s, 1.0, None)] for s in eval_splits if (s, 1.0, None) in extracts}
     stages.append(Stage("report", "report", values["name"], {"name": values["name"]},
-                        deps={e: e for e in evals}))
+                        deps={**{e: e for e in evals}, **zeroshot}))
     # extraction first (all of it), then the runs: the order a person reads the plan in
     order = {k: i for i, k in enumerate(KINDS)}
     stages.sort(key=lambda s: order[s.kind] if s.kind in ("data", PRETRAIN_KIND, "extract") else len(KINDS))

@@ -240,13 +240,16 @@ class Resolver:
             "distill": d.key, "data": self.fingerprint(st.params["split"])}
 
     def _key_report(self, st: Stage):
-        evals = []
-        for eid in st.deps.values():
-            e = self.by_id.get(eid)
+        evals, zeroshot = [], {}
+        for did in st.deps.values():
+            e = self.by_id.get(did)
             if e is None or e.key is None or e.record is None:
                 return None
-            evals.append([e.meta["method"], e.meta["fraction"], e.meta["seed"], e.meta["split"], e.key])
-        return {**st.params, "task": self.task}, {"evals": evals}
+            if e.kind == "extract":  # an evaluated split's stores: the teacher's zero-shot reference on it
+                zeroshot[e.meta["split"]] = e.key
+            else:
+                evals.append([e.meta["method"], e.meta["fraction"], e.meta["seed"], e.meta["split"], e.key])
+        return {**st.params, "task": self.task}, {"evals": evals, "zeroshot": zeroshot}
 
 
 __all__ = ["Resolver"]

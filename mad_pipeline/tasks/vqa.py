@@ -303,6 +303,27 @@ class VQATask(Task):
                 out.append({"question_id": int(sid), "answer": str(lab[int(np.nanargmax(row))])})
         return out
 
+    def references(self, train_samples: Sequence[Sample], eval_samples: Sequence[Sample]) -> dict[str, float]:
+        """The majority answer and chance levels, and the **answer prior per question type** (VQA's "per Q-type
+        prior" baseline: each question answered with its type's most frequent ``multiple_choice_answer`` in the
+        training split, the overall most frequent one for a type never seen there)."""
+        out = super().references(train_samples, eval_samples)
+        by_type: dict[str, Counter] = {}
+        for s in train_samples:
+            answer, qtype = s.meta.get("multiple_choice_answer"), s.meta.get("question_type")
+            if answer is not None:
+                by_type.setdefault(str(qtype), Counter())[normalize_prediction(answer)] += 1
+        if not by_type or "majority" not in out:
+            return out
+        overall = sum(by_type.values(), Counter()).most_common(1)[0][0]
+        prior = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
+        records = [{"question_id": self.record_id(s), "answer": prior.get(str(s.meta.get("question_type")), overall)}
+                   for s in eval_samples]
+        res = self.headline(self.score(eval_samples, records))
+        if res is not None:
+            out["answer prior per type"] = float(res["value"])
+        return out
+
     # -- predictions and scoring
     def record_id(self, sample: Sample) -> int:
         return int(sample.meta["question_id"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 LOSS_KEYS = ("total", "task", "distill", "tok_v", "tok_t", "pool", "kd")
 REFERENCE_STYLE = {"teacher zero-shot": ("tab:purple", "--"), "majority": ("tab:gray", ":"),
-                   "chance": ("black", "-.")}
+                   "answer prior per type": ("tab:brown", ":"), "chance": ("black", "-.")}
 
 
 def metric_ylim(values) -> tuple[float, float]:
