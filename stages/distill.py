@@ -213,7 +213,7 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
 
     teacher_zs = (task.teacher_zeroshot(eval_stores.zeroshot, eval_data.samples)
                   if eval_stores is not None and eval_stores.zeroshot is not None else None)
-    references = {**({"teacher zero-shot": teacher_zs["value"]} if teacher_zs else {}), **data.references}
+    references = task.reference_lines(data.references, teacher_zs)
 
     # the run has started: claim the directory (a failure before this point leaves nothing in it)
     if d.is_main:

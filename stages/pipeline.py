@@ -317,8 +317,9 @@ class _Runner(Resolver):
         return res, summary, "ran"
 
     def _references(self, st: Stage, evals: list) -> dict[str, dict[str, float]]:
-        """Per evaluated split, the plot's reference lines (see :func:`_split_references`); the task as the runs
-        fitted it (their answer vocabulary), read from one of them."""
+        """Per evaluated split, the plot's reference lines: the teacher's zero-shot accuracy (from the split's
+        zero-shot store, when it was extracted) and the task's own levels (majority answer, ...; from the whole
+        training split). The task as the runs fitted it (their answer vocabulary), read from one of them."""
         from mad_pipeline.data import load_dataset
         from mad_pipeline.tasks import get_task
 
@@ -334,9 +335,12 @@ class _Runner(Resolver):
                 hit = self.cache.find("zeroshot", zs["key"]) if zs else None
                 stores[ex.meta["split"]] = hit.path if hit else None
         train = load_dataset(self.reader, self.data_root, split=self.v["data"]["train_split"]).samples
-        return {split: _split_references(task, train, load_dataset(self.reader, self.data_root, split=split).samples,
-                                         stores.get(split))
-                for split in dict.fromkeys(e.meta["split"] for e in evals)}
+        out = {}
+        for split in dict.fromkeys(e.meta["split"] for e in evals):
+            samples = load_dataset(self.reader, self.data_root, split=split).samples
+            zs = task.teacher_zeroshot(stores[split], samples) if stores.get(split) else None
+            out[split] = task.reference_lines(task.references(train, samples), zs)
+        return out
 
     def _run_report(self, st: Stage):
         from mad_pipeline.tasks import task_class
@@ -358,13 +362,6 @@ class _Runner(Resolver):
         table = report_lib.aggregate(records, title=self.v["name"])
         files = report_lib.write_report(table, plan_lib.stage_dir(self.cache.root, "report", st.key), records=records)
         return {"table": table, "files": files, "records": records}, {"files": files}, "ran"
-
-
-def _split_references(task, train: list, samples: list, zeroshot_store: str | None) -> dict[str, float]:
-    """The reference levels of one evaluated split: the teacher's zero-shot accuracy (when its answers on the split
-    were extracted) and the task's own (majority answer, ...; from the whole training split)."""
-    zs = task.teacher_zeroshot(zeroshot_store, samples) if zeroshot_store else None
-    return {**({"teacher zero-shot": zs["value"]} if zs else {}), **task.references(train, samples)}
 
 
 def _scored_by_run(run_dir: Path, split: str, out: Path, vqa_eval: str) -> dict[str, Any] | None:

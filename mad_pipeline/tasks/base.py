@@ -28,6 +28,7 @@ from ..data.base import Sample
 from ..errors import InputError
 
 ZS_FILL = -1.0e4  # zero-shot logit of an answer class the teacher did not score: probability exactly 0
+TEACHER_LINE = "teacher zero-shot"  # the reference line of the teacher's zero-shot accuracy on the plots
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,11 @@ class Task:
                     out["chance"] = 100.0 / self.num_classes
         return out
 
+    def reference_lines(self, references: dict[str, float], teacher_zs: dict[str, Any] | None) -> dict[str, float]:
+        """The plots' reference lines on an evaluated split: the teacher's zero-shot accuracy (``teacher_zs``: a
+        :meth:`teacher_zeroshot` result, None: no line), then ``references`` (:meth:`references`)."""
+        return {**({TEACHER_LINE: float(teacher_zs["value"])} if teacher_zs else {}), **references}
+
     def headline(self, result: dict[str, Any] | None) -> dict[str, Any] | None:
         """A :meth:`score` result with ``metric`` and ``value`` (the headline) in front."""
         if result is None:
@@ -285,4 +291,4 @@ def choice_field(record: dict[str, Any], field: str, n: int) -> int:
     return v
 
 
-__all__ = ["ZS_FILL", "Candidates", "Task", "ZeroShotSetup", "choice_field", "load_predictions"]
+__all__ = ["TEACHER_LINE", "ZS_FILL", "Candidates", "Task", "ZeroShotSetup", "choice_field", "load_predictions"]

@@ -15,8 +15,10 @@ import json
 import math
 from pathlib import Path
 
+from ..tasks.base import TEACHER_LINE
+
 LOSS_KEYS = ("total", "task", "distill", "tok_v", "tok_t", "pool", "kd")
-REFERENCE_STYLE = {"teacher zero-shot": ("tab:purple", "--"), "majority": ("tab:gray", ":"),
+REFERENCE_STYLE = {TEACHER_LINE: ("tab:purple", "--"), "majority": ("tab:gray", ":"),
                    "answer prior per type": ("tab:brown", ":"), "chance": ("black", "-.")}
 
 
