@@ -99,8 +99,9 @@ def test_gc_removes_killed_builds_and_unused_views_never_locked(scaled, tmp_path
     import os
     import time
 
-    from mad_pipeline.cache import Cache
     from mad_pipeline.stages import store_share
+
+    from mad_pipeline.cache import Cache
 
     data = _data(scaled)
     plan = text_view.plan_for(data)
