@@ -77,7 +77,7 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
     the world, the students' pretraining with ``init=student-pretrain``, and the evaluation splits' stores). Past
     ``deadline`` (perf_counter) the running shards are killed (their distill stages resume from checkpoints next
     time) and no new one starts. Returns the wall time."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from mad_pipeline.progress import make_progress
 
     todo = shards(values, args.jobs)
     if todo == [[]]:
@@ -89,9 +89,8 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
     t0 = time.perf_counter()
     running: list[tuple[subprocess.Popen, Path, list[str]]] = []
     n_total, done = len(todo), 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[rate]}")) as bar:
-        task = bar.add_task("shards (seed x fraction)", total=n_total, rate="")
+    with make_progress() as bar:  # a live bar on a terminal, a line every 30 s in a log file
+        task = bar.add_task("shards (task x seed x fraction)", total=n_total, unit="shard")
 
         def start(shard: list[str]) -> None:
             name = "_".join(s.replace("=", "").replace("[", "").replace("]", "") for s in shard)
@@ -114,7 +113,7 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
                     raise SystemExit(f"shard {' '.join(shard)} failed (exit {p.returncode}); log {path}:\n"
                                      f"{path.read_text()[-3000:]}")
                 done += 1
-                bar.update(task, completed=done, rate=f"{done / (time.perf_counter() - t0) * 60:.1f} shards/min")
+                bar.update(task, completed=done)
 
         first = True
         while todo or running:
