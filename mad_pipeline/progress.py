@@ -93,7 +93,10 @@ def task_line(task) -> str:
                  f"{1 / speed:,.1f} s/{unit}" if speed < 1 else f"{speed:,.1f} {unit}/s")
     parts.append(f"elapsed {_clock(elapsed)}")
     if task.total and not task.finished:
-        parts.append(f"eta {_clock(task.time_remaining)}")
+        eta = task.time_remaining
+        if eta is None and speed:  # too few updates for rich's estimate: from the mean rate so far
+            eta = (task.total - task.completed) / speed
+        parts.append(f"eta {_clock(eta)}")
     info = str(task.fields.get("info", "") or "")
     return ", ".join(parts) + (f", {info}" if info else "")
 
