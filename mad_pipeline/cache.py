@@ -221,11 +221,11 @@ class Cache:
         except OSError:
             pass
 
-    def last_used(self, kind: str, key: str, path: Path | None = None) -> float:
-        """Seconds since the epoch of the last lookup that served the key (or of its publication: the root metadata
-        of ``path``, by default the published store of ``kind``)."""
+    def last_used(self, key: str, path: Path) -> float:
+        """Seconds since the epoch of the last lookup that served the key, or of the publication of its store at
+        ``path`` (a published or derived store)."""
         times = []
-        for p in (self.root / "used" / key, (path or self.store_path(kind, key)) / "zarr.json"):
+        for p in (self.root / "used" / key, path / "zarr.json"):
             with contextlib.suppress(OSError):
                 times.append(p.stat().st_mtime)
         return max(times, default=0.0)

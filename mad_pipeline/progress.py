@@ -42,17 +42,20 @@ class RateColumn(ProgressColumn):
         self.unit = unit
 
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        if not speed and task.completed and task.elapsed:  # too few updates for rich's own estimate
-            speed = task.completed / task.elapsed
-        unit = task.fields.get("unit", self.unit)
-        if not speed:
-            text = f"- {unit}/s"
-        elif speed < 1:
-            text = f"{1 / speed:,.1f} s/{unit}"
-        else:
-            text = f"{speed:,.1f} {unit}/s"
-        return Text(text, style="progress.data.speed")
+        return Text(rate_text(task_speed(task), task.fields.get("unit", self.unit)), style="progress.data.speed")
+
+
+def task_speed(task) -> float | None:
+    """Units per second: rich's estimate, else the mean so far (too few updates for rich's own)."""
+    elapsed = task.finished_time if task.finished else task.elapsed
+    return task.finished_speed or task.speed or (task.completed / elapsed if task.completed and elapsed else None)
+
+
+def rate_text(speed: float | None, unit: str) -> str:
+    """``12.3 step/s``, or ``4.2 s/step`` below one per second; ``- step/s`` without a rate."""
+    if not speed:
+        return f"- {unit}/s"
+    return f"{1 / speed:,.1f} s/{unit}" if speed < 1 else f"{speed:,.1f} {unit}/s"
 
 
 class InfoColumn(ProgressColumn):
@@ -86,12 +89,9 @@ def task_line(task) -> str:
         done += f"/{task.total:,.0f} {unit} ({100 * task.completed / task.total:.0f}%)"
     else:
         done += f" {unit}"
-    elapsed = task.finished_time if task.finished else task.elapsed
-    speed = task.finished_speed or task.speed or (task.completed / elapsed if task.completed and elapsed else None)
-    parts = [f"{task.description}: {done}"]
-    parts.append("- " + unit + "/s" if not speed else
-                 f"{1 / speed:,.1f} s/{unit}" if speed < 1 else f"{speed:,.1f} {unit}/s")
-    parts.append(f"elapsed {_clock(elapsed)}")
+    speed = task_speed(task)
+    parts = [f"{task.description}: {done}", rate_text(speed, unit),
+             f"elapsed {_clock(task.finished_time if task.finished else task.elapsed)}"]
     if task.total and not task.finished:
         eta = task.time_remaining
         if eta is None and speed:  # too few updates for rich's estimate: from the mean rate so far

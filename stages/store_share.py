@@ -163,25 +163,25 @@ def gc(cfg: GcConfig) -> GcResult:
         if name.startswith(".") and ".trash-" in name:
             _remove(p, "leftover of an earlier removal", None, res, cfg.dry_run)
             continue
-        key = _key_of(name)
-        if not is_complete(p, key):
-            _consider(cache, p, key, "incomplete (no manifest)", res, cfg.dry_run)
-        elif cfg.older_than_days is not None and key is not None:
-            age = (now - cache.last_used(p.parent.name, key)) / 86400
-            if age > cfg.older_than_days:
-                _consider(cache, p, key, f"not used for {age:.1f} days", res, cfg.dry_run)
+        _incomplete_or_unused(cache, p, _key_of(name), cfg, now, res, "")
     for p in cache.derived_entries():
-        key = _key_of(p.name)
         if p.name.endswith(".tmp"):
-            _consider(cache, p, key, "unfinished derived store (its build was killed)", res, cfg.dry_run)
-        elif not is_complete(p, key):
-            _consider(cache, p, key, "derived store without a manifest", res, cfg.dry_run)
-        elif cfg.older_than_days is not None and key is not None:
-            age = (now - cache.last_used(p.parent.name, key, p)) / 86400
-            if age > cfg.older_than_days:
-                _consider(cache, p, key, f"derived store not used for {age:.1f} days (rebuilt when needed)", res,
-                          cfg.dry_run)
+            _consider(cache, p, _key_of(p.name), "unfinished derived store (its build was killed)", res, cfg.dry_run)
+        else:
+            _incomplete_or_unused(cache, p, _key_of(p.name), cfg, now, res, "derived store, rebuilt when needed: ")
     return res
+
+
+def _incomplete_or_unused(cache: Cache, p: Path, key: str | None, cfg: GcConfig, now: float, res: GcResult,
+                          what: str) -> None:
+    """A store entry goes when it has no manifest, and with ``older_than_days`` when no lookup (or run) has used
+    its key for that long; ``what`` leads the reason."""
+    if not is_complete(p, key):
+        _consider(cache, p, key, f"{what}incomplete (no manifest)", res, cfg.dry_run)
+    elif cfg.older_than_days is not None and key is not None:
+        age = (now - cache.last_used(key, p)) / 86400
+        if age > cfg.older_than_days:
+            _consider(cache, p, key, f"{what}not used for {age:.1f} days", res, cfg.dry_run)
 
 
 def _key_of(name: str) -> str | None:
