@@ -319,13 +319,17 @@ class _Runner(Resolver):
     def _references(self, st: Stage, evals: list) -> dict[str, dict[str, float]]:
         """Per evaluated split, the plot's reference lines: the teacher's zero-shot accuracy (from the split's
         zero-shot store, when it was extracted) and the task's own levels (majority answer, ...; from the whole
-        training split). The task as the runs fitted it (their answer vocabulary), read from one of them."""
+        training split). The task as the runs fitted it (their answer vocabulary; SNLI-VE's calibration of the
+        teacher's score, which only a distilling run fits), read from a distilling method's run at the largest
+        fraction (calibrated on the most training data), else from the first run."""
         from mad_pipeline.data import load_dataset
         from mad_pipeline.tasks import get_task
 
         if not evals:
             return {}
-        task = get_task(self.task, vqa_eval=self.v["vqa_eval"]).load(Path(self.dep(evals[0], "distill")
+        distilling = [e for e in evals if self.v["methods"][e.meta["method"]]["preset"] != "baseline"]
+        fitted = max(distilling, key=lambda e: e.meta["fraction"]) if distilling else evals[0]
+        task = get_task(self.task, vqa_eval=self.v["vqa_eval"]).load(Path(self.dep(fitted, "distill")
                                                                           .record["path"]) / "run")
         stores = {}
         for d in st.deps.values():

@@ -161,6 +161,17 @@ def test_study_runs_per_task_and_the_one_task_config_reuses_it(study_yaml, inpro
     assert "snli-ve" in out and "QA->R accuracy" in out and "Q->AR accuracy" in out
 
 
+def test_snli_ve_report_draws_the_teachers_calibrated_zero_shot_line(study_yaml, inproc):
+    """SNLI-VE's teacher gives one image-hypothesis score per pair: its zero-shot label needs the calibration that
+    only a distilling run fits (on the training split), so the report reads the task from such a run, not from the
+    baseline's (which drew no teacher line), and draws the line on every evaluated split."""
+    res = _json(inproc("run", str(study_yaml), "task=snli-ve", "methods=[baseline, naive]", "fractions=[1.0]",
+                       "--json"))
+    refs = res["reports"]["snli-ve"]["table"]["references"]
+    for split in ("test", "shift"):
+        assert 0 <= refs[split]["teacher zero-shot"] <= 100 and "majority" in refs[split], refs
+
+
 def _bench():
     return bench_module("lowshot")
 
