@@ -15,7 +15,9 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
 - ``per_type.md``                      VQA accuracy per question type (baseline, naive, MAD, teacher zero-shot)
 - ``convergence.md``                   per task, method and fraction: runs stopped early on a flat dev curve, or at
                                       the step cap with how much the dev metric still rose there
-- ``lowshot.json``                     every figure above plus per-run values, timings, machine and versions
+- ``lowshot.json``                     every figure above plus per-run values, timings (each invocation's wall
+                                      time, kept across invocations; the distill stages' total from the cache),
+                                      machine and versions
 
 Every stage is cached by content key (in ``--cache``), so a rerun only computes what is missing: a study can span
 several invocations, and the runs the two configs share (naive and MAD at the low fractions) are trained once. With
@@ -389,8 +391,14 @@ def main(argv: list[str] | None = None) -> int:
               and st.record.get("seconds")}
     device = main_res["values"]["device"]
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() and device in ("auto", "cuda") else "cpu"
+    # a study spans invocations (each resumes from the cache): keep every invocation's wall time, not the last's
+    prev = args.out / "lowshot.json"
+    history = json.loads(prev.read_text()).get("invocations", []) if prev.exists() else []
+    history.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": wall, "overrides": overrides,
+                    "jobs": args.jobs})
     info = {"configs": {k: str(v) for k, v in studies.items() if v}, "overrides": overrides, "jobs": args.jobs,
-            "threads": args.threads, "wall_s": wall,
+            "threads": args.threads, "wall_s": wall, "invocations": history,
+            "distill_stage_seconds_total": sum(trains.values()),
             "complete": all(r["complete"] for r in results.values()),
             "distill_stage_seconds_median": statistics.median(trains.values()) if trains else None,
             "distill_stages": len(trains), "device": dev, "cpu_count": os.cpu_count(),

@@ -319,6 +319,9 @@ def test_config_overrides_and_paths(tmp_path, monkeypatch):
     assert v["teacher_weights"] == str(tmp_path / "w.pt")  # relative to the current directory
     assert v["seeds"] == [3, 4] and v["train"]["steps"] == 5 and v["name"] == "2024"
     assert v["methods"] == {"mad": {"preset": "full", "select": "random"}, "baseline": {"preset": "baseline"}}
+    # a list picks methods; those the config defines keep their settings, new names are presets
+    picked = load_config(f, ["methods=[mad,naive]"]).values["methods"]
+    assert picked == {"mad": {"preset": "full", "select": "random"}, "naive": {"preset": "naive"}}
     with pytest.raises(InputError, match=r"x\.yaml: methods\.mad\.select: 'nope' is not one of"):
         load_config(f, ["methods.mad.select=nope"])
     with pytest.raises(InputError, match=r"unknown key methods\.mad\.top"):

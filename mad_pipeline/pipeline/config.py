@@ -211,6 +211,11 @@ def _apply_override(raw: dict, sch: dict, ov: str) -> str:
     if parts[0] == "methods" and len(parts) > 1:
         _override_method(raw, parts, value, ov)
         return key
+    if parts == ["methods"] and isinstance(value, (list, str)) and isinstance(raw.get("methods"), dict):
+        # a list picks methods: the ones the config defines keep their settings (lr, init, ...)
+        raw["methods"] = {str(x): raw["methods"].get(str(x), {}) for x in ([value] if isinstance(value, str)
+                                                                            else value)}
+        return key
     node_s: Any = sch
     node_r = raw
     for i, part in enumerate(parts):
