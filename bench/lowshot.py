@@ -15,6 +15,8 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
 - ``per_type.md``                      VQA accuracy per question type (baseline, naive, MAD, teacher zero-shot)
 - ``convergence.md``                   per task, method and fraction: runs stopped early on a flat dev curve, or at
                                       the step cap with how much the dev metric still rose there
+- ``confidence.md``                    per task, method and fraction: the teacher's confidences and the weights
+                                      they gave (the runs that weight by confidence)
 - ``lowshot.json``                     every figure above plus per-run values, timings (each invocation's wall
                                       time, kept across invocations; the distill stages' total from the cache),
                                       machine and versions
@@ -328,6 +330,50 @@ def convergence_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def confidence(stages: list) -> list[dict]:
+    """Per task, method and fraction of the runs that weight by the teacher's confidence: the distribution of the
+    raw confidences in the right answer and of the weights applied (batch mean 1), from each run's histograms
+    (``metrics.json``'s ``confidence``), the mean over seeds. ``within 0.8-1.2``: the share of weights the weighting
+    barely moves."""
+    groups: dict[tuple, list[dict]] = {}
+    for st in stages:
+        if st.kind != "distill" or st.record is None:
+            continue
+        rec = json.loads((Path(st.record["path"]) / "run" / "metrics.json").read_text()).get("confidence")
+        if rec:
+            groups.setdefault((st.meta.get("task"), st.meta["method"], st.meta["fraction"]), []).append(rec)
+
+    def mean(rs: list[dict], part: str, key: str) -> float | None:
+        vals = [r[part][key] for r in rs if r[part].get(key) is not None]
+        return statistics.fmean(vals) if vals else None
+
+    return [{"task": t, "method": meth, "fraction": f, "runs": len(rs),
+             **{f"raw_{k}": mean(rs, "raw", k) for k in ("mean", "std", "q10", "q50", "q90")},
+             **{f"w_{k}": mean(rs, "weights", k) for k in ("std", "q10", "q90", "share_0.8_1.2")}}
+            for (t, meth, f), rs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0])))]
+
+
+def confidence_markdown(rows: list[dict]) -> str:
+    lines = ["# The teacher's confidence and the weights it gave", "",
+             "Per task, method and fraction (the runs that weight by confidence; mean over seeds): the teacher's "
+             "raw confidence in the right answer over every training sample drawn (mean, std, 10th / 50th / 90th "
+             "percentile, to the histogram's bin of 0.05) and the weights applied (normalised to batch mean 1: std, "
+             "10th / 90th percentile to the bin of 0.2, and the share within 0.8-1.2, which the weighting barely "
+             "moves).", "",
+             "| task | method | fraction | runs | confidence: mean | std | q10 | q50 | q90 | weights: std | q10 "
+             "| q90 | within 0.8-1.2 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def fmt(v: float | None, pct: bool = False) -> str:
+        return "-" if v is None else (f"{100 * v:.0f}%" if pct else f"{v:.2f}")
+
+    for r in rows:
+        raw = " | ".join(fmt(r[f"raw_{k}"]) for k in ("mean", "std", "q10", "q50", "q90"))
+        w = " | ".join(fmt(r[f"w_{k}"]) for k in ("std", "q10", "q90"))
+        lines.append(f"| {r['task']} | {r['method']} | {r['fraction'] * 100:g}% | {r['runs']} | {raw} | {w} | "
+                     f"{fmt(r['w_share_0.8_1.2'], pct=True)} |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the config (as for mad run)")
@@ -386,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     for task, v in pt.items()))
     conv = convergence(main_res["stages"])
     (args.out / "convergence.md").write_text(convergence_markdown(conv))
+    conf = confidence(main_res["stages"])
+    (args.out / "confidence.md").write_text(confidence_markdown(conf))
     all_stages = [st for r in results.values() for st in r["stages"]]
     trains = {st.key: st.record["seconds"] for st in all_stages if st.kind == "distill" and st.record
               and st.record.get("seconds")}
@@ -404,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             "distill_stages": len(trains), "device": dev, "cpu_count": os.cpu_count(),
             "platform": platform.platform(), "versions": library_versions(), "tables": main_res["tables"],
             "ablation_tables": abl_res["tables"], "ablation": abl, "policies": policies, "convergence": conv,
+            "confidence": conf,
             "per_type": {task: {"students": {f"{f:g}": v for f, v in d["students"].items()},
                                 "teacher": d["teacher"]} for task, d in pt.items()}}
     (args.out / "lowshot.json").write_text(json.dumps(info, indent=1) + "\n")

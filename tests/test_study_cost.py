@@ -140,3 +140,37 @@ def test_convergence_table_says_how_each_run_ended(vcr_study):
     assert (row["capped_rise"] is None) == m["early_stop"]["stopped_early"]
     md = bench.convergence_markdown([row])
     assert "| vcr | baseline | 100% | 1 |" in md
+
+
+def test_confidence_table_reads_each_runs_histograms(tmp_path):
+    """bench/lowshot.py's table of the teacher's confidences and the weights they gave: per method and fraction the
+    mean over seeds of each run's record (real records, counted by the objective while training); runs that do not
+    weight by confidence (the baseline) are left out."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from test_losses import ALL_ON, run
+
+    from mad_pipeline.training.confidence import write_confidence
+
+    bench = bench_module("lowshot")
+    stages, records = [], []
+    for seed, cfg in enumerate((ALL_ON, dataclasses.replace(ALL_ON, conf_tau=0.5))):
+        loss = run(cfg)[0]
+        d = tmp_path / f"full-s{seed}"
+        (d / "run").mkdir(parents=True)
+        records.append(write_confidence(loss, d / "run"))
+        (d / "run" / "metrics.json").write_text(json.dumps({"confidence": records[-1]}))
+        stages.append(SimpleNamespace(kind="distill", record={"path": str(d)},
+                                      meta={"task": "vqa", "method": "full", "fraction": 0.05, "seed": seed}))
+    (tmp_path / "base" / "run").mkdir(parents=True)
+    (tmp_path / "base" / "run" / "metrics.json").write_text(json.dumps({"steps": 3}))
+    stages.append(SimpleNamespace(kind="distill", record={"path": str(tmp_path / "base")},
+                                  meta={"task": "vqa", "method": "baseline", "fraction": 0.05, "seed": 0}))
+    [row] = bench.confidence(stages)
+    assert (row["method"], row["fraction"], row["runs"]) == ("full", 0.05, 2)
+    assert row["raw_mean"] == pytest.approx((records[0]["raw"]["mean"] + records[1]["raw"]["mean"]) / 2)
+    assert row["w_share_0.8_1.2"] == pytest.approx(sum(r["weights"]["share_0.8_1.2"] for r in records) / 2)
+    md = bench.confidence_markdown([row])
+    assert f"| vqa | full | 5% | 2 | {row['raw_mean']:.2f} |" in md
+    assert md.rstrip().endswith(f"| {100 * row['w_share_0.8_1.2']:.0f}% |")
