@@ -15,6 +15,7 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
 - ``per_type.md``                      VQA accuracy per question type (baseline, naive, MAD, teacher zero-shot)
 - ``convergence.md``                   per task, method and fraction: runs stopped early on a flat dev curve, or at
                                       the step cap with how much the dev metric still rose there
+- ``<task>/dev_curves.png``             every run's dev curve, a panel per fraction, a dot at the selected step
 - ``confidence.md``                    per task, method and fraction: the teacher's confidences and the weights
                                       they gave (the runs that weight by confidence)
 - ``lowshot.json``                     every figure above plus per-run values, timings (each invocation's wall
@@ -330,6 +331,61 @@ def convergence_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dev_curves(stages: list, out: Path) -> list[Path]:
+    """Per task, ``out/<task>/dev_curves.png``: every run's dev curve (the early-stopping metric over steps), one
+    panel per training fraction, one colour per method, a dot at the selected step: how each run ended is visible
+    (flat at the stop, or still rising at the cap)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mad_pipeline.pipeline.report import METHOD_ORDER, method_title
+    from mad_pipeline.training.plot import metric_ylim
+
+    runs: dict[str, list[tuple[dict, dict]]] = {}
+    for st in stages:
+        if st.kind != "distill" or st.record is None:
+            continue
+        es = json.loads((Path(st.record["path"]) / "run" / "metrics.json").read_text()).get("early_stop")
+        if es and es.get("curve"):
+            runs.setdefault(st.meta.get("task") or "task", []).append((st.meta, es))
+    written = []
+    for task, rs in runs.items():
+        fractions = sorted({m["fraction"] for m, _ in rs})
+        methods = sorted({m["method"] for m, _ in rs},
+                         key=lambda x: (METHOD_ORDER.index(x) if x in METHOD_ORDER else len(METHOD_ORDER), x))
+        colour = {m: f"C{i}" for i, m in enumerate(methods)}
+        fig, axes = plt.subplots(1, len(fractions), figsize=(4 * len(fractions), 3.4), squeeze=False)
+        labelled: set[str] = set()
+        for ax, f in zip(axes[0], fractions, strict=True):
+            values = []
+            for meta, es in sorted((r for r in rs if r[0]["fraction"] == f), key=lambda r: r[0].get("seed", 0)):
+                steps, vals = zip(*es["curve"], strict=True)
+                first = meta["method"] not in labelled
+                labelled.add(meta["method"])
+                ax.plot(steps, vals, color=colour[meta["method"]], linewidth=1, alpha=0.8,
+                        label=method_title(meta["method"]) if first else None)
+                best = dict(zip(steps, vals, strict=True)).get(es["best_step"])
+                if best is not None:
+                    ax.plot([es["best_step"]], [best], "o", color=colour[meta["method"]], markersize=4)
+                values += vals
+            ax.set_ylim(*metric_ylim(values))
+            ax.set_title(f"{f * 100:g}% of the training data")
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(f"dev {rs[0][1].get('metric', 'metric')}")
+        fig.legend(loc="upper right", fontsize=8)
+        fig.suptitle(f"{task}: dev curves of every run (a dot: the selected step)")
+        fig.tight_layout()
+        path = out / task / "dev_curves.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def confidence(stages: list) -> list[dict]:
     """Per task, method and fraction of the runs that weight by the teacher's confidence: the distribution of the
     raw confidences in the right answer and of the weights applied (batch mean 1), from each run's histograms
@@ -433,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     conv = convergence(main_res["stages"])
     (args.out / "convergence.md").write_text(convergence_markdown(conv))
     conf = confidence(main_res["stages"])
+    dev_curves(main_res["stages"], args.out)
     (args.out / "confidence.md").write_text(confidence_markdown(conf))
     all_stages = [st for r in results.values() for st in r["stages"]]
     trains = {st.key: st.record["seconds"] for st in all_stages if st.kind == "distill" and st.record

@@ -123,9 +123,9 @@ def test_sweep_settings_fit_every_task_at_every_fraction():
                 assert train and dev, (task, f)
 
 
-def test_convergence_table_says_how_each_run_ended(vcr_study):
+def test_convergence_table_says_how_each_run_ended(vcr_study, tmp_path):
     """bench/lowshot.py's convergence table, from the study's own distill stages: stopped early or at the cap, the
-    selected and last steps (here one run: its metrics.json decides every cell)."""
+    selected and last steps (here one run: its metrics.json decides every cell); and the dev curves' figure."""
     from types import SimpleNamespace
 
     bench = bench_module("lowshot")
@@ -140,6 +140,8 @@ def test_convergence_table_says_how_each_run_ended(vcr_study):
     assert (row["capped_rise"] is None) == m["early_stop"]["stopped_early"]
     md = bench.convergence_markdown([row])
     assert "| vcr | baseline | 100% | 1 |" in md
+    assert bench.dev_curves(stages, tmp_path) == [tmp_path / "vcr" / "dev_curves.png"]
+    assert (tmp_path / "vcr" / "dev_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_confidence_table_reads_each_runs_histograms(tmp_path):
