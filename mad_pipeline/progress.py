@@ -45,10 +45,18 @@ class RateColumn(ProgressColumn):
         return Text(rate_text(task_speed(task), task.fields.get("unit", self.unit)), style="progress.data.speed")
 
 
+SPEED_WINDOW = 30.0  # seconds: rich's speed estimate averages the updates of this last stretch (its default)
+
+
 def task_speed(task) -> float | None:
-    """Units per second: rich's estimate, else the mean so far (too few updates for rich's own)."""
+    """Units per second: rich's estimate over its last :data:`SPEED_WINDOW` seconds; the mean so far when that
+    window holds too few updates to mean anything (units slower than half the window: study shards that take
+    minutes each, where two finishing close together would read as seconds per shard)."""
     elapsed = task.finished_time if task.finished else task.elapsed
-    return task.finished_speed or task.speed or (task.completed / elapsed if task.completed and elapsed else None)
+    mean = task.completed / elapsed if task.completed and elapsed else None
+    if mean is not None and mean * SPEED_WINDOW < 2:
+        return mean
+    return task.finished_speed or task.speed or mean
 
 
 def rate_text(speed: float | None, unit: str) -> str:
@@ -93,9 +101,7 @@ def task_line(task) -> str:
     parts = [f"{task.description}: {done}", rate_text(speed, unit),
              f"elapsed {_clock(task.finished_time if task.finished else task.elapsed)}"]
     if task.total and not task.finished:
-        eta = task.time_remaining
-        if eta is None and speed:  # too few updates for rich's estimate: from the mean rate so far
-            eta = (task.total - task.completed) / speed
+        eta = (task.total - task.completed) / speed if speed else None  # at the rate shown
         parts.append(f"eta {_clock(eta)}")
     info = str(task.fields.get("info", "") or "")
     return ", ".join(parts) + (f", {info}" if info else "")

@@ -166,6 +166,22 @@ def test_nested_progress_rows_in_a_log(capsys, monkeypatch):
     assert err.splitlines()[-1].startswith("training: 3/3 step (100%)") and err.splitlines()[-1].endswith("loss 0.5")
 
 
+def test_slow_units_are_rated_by_the_mean_not_by_two_close_finishes():
+    """A bar whose units take minutes (a study's shards): two finishing seconds apart are not "11 s/shard, eta
+    1:40"; the rate and the eta come from the mean so far. Fast units keep rich's recent-window estimate."""
+    from types import SimpleNamespace
+
+    from mad_pipeline.progress import task_line, task_speed
+
+    shards = SimpleNamespace(description="shards", completed=3, total=12, finished=False, elapsed=3660.0,
+                             finished_speed=None, speed=1 / 11.0, time_remaining=99.0, fields={"unit": "shard"})
+    assert task_speed(shards) == 3 / 3660.0
+    assert task_line(shards) == "shards: 3/12 shard (25%), 1,220.0 s/shard, elapsed 1:01:00, eta 3:03:00"
+    steps = SimpleNamespace(description="training", completed=200, total=500, finished=False, elapsed=100.0,
+                            finished_speed=None, speed=2.5, time_remaining=120.0, fields={"unit": "step"})
+    assert task_speed(steps) == 2.5 and task_line(steps).endswith("2.5 step/s, elapsed 0:01:40, eta 0:02:00")
+
+
 def test_teachers_readable_at_80_columns(capsys):
     from mad_pipeline.stages import teachers as stage
 
