@@ -481,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     abl = {task: {s: ablation(t, s, policies) for s in t["splits"]} for task, t in abl_res["tables"].items()}
     pt = {task: per_type([st for st in main_res["stages"] if st.meta.get("task") == task], t["splits"][0])
           for task, t in main_res["tables"].items()}
-    pt = {task: v for task, v in pt.items() if v["students"]}  # the tasks with question types (VQA)
+    pt = {task: v for task, v in pt.items()  # the tasks with question types (VQA), not just an overall figure
+          if any(set(by_type) - {"overall"} for f in v["students"].values() for by_type in f.values())}
     (args.out / "ablation.md").write_text(ablation_markdown(abl, len(abl_res["values"]["seeds"])))
     (args.out / "ablation.csv").write_text(ablation_csv(abl))
     (args.out / "per_type.md").write_text("\n".join(per_type_markdown(v, main_res["tables"][task]["splits"][0])
