@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -252,6 +253,12 @@ def ablation_csv(abl: dict[str, dict[str, list[dict]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@functools.cache
+def run_metrics(stage_path: str) -> dict:
+    """A distill stage's ``run/metrics.json``, read once for the tables and figures that use it."""
+    return json.loads((Path(stage_path) / "run" / "metrics.json").read_text())
+
+
 def per_type(stages: list, split: str) -> dict:
     """Mean accuracy per question type over seeds: {fraction: {method: {type: mean}}} plus the teacher's."""
     acc: dict = {}
@@ -259,7 +266,7 @@ def per_type(stages: list, split: str) -> dict:
     for st in stages:
         if st.kind != "distill" or st.record is None:
             continue
-        m = json.loads((Path(st.record["path"]) / "run" / "metrics.json").read_text())
+        m = run_metrics(st.record["path"])
         ev = (m.get("eval") or {}).get(split)
         if not ev:
             continue
@@ -300,7 +307,7 @@ def convergence(stages: list) -> list[dict]:
     for st in stages:
         if st.kind != "distill" or st.record is None:
             continue
-        m = json.loads((Path(st.record["path"]) / "run" / "metrics.json").read_text())
+        m = run_metrics(st.record["path"])
         es = m.get("early_stop")
         if not es:
             continue
@@ -340,21 +347,20 @@ def dev_curves(stages: list, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mad_pipeline.pipeline.report import METHOD_ORDER, method_title
+    from mad_pipeline.pipeline.report import method_key, method_title
     from mad_pipeline.training.plot import metric_ylim
 
     runs: dict[str, list[tuple[dict, dict]]] = {}
     for st in stages:
         if st.kind != "distill" or st.record is None:
             continue
-        es = json.loads((Path(st.record["path"]) / "run" / "metrics.json").read_text()).get("early_stop")
+        es = run_metrics(st.record["path"]).get("early_stop")
         if es and es.get("curve"):
             runs.setdefault(st.meta.get("task") or "task", []).append((st.meta, es))
     written = []
     for task, rs in runs.items():
         fractions = sorted({m["fraction"] for m, _ in rs})
-        methods = sorted({m["method"] for m, _ in rs},
-                         key=lambda x: (METHOD_ORDER.index(x) if x in METHOD_ORDER else len(METHOD_ORDER), x))
+        methods = sorted({m["method"] for m, _ in rs}, key=method_key)
         colour = {m: f"C{i}" for i, m in enumerate(methods)}
         fig, axes = plt.subplots(1, len(fractions), figsize=(4 * len(fractions), 3.4), squeeze=False)
         labelled: set[str] = set()
@@ -395,7 +401,7 @@ def confidence(stages: list) -> list[dict]:
     for st in stages:
         if st.kind != "distill" or st.record is None:
             continue
-        rec = json.loads((Path(st.record["path"]) / "run" / "metrics.json").read_text()).get("confidence")
+        rec = run_metrics(st.record["path"]).get("confidence")
         if rec:
             groups.setdefault((st.meta.get("task"), st.meta["method"], st.meta["fraction"]), []).append(rec)
 

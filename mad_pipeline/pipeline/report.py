@@ -34,6 +34,11 @@ def metric_title(metric: str | None) -> str:
     return METRIC_TITLE.get(metric or "", metric or "metric")
 
 
+def method_key(name: str) -> tuple[int, str]:
+    """The sort key of a method in tables and plots: baseline, naive, MAD, then the others by name."""
+    return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), name)
+
+
 def method_title(name: str) -> str:
     return METHOD_TITLE.get(name, name)
 
@@ -60,8 +65,7 @@ def aggregate(records: list[dict[str, Any]], title: str = "results") -> dict[str
             raise InputError(f"two runs for method {r['method']}, fraction {r['fraction']:g}, seed {r['seed']}, "
                              f"split {r['split']} ({seen[ident]} and {src}); report the runs of one experiment")
         seen[ident] = src
-    methods = sorted({r["method"] for r in records},
-                     key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    methods = sorted({r["method"] for r in records}, key=method_key)
     splits = list(dict.fromkeys(r["split"] for r in records))
     metrics = list(dict.fromkeys(r.get("metric") for r in records))
     rows = []
@@ -245,5 +249,5 @@ def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report
     return {"markdown": str(md), "csv": str(csv_p), "png": str(png)}
 
 
-__all__ = ["METHOD_ORDER", "aggregate", "blocks", "caption", "cell_text", "figure", "is_best", "method_title",
-           "metric_title", "plot", "to_csv", "to_markdown", "write_report"]
+__all__ = ["METHOD_ORDER", "aggregate", "blocks", "caption", "cell_text", "figure", "is_best", "method_key",
+           "method_title", "metric_title", "plot", "to_csv", "to_markdown", "write_report"]
