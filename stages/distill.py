@@ -132,6 +132,8 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
     for f in dataclasses.fields(DistillConfig):  # a task setting only for the tasks that read it (VQA: vqa_eval)
         if f.metadata.get("task_setting") and f.name not in task_class(cfg.task).keyed_settings:
             d.pop(f.name, None)
+    if task_class(cfg.task).training_revision:  # what the task trains on changed (VCR: QA->R too)
+        d["training_revision"] = task_class(cfg.task).training_revision
     d["data_root"] = str(Path(cfg.data_root).resolve())
     d["out"] = str(Path(cfg.out).resolve())
     if d.get("init") == "scratch":  # random initialisation: the fingerprint it always had
@@ -217,7 +219,7 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
 
     # the run has started: claim the directory (a failure before this point leaves nothing in it)
     if d.is_main:
-        rundir.claim(out, _run_json(cfg, data, len(train_data), store_keys), cfg.overwrite)
+        rundir.claim(out, _run_json(cfg, data, _distinct(train_data.samples), store_keys), cfg.overwrite)
         task.save(out)
     early = None
     if data.dev:  # selection on the dev split, never on the splits reported
@@ -245,7 +247,8 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
         "text_teacher": cfg.text_teacher if distill else None, "objective": cfg.mad.preset_name,
         "mad": to_jsonable(dataclasses.asdict(cfg.mad)),
         "online_teacher": cfg.online_teacher, "train_split": cfg.train_split, "train_fraction": cfg.train_fraction,
-        "subset_seed": data.subset_seed, "seed": cfg.train.seed, "train_samples": len(train_data),
+        "subset_seed": data.subset_seed, "seed": cfg.train.seed, "train_samples": _distinct(train_data.samples),
+        "train_items": len(train_data),  # what an epoch visits (VCR: each sample as Q->A and as QA->R)
         "dropped_samples": len(train_data.dropped), "eval_split": data.eval_split,
         "metric": eval_metrics["metric"] if eval_metrics else None,
         "value": eval_metrics["value"] if eval_metrics else None,
@@ -285,8 +288,8 @@ def build_training(cfg: DistillConfig, task: Task, samples: list, root: Path, st
     space = joint_space(cfg.mad, stores)
     builder = (TargetBuilder(cfg.mad, cache_mb=TARGET_CACHE_MB, joint_proj=space and space.proj,
                              dense=bool(space and space.dense)) if cfg.mad.distill else None)
-    data = DistillDataset(samples, root, task, image_preprocess(student), stores, online_input,
-                          has_image_targets=builder.cached if builder else None,
+    data = DistillDataset(task.training_samples(samples), root, task, image_preprocess(student), stores,
+                          online_input, has_image_targets=builder.cached if builder else None,
                           read_dense=bool(builder and builder.dense))
     collate = Collate(task, StudentTokenizer(student), builder, getattr(student, "grid", None), data.grid)
     text_view.attach(data, Cache.at(cfg.cache).root, cfg.text_view, dist, log or (lambda m: None), cfg.progress)
@@ -358,6 +361,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def _distinct(samples) -> int:
+    """How many samples ``samples`` holds, a sample visited as several items (:meth:`Task.training_samples`) once."""
+    return len({s.id for s in samples})
 
 
 def _extract_cfg(cfg: DistillConfig, dataset: str, split: str, fraction: float, seed: int):

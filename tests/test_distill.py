@@ -193,6 +193,46 @@ def test_store_fed_equals_online_teacher(task, tiny_clip, world, cache):
         assert l_plan[k].item() == pytest.approx(l_onl[k].item(), rel=2e-3, abs=2e-4), k
 
 
+def test_vcr_trains_both_questions(tiny_clip, world, cache):
+    """A VCR training epoch visits each sample as Q->A and as QA->R: the QA->R item reads the rationale texts given
+    the right answer, is trained on the rationale, distils the teacher's rationale scores and the same teacher text
+    (a prefix of its choice), so its text targets are those of its Q->A item."""
+    from mad_pipeline.store.reader import open_store
+    from mad_pipeline.store.zeroshot import candidate_labels
+    from mad_pipeline.tasks.vcr import q2a_candidates, qa2r_candidates
+
+    ds, stores, t, student = _extracted("vcr", tiny_clip, world, cache)
+    n = len(ds.samples)
+    cfg = MADConfig.full()
+    builder = TargetBuilder(cfg, cache_mb=256)
+    data = DistillDataset(t.training_samples(ds.samples), ds.root, t, student.image_preprocess, stores)
+    assert len(data) == 2 * n and len({s.id for s in data.samples}) == n
+    idx = [0, n, 3, n + 3]  # two samples, each as Q->A and as QA->R
+    items = data.__getitems__(idx)
+    zs = open_store(stores.zeroshot)
+    labels = candidate_labels(zs)
+    zs_row = {sid: i for i, sid in enumerate(np.asarray(zs["sample_id"][:], dtype=object).astype(str).tolist())}
+    for j in (0, 2):
+        s = ds.samples[idx[j]]
+        a, r = items[j], items[j + 1]
+        assert a.texts == q2a_candidates(s) and a.target == s.meta["answer_label"] == a.choice
+        assert r.texts == qa2r_candidates(s) and r.target == s.meta["rationale_label"] == r.choice
+        row = np.asarray(zs["logits"][zs_row[s.id]], np.float32)
+        lab = labels if isinstance(labels, tuple) else np.asarray(zs["candidate_label"][zs_row[s.id]])
+        cols = {p: [k for k, x in enumerate(lab) if str(x).startswith(p)] for p in "ar"}
+        assert np.array_equal(a.teacher["zs_logits"], row[cols["a"]]) and a.teacher["zs_mask"]
+        assert np.array_equal(r.teacher["zs_logits"], row[cols["r"]]) and r.teacher["zs_mask"]
+        assert not np.array_equal(a.teacher["zs_logits"], r.teacher["zs_logits"])
+    collate = Collate(t, StudentTokenizer(student), builder, student.grid, data.grid)
+    batch = collate(items)
+    text = batch.targets.text
+    assert text.mask[0].any()
+    for j in (0, 2):  # the same teacher tokens at the same student positions (the shared prefix)
+        assert torch.equal(text.mask[j], text.mask[j + 1]) and torch.equal(text.index[j], text.index[j + 1])
+        assert torch.equal(text.tokens[j], text.tokens[j + 1])
+    assert torch.equal(batch.target, torch.tensor([it.target for it in items]))
+
+
 def test_precomputed_targets_do_not_depend_on_the_batch_or_the_cache(tiny_clip, world, cache):
     """A row's image targets are the same bit for bit whether computed alone, with other rows, or from the cache
     (so a resumed run, whose cache starts empty, sees the same values)."""

@@ -103,6 +103,15 @@ class Task:
         return self
 
     # -- training -------------------------------------------------------------------------------------------------
+    # Bumped when a task changes what its students are trained on (not a setting: the same data, a new meaning); it
+    # enters the keys of the task's training runs when non-zero, so runs trained the old way are never reused.
+    training_revision: ClassVar[int] = 0
+
+    def training_samples(self, samples: Sequence[Sample]) -> list[Sample]:
+        """What a training epoch visits: by default the samples themselves. A task that asks a second question of
+        the same sample (VCR's QA->R) adds a copy of the sample that asks it (its ``meta`` says which)."""
+        return list(samples)
+
     def target(self, sample: Sample) -> Any:
         """The training target of one sample (a class index, -1 when unknown, unless the task says otherwise)."""
         raise NotImplementedError
@@ -138,6 +147,12 @@ class Task:
         """One sample's zero-shot logits as the objective reads them (over the student's classes, so confidence
         and logit distillation line up), and whether they are usable."""
         raise NotImplementedError
+
+    def sample_zeroshot_vector(self, sample: Sample, logits: np.ndarray,
+                               labels: np.ndarray) -> tuple[np.ndarray, bool]:
+        """:meth:`zeroshot_vector` for one training sample (of :meth:`training_samples`): a task whose training
+        samples ask different questions of one zero-shot row picks that question's columns. Default: the same."""
+        return self.zeroshot_vector(logits, labels)
 
     def zeroshot_predictions(self, sample_ids: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> list[dict]:
         """The teacher's zero-shot choices in the official results format."""

@@ -1,15 +1,19 @@
 """VCR as a task: four choices for Q->A and for QA->R, scored Q->A, QA->R and Q->AR.
 
-- The student scores the C texts ``"{question} {answer_c}"`` of a sample (one logit each) and is trained on Q->A.
-  Its QA->R choice scores ``"{question} {answer} {rationale_j}"`` with the same head, conditioned on the right answer
-  as the official protocol does (on an unlabelled split: on its own answer).
+- The student scores the C texts ``"{question} {answer_c}"`` of a sample (one logit each) for Q->A, and the C texts
+  ``"{question} {answer} {rationale_j}"`` for QA->R with the same head, conditioned on the right answer as the
+  official protocol does (on an unlabelled split: on its own answer).
+- Training asks both questions: every training sample is visited twice an epoch, once as Q->A (target: the answer)
+  and once as QA->R (target: the rationale, its texts conditioned on the right answer) -- one student for both
+  sub-tasks, at the cost of a Q->A step per item. Early stopping selects on Q->A (the headline).
 - Predictions: ``[{"annot_id", "answer", "rationale"}]`` (JSON), and beside them the leaderboard's CSV
   (:mod:`.vcr_leaderboard`): the softmax of the four answers' logits and, for each of the four answers, of the four
   rationales conditioned on it -- so evaluation scores the rationales under every answer (four QA->R passes).
   ``mad score`` reads both.
 - Teacher text features: the right answer's pair text when the text store holds it, else the question, whose
-  characters are the prefix of every pair text -- so character-span alignment stays exact and the answer's tokens
-  simply have no teacher counterpart.
+  characters are the prefix of every pair text (and of every QA->R text) -- so character-span alignment stays exact
+  and the tokens after that prefix simply have no teacher counterpart. The teacher's zero-shot logits of a QA->R
+  item are its rationale scores ``r0..r3``.
 - Zero-shot candidates: Q->A ``a0..a3`` then QA->R ``r0..r3`` (conditioned on the right answer).
 
 Texts are the reader's renderings (object references as ``person0``; see :mod:`mad_pipeline.data.vcr`).
@@ -17,6 +21,7 @@ Texts are the reader's renderings (object references as ``person0``; see :mod:`m
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,7 @@ from .metrics import vcr_evaluate, vcr_evaluate_probabilities
 from .registry import register_task
 
 SUBTASKS = ("q2a", "qa2r")
+SUBTASK = "subtask"  # a training sample's meta key: which sub-task it asks (absent: q2a)
 PROBABILITIES = "_leaderboard"  # a record's per-choice probabilities (written to the CSV, not to the JSON)
 
 
@@ -59,7 +65,15 @@ def candidate_texts(sample: Sample) -> dict[str, list[str]]:
 
 
 def _answer_columns(labels) -> list[int]:
-    return [k for k, lab in enumerate(labels) if str(lab).startswith("a")]
+    return _columns(labels, "a")
+
+
+def _columns(labels, prefix: str) -> list[int]:
+    return [k for k, lab in enumerate(labels) if str(lab).startswith(prefix)]
+
+
+def _asks_rationale(sample: Sample) -> bool:
+    return sample.meta.get(SUBTASK) == "qa2r"
 
 
 @register_task
@@ -73,17 +87,25 @@ class VcrTask(Task):
     study_metrics = (("qa2r", "QA->R"), ("q2ar", "Q->AR"))
     multiple_choice = True
     prediction_key = "annot_id"
+    training_revision = 1  # 1: trained on Q->A and QA->R (0: Q->A only)
 
     @property
     def num_classes(self) -> int:
         return NUM_CHOICES
 
+    def training_samples(self, samples) -> list[Sample]:
+        """Each sample as Q->A, then (when its answer and rationale are labelled) a copy that asks QA->R."""
+        out = list(samples)
+        out += [dataclasses.replace(s, meta={**s.meta, SUBTASK: "qa2r"}) for s in samples
+                if s.meta.get("answer_label") is not None and s.meta.get("rationale_label") is not None]
+        return out
+
     def target(self, sample: Sample) -> int:
-        label = sample.meta.get("answer_label")
+        label = sample.meta.get("rationale_label" if _asks_rationale(sample) else "answer_label")
         return -1 if label is None else int(label)
 
     def student_texts(self, sample: Sample) -> list[str]:
-        return q2a_candidates(sample)
+        return qa2r_candidates(sample) if _asks_rationale(sample) else q2a_candidates(sample)
 
     def teacher_texts(self, sample: Sample) -> list[str]:
         y = sample.meta.get("answer_label")
@@ -106,11 +128,21 @@ class VcrTask(Task):
         z = logits[a].astype(np.float32)
         return z, bool(len(a) and np.isfinite(z).all())
 
+    def sample_zeroshot_vector(self, sample: Sample, logits: np.ndarray, labels: np.ndarray):
+        """A QA->R item's zero-shot logits are the teacher's rationale scores (given the right answer)."""
+        if not _asks_rationale(sample):
+            return self.zeroshot_vector(logits, labels)
+        r = _columns(labels, "r")
+        if len(r) != NUM_CHOICES:  # not scored (its answer was unknown at extraction)
+            return np.zeros(NUM_CHOICES, np.float32), False
+        z = logits[r].astype(np.float32)
+        return z, bool(np.isfinite(z).all())
+
     def zeroshot_predictions(self, sample_ids, logits, labels) -> list[dict]:
         out = []
         for sid, row, lab in zip(sample_ids, logits, labels, strict=True):
             a = _answer_columns(lab)
-            r = [k for k, x in enumerate(lab) if str(x).startswith("r")]
+            r = _columns(lab, "r")
             out.append({"annot_id": str(sid), "answer": int(np.nanargmax(row[a])),
                         "rationale": int(np.nanargmax(row[r])) if r else 0})
         return out

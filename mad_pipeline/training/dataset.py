@@ -327,7 +327,7 @@ class DistillDataset(SampleDataset):
         labels = [shared] * len(items) if shared is not None else \
             h["cache"].rows(zs["candidate_label"], safe, side="zeroshot")
         for j, it in enumerate(items):
-            z, good = self.task.zeroshot_vector(logits[j], labels[j])
+            z, good = self.task.sample_zeroshot_vector(self.samples[int(idx[j])], logits[j], labels[j])
             it.teacher.update(zs_logits=z, zs_mask=bool(ok[j] and good))
 
 
