@@ -28,6 +28,7 @@ from mad_pipeline.training.config import check_bounds
 KIND = "student-pretrain"
 FORMAT = 1
 _D = PretrainSettings()
+SHARE = {"min": 0, "max": 1, "why": "a share"}  # the bounds of a share of something
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,15 @@ class StudentPretrainConfig:
                         min=2)
     lr: float = _f(_D.lr, "peak learning rate (AdamW, linear warm-up, cosine decay)", min=0)
     warmup: int = _f(_D.warmup, "warm-up steps", min=0)
-    mask_prob: float = _f(_D.mask_prob, "MLM: share of caption tokens predicted (BERT's 80/10/10)", min=0, max=1)
-    negative_fraction: float = _f(_D.negative_fraction, "ITM: share of non-matching captions", min=0, max=1)
+    mask_prob: float = _f(_D.mask_prob, "MLM: share of caption tokens predicted (BERT's 80/10/10)", **SHARE)
+    negative_fraction: float = _f(_D.negative_fraction, "ITM: share of non-matching captions", **SHARE)
     hard_fraction: float = _f(_D.hard_fraction, "ITM: share of the non-matching captions that are hard negatives",
-                              min=0, max=1)
+                              **SHARE)
     hard_ramp: float = _f(_D.hard_ramp, "ITM: share of the steps over which hard negatives ramp in, once let in",
-                          min=0, max=1)
+                          **SHARE)
     itm_weight: float = _f(_D.itm_weight, "ITM loss weight (MLM's is 1)", min=0)
-    itm_start: float = _f(_D.itm_start, "share of the steps of MLM alone before ITM joins", min=0, max=1)
-    hard_gate: float = _f(_D.hard_gate, "ITM batch accuracy on easy negatives that lets hard negatives in", min=0,
-                          max=1)
+    itm_start: float = _f(_D.itm_start, "share of the steps of MLM alone before ITM joins", **SHARE)
+    hard_gate: float = _f(_D.hard_gate, "ITM batch accuracy on easy negatives that lets hard negatives in", **SHARE)
     eval_size: int = _f(500, "held-out scenes the figures are measured on (0: no figures)", min=0)
     probe_steps: int = _f(200, "labelled steps of the comparison (probes, from-scratch models)", min=1)
     probe_train: int = _f(2000, "training scenes of the probes", min=1)
@@ -104,15 +104,10 @@ def check(cfg: StudentPretrainConfig) -> None:
         known = ", ".join(VILT_CONFIGS)
         raise InputError(f"--student {cfg.student!r}: only vilt-tiny is pretrained on the shapes world (64 px "
                          f"images); {known} other than it take their pretrained weights with --pretrained")
-    if cfg.steps < 1 or cfg.batch_size < 2 or cfg.pool_size < cfg.batch_size:
-        raise InputError("need --steps >= 1, --batch-size >= 2 and --pool-size of at least one batch")
-    for name in ("mask_prob", "negative_fraction", "hard_fraction", "hard_ramp", "itm_start", "hard_gate"):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise InputError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: a share between 0 and 1")
-    weight = next(f for f in dataclasses.fields(cfg) if f.name == "itm_weight")
-    check_bounds(weight, cfg.itm_weight, "--itm-weight")  # its bounds are the field's
-    if cfg.eval_size < 0 or cfg.probe_steps < 1 or cfg.probe_train < 1:
-        raise InputError("need --eval-size >= 0, --probe-steps >= 1 and --probe-train >= 1")
+    for f in dataclasses.fields(cfg):  # every bound is the field's own
+        check_bounds(f, getattr(cfg, f.name), f"--{f.name.replace('_', '-')}")
+    if cfg.pool_size < cfg.batch_size:
+        raise InputError(f"--pool-size {cfg.pool_size}: at least one batch (--batch-size {cfg.batch_size})")
     if cfg.out is not None and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise InputError(f"--out {cfg.out}: exists and is not a directory")
 
