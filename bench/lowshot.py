@@ -551,7 +551,7 @@ def study(args, config: Path, overrides: list[str], out: Path, deadline: float) 
         res = run(rc, log=log)
         tables = {}
         for task, rep in res.reports.items():
-            write_report(rep["table"], out / task, records=_records_of(rep))
+            write_report(rep["table"], out / task, records=_records_of(rep, args.cache))
             tables[task] = rep["table"]
         return {"values": values, "tables": tables, "stages": res.stages, "complete": True}
     log(f"incomplete: {len(missing)} distill/eval stages missing, e.g. {missing[0].label}; partial reports")
@@ -565,13 +565,20 @@ def study(args, config: Path, overrides: list[str], out: Path, deadline: float) 
     return {"values": values, "tables": tables, "stages": plan.stages, "complete": False}
 
 
-def _records_of(rep: dict) -> list[dict] | None:
-    """The records a report stage's table was made from (its JSON beside the Markdown)."""
+def _records_of(rep: dict, cache: Path) -> list[dict] | None:
+    """The records a report stage's table was made from (its JSON beside the Markdown), each run directory
+    (``source``) relative to the cache root, ``<cache>/runs/distill/<key>/run``, so the copy names no machine's paths."""
     p = Path(rep["files"]["markdown"]).with_suffix(".json")
     try:
-        return json.loads(p.read_text())["records"]
+        records = json.loads(p.read_text())["records"]
     except (OSError, ValueError, KeyError):
         return None
+    root = Path(cache).resolve()
+    for r in records:
+        src = Path(str(r.get("source", "")))
+        if src.is_absolute() and src.is_relative_to(root):
+            r["source"] = f"<cache>/{src.relative_to(root).as_posix()}"
+    return records
 
 
 if __name__ == "__main__":

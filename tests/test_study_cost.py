@@ -176,3 +176,15 @@ def test_confidence_table_reads_each_runs_histograms(tmp_path):
     md = bench.confidence_markdown([row])
     assert f"| vqa | full | 5% | 2 | {row['raw_mean']:.2f} |" in md
     assert md.rstrip().endswith(f"| {100 * row['w_share_0.8_1.2']:.0f}% |")
+
+
+def test_report_records_name_runs_relative_to_the_cache(vcr_study):
+    """The records bench/lowshot.py copies beside a committed report name each run directory under ``<cache>/``, not
+    by this machine's absolute path; the run is still found there."""
+    bench = bench_module("lowshot")
+    d, env, res, _, _ = vcr_study
+    [rep] = res["reports"].values()
+    records = bench._records_of(rep, Path(env["MAD_CACHE"]))
+    assert records and all(r["source"].startswith("<cache>/runs/distill/") for r in records)
+    for r in records:
+        assert (Path(env["MAD_CACHE"]) / r["source"].removeprefix("<cache>/") / "metrics.json").is_file()
