@@ -567,7 +567,8 @@ def study(args, config: Path, overrides: list[str], out: Path, deadline: float) 
 
 def _records_of(rep: dict, cache: Path) -> list[dict] | None:
     """The records a report stage's table was made from (its JSON beside the Markdown), each run directory
-    (``source``) relative to the cache root, ``<cache>/runs/distill/<key>/run``, so the copy names no machine's paths."""
+    (``source``) relative to the cache root, ``<cache>/runs/distill/<key>/run``: the copy names no machine's
+    paths."""
     p = Path(rep["files"]["markdown"]).with_suffix(".json")
     try:
         records = json.loads(p.read_text())["records"]

@@ -121,8 +121,8 @@ def test_dry_run_plan_and_one_line_errors(pretrained_run, tmp_path):
         load_config(f, ["init=bogus"])
     for over, line in ((["pretrained=/x"], "exp.yaml: init: student-pretrain starts the students from the config's "
                                            "own pretraining; pretrained: /x names other weights: give one of them"),
-                       (["student_pretrain.pool_size=2"], "exp.yaml: student_pretrain: --pool-size 2: at least one batch "
-                                                          "(--batch-size 4)")):
+                       (["student_pretrain.pool_size=2"], "exp.yaml: student_pretrain: --pool-size 2: at least "
+                                                          "one batch (--batch-size 4)")):
         proc = mad_inproc("run", str(f), *over, "--dry-run", env=env, check=False)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {f}{line[len('exp.yaml'):]}"]
     # the scratch and pretrained inits plan no pretraining stage

@@ -171,7 +171,8 @@ def test_init_resolution_and_errors(tmp_path, monkeypatch):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: --init 'bogus': expected one of pretrained, scratch"]
     proc = mad_inproc("student", "pretrain", "--negative-fraction", "1.5", check=False)
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: --negative-fraction must be at most 1 (a share), got 1.5"
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --negative-fraction must be at most 1 (a share), got 1.5"
 
 
 SHIPPED = weights_mod.PRESET_WEIGHTS["vilt-tiny"]
