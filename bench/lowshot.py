@@ -78,9 +78,21 @@ def shards(values: dict, jobs: int) -> list[list[str]]:
             for f in sorted(values["fractions"])]
 
 
+def shared_stages_cached(config: Path, overrides: list[str], cache: Path, train_split: str) -> bool:
+    """Whether the stages every shard shares (the world, the students' pretraining with ``init=student-pretrain``,
+    the evaluation splits' stores) are in the cache already (from the plan of a dry run)."""
+    from mad_pipeline.stages.pipeline import RunConfig, run
+
+    plan = run(RunConfig(config=config, overrides=tuple(overrides), cache=cache, out=None, progress=False,
+                         dry_run=True), log=lambda _m: None)
+    shared = [st for st in plan.stages if st.kind in ("data", "student-pretrain")
+              or (st.kind == "extract" and st.meta.get("split") != train_split)]
+    return all(st.status == "cached" for st in shared)
+
+
 def run_shards(args, config: Path, overrides: list[str], values: dict, deadline: float) -> float:
-    """Run the shards, at most ``args.jobs`` at a time, the first alone (it builds the stages every shard shares:
-    the world, the students' pretraining with ``init=student-pretrain``, and the evaluation splits' stores). Past
+    """Run the shards, at most ``args.jobs`` at a time; the first alone when it has to build the stages every shard
+    shares (:func:`shared_stages_cached`: else the shards would build them at once, or wait on each other). Past
     ``deadline`` (perf_counter) the running shards are killed (their distill stages resume from checkpoints next
     time) and no new one starts. Returns the wall time."""
     from mad_pipeline.progress import make_progress
@@ -121,7 +133,8 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
                 done += 1
                 bar.update(task, completed=done)
 
-        first = True
+        first = args.jobs > 1 and not shared_stages_cached(config, overrides, args.cache,
+                                                           values["data"]["train_split"])
         while todo or running:
             if time.perf_counter() > deadline:
                 log(f"--deadline-min reached: killing {len(running)} running shard(s), {len(todo)} not started")

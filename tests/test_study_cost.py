@@ -188,3 +188,13 @@ def test_report_records_name_runs_relative_to_the_cache(vcr_study):
     assert records and all(r["source"].startswith("<cache>/runs/distill/") for r in records)
     for r in records:
         assert (Path(env["MAD_CACHE"]) / r["source"].removeprefix("<cache>/") / "metrics.json").is_file()
+
+
+def test_shards_start_together_once_the_shared_stages_are_cached(vcr_study, tmp_path):
+    """bench/lowshot.py runs its first shard alone only while the stages every shard shares (the world, the
+    evaluation splits' stores) are not cached: after the study they are; in an empty cache they are not."""
+    bench = bench_module("lowshot")
+    d, env, _, _, _ = vcr_study
+    cfg = d / "vcr.yaml"
+    assert bench.shared_stages_cached(cfg, ["fractions=[0.5]"], Path(env["MAD_CACHE"]), "train")
+    assert not bench.shared_stages_cached(cfg, [], tmp_path / "empty", "train")
