@@ -121,6 +121,7 @@ def distill_cmd(
                                        "its metric is the run's student."),
     min_dev: int = setting_option(TrainConfig, "min_dev", "--min-dev"),
     dev_every: int = setting_option(TrainConfig, "dev_every", "--dev-every"),
+    min_steps: int = setting_option(TrainConfig, "min_steps", "--min-steps"),
     num_workers: str = typer.Option(_D.num_workers, "--num-workers", help=NUM_WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     nproc: int = typer.Option(1, "--nproc", help="Processes training together (torchrun, DDP; on GPUs one per "

@@ -97,16 +97,19 @@ class _Trainer:
         self.weights[self.step] = self.model.weight.detach().clone()
 
 
-@pytest.mark.parametrize("curve, patience, stop_at, best_at", [
-    ([50, 60, 55, 58, 57, 70], 3, 5, 2),   # three evaluations below 60 after the best: stop at the 5th
-    ([50, 60, 55, 61, 57, 59, 58], 3, 7, 4),  # an improvement resets the count
-    ([50, 50, 50, 50], 2, 3, 1),           # equal is not better
-    ([10, 20, 30, 40], 1, None, 4),        # always improving: runs to the cap
+@pytest.mark.parametrize("curve, patience, stop_at, best_at, min_steps", [
+    ([50, 60, 55, 58, 57, 70], 3, 5, 2, 0),   # three evaluations below 60 after the best: stop at the 5th
+    ([50, 60, 55, 61, 57, 59, 58], 3, 7, 4, 0),  # an improvement resets the count
+    ([50, 50, 50, 50], 2, 3, 1, 0),           # equal is not better
+    ([10, 20, 30, 40], 1, None, 4, 0),        # always improving: runs to the cap
+    ([25, 25, 25, 25, 40, 60, 55, 50, 45], 2, 8, 6, 10),  # a plateau before min_steps (step 10) does not stop it
+    ([25, 25, 25, 25, 25, 25, 25], 2, 5, 1, 10),  # patience ran out on it: the first evaluation at step 10 stops
 ])
-def test_early_stop_stops_at_the_right_evaluation_and_restores_the_best(tmp_path, curve, patience, stop_at, best_at):
+def test_early_stop_stops_at_the_right_evaluation_and_restores_the_best(tmp_path, curve, patience, stop_at, best_at,
+                                                                         min_steps):
     values = iter(curve)
     trainer = _Trainer(tmp_path)
-    cfg = TrainConfig(steps=len(curve) * 2, patience=patience, dev_fraction=0.1, dev_every=2)
+    cfg = TrainConfig(steps=len(curve) * 2, patience=patience, dev_fraction=0.1, dev_every=2, min_steps=min_steps)
     early = EarlyStop(cfg, lambda model: ({"metric": "acc", "value": float(next(values))}, []), tmp_path / "best", 7)
     evals = 0
     while trainer.step < cfg.steps and not early.stopped:

@@ -64,6 +64,8 @@ class TrainConfig:
                       why="more dev samples than an evaluation should take")
     dev_every: int = _f(0, "evaluate the dev split every N steps (0: steps / 20)", min=0, max=MAX_STEPS,
                         why=STEPS_WHY)
+    min_steps: int = _f(0, "early stopping never stops a run before this step (a plateau at the start of training is "
+                        "not convergence)", min=0, max=MAX_STEPS, why=STEPS_WHY, key="unless-default")
 
     def __post_init__(self) -> None:
         for f in fields(self):

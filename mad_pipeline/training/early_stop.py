@@ -7,7 +7,8 @@ questions of one image stay together), and the rest trains.
 :class:`EarlyStop` is the trainer's hook: every ``dev_every`` steps (and at the last step) the student is evaluated on
 the dev split with the task's headline metric (higher is better); a new best saves the weights (student and MAD
 projections) under ``checkpoints/best/``; ``patience`` evaluations in a row without improvement stop the run
-(``steps`` is the cap). At the end the best weights are loaded back, so the saved student and every evaluation after
+(``steps`` is the cap), but not before step ``min_steps`` (a plateau at the start of training is not convergence).
+At the end the best weights are loaded back, so the saved student and every evaluation after
 training are the selected checkpoint. Its state (best value and step, bad evaluations, the dev curve, stopped or not)
 goes into each checkpoint, so a killed run resumes exactly; a best-weights file is removed only once a checkpoint no
 longer refers to it.
@@ -66,6 +67,7 @@ class EarlyStop:
         self.patience = cfg.patience
         self.every = dev_every(cfg)
         self.steps = cfg.steps
+        self.min_steps = cfg.min_steps
         self.evaluator = evaluator
         self.dir = Path(best_dir)
         self.dev_samples = dev_samples
@@ -94,7 +96,7 @@ class EarlyStop:
     def summary(self) -> dict[str, Any]:
         """``metrics.json``'s record: the metric, the best value and step, where the run stopped, the dev curve."""
         return {"metric": self.metric, "best": self.best, "best_step": self.best_step, "patience": self.patience,
-                "dev_every": self.every, "dev_samples": self.dev_samples,
+                "min_steps": self.min_steps, "dev_every": self.every, "dev_samples": self.dev_samples,
                 "stopped_early": self.stopped, "curve": [[int(s), v] for s, v in self.curve]}
 
     # -- the hook -------------------------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ class EarlyStop:
                 self._save(trainer.model, step)
         else:
             self.bad += 1
-        self.stopped = bool(self.patience) and self.bad >= self.patience
+        self.stopped = bool(self.patience) and self.bad >= self.patience and step >= self.min_steps
         trainer._append({"step": step, "eval": metrics, "split": "dev", "best_step": self.best_step})
         note = f"; stopping (best at step {self.best_step})" if self.stopped else ""
         trainer.log(f"step {step}: dev {self.metric} = {value:.2f} (best {self.best:.2f} at step {self.best_step})"
