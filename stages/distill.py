@@ -249,7 +249,7 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
         "online_teacher": cfg.online_teacher, "train_split": cfg.train_split, "train_fraction": cfg.train_fraction,
         "subset_seed": data.subset_seed, "seed": cfg.train.seed, "train_samples": _distinct(train_data.samples),
         "train_items": len(train_data),  # what an epoch visits (VCR: each sample as Q->A and as QA->R)
-        "dropped_samples": len(train_data.dropped), "eval_split": data.eval_split,
+        "dropped_samples": len({d["sample_id"] for d in train_data.dropped}), "eval_split": data.eval_split,
         "metric": eval_metrics["metric"] if eval_metrics else None,
         "value": eval_metrics["value"] if eval_metrics else None,
         "eval": evals,
