@@ -101,8 +101,7 @@ def distill_cmd(
     dense: bool = typer.Option(False, "--dense", help="Stage 1 also stores dense joint-space patch features "
                                "(see mad extract --dense); --select question-aware ranks by them."),
     steps: int = typer.Option(_D.steps, "--steps", help="Optimizer steps."),
-    batch_size: int = typer.Option(_D.batch_size, "--batch-size",
-                                   help="Samples per micro-batch (of all --nproc processes together)."),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Micro-batch size, all --nproc together."),
     grad_accum: int = typer.Option(_D.grad_accum, "--grad-accum", help="Micro-batches per step."),
     lr: float = typer.Option(_D.lr, "--lr", help="Peak learning rate (AdamW)."),
     weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", help="AdamW weight decay."),
