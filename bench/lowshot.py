@@ -548,8 +548,7 @@ def study(args, config: Path, overrides: list[str], out: Path, deadline: float) 
     from mad_pipeline.stages.pipeline import RunConfig, load_config, run
 
     from mad_pipeline.pipeline.config import tasks_of
-    from mad_pipeline.pipeline.report import aggregate, write_report
-    from mad_pipeline.tasks import task_class
+    from mad_pipeline.pipeline.report import aggregate, study_metric_records, write_report
 
     values = load_config(config, overrides).values
     log(f"{config.name}: {', '.join(tasks_of(values))}; cache {args.cache}, {args.jobs} job(s) x {args.threads} "
@@ -576,9 +575,7 @@ def study(args, config: Path, overrides: list[str], out: Path, deadline: float) 
             if st.kind == "eval" and st.status == "cached" and st.meta.get("task") == task:
                 rec = {**st.summary(), "task": task, "source": st.key}
                 scores = (st.record or {}).get("result", {}).get("metrics") or {}
-                recs.append(rec)  # the headline, then the task's other figures (VCR: QA->R, Q->AR), as mad run does
-                recs += [{**rec, "metric": k, "value": scores[k]} for k, _ in task_class(task).study_metrics
-                         if k in scores]
+                recs += [rec, *study_metric_records(rec, scores, task)]  # VCR: QA->R, Q->AR beside Q->A
         if recs:
             tables[task] = aggregate(recs, title=values["name"] + f" {task} (INCOMPLETE)")
             write_report(tables[task], out / task)

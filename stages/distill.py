@@ -132,8 +132,7 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
     for f in dataclasses.fields(DistillConfig):  # a task setting only for the tasks that read it (VQA: vqa_eval)
         if f.metadata.get("task_setting") and f.name not in task_class(cfg.task).keyed_settings:
             d.pop(f.name, None)
-    if task_class(cfg.task).training_revision:  # what the task trains on changed (VCR: QA->R too)
-        d["training_revision"] = task_class(cfg.task).training_revision
+    d.update(task_class(cfg.task).training_key())  # what the task trains on changed (VCR: QA->R too)
     d["data_root"] = str(Path(cfg.data_root).resolve())
     d["out"] = str(Path(cfg.out).resolve())
     if d.get("init") == "scratch":  # random initialisation: the fingerprint it always had

@@ -347,8 +347,6 @@ class _Runner(Resolver):
         return out
 
     def _run_report(self, st: Stage):
-        from mad_pipeline.tasks import task_class
-
         records = []
         evals = [e for e in (self.by_id[d] for d in st.deps.values()) if e.kind == "eval"]
         refs = self._references(st, evals)
@@ -360,9 +358,7 @@ class _Runner(Resolver):
                    "source": str((Path(d.record["path"]) / "run").resolve())}
             records.append({**rec, "references": refs.get(e.meta["split"], {})})
             scores = e.record.get("result", {}).get("metrics") or {}
-            for key, _title in task_class(self.task).study_metrics:  # VCR: QA->R and Q->AR beside Q->A
-                if key in scores:
-                    records.append({**rec, "metric": key, "value": scores[key]})
+            records += report_lib.study_metric_records(rec, scores, self.task)  # VCR: QA->R, Q->AR beside Q->A
         table = report_lib.aggregate(records, title=self.v["name"])
         files = report_lib.write_report(table, plan_lib.stage_dir(self.cache.root, "report", st.key), records=records)
         return {"table": table, "files": files, "records": records}, {"files": files}, "ran"

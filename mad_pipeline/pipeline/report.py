@@ -39,6 +39,14 @@ def method_key(name: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), name)
 
 
+def study_metric_records(record: dict[str, Any], scores: dict[str, Any], task: str) -> list[dict[str, Any]]:
+    """Beside a run's headline ``record``, one record per other figure of the task that ``scores`` (the evaluation's
+    metrics) holds (:attr:`Task.study_metrics`; VCR: QA->R and Q->AR)."""
+    from ..tasks import task_class
+
+    return [{**record, "metric": k, "value": scores[k]} for k, _ in task_class(task).study_metrics if k in scores]
+
+
 def method_title(name: str) -> str:
     return METHOD_TITLE.get(name, name)
 

@@ -209,8 +209,7 @@ class Resolver:
                   "mad": to_jsonable(dataclasses.asdict(mad)), "train": to_jsonable(train),
                   "fraction": m["fraction"], "subset_seed": m["subset_seed"],
                   "vocab_min_count": self.v["vocab_min_count"], **task_class(self.task).settings_in_key(self.v)}
-        if task_class(self.task).training_revision:  # what the task trains on changed (VCR: QA->R too)
-            params["training_revision"] = task_class(self.task).training_revision
+        params.update(task_class(self.task).training_key())  # what the task trains on changed (VCR: QA->R too)
         if params["pretrained"] is False:
             return None
         inputs: dict[str, Any] = {"train_data": self.fingerprint(self.v["data"]["train_split"]),

@@ -107,6 +107,11 @@ class Task:
     # enters the keys of the task's training runs when non-zero, so runs trained the old way are never reused.
     training_revision: ClassVar[int] = 0
 
+    @classmethod
+    def training_key(cls) -> dict[str, int]:
+        """What the task adds to the keys of its training runs: its :attr:`training_revision` when non-zero."""
+        return {"training_revision": cls.training_revision} if cls.training_revision else {}
+
     def training_samples(self, samples: Sequence[Sample]) -> list[Sample]:
         """What a training epoch visits: by default the samples themselves. A task that asks a second question of
         the same sample (VCR's QA->R) adds a copy of the sample that asks it (its ``meta`` says which)."""

@@ -64,10 +64,6 @@ def candidate_texts(sample: Sample) -> dict[str, list[str]]:
     return out
 
 
-def _answer_columns(labels) -> list[int]:
-    return _columns(labels, "a")
-
-
 def _columns(labels, prefix: str) -> list[int]:
     return [k for k, lab in enumerate(labels) if str(lab).startswith(prefix)]
 
@@ -123,25 +119,22 @@ class VcrTask(Task):
             out.append(Candidates(labels, tuple(c["q2a"]) + tuple(c["qa2r"])))
         return ZeroShotSetup(out, {"prompt": "question+choice"})
 
-    def zeroshot_vector(self, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, bool]:
-        a = _answer_columns(labels)
-        z = logits[a].astype(np.float32)
-        return z, bool(len(a) and np.isfinite(z).all())
+    def zeroshot_vector(self, logits: np.ndarray, labels: np.ndarray, prefix: str = "a") -> tuple[np.ndarray, bool]:
+        """The teacher's logits over the four answers (``prefix`` ``r``: over the four rationales)."""
+        cols = _columns(labels, prefix)
+        if len(cols) != NUM_CHOICES:  # not scored (QA->R: its answer was unknown at extraction)
+            return np.zeros(NUM_CHOICES, np.float32), False
+        z = logits[cols].astype(np.float32)
+        return z, bool(np.isfinite(z).all())
 
     def sample_zeroshot_vector(self, sample: Sample, logits: np.ndarray, labels: np.ndarray):
         """A QA->R item's zero-shot logits are the teacher's rationale scores (given the right answer)."""
-        if not _asks_rationale(sample):
-            return self.zeroshot_vector(logits, labels)
-        r = _columns(labels, "r")
-        if len(r) != NUM_CHOICES:  # not scored (its answer was unknown at extraction)
-            return np.zeros(NUM_CHOICES, np.float32), False
-        z = logits[r].astype(np.float32)
-        return z, bool(np.isfinite(z).all())
+        return self.zeroshot_vector(logits, labels, "r" if _asks_rationale(sample) else "a")
 
     def zeroshot_predictions(self, sample_ids, logits, labels) -> list[dict]:
         out = []
         for sid, row, lab in zip(sample_ids, logits, labels, strict=True):
-            a = _answer_columns(lab)
+            a = _columns(lab, "a")
             r = _columns(lab, "r")
             out.append({"annot_id": str(sid), "answer": int(np.nanargmax(row[a])),
                         "rationale": int(np.nanargmax(row[r])) if r else 0})
