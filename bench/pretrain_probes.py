@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         ss = dataclasses.replace(s, lr=lr)
         pre = E.finetuned_probes(model, ss, train_pool, test_pool, e)
-        scr = E.finetuned_probes(P.build_model(s.student, s.seed), ss, train_pool, test_pool, e)
+        scr = E.finetuned_probes(P.build_model(s.student, s.seed, s.pos_init_std), ss, train_pool, test_pool, e)
         rows += [(f"first object, fine-tuned at lr {lr:g}", k.removeprefix("probe_"), pre[k], scr[k]) for k in pre]
         print(f"lr {lr:g}: {time.perf_counter() - t0:.0f} s", flush=True)
     if args.presence:
         pre = presence_probes(model, s, train_pool, test_pool, e)
         lin = presence_probes(model, s, train_pool, test_pool, e, frozen=True)
-        scr = presence_probes(P.build_model(s.student, s.seed), s, train_pool, test_pool, e)
+        scr = presence_probes(P.build_model(s.student, s.seed, s.pos_init_std), s, train_pool, test_pool, e)
         rows += [("presence, fine-tuned", k, pre[k], scr[k]) for k in pre]
         rows += [("presence, linear (frozen)", k, lin[k], None) for k in lin]
     print("| probe | label | pretrained | from scratch | diff |\n|---|---|---:|---:|---:|")

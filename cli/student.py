@@ -62,6 +62,8 @@ def pretrain_cmd(
                                     help="Share of the steps of MLM alone before ITM joins."),
     hard_gate: float = typer.Option(_D.hard_gate, "--hard-gate",
                                     help="ITM batch accuracy on easy negatives that lets hard negatives in."),
+    pos_init_std: float = typer.Option(_D.pos_init_std, "--pos-init-std",
+                                       help="Std of the patches' initial position embedding (0: zeros)."),
     eval_size: int = typer.Option(_D.eval_size, "--eval-size", help="Held-out scenes measured (0: no figures)."),
     probe_steps: int = typer.Option(_D.probe_steps, "--probe-steps",
                                     help="Labelled steps of the comparison (probes, from-scratch model)."),
@@ -75,7 +77,7 @@ def pretrain_cmd(
     cfg = stage.StudentPretrainConfig(
         seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr, warmup=warmup, mask_prob=mask_prob,
         negative_fraction=negative_fraction, hard_fraction=hard_fraction, hard_ramp=hard_ramp,
-        itm_weight=itm_weight, itm_start=itm_start, hard_gate=hard_gate, eval_size=eval_size,
+        itm_weight=itm_weight, itm_start=itm_start, hard_gate=hard_gate, pos_init_std=pos_init_std, eval_size=eval_size,
         probe_steps=probe_steps, probe_train=probe_train, out=out, cache=cache, progress=not (quiet or as_json))
     result = stage.run(cfg)
     if as_json:

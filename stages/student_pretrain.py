@@ -50,6 +50,8 @@ class StudentPretrainConfig:
     itm_weight: float = _f(_D.itm_weight, "ITM loss weight (MLM's is 1)", min=0)
     itm_start: float = _f(_D.itm_start, "share of the steps of MLM alone before ITM joins", **SHARE)
     hard_gate: float = _f(_D.hard_gate, "ITM batch accuracy on easy negatives that lets hard negatives in", **SHARE)
+    pos_init_std: float = _f(_D.pos_init_std, "std of the patches' initial position embedding (0: zeros, as "
+                             "transformers starts ViLT)", min=0)
     eval_size: int = _f(500, "held-out scenes the figures are measured on (0: no figures)", min=0)
     probe_steps: int = _f(200, "labelled steps of the comparison (probes, from-scratch models)", min=1)
     probe_train: int = _f(2000, "training scenes of the probes", min=1)
@@ -76,12 +78,19 @@ class StudentPretrainResult:
                 "cached": self.cached, "figures": self.figures, "timing": self.timing}
 
 
+def _params(cfg: StudentPretrainConfig) -> dict[str, Any]:
+    """The settings in the key and the record (``pos_init_std`` only when set: older keys stay valid)."""
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in not_in_key(StudentPretrainConfig)}
+    if not params["pos_init_std"]:
+        del params["pos_init_std"]
+    return params
+
+
 def stage_key(cfg: StudentPretrainConfig) -> str:
     import torch
     import transformers
 
-    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in not_in_key(StudentPretrainConfig)}
-    return content_key({"format": FORMAT, "kind": KIND, "params": params,
+    return content_key({"format": FORMAT, "kind": KIND, "params": _params(cfg),
                         "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
 
 
@@ -93,7 +102,9 @@ def weights_key(cfg: StudentPretrainConfig) -> str:
     import torch
     import transformers
 
-    return content_key({"format": FORMAT, "kind": f"{KIND} weights", "settings": dataclasses.asdict(cfg.settings()),
+    from mad_pipeline.students.pretrain import settings_dict
+
+    return content_key({"format": FORMAT, "kind": f"{KIND} weights", "settings": settings_dict(cfg.settings()),
                         "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
 
 
@@ -127,7 +138,7 @@ def run(cfg: StudentPretrainConfig) -> StudentPretrainResult:
     else:
         figures, timing = _build(cfg, plan_lib.stage_dir(root, KIND, key) / "weights")
         stage = plan_lib.Stage(KIND, KIND, f"{cfg.student}, {cfg.steps} steps", {}, key=key)
-        params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in not_in_key(StudentPretrainConfig)}
+        params = _params(cfg)
         rec = plan_lib.write_marker(root, stage, inputs={}, config=params,
                                     result={"figures": figures, "timing": timing},
                                     summary=_summary(figures), seconds=time.perf_counter() - t0)

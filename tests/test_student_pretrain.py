@@ -157,6 +157,26 @@ def test_pretrain_cli_cached_and_rebuilt_bit_for_bit(tmp_path):
     assert torch.equal(got["pooler.dense.weight"], saved["vilt.pooler.dense.weight"].float())
 
 
+def test_patch_position_embedding_init_and_its_key():
+    """transformers starts ViLT's patch position embedding at zeros; --pos-init-std draws it instead, enters the key
+    only when set (older students keep their keys), and the from-scratch comparison starts the same way."""
+    from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, stage_key, weights_key
+    from mad_pipeline.students.pretrain import build_model, settings_dict
+
+    zero = build_model("vilt-tiny", 0).vilt.embeddings.position_embeddings.detach()
+    drawn = build_model("vilt-tiny", 0, 0.5).vilt.embeddings.position_embeddings.detach()
+    assert float(zero.abs().max()) == 0.0 and 0.45 < float(drawn.std()) < 0.55
+    assert "pos_init_std" not in settings_dict(PretrainSettings())
+    assert settings_dict(PretrainSettings(pos_init_std=0.5))["pos_init_std"] == 0.5
+    base = StudentPretrainConfig()
+    assert stage_key(base) == stage_key(StudentPretrainConfig(pos_init_std=0.0))
+    assert stage_key(base).startswith("fdfd217cbf31")  # the shipped student's record (docs/shapes.md)
+    other = StudentPretrainConfig(pos_init_std=0.5)
+    assert stage_key(other) != stage_key(base) and weights_key(other) != weights_key(base)
+    proc = mad_inproc("student", "pretrain", "--pos-init-std", "-1", check=False)
+    assert proc.returncode == 2 and "--pos-init-std must be at least 0" in proc.stderr
+
+
 def test_init_resolution_and_errors(tmp_path, monkeypatch):
     assert resolve_init("vilt-tiny", "scratch") is None
     assert resolve_init("vilt-b32", "pretrained") == "dandelin/vilt-b32-mlm"

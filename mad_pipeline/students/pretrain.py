@@ -70,6 +70,7 @@ class PretrainSettings:
     itm_weight: float = 40.0  # ITM loss multiplier (see ``Loop.step``)
     itm_start: float = 0.5  # share of the steps of MLM alone before ITM joins
     hard_gate: float = 0.8  # ITM batch accuracy (mean of the last GATE_WINDOW steps) that lets hard negatives in
+    pos_init_std: float = 0.0  # patch position embedding drawn N(0, std) (0: zeros, as transformers; build_model)
 
 
 class PretrainModel(nn.Module):
@@ -102,11 +103,18 @@ class PretrainModel(nn.Module):
         return self.itm_score(self.encode(pixels, input_ids, attention_mask)[1])
 
 
-def build_model(student: str, seed: int) -> PretrainModel:
+def build_model(student: str, seed: int, pos_init_std: float = 0.0) -> PretrainModel:
+    """The untrained model. transformers starts ViLT's patch position embedding at zeros (ViLT itself copies a
+    pretrained ViT's); ``pos_init_std`` > 0 draws it from N(0, std) instead, so that where a patch lies is as visible
+    to the first layer as what it shows (the patch projection's output has a std of about 0.2 on these images)."""
     from transformers import ViltConfig
 
     torch.manual_seed(seed)
-    return PretrainModel(ViltConfig(**VILT_CONFIGS[student]))
+    model = PretrainModel(ViltConfig(**VILT_CONFIGS[student]))
+    if pos_init_std > 0:
+        with torch.no_grad():
+            model.vilt.embeddings.position_embeddings.normal_(0.0, pos_init_std)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -215,7 +223,7 @@ class Loop:
 
     def __init__(self, s: PretrainSettings, pool: Pool, model: PretrainModel | None = None):
         self.s, self.pool = s, pool
-        self.model = build_model(s.student, s.seed) if model is None else model
+        self.model = build_model(s.student, s.seed, s.pos_init_std) if model is None else model
         self.model.train()
         self.tokenizer = _load_tokenizer(None)
         self.max_length = self.model.config.max_position_embeddings
@@ -338,7 +346,12 @@ def load(directory: str | Path) -> PretrainModel:
 
 
 def settings_dict(s: PretrainSettings) -> dict[str, Any]:
-    return asdict(s)
+    """The settings as recorded and keyed: ``pos_init_std`` only when set (students pretrained before it existed
+    keep their keys and records)."""
+    out = asdict(s)
+    if not out["pos_init_std"]:
+        del out["pos_init_std"]
+    return out
 
 
 def timed(fn, *args, **kwargs):

@@ -185,7 +185,8 @@ def compare(model: PretrainModel, s: PretrainSettings, e: EvalSettings, train_po
     scratch_model, _ = train(short, train_pool, progress)
     scratch = {**itm_accuracy(scratch_model, test_pool, s.seed, e.batch_size),
                **mlm_accuracy(scratch_model, test_pool, s.seed, e.batch_size, s.mask_prob),
-               **finetuned_probes(build_model(s.student, s.seed), s, _head(train_pool, e.probe_train), test_pool,
+               **finetuned_probes(build_model(s.student, s.seed, s.pos_init_std), s, _head(train_pool, e.probe_train),
+                                  test_pool,
                                   e)}
     return {"pretrained": {k: round(v, 4) for k, v in pretrained.items()},
             "scratch": {k: round(v, 4) for k, v in scratch.items()}}
