@@ -6,7 +6,10 @@ On held-out scenes of the ``student-pretrain`` stream (indices past the training
   accuracy of the ITM head, positives weighted 1/2, hard and easy negatives 1/4 each (chance = 0.5), and the hard
   negatives' accuracy alone.
 - **MLM accuracy**: 15% of each caption's tokens (at least one) replaced by ``[MASK]``; accuracy on all of them and on
-  the *content* words only (colours, shapes, places, the grey box: the words the image decides).
+  the *content* words only (colours, shapes, places, the grey box: the words the image decides), and per kind
+  (colour, shape, place). For the pretrained model the same per kind with each caption shown *another* scene's image
+  (``mlm_<kind>_other_image``): a kind the model reads from the image drops there; one it guesses from the text
+  ("top" is followed by "left" or "right") does not.
 - **probes**: the first object's colour and shape and the number of objects, from the features of the image with an
   empty text (the pooled output and the mean of the patch tokens, concatenated). *Fine-tuned* (``probe_*``): the
   model and a linear layer per label trained end to end for ``probe_steps`` on scenes of the training pool, accuracy
@@ -34,8 +37,10 @@ from .pretrain import Pool, PretrainModel, PretrainSettings, build_model, mask_t
 from .vilt import _load_tokenizer
 
 PROBES = (("colour", 6), ("shape", 4), ("count", 3))
-CONTENT_WORDS = ("red", "green", "blue", "yellow", "purple", "orange", "circle", "square", "triangle", "cross",
-                 "top", "bottom", "left", "right", "center", "grey", "box")
+WORD_KINDS = {"colour": ("red", "green", "blue", "yellow", "purple", "orange"),
+              "shape": ("circle", "square", "triangle", "cross"),
+              "place": ("top", "bottom", "left", "right", "center")}
+CONTENT_WORDS = (*(w for words in WORD_KINDS.values() for w in words), "grey", "box")
 
 
 @dataclass(frozen=True)
@@ -72,23 +77,38 @@ def itm_accuracy(model: PretrainModel, pool: Pool, seed: int, batch_size: int) -
 
 
 @torch.no_grad()
-def mlm_accuracy(model: PretrainModel, pool: Pool, seed: int, batch_size: int, mask_prob: float) -> dict[str, float]:
+def mlm_accuracy(model: PretrainModel, pool: Pool, seed: int, batch_size: int, mask_prob: float,
+                 image_shift: int = 0) -> dict[str, float]:
+    """MLM accuracy on all masked tokens, on the content words, and per kind of content word (``mlm_colour``,
+    ``mlm_shape``, ``mlm_place``). ``image_shift`` > 0: each caption is shown another scene's image (the one that
+    many places on), same captions and masks -- what is still right is what the text alone decides."""
     tok = _load_tokenizer(None)
     content = torch.tensor(tok.convert_tokens_to_ids(list(CONTENT_WORDS)))
+    kinds = {k: torch.tensor(tok.convert_tokens_to_ids(list(words))) for k, words in WORD_KINDS.items()}
     rng = np.random.default_rng([seed, 22])
     caps = [caption(s, rng) for s in pool.scenes]
-    right = total = c_right = c_total = 0
+    images = torch.roll(pool.images, image_shift, dims=0) if image_shift else pool.images
+    right, total = {}, {}
     for sl in _batches(len(caps), batch_size):
         ids, att, maskable = tokenize(tok, caps[sl], model.config.max_position_embeddings)
         masked, chosen = mask_tokens(ids, maskable, mask_prob, tok, rng, bert=False)
-        pred = model.mlm_logits(pixels(pool.images[sl]), masked, att, chosen).argmax(1)
+        pred = model.mlm_logits(pixels(images[sl]), masked, att, chosen).argmax(1)
         truth = ids[chosen]
-        is_content = torch.isin(truth, content)
-        right += int((pred == truth).sum())
-        total += len(truth)
-        c_right += int(((pred == truth) & is_content).sum())
-        c_total += int(is_content.sum())
-    return {"mlm_accuracy": right / max(1, total), "mlm_content_accuracy": c_right / max(1, c_total)}
+        hit = pred == truth
+        for name, sel in (("all", torch.ones_like(hit)), ("content", torch.isin(truth, content)),
+                          *((k, torch.isin(truth, v)) for k, v in kinds.items())):
+            right[name] = right.get(name, 0) + int((hit & sel).sum())
+            total[name] = total.get(name, 0) + int(sel.sum())
+    acc = {k: right[k] / max(1, total[k]) for k in right}
+    return {"mlm_accuracy": acc["all"], "mlm_content_accuracy": acc["content"],
+            **{f"mlm_{k}": acc[k] for k in WORD_KINDS}}
+
+
+def mlm_grounding(model: PretrainModel, pool: Pool, seed: int, batch_size: int, mask_prob: float) -> dict[str, float]:
+    """Per kind of content word, MLM accuracy with another scene's image (``mlm_<kind>_other_image``): against
+    ``mlm_<kind>`` it says how much of that kind the model reads from the image rather than guesses from the text."""
+    other = mlm_accuracy(model, pool, seed, batch_size, mask_prob, image_shift=1)
+    return {f"mlm_{k}_other_image": other[f"mlm_{k}"] for k in WORD_KINDS}
 
 
 def image_features(model: PretrainModel, images: torch.Tensor) -> torch.Tensor:
@@ -171,6 +191,7 @@ def evaluate(model: PretrainModel, s: PretrainSettings, e: EvalSettings, train_p
     probe_pool = _head(train_pool, e.probe_train)
     return {**itm_accuracy(model, test_pool, s.seed, e.batch_size),
             **mlm_accuracy(model, test_pool, s.seed, e.batch_size, s.mask_prob),
+            **mlm_grounding(model, test_pool, s.seed, e.batch_size, s.mask_prob),
             **finetuned_probes(model, s, probe_pool, test_pool, e),
             **{f"linear_{k}": v for k, v in linear_probes(model, probe_pool, test_pool, e, s.seed).items()}}
 
@@ -186,8 +207,7 @@ def compare(model: PretrainModel, s: PretrainSettings, e: EvalSettings, train_po
     scratch = {**itm_accuracy(scratch_model, test_pool, s.seed, e.batch_size),
                **mlm_accuracy(scratch_model, test_pool, s.seed, e.batch_size, s.mask_prob),
                **finetuned_probes(build_model(s.student, s.seed, s.pos_init_std), s, _head(train_pool, e.probe_train),
-                                  test_pool,
-                                  e)}
+                                  test_pool, e)}
     return {"pretrained": {k: round(v, 4) for k, v in pretrained.items()},
             "scratch": {k: round(v, 4) for k, v in scratch.items()}}
 
@@ -196,5 +216,5 @@ def _head(pool: Pool, n: int) -> Pool:
     return Pool(pool.scenes[:n], pool.images[:n])
 
 
-__all__ = ["CONTENT_WORDS", "EvalSettings", "PROBES", "compare", "evaluate", "image_features", "itm_accuracy",
-           "finetuned_probes", "linear_probes", "mlm_accuracy"]
+__all__ = ["CONTENT_WORDS", "EvalSettings", "PROBES", "WORD_KINDS", "compare", "evaluate", "finetuned_probes",
+           "image_features", "itm_accuracy", "linear_probes", "mlm_accuracy", "mlm_grounding"]
