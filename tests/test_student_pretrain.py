@@ -161,6 +161,7 @@ def test_patch_position_embedding_init_and_its_key():
     """transformers starts ViLT's patch position embedding at zeros; --pos-init-std draws it instead, enters the key
     only when set (older students keep their keys), and the from-scratch comparison starts the same way."""
     from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, stage_key, weights_key
+
     from mad_pipeline.students.pretrain import build_model, settings_dict
 
     zero = build_model("vilt-tiny", 0).vilt.embeddings.position_embeddings.detach()
