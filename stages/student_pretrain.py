@@ -22,7 +22,7 @@ from mad_pipeline.errors import InputError
 from mad_pipeline.hashing import content_key
 from mad_pipeline.settings import not_in_key
 from mad_pipeline.settings import setting as _f
-from mad_pipeline.students.pretrain import CONFIG_FILE, META_FILE, WEIGHTS_FILE, PretrainSettings
+from mad_pipeline.students.pretrain import CONFIG_FILE, META_FILE, OPTIONAL_SETTINGS, WEIGHTS_FILE, PretrainSettings
 from mad_pipeline.training.config import check_bounds
 
 KIND = "student-pretrain"
@@ -52,6 +52,10 @@ class StudentPretrainConfig:
     hard_gate: float = _f(_D.hard_gate, "ITM batch accuracy on easy negatives that lets hard negatives in", **SHARE)
     pos_init_std: float = _f(_D.pos_init_std, "std of the patches' initial position embedding (0: zeros, as "
                              "transformers starts ViLT)", min=0)
+    cell_steps: int = _f(_D.cell_steps, "image phase: steps of predicting every cell's shape and colour from the "
+                         "image alone, before MLM (0: none)", min=0)
+    place_mask: float = _f(_D.place_mask, "MLM: share of captions with one whole place (\"top left\") masked besides",
+                           **SHARE)
     eval_size: int = _f(500, "held-out scenes the figures are measured on (0: no figures)", min=0)
     probe_steps: int = _f(200, "labelled steps of the comparison (probes, from-scratch models)", min=1)
     probe_train: int = _f(2000, "training scenes of the probes", min=1)
@@ -79,10 +83,12 @@ class StudentPretrainResult:
 
 
 def _params(cfg: StudentPretrainConfig) -> dict[str, Any]:
-    """The settings in the key and the record (``pos_init_std`` only when set: older keys stay valid)."""
+    """The settings in the key and the record (those of ``OPTIONAL_SETTINGS`` only when set: older keys stay
+    valid)."""
     params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in not_in_key(StudentPretrainConfig)}
-    if not params["pos_init_std"]:
-        del params["pos_init_std"]
+    for name in OPTIONAL_SETTINGS:
+        if not params[name]:
+            del params[name]
     return params
 
 
@@ -168,12 +174,16 @@ def _build(cfg: StudentPretrainConfig, weights: Path) -> tuple[dict[str, Any], d
         pool = P.make_pool(s.seed, 0, s.pool_size, bar.advance)
         held_out = P.make_pool(s.seed, s.pool_size, cfg.eval_size, bar.advance) if cfg.eval_size else None
     t1 = time.perf_counter()
-    with progress_bar("pretraining (MLM, then MLM + ITM)", s.steps, unit="step", enabled=cfg.progress) as bar:
+    phases = "image phase, then MLM, then MLM + ITM" if s.cell_steps else "MLM, then MLM + ITM"
+    with progress_bar(f"pretraining ({phases})", s.cell_steps + s.steps, unit="step", enabled=cfg.progress) as bar:
         def tick(step: int, info: dict) -> None:
             bar.advance()
-            bar.info(f"mlm {info['mlm']:.3f}  itm {info['itm']:.3f}  hard {info['hard']:.2f}")
+            bar.info(f"cell {info['cell']:.3f}" if info.get("phase") == "cell" else
+                     f"mlm {info['mlm']:.3f}  itm {info['itm']:.3f}  hard {info['hard']:.2f}")
 
-        model, history = P.train(s, pool, tick)
+        model, everything = P.train(s, pool, tick)
+    history = [h for h in everything if h.get("phase") != "cell"]
+    cells = [h["cell"] for h in everything if h.get("phase") == "cell"]
     t2 = time.perf_counter()
     figures: dict[str, Any] = {}
     if held_out is not None:
@@ -182,7 +192,7 @@ def _build(cfg: StudentPretrainConfig, weights: Path) -> tuple[dict[str, Any], d
             figures = E.compare(model, s, e, pool, held_out, lambda step, info: bar.advance())
     t3 = time.perf_counter()
     last = history[-min(len(history), 50):]
-    final = {k: round(sum(h[k] for h in last) / len(last), 4) for k in last[0]}
+    final = {k: round(sum(h[k] for h in last) / len(last), 4) for k in last[-1]}
     timing = {"render_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1), "step_s": round((t2 - t1) / s.steps, 3),
               "eval_s": round(t3 - t2, 1)}
     meta = {"settings": P.settings_dict(s), "eval": {"held_out_scenes": cfg.eval_size, "probe_steps": cfg.probe_steps,
@@ -190,6 +200,9 @@ def _build(cfg: StudentPretrainConfig, weights: Path) -> tuple[dict[str, Any], d
             "figures": figures, "final_train": final, "timing": timing,
             "curve": [{"step": i + 1, **{k: round(v, 4) for k, v in h.items()}}
                       for i, h in enumerate(history) if (i + 1) % max(1, s.steps // 50) == 0]}
+    if cells:  # the image phase's probe loss, 50 points
+        meta["cell_curve"] = [{"step": i + 1, "cell": round(v, 4)} for i, v in enumerate(cells)
+                              if (i + 1) % max(1, len(cells) // 50) == 0]
     P.save(model, weights, meta)
     return figures, timing
 

@@ -178,6 +178,54 @@ def test_patch_position_embedding_init_and_its_key():
     assert proc.returncode == 2 and "--pos-init-std must be at least 0" in proc.stderr
 
 
+def test_whole_place_masking():
+    """--place-mask: in that share of the captions one whole place ("top left") is masked besides BERT's tokens."""
+    from mad_pipeline.students.pretrain import PLACE_WORDS, mask_place
+
+    tok = _load_tokenizer(None)
+    caps = [pairs.caption(pairs.pool_scene(0, i), np.random.default_rng(i)) for i in range(60)]
+    ids, _, maskable = tokenize(tok, caps, 40)
+    masked, chosen = mask_tokens(ids, maskable, 0.15, tok, np.random.default_rng(1))
+    before = chosen.clone()
+    mask_place(ids, masked, chosen, tok, np.random.default_rng(2), 1.0)
+    place = torch.isin(ids, torch.tensor(tok.convert_tokens_to_ids(list(PLACE_WORDS))))
+    added = chosen & ~before
+    assert added.any(1).float().mean() > 0.5 and not (added & ~place).any()
+    assert (masked[added] == tok.mask_token_id).all()
+    for r in range(len(caps)):  # a whole place: no place word next to an added one is left unmasked
+        for i in added[r].nonzero().flatten().tolist():
+            for j in (i - 1, i + 1):
+                assert not place[r, j] or chosen[r, j]
+    none = chosen.clone()
+    mask_place(ids, masked, none, tok, np.random.default_rng(2), 0.0)
+    assert torch.equal(none, chosen)
+
+
+def test_image_phase_teaches_the_cells_and_enters_the_key(tmp_path):
+    """--cell-steps: a probe on the pooled output learns every cell's contents before MLM (its loss falls), is not
+    saved, fades out over the first quarter of the schedule; the setting enters the key only when set."""
+    from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, stage_key
+    from mad_pipeline.students.pretrain import Loop, make_pool, settings_dict
+
+    s = PretrainSettings(steps=8, batch_size=16, pool_size=32, warmup=2, cell_steps=30, lr=2e-3)
+    loop = Loop(s, make_pool(0, 0, 32))
+    first = [loop.cell_step(i)["cell"] for i in range(3)]
+    for i in range(3, 30):
+        last = loop.cell_step(i)["cell"]
+    assert last < 0.8 * np.mean(first)
+    infos = [loop.step(i) for i in range(4)]
+    assert "cell" in infos[0] and "cell" in infos[1] and "cell" not in infos[2]  # fades over steps // 4 = 2
+    assert not any(k.startswith("probe") for k in loop.model.state_dict())
+    assert "cell_steps" not in settings_dict(PretrainSettings()) and settings_dict(s)["cell_steps"] == 30
+    assert stage_key(StudentPretrainConfig()) == stage_key(StudentPretrainConfig(cell_steps=0, place_mask=0.0))
+    assert stage_key(StudentPretrainConfig(cell_steps=5)) != stage_key(StudentPretrainConfig())
+    res = last_json(mad_inproc("student", "pretrain", *TINY, "--cell-steps", "2", "--place-mask", "0.5",
+                               "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "w"), "--json", env=ONE_THREAD))
+    meta = json.loads((tmp_path / "w" / "training.json").read_text())
+    assert meta["settings"]["cell_steps"] == 2 and meta["settings"]["place_mask"] == 0.5
+    assert len(meta["cell_curve"]) == 2 and res["figures"]["pretrained"]["mlm_place"] >= 0
+
+
 def test_init_resolution_and_errors(tmp_path, monkeypatch):
     assert resolve_init("vilt-tiny", "scratch") is None
     assert resolve_init("vilt-b32", "pretrained") == "dandelin/vilt-b32-mlm"

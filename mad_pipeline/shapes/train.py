@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .captions import BANK, scene_caption
-from .world import COLOUR_NAMES, GRID, SHAPES, decode_jpeg, encode_jpeg, make_scene, render
+from .world import COLOUR_NAMES, GRID, cell_targets, decode_jpeg, encode_jpeg, make_scene, render
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OPENAI_DATASET_MEAN / STD
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -109,17 +109,6 @@ class Pool:
     images: torch.Tensor  # (N, 64, 64, 3) uint8
     labels: torch.Tensor  # (N, n_groups) int64, -1 = group does not apply
     cells: torch.Tensor  # (N, 9, 2) int64: per cell (shape id | 4 empty | 5 grey box, colour id | 6 none)
-
-
-def cell_targets(scene) -> np.ndarray:
-    out = np.zeros((GRID * GRID, 2), np.int64)
-    for c in range(GRID * GRID):
-        o = scene.at(c)
-        if o is not None:
-            out[c] = (SHAPES.index(o.shape), COLOUR_NAMES.index(o.colour))
-        else:
-            out[c] = (5 if c == scene.occluder else 4, len(COLOUR_NAMES))
-    return out
 
 
 def make_pool(seed: int, n: int, progress: Callable[[int], None] | None = None) -> Pool:

@@ -220,6 +220,18 @@ def decode_jpeg(data: bytes) -> np.ndarray:
         return np.array(im.convert("RGB"))
 
 
+def cell_targets(scene: Scene) -> np.ndarray:
+    """(9, 2) int64 per cell, in reading order: (shape id, or 4 empty, 5 the grey box; colour id, or 6 none)."""
+    out = np.zeros((GRID * GRID, 2), np.int64)
+    for c in range(GRID * GRID):
+        o = scene.at(c)
+        if o is not None:
+            out[c] = (SHAPES.index(o.shape), COLOUR_NAMES.index(o.colour))
+        else:
+            out[c] = (5 if c == scene.occluder else 4, len(COLOUR_NAMES))
+    return out
+
+
 def make_scene(seed: int, split: str, index: int) -> Scene:
     """Scene ``index`` of ``split`` for ``seed``: the same on every machine, whatever the split's size."""
     return sample_scene(scene_rng(seed, split, index), split)

@@ -13,6 +13,13 @@ Objectives (ViLT's, Kim et al. 2021), on a batch of scenes a step from the ``stu
   ``itm_weight``, on easy negatives only until ITM's batch accuracy (mean of the last ``GATE_WINDOW`` steps)
   reaches ``hard_gate``; from then on the hard negatives' share grows to ``hard_fraction`` over ``hard_ramp`` of
   the steps (a curriculum on the measured accuracy, not on the step count).
+- **whole places** (``place_mask`` > 0; ours, in the spirit of ViLT's whole-word masking): in that share of the
+  captions, one place phrase's words (``top left``) are all masked besides (:func:`mask_place`).
+- **the image phase** (``cell_steps`` > 0; our own addition): before the schedule, ``cell_steps`` steps of the
+  image alone (an empty text) with a linear probe on the pooled output predicting every cell's shape and colour;
+  the probe's loss then fades out over the first quarter of the schedule, and the probe is dropped. ViLT starts
+  from an ImageNet-trained ViT, whose patches already say what they show and where; ours starts from nothing (see
+  ``Loop.cell_step``). It uses the world's object labels, never a task's labels or a teacher's features.
 - **masked language modelling** (MLM): ``mask_prob`` (15%) of each matching caption's tokens, at least one, chosen
   for prediction, BERT's way: 80% replaced by ``[MASK]``, 10% by a random token, 10% kept. The head is transformers'
   ``ViltForMaskedLM`` head (``mlm_score``: dense -> GELU -> LayerNorm -> decoder tied to the word embeddings), run on
@@ -42,14 +49,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..shapes.pairs import caption, hard_negative, pool_scene
-from ..shapes.world import decode_jpeg, encode_jpeg, render
+from ..shapes.world import COLOUR_NAMES, GRID, SHAPES, cell_targets, decode_jpeg, encode_jpeg, render
 from .vilt import VILT_CONFIGS, VILT_MEAN, VILT_STD, _load_tokenizer, grid_visual_embed
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 META_FILE = "training.json"
+OPTIONAL_SETTINGS = ("pos_init_std", "cell_steps", "place_mask")  # recorded and keyed only when set (settings_dict)
 TIED_KEY = "mlm_score.decoder.weight"  # = vilt.embeddings.text_embeddings.word_embeddings.weight, not stored
 GATE_WINDOW = 50  # ITM steps whose mean batch accuracy opens the hard negatives' gate
+CELL_CLASSES = (len(SHAPES) + 2, len(COLOUR_NAMES) + 1)  # per cell: shape | empty | grey box; colour | none
+PLACE_WORDS = ("top", "bottom", "left", "right", "center")  # the words of the world's nine places
 FIRST_WORD_ID = 999  # BERT-uncased: ids below are [PAD], [unused*], [UNK], [CLS], [SEP], [MASK]
 
 
@@ -71,6 +81,8 @@ class PretrainSettings:
     itm_start: float = 0.5  # share of the steps of MLM alone before ITM joins
     hard_gate: float = 0.8  # ITM batch accuracy (mean of the last GATE_WINDOW steps) that lets hard negatives in
     pos_init_std: float = 0.0  # patch position embedding drawn N(0, std) (0: zeros, as transformers; build_model)
+    cell_steps: int = 0  # the image phase before MLM: every cell's contents from the image alone (Loop.cell_step)
+    place_mask: float = 0.0  # MLM: share of captions with one whole place ("top left") masked besides (mask_place)
 
 
 class PretrainModel(nn.Module):
@@ -160,6 +172,27 @@ def mask_tokens(ids: torch.Tensor, maskable: torch.Tensor, prob: float, tokenize
     return ids, chosen
 
 
+def mask_place(ids: torch.Tensor, masked: torch.Tensor, chosen: torch.Tensor, tokenizer, rng: np.random.Generator,
+               share: float) -> None:
+    """In a ``share`` of the rows, one whole place (the run of place words: ``top left``, ``center``) chosen and
+    replaced by ``[MASK]`` besides BERT's masking, in place. A place is two words of which the text decides one
+    half ("top" is followed by "left" or "right"): masked whole, only the image can say which."""
+    words = torch.tensor(tokenizer.convert_tokens_to_ids(list(PLACE_WORDS)))
+    is_place = torch.isin(ids, words)
+    for r in range(ids.shape[0]):
+        if rng.random() >= share:
+            continue
+        flags = is_place[r].tolist()
+        starts = [i for i, f in enumerate(flags) if f and (i == 0 or not flags[i - 1])]
+        if not starts:
+            continue
+        a = b = starts[int(rng.integers(len(starts)))]
+        while b < len(flags) and flags[b]:
+            b += 1
+        chosen[r, a:b] = True
+        masked[r, a:b] = tokenizer.mask_token_id
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input ids, attention mask, maskable = real non-special tokens)."""
     enc = tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
@@ -208,9 +241,9 @@ def lr_at(step: int, s: PretrainSettings) -> float:
     return s.lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def optimizer(model: nn.Module, s: PretrainSettings) -> torch.optim.AdamW:
-    """AdamW, weight decay on matrices only (not biases, norms or embeddings)."""
-    decay, no_decay = [], []
+def optimizer(model: nn.Module, s: PretrainSettings, extra: tuple = ()) -> torch.optim.AdamW:
+    """AdamW, weight decay on matrices only (not biases, norms or embeddings, nor the ``extra`` parameters)."""
+    decay, no_decay = [], list(extra)
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "embeddings" in name else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
@@ -227,7 +260,12 @@ class Loop:
         self.model.train()
         self.tokenizer = _load_tokenizer(None)
         self.max_length = self.model.config.max_position_embeddings
-        self.opt = optimizer(self.model, s)
+        self.probe = self.cells = None
+        if s.cell_steps > 0:  # the image phase's probe (dropped afterwards) and its labels
+            self.probe = nn.Linear(self.model.config.hidden_size, GRID * GRID * sum(CELL_CLASSES))
+            self.cells = torch.from_numpy(np.stack([cell_targets(scene) for scene in pool.scenes]))
+            self.cell_rng = np.random.default_rng([s.seed, 12])
+        self.opt = optimizer(self.model, s, () if self.probe is None else tuple(self.probe.parameters()))
         self.rng = np.random.default_rng([s.seed, 11])
         self.order, self.cursor = self.rng.permutation(len(pool.scenes)), 0
         self.itm_from = int(round(s.itm_start * s.steps))  # the first step with ITM
@@ -252,6 +290,8 @@ class Loop:
             ids, att, maskable = tokenize(self.tokenizer, [caption(self.pool.scenes[int(i)], self.rng) for i in idx],
                                           self.max_length)
             masked, chosen = mask_tokens(ids, maskable, s.mask_prob, self.tokenizer, self.rng)
+            if s.place_mask > 0:
+                mask_place(ids, masked, chosen, self.tokenizer, self.rng, s.place_mask)
             out["mlm"] = F.cross_entropy(model.mlm_logits(px, masked, att, chosen), ids[chosen])
         if itm:
             texts, labels = itm_texts(self.pool, idx, s, self.rng, hard)
@@ -261,6 +301,34 @@ class Loop:
             out["itm"] = F.cross_entropy(logits, target)
             out["itm_acc"] = (logits.argmax(1) == target).float().mean()
         return out
+
+    def cell_loss(self, idx: np.ndarray) -> torch.Tensor:
+        """The probe's loss on the images ``idx`` with an empty text: every cell's shape (or empty, or the grey box)
+        and colour (or none), from the pooled output (the input of the ITM head)."""
+        n = len(idx)
+        ids, att, _ = tokenize(self.tokenizer, [""] * n, self.max_length)
+        _, pooled = self.model.encode(pixels(self.pool.images[torch.from_numpy(idx)]), ids, att)
+        out = self.probe(pooled).view(n, GRID * GRID, -1)
+        target = self.cells[torch.from_numpy(idx)]
+        k = CELL_CLASSES[0]
+        return (F.cross_entropy(out[..., :k].reshape(-1, k), target[..., 0].reshape(-1))
+                + F.cross_entropy(out[..., k:].reshape(-1, CELL_CLASSES[1]), target[..., 1].reshape(-1)))
+
+    def cell_step(self, step: int) -> dict[str, float]:
+        """A step of the image phase (``cell_steps``, before the schedule): the probe of :meth:`cell_loss` on a
+        batch of the pool, the learning rate warming up over ``warmup`` steps (at most half the phase). ViLT starts
+        from a ViT pretrained on labelled images; ours starts from nothing, and MLM alone never learns where things
+        are (place words stay at their text-only accuracy): this phase makes the image's pooled output say what
+        lies in each cell first, as the teacher's training does (``shapes/train.py``)."""
+        warm = max(1, min(self.s.warmup, self.s.cell_steps // 2))
+        for g in self.opt.param_groups:
+            g["lr"] = self.s.lr * min(1.0, (step + 1) / warm)
+        idx = self.cell_rng.choice(len(self.pool.scenes), size=self.s.batch_size, replace=False)
+        loss = self.cell_loss(idx)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"phase": "cell", "cell": loss.item()}
 
     def update(self, step: int, loss: torch.Tensor) -> None:
         """One AdamW step on ``loss`` at ``step``'s learning rate."""
@@ -274,13 +342,20 @@ class Loop:
         """One step of the schedule (see the module's docstring); returns the losses (ITM's are ln 2 and 0.5, chance,
         while it is not trained)."""
         itm, hard = step >= self.itm_from, hard_share(step, self.s, self.gate)
-        out = self.losses(self._batch(), itm=itm, hard=hard)
+        idx = self._batch()
+        out = self.losses(idx, itm=itm, hard=hard)
         # ITM's gradient on the shared weights is ~40x smaller than MLM's (bench/pretrain_itm.py --grad-norms), and
         # AdamW scales each weight's step by the size of its summed gradient: unweighted, ITM moves the backbone at
         # about 1/40 of the learning rate and stays at ln 2.
         loss = out["mlm"] + self.s.itm_weight * out["itm"] if itm else out["mlm"]
+        fade = self.s.steps // 4  # the image phase's probe fades out over the first quarter
+        cell = self.cell_loss(idx) if self.probe is not None and step < fade else None
+        if cell is not None:
+            loss = loss + (1 - step / fade) * cell
         self.update(step, loss)
         info = {"loss": loss.item(), "mlm": out["mlm"].item(), "itm": math.log(2.0), "itm_acc": 0.5}
+        if cell is not None:
+            info["cell"] = cell.item()
         if itm:
             info |= {"itm": out["itm"].item(), "itm_acc": out["itm_acc"].item()}
             self.accuracies = (self.accuracies + [info["itm_acc"]])[-GATE_WINDOW:]
@@ -293,11 +368,12 @@ class Loop:
 
 def train(s: PretrainSettings, pool: Pool, progress: Callable[[int, dict], None] | None = None,
           model: PretrainModel | None = None) -> tuple[PretrainModel, list[dict]]:
-    """``s.steps`` steps of the schedule; returns the model (eval mode) and the per-step losses."""
+    """The image phase (``s.cell_steps``, entries ``{"phase": "cell", "cell": loss}``) then ``s.steps`` steps of the
+    schedule; returns the model (eval mode) and the per-step losses. ``progress(done, info)`` counts both phases."""
     loop = Loop(s, pool, model)
     history = []
-    for step in range(s.steps):
-        info = loop.step(step)
+    for step in range(s.cell_steps + s.steps):
+        info = loop.cell_step(step) if step < s.cell_steps else loop.step(step - s.cell_steps)
         history.append(info)
         if progress is not None:
             progress(step + 1, info)
@@ -346,11 +422,12 @@ def load(directory: str | Path) -> PretrainModel:
 
 
 def settings_dict(s: PretrainSettings) -> dict[str, Any]:
-    """The settings as recorded and keyed: ``pos_init_std`` only when set (students pretrained before it existed
-    keep their keys and records)."""
+    """The settings as recorded and keyed: those of ``OPTIONAL_SETTINGS`` only when set (students pretrained before
+    they existed keep their keys and records)."""
     out = asdict(s)
-    if not out["pos_init_std"]:
-        del out["pos_init_std"]
+    for name in OPTIONAL_SETTINGS:
+        if not out[name]:
+            del out[name]
     return out
 
 
@@ -360,6 +437,6 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-__all__ = ["CONFIG_FILE", "GATE_WINDOW", "META_FILE", "WEIGHTS_FILE", "Loop", "Pool", "PretrainModel",
-           "PretrainSettings", "build_model", "hard_share", "itm_texts", "load", "lr_at", "make_pool", "mask_tokens",
-           "pixels", "save", "settings_dict", "timed", "tokenize", "train"]
+__all__ = ["CELL_CLASSES", "CONFIG_FILE", "GATE_WINDOW", "META_FILE", "OPTIONAL_SETTINGS", "WEIGHTS_FILE", "Loop",
+           "Pool", "PretrainModel", "PretrainSettings", "build_model", "hard_share", "itm_texts", "load", "lr_at",
+           "make_pool", "mask_place", "mask_tokens", "pixels", "save", "settings_dict", "timed", "tokenize", "train"]

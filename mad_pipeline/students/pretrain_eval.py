@@ -33,13 +33,23 @@ import torch
 import torch.nn.functional as F
 
 from ..shapes.pairs import caption, first_object_labels, hard_negative
-from .pretrain import Pool, PretrainModel, PretrainSettings, build_model, mask_tokens, pixels, tokenize, train
+from .pretrain import (
+    PLACE_WORDS,
+    Pool,
+    PretrainModel,
+    PretrainSettings,
+    build_model,
+    mask_tokens,
+    pixels,
+    tokenize,
+    train,
+)
 from .vilt import _load_tokenizer
 
 PROBES = (("colour", 6), ("shape", 4), ("count", 3))
 WORD_KINDS = {"colour": ("red", "green", "blue", "yellow", "purple", "orange"),
               "shape": ("circle", "square", "triangle", "cross"),
-              "place": ("top", "bottom", "left", "right", "center")}
+              "place": PLACE_WORDS}
 CONTENT_WORDS = (*(w for words in WORD_KINDS.values() for w in words), "grey", "box")
 
 
@@ -202,7 +212,7 @@ def compare(model: PretrainModel, s: PretrainSettings, e: EvalSettings, train_po
     (same settings and draws as pretraining, shorter) for its ITM / MLM figures; both models fine-tuned the same way
     on the probe labels for the probe figures (and the pretrained one's linear probes besides)."""
     pretrained = evaluate(model, s, e, train_pool, test_pool)
-    short = replace(s, steps=e.probe_steps, warmup=min(s.warmup, max(1, e.probe_steps // 10)))
+    short = replace(s, steps=e.probe_steps, warmup=min(s.warmup, max(1, e.probe_steps // 10)), cell_steps=0)
     scratch_model, _ = train(short, train_pool, progress)
     scratch = {**itm_accuracy(scratch_model, test_pool, s.seed, e.batch_size),
                **mlm_accuracy(scratch_model, test_pool, s.seed, e.batch_size, s.mask_prob),
