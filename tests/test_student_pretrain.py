@@ -205,6 +205,7 @@ def test_image_phase_teaches_the_cells_and_enters_the_key(tmp_path):
     """--cell-steps: a probe on the pooled output learns every cell's contents before MLM (its loss falls), is not
     saved, fades out over the first quarter of the schedule; the setting enters the key only when set."""
     from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, stage_key
+
     from mad_pipeline.students.pretrain import Loop, make_pool, settings_dict
 
     s = PretrainSettings(steps=8, batch_size=16, pool_size=32, warmup=2, cell_steps=30, lr=2e-3)

@@ -16,7 +16,7 @@ Objectives (ViLT's, Kim et al. 2021), on a batch of scenes a step from the ``stu
 - **whole places** (``place_mask`` > 0; ours, in the spirit of ViLT's whole-word masking): in that share of the
   captions, one place phrase's words (``top left``) are all masked besides (:func:`mask_place`).
 - **the image phase** (``cell_steps`` > 0; our own addition): before the schedule, ``cell_steps`` steps of the
-  image alone (an empty text) with a linear probe on the pooled output predicting every cell's shape and colour;
+  image alone (an empty text) with a linear probe on the image's CLS token predicting every cell's shape and colour;
   the probe's loss then fades out over the first quarter of the schedule, and the probe is dropped. ViLT starts
   from an ImageNet-trained ViT, whose patches already say what they show and where; ours starts from nothing (see
   ``Loop.cell_step``). It uses the world's object labels, never a task's labels or a teacher's features.
@@ -304,11 +304,12 @@ class Loop:
 
     def cell_loss(self, idx: np.ndarray) -> torch.Tensor:
         """The probe's loss on the images ``idx`` with an empty text: every cell's shape (or empty, or the grey box)
-        and colour (or none), from the pooled output (the input of the ITM head)."""
+        and colour (or none), from the image's CLS token (as a ViT classifies; the pooled output, which reads the
+        text's CLS, stays at the classes' base rates for hundreds of steps)."""
         n = len(idx)
         ids, att, _ = tokenize(self.tokenizer, [""] * n, self.max_length)
-        _, pooled = self.model.encode(pixels(self.pool.images[torch.from_numpy(idx)]), ids, att)
-        out = self.probe(pooled).view(n, GRID * GRID, -1)
+        hidden, _ = self.model.encode(pixels(self.pool.images[torch.from_numpy(idx)]), ids, att)
+        out = self.probe(hidden[:, ids.shape[1]]).view(n, GRID * GRID, -1)
         target = self.cells[torch.from_numpy(idx)]
         k = CELL_CLASSES[0]
         return (F.cross_entropy(out[..., :k].reshape(-1, k), target[..., 0].reshape(-1))
@@ -318,7 +319,7 @@ class Loop:
         """A step of the image phase (``cell_steps``, before the schedule): the probe of :meth:`cell_loss` on a
         batch of the pool, the learning rate warming up over ``warmup`` steps (at most half the phase). ViLT starts
         from a ViT pretrained on labelled images; ours starts from nothing, and MLM alone never learns where things
-        are (place words stay at their text-only accuracy): this phase makes the image's pooled output say what
+        are (place words stay at their text-only accuracy): this phase makes the image's CLS token say what
         lies in each cell first, as the teacher's training does (``shapes/train.py``)."""
         warm = max(1, min(self.s.warmup, self.s.cell_steps // 2))
         for g in self.opt.param_groups:
