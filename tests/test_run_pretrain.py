@@ -20,13 +20,14 @@ data:
   shapes: {size: 16, seed: 0}
 student: vilt-tiny
 init: student-pretrain
-student_pretrain: {steps: 2, batch_size: 4, pool_size: 8, warmup: 1, eval_size: 0}
+student_pretrain: {steps: 2, batch_size: 4, pool_size: 8, warmup: 1, eval_size: 0, cell_steps: 2}
 methods: [baseline]
 vocab_min_count: 1
 train: {steps: 2, batch_size: 8}
 """
 # the same pretraining through `mad student pretrain`
-CLI = ["--steps", "2", "--batch-size", "4", "--pool-size", "8", "--warmup", "1", "--eval-size", "0"]
+CLI = ["--steps", "2", "--batch-size", "4", "--pool-size", "8", "--warmup", "1", "--eval-size", "0",
+       "--cell-steps", "2"]
 
 
 @pytest.fixture(scope="module")

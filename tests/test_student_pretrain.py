@@ -29,7 +29,7 @@ from mad_pipeline.students.vilt import VILT_CONFIGS, _load_tokenizer
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny matrices: one thread is faster, and the bytes depend on the thread count
 TINY = ["--steps", "2", "--batch-size", "4", "--pool-size", "8", "--warmup", "1", "--eval-size", "4",
-        "--probe-steps", "1", "--probe-train", "4"]
+        "--probe-steps", "1", "--probe-train", "4", "--cell-steps", "2"]
 
 
 def _phrases(text: str) -> set[str]:
@@ -83,7 +83,7 @@ def test_schedule_mlm_alone_then_itm_then_hard_negatives_once_easy_itm_is_learne
     monkeypatch.setattr(P, "GATE_WINDOW", 2)
     torch.set_num_threads(1)
     pool = P.make_pool(0, 0, 8)
-    s = PretrainSettings(steps=6, batch_size=4, warmup=1, itm_start=0.5, hard_gate=0.0, hard_ramp=0.0)
+    s = PretrainSettings(steps=6, batch_size=4, warmup=1, itm_start=0.5, hard_gate=0.0, hard_ramp=0.0, cell_steps=0)
     loop = P.Loop(s, pool)
     infos = [loop.step(i) for i in range(s.steps)]
     assert loop.itm_from == 3
@@ -141,7 +141,7 @@ def test_pretrain_cli_cached_and_rebuilt_bit_for_bit(tmp_path):
     from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, stage_key
 
     base = StudentPretrainConfig(steps=2, batch_size=4, pool_size=8, warmup=1, eval_size=4, probe_steps=1,
-                                 probe_train=4)
+                                 probe_train=4, cell_steps=2)
     assert stage_key(base) == first["key"]
     assert stage_key(StudentPretrainConfig(**{**vars(base), "seed": 1})) != first["key"]
     assert stage_key(StudentPretrainConfig(**{**vars(base), "out": tmp_path, "progress": False})) == first["key"]
@@ -167,11 +167,12 @@ def test_patch_position_embedding_init_and_its_key():
     zero = build_model("vilt-tiny", 0).vilt.embeddings.position_embeddings.detach()
     drawn = build_model("vilt-tiny", 0, 0.5).vilt.embeddings.position_embeddings.detach()
     assert float(zero.abs().max()) == 0.0 and 0.45 < float(drawn.std()) < 0.55
-    assert "pos_init_std" not in settings_dict(PretrainSettings())
+    assert "pos_init_std" not in settings_dict(PretrainSettings(pos_init_std=0.0))
     assert settings_dict(PretrainSettings(pos_init_std=0.5))["pos_init_std"] == 0.5
     base = StudentPretrainConfig()
-    assert stage_key(base) == stage_key(StudentPretrainConfig(pos_init_std=0.0))
-    assert stage_key(base).startswith("fdfd217cbf31")  # the shipped student's record (docs/shapes.md)
+    assert stage_key(base).startswith("fdd184367e7a")  # the shipped student's record (docs/shapes.md)
+    # both new settings at 0: the previous shipped student, its key as it always was
+    assert stage_key(StudentPretrainConfig(pos_init_std=0.0, cell_steps=0)).startswith("fdfd217cbf31")
     other = StudentPretrainConfig(pos_init_std=0.5)
     assert stage_key(other) != stage_key(base) and weights_key(other) != weights_key(base)
     proc = mad_inproc("student", "pretrain", "--pos-init-std", "-1", check=False)
@@ -217,8 +218,9 @@ def test_image_phase_teaches_the_cells_and_enters_the_key(tmp_path):
     infos = [loop.step(i) for i in range(4)]
     assert "cell" in infos[0] and "cell" in infos[1] and "cell" not in infos[2]  # fades over steps // 4 = 2
     assert not any(k.startswith("probe") for k in loop.model.state_dict())
-    assert "cell_steps" not in settings_dict(PretrainSettings()) and settings_dict(s)["cell_steps"] == 30
-    assert stage_key(StudentPretrainConfig()) == stage_key(StudentPretrainConfig(cell_steps=0, place_mask=0.0))
+    assert "cell_steps" not in settings_dict(PretrainSettings(cell_steps=0)) and settings_dict(s)["cell_steps"] == 30
+    assert "place_mask" not in settings_dict(PretrainSettings())
+    assert stage_key(StudentPretrainConfig()) == stage_key(StudentPretrainConfig(place_mask=0.0))
     assert stage_key(StudentPretrainConfig(cell_steps=5)) != stage_key(StudentPretrainConfig())
     res = last_json(mad_inproc("student", "pretrain", *TINY, "--cell-steps", "2", "--place-mask", "0.5",
                                "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "w"), "--json", env=ONE_THREAD))
