@@ -170,9 +170,10 @@ def test_patch_position_embedding_init_and_its_key():
     assert "pos_init_std" not in settings_dict(PretrainSettings(pos_init_std=0.0))
     assert settings_dict(PretrainSettings(pos_init_std=0.5))["pos_init_std"] == 0.5
     base = StudentPretrainConfig()
-    assert stage_key(base).startswith("fdd184367e7a")  # the shipped student's record (docs/shapes.md)
-    # both new settings at 0: the previous shipped student, its key as it always was
-    assert stage_key(StudentPretrainConfig(pos_init_std=0.0, cell_steps=0)).startswith("fdfd217cbf31")
+    assert stage_key(base).startswith("fdfd217cbf31")  # the shipped student's record (docs/shapes.md)
+    assert stage_key(base) == stage_key(StudentPretrainConfig(pos_init_std=0.0, cell_steps=0, place_mask=0.0))
+    # the student with an image phase of docs/shapes.md
+    assert stage_key(StudentPretrainConfig(pos_init_std=0.1, cell_steps=500)).startswith("fdd184367e7a")
     other = StudentPretrainConfig(pos_init_std=0.5)
     assert stage_key(other) != stage_key(base) and weights_key(other) != weights_key(base)
     proc = mad_inproc("student", "pretrain", "--pos-init-std", "-1", check=False)

@@ -55,7 +55,7 @@ from .vilt import VILT_CONFIGS, VILT_MEAN, VILT_STD, _load_tokenizer, grid_visua
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 META_FILE = "training.json"
-# recorded and keyed only when not 0 (settings_dict): 0 for both of the first two is the previous shipped student
+# recorded and keyed only when not 0 (settings_dict): the students pretrained before they existed keep their keys
 OPTIONAL_SETTINGS = ("pos_init_std", "cell_steps", "place_mask")
 TIED_KEY = "mlm_score.decoder.weight"  # = vilt.embeddings.text_embeddings.word_embeddings.weight, not stored
 GATE_WINDOW = 50  # ITM steps whose mean batch accuracy opens the hard negatives' gate
@@ -81,8 +81,8 @@ class PretrainSettings:
     itm_weight: float = 40.0  # ITM loss multiplier (see ``Loop.step``)
     itm_start: float = 0.5  # share of the steps of MLM alone before ITM joins
     hard_gate: float = 0.8  # ITM batch accuracy (mean of the last GATE_WINDOW steps) that lets hard negatives in
-    pos_init_std: float = 0.1  # patch position embedding drawn N(0, std) (0: zeros, as transformers; build_model)
-    cell_steps: int = 500  # the image phase before MLM: every cell's contents from the image alone (Loop.cell_step)
+    pos_init_std: float = 0.0  # patch position embedding drawn N(0, std) (0: zeros, as transformers; build_model)
+    cell_steps: int = 0  # the image phase before MLM: every cell's contents from the image alone (Loop.cell_step)
     place_mask: float = 0.0  # MLM: share of captions with one whole place ("top left") masked besides (mask_place)
 
 
