@@ -60,7 +60,7 @@ def test_pretrain_stage_runs_first_and_the_students_start_from_it(pretrained_run
     assert kinds[:2] == ["data", "student-pretrain"] and kinds.count("student-pretrain") == 1
     pre, dist = _stage(first, "student-pretrain"), _stage(first, "distill")
     assert pre["status"] == "ran" and dist["status"] == "ran"
-    cfg = sp.StudentPretrainConfig(steps=2, batch_size=4, pool_size=8, warmup=1, eval_size=0)
+    cfg = sp.StudentPretrainConfig(steps=2, batch_size=4, pool_size=8, warmup=1, eval_size=0, cell_steps=2)
     assert pre["key"] == sp.stage_key(cfg)  # the stage's own key: the same cache entry as `mad student pretrain`
     assert Path(pre["path"]) == Path(env["MAD_CACHE"]) / "runs" / "student-pretrain" / pre["key"]
     # the distill key has the pretraining's weights key (changing the weights retrains the students: see below);
@@ -116,7 +116,7 @@ def test_dry_run_plan_and_one_line_errors(pretrained_run, tmp_path):
                                          r"got 0"):
         load_config(f, ["student_pretrain.steps=0"])
     with pytest.raises(InputError, match=r"unknown key .student_pretrain.stpes. \(student_pretrain has: "
-                                         r"batch_size, eval_size,"):
+                                         r"batch_size, cell_steps, eval_size,"):
         load_config(f, ["student_pretrain.stpes=3"])
     with pytest.raises(InputError, match=r"init: 'bogus' is not one of pretrained, scratch, student-pretrain"):
         load_config(f, ["init=bogus"])

@@ -17,7 +17,6 @@ from mad_pipeline.shapes.world import HELD_OUT_PAIRS, make_scene
 from mad_pipeline.students import StudentError, build_student, resolve_init
 from mad_pipeline.students import weights as weights_mod
 from mad_pipeline.students.pretrain import (
-    FIRST_WORD_ID,
     Pool,
     PretrainSettings,
     hard_share,
@@ -25,6 +24,7 @@ from mad_pipeline.students.pretrain import (
     mask_tokens,
     tokenize,
 )
+from mad_pipeline.students.pretrain_data import FIRST_WORD_ID
 from mad_pipeline.students.vilt import VILT_CONFIGS, _load_tokenizer
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny matrices: one thread is faster, and the bytes depend on the thread count
@@ -182,7 +182,7 @@ def test_patch_position_embedding_init_and_its_key():
 
 def test_whole_place_masking():
     """--place-mask: in that share of the captions one whole place ("top left") is masked besides BERT's tokens."""
-    from mad_pipeline.students.pretrain import PLACE_WORDS, mask_place
+    from mad_pipeline.students.pretrain_data import PLACE_WORDS, mask_place
 
     tok = _load_tokenizer(None)
     caps = [pairs.caption(pairs.pool_scene(0, i), np.random.default_rng(i)) for i in range(60)]

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 
 from ..shapes.pairs import caption, first_object_labels, hard_negative
 from .pretrain import (
-    PLACE_WORDS,
     Pool,
     PretrainModel,
     PretrainSettings,
@@ -44,6 +43,7 @@ from .pretrain import (
     tokenize,
     train,
 )
+from .pretrain_data import PLACE_WORDS
 from .vilt import _load_tokenizer
 
 PROBES = (("colour", 6), ("shape", 4), ("count", 3))
