@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                               hard=args.hard_fraction)
             zero = torch.zeros(())
             l_mlm, l_itm = out.get("mlm", zero), out.get("itm", zero)
-            loop.update(step, l_mlm + s.itm_weight * l_itm)
+            loop.update(l_mlm + s.itm_weight * l_itm, P.lr_at(step, s))
             hist.append((l_mlm.item(), l_itm.item(), out["itm_acc"].item() if "itm_acc" in out else 0.5,
                          args.hard_fraction))
         if (step + 1) % args.every == 0:

@@ -190,10 +190,16 @@ def lr_at(step: int, s: TrainSettings) -> float:
     return s.lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _probe_loss(probe, img_raw: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    out = probe(img_raw.float()).view(img_raw.shape[0], GRID * GRID, -1)
+def cell_loss(logits: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a per-cell probe: ``logits`` (B, 9 * 13) -- per cell, 6 shape classes (:func:`cell_targets`'
+    shape, empty, grey box) then 7 colour classes (colour, none) -- against ``cells`` (B, 9, 2)."""
+    out = logits.view(logits.shape[0], GRID * GRID, -1)
     return (F.cross_entropy(out[..., :6].reshape(-1, 6), cells[..., 0].reshape(-1))
             + F.cross_entropy(out[..., 6:].reshape(-1, len(COLOUR_NAMES) + 1), cells[..., 1].reshape(-1)))
+
+
+def _probe_loss(probe, img_raw: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    return cell_loss(probe(img_raw.float()), cells)
 
 
 def train(s: TrainSettings, progress: Callable[[str, int, int, dict], None] | None = None,

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..shapes.pairs import caption, hard_negative
+from ..shapes.train import cell_loss
 from ..shapes.world import COLOUR_NAMES, GRID, SHAPES, cell_targets
 from .pretrain_data import Pool, make_pool, mask_place, mask_tokens, pixels, tokenize
 from .vilt import VILT_CONFIGS, _load_tokenizer, grid_visual_embed
@@ -237,11 +238,7 @@ class Loop:
         n = len(idx)
         ids, att, _ = tokenize(self.tokenizer, [""] * n, self.max_length)
         hidden, _ = self.model.encode(pixels(self.pool.images[torch.from_numpy(idx)]), ids, att)
-        out = self.probe(hidden[:, ids.shape[1]]).view(n, GRID * GRID, -1)
-        target = self.cells[torch.from_numpy(idx)]
-        k = CELL_CLASSES[0]
-        return (F.cross_entropy(out[..., :k].reshape(-1, k), target[..., 0].reshape(-1))
-                + F.cross_entropy(out[..., k:].reshape(-1, CELL_CLASSES[1]), target[..., 1].reshape(-1)))
+        return cell_loss(self.probe(hidden[:, ids.shape[1]]), self.cells[torch.from_numpy(idx)])
 
     def cell_step(self, step: int) -> dict[str, float]:
         """A step of the image phase (``cell_steps``, before the schedule): the probe of :meth:`cell_loss` on a
@@ -250,19 +247,15 @@ class Loop:
         are (place words stay at their text-only accuracy): this phase makes the image's CLS token say what
         lies in each cell first, as the teacher's training does (``shapes/train.py``)."""
         warm = max(1, min(self.s.warmup, self.s.cell_steps // 2))
-        for g in self.opt.param_groups:
-            g["lr"] = self.s.lr * min(1.0, (step + 1) / warm)
         idx = self.cell_rng.choice(len(self.pool.scenes), size=self.s.batch_size, replace=False)
         loss = self.cell_loss(idx)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.update(loss, self.s.lr * min(1.0, (step + 1) / warm))
         return {"phase": "cell", "cell": loss.item()}
 
-    def update(self, step: int, loss: torch.Tensor) -> None:
-        """One AdamW step on ``loss`` at ``step``'s learning rate."""
+    def update(self, loss: torch.Tensor, lr: float) -> None:
+        """One AdamW step on ``loss`` at learning rate ``lr``."""
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(step, self.s)
+            g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -281,7 +274,7 @@ class Loop:
         cell = self.cell_loss(idx) if self.probe is not None and step < fade else None
         if cell is not None:
             loss = loss + (1 - step / fade) * cell
-        self.update(step, loss)
+        self.update(loss, lr_at(step, self.s))
         info = {"loss": loss.item(), "mlm": out["mlm"].item(), "itm": math.log(2.0), "itm_acc": 0.5}
         if cell is not None:
             info["cell"] = cell.item()
