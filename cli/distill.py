@@ -202,6 +202,9 @@ def eval_cmd(
     num_workers: str = typer.Option("auto", "--num-workers", help=NUM_WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda ..."),
     vqa_eval: str = setting_option(eval_stage.EvalConfig, "vqa_eval", "--vqa-eval"),
+    leaderboard: bool = typer.Option(False, "--leaderboard", help="VCR: write the leaderboard's CSV on a labelled "
+                                     "split too (QA->R under all four answers: four passes instead of one; a split "
+                                     "without labels always gets it)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (no bar at all, transformers' "
                                "included)."),
@@ -210,7 +213,8 @@ def eval_cmd(
         quiet_library_bars()
     res = eval_stage.run(eval_stage.EvalConfig(run=run, split=split, data_root=data_root, out=out,
                                                batch_size=batch_size, num_workers=parse_num_workers(num_workers),
-                                               device=device, vqa_eval=vqa_eval, progress=not (quiet or as_json)))
+                                               device=device, vqa_eval=vqa_eval, leaderboard=leaderboard,
+                                               progress=not (quiet or as_json)))
     if as_json:
         res.pop("rows")
         typer.echo(json.dumps(res))

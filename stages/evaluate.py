@@ -3,7 +3,8 @@
 The run directory's ``run.json`` says the task, the dataset reader and data root, and where the student is; the
 task reads its own files there (VQA: the answer vocabulary). Predictions go to ``RUN/predictions/<split>.json`` (or
 ``out``) in the task's official results format, so ``mad score`` and the official tools read them (VCR: also the
-leaderboard's per-choice probability CSV beside them, ``<split>.leaderboard.csv``). Splits without labels get
+leaderboard's per-choice probability CSV beside them, ``<split>.leaderboard.csv``, on a split without labels or with
+``leaderboard``). Splits without labels get
 predictions only. The metrics are the task's, under the same names as ``mad score`` gives them. ``vqa_eval`` picks
 the VQA accuracy's rules (``official`` by default, whatever the run was trained with; other tasks ignore it).
 """
@@ -35,6 +36,7 @@ class EvalConfig:
     num_workers: int | str = "auto"  # a count, or auto: none on CPU, one per free core (at most 8) on CUDA
     device: str = "auto"
     vqa_eval: str = vqa_eval_setting()
+    leaderboard: bool = False  # VCR: the leaderboard's CSV on a labelled split too (QA->R under all four answers)
     progress: bool = True  # a bar of the batches (batches/s, ETA) on stderr
 
 
@@ -47,7 +49,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     student_dir = run_dir / meta.get("student_dir", "student")
     if not (student_dir / "student.json").exists():
         raise InputError(f"--run {run_dir}: no trained student yet ({student_dir} is missing; did training finish?)")
-    task = get_task(meta["task"], vqa_eval=cfg.vqa_eval).load(run_dir)
+    task = get_task(meta["task"], vqa_eval=cfg.vqa_eval, leaderboard=cfg.leaderboard).load(run_dir)
     from mad_pipeline.students import image_preprocess, load_student
 
     device = resolve_device(cfg.device)

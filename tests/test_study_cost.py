@@ -34,12 +34,18 @@ def vcr_study(tmp_path_factory):
     d = tmp_path_factory.mktemp("study-cost")
     (d / "vcr.yaml").write_text(VCR_CONFIG)
     calls: list[int] = []
+    passes: list[int] = []
     evaluated: list[str] = []
     follow_up, run = VcrTask.follow_up, eval_stage.run
 
     def counting(self, samples, records, scores, logits):
         calls.append(len(samples))
-        return follow_up(self, samples, records, scores, logits)
+
+        def counted(texts):
+            passes.append(len(texts))
+            return scores(texts)
+
+        return follow_up(self, samples, records, counted, logits)
 
     def eval_run(cfg):
         evaluated.append(cfg.split)
@@ -54,7 +60,7 @@ def vcr_study(tmp_path_factory):
         res = last_json(mad_inproc("run", str(d / "vcr.yaml"), "--json", env=env))
     finally:
         mp.undo()
-    return d, env, res, calls, evaluated
+    return d, env, res, (calls, passes), evaluated
 
 
 def _stage(res, kind, split=None):
@@ -62,7 +68,7 @@ def _stage(res, kind, split=None):
 
 
 def test_dev_evaluations_score_only_the_selection_metric(vcr_study):
-    _, _, res, calls, _ = vcr_study
+    _, _, res, (calls, passes), _ = vcr_study
     run = Path(_stage(res, "distill")["run"])
     metrics = json.loads((run / "metrics.json").read_text())
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
@@ -73,6 +79,8 @@ def test_dev_evaluations_score_only_the_selection_metric(vcr_study):
     n_test, n_shift = metrics["eval"]["test"]["n"], _stage(res, "eval", "shift")["n"]
     # QA->R is answered once on test (end of training) and once on shift (its eval stage); never on the dev split
     assert sum(calls) == n_test + n_shift
+    # once: one QA->R pass under the right answer per batch (the leaderboard's four only with `mad eval --leaderboard`)
+    assert passes == calls
     assert {"q2a", "qa2r", "q2ar"} <= set(metrics["eval"]["test"])
 
 
@@ -89,7 +97,7 @@ def test_eval_stage_of_the_scored_split_reads_the_run(vcr_study, tmp_path):
     fresh = eval_stage.run(eval_stage.EvalConfig(run=run, split="test", out=tmp_path / "p.json", progress=False))
     assert rec["metrics"] == fresh["metrics"] and rec["value"] == fresh["value"] and rec["n"] == fresh["n"]
     assert rec["rows"] == [list(r) for r in fresh["rows"]]
-    assert set(rec["files"]) == set(fresh["files"]) == {"predictions", "leaderboard"}
+    assert set(rec["files"]) == set(fresh["files"]) == {"predictions"}
     for kind, p in rec["files"].items():
         assert Path(p).parent == Path(test_stage["path"])
         assert Path(p).read_bytes() == Path(fresh["files"][kind]).read_bytes()

@@ -1,7 +1,9 @@
-"""VCR predictions in the leaderboard's format: `mad distill` / `mad eval` write, beside the JSON predictions, the CSV
-of per-choice probabilities the VCR leaderboard takes (the answers' and, for each answer, the rationales' conditioned
-on it: 4 + 16 columns), and `mad score` scores it as the leaderboard does (Q->A, QA->R given the right answer,
-Q->AR). The column names are the leaderboard's own (rowanz/r2c, models/README.md, "Submitting to the leaderboard")."""
+"""VCR predictions in the leaderboard's format: `mad eval --leaderboard` (and any evaluation of a split without labels)
+writes, beside the JSON predictions, the CSV of per-choice probabilities the VCR leaderboard takes (the answers' and,
+for each answer, the rationales' conditioned on it: 4 + 16 columns); a labelled split otherwise gets one QA->R pass
+under the right answer and no CSV, with the same predictions. `mad score` scores it as the leaderboard does (Q->A,
+QA->R given the right answer, Q->AR). The column names are the leaderboard's own (rowanz/r2c, models/README.md,
+"Submitting to the leaderboard")."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from mad_pipeline.stages import evaluate as eval_stage
 from mad_pipeline.stages import score as score_stage
 from mad_pipeline.stages.distill import DistillConfig
 from mad_pipeline.stages.distill import run as distill_run
@@ -50,12 +53,19 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vcr_run(world, tmp_path_factory):
-    """A 2-step VCR baseline run (no teacher needed for what is tested here), evaluated on val."""
+    """A 2-step VCR baseline run (no teacher needed for what is tested here), evaluated on val by the run (one QA->R
+    pass, no CSV) and then by `mad eval --leaderboard` into the same files (the CSV beside them)."""
     out = tmp_path_factory.mktemp("vcr-lb") / "run"
     res = distill_run(DistillConfig(task="vcr", data_root=world / "vcr", out=out, teacher=None,
                                     mad=MADConfig.from_switches("baseline"), progress=False,
                                     train=TrainConfig(steps=2, batch_size=4, log_every=1, num_workers=0)),
                       log=lambda m: None)
+    preds = out / "predictions" / "val.json"
+    assert not preds.with_suffix(".leaderboard.csv").exists()  # labelled: no CSV unless asked for
+    one_pass = preds.read_bytes()
+    ev = eval_stage.run(eval_stage.EvalConfig(run=out, split="val", leaderboard=True, progress=False))
+    assert set(ev["files"]) == {"predictions", "leaderboard"}
+    assert preds.read_bytes() == one_pass and ev["metrics"] == res.metrics["eval"]["val"]  # the same predictions
     return out, res
 
 
@@ -73,7 +83,7 @@ def _cli(*args) -> tuple[int, str, BaseException | None]:
     return res.exit_code, res.stdout, res.exception
 
 
-def test_distill_writes_the_leaderboard_csv_beside_the_predictions(vcr_run, world):
+def test_eval_writes_the_leaderboard_csv_beside_the_predictions(vcr_run, world):
     out, res = vcr_run
     for split in ("val",):
         path = out / "predictions" / f"{split}.leaderboard.csv"
@@ -126,10 +136,14 @@ def test_score_reads_the_csv_like_the_json(vcr_run, world, bars_restored):
     code, stdout, _ = _cli("score", "--task", "vcr", "--predictions", out / "predictions" / "val.leaderboard.csv",
                            "--annotations", ann)
     assert code == 0 and all(m in stdout for m in ("Q->A", "QA->R", "Q->AR"))
-    # `mad eval` writes it too, beside its --out
-    code, stdout, _ = _cli("eval", "--run", out, "--split", "val", "--out", out.parent / "ev.json", "-q")
+    # `mad eval --leaderboard` writes it beside its --out; without the option, a labelled split gets no CSV
+    code, stdout, _ = _cli("eval", "--run", out, "--split", "val", "--out", out.parent / "ev.json", "-q",
+                           "--leaderboard")
     assert code == 0 and f"leaderboard: {out.parent / 'ev.leaderboard.csv'}" in stdout.replace("\n", "")
     assert (out.parent / "ev.leaderboard.csv").read_text() == (out / "predictions" / "val.leaderboard.csv").read_text()
+    code, stdout, _ = _cli("eval", "--run", out, "--split", "val", "--out", out.parent / "plain.json", "-q")
+    assert code == 0 and "leaderboard:" not in stdout and not (out.parent / "plain.leaderboard.csv").exists()
+    assert (out.parent / "plain.json").read_text() == (out.parent / "ev.json").read_text()
 
 
 def _write(path: Path, rows: list[list], header: str = LEADERBOARD_HEADER) -> Path:

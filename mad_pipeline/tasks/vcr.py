@@ -6,10 +6,11 @@
 - Training asks both questions: every training sample is visited twice an epoch, once as Q->A (target: the answer)
   and once as QA->R (target: the rationale, its texts conditioned on the right answer) -- one student for both
   sub-tasks, at the cost of a Q->A step per item. Early stopping selects on Q->A (the headline).
-- Predictions: ``[{"annot_id", "answer", "rationale"}]`` (JSON), and beside them the leaderboard's CSV
+- Predictions: ``[{"annot_id", "answer", "rationale"}]`` (JSON). On a split without labels (the leaderboard's test
+  split), or when asked (``leaderboard=True``: ``mad eval --leaderboard``), also the leaderboard's CSV beside them
   (:mod:`.vcr_leaderboard`): the softmax of the four answers' logits and, for each of the four answers, of the four
-  rationales conditioned on it -- so evaluation scores the rationales under every answer (four QA->R passes).
-  ``mad score`` reads both.
+  rationales conditioned on it -- four QA->R passes. On a labelled split otherwise one QA->R pass, under the right
+  answer, which is all the official QA->R and Q->AR scores read. ``mad score`` reads both files.
 - Teacher text features: the right answer's pair text when the text store holds it, else the question, whose
   characters are the prefix of every pair text (and of every QA->R text) -- so character-span alignment stays exact
   and the tokens after that prefix simply have no teacher counterpart. The teacher's zero-shot logits of a QA->R
@@ -85,6 +86,11 @@ class VcrTask(Task):
     prediction_key = "annot_id"
     training_revision = 1  # 1: trained on Q->A and QA->R (0: Q->A only)
 
+    def __init__(self, leaderboard: bool = False, **options):
+        """``leaderboard``: the leaderboard's CSV on labelled splits too (it is always written without labels)."""
+        super().__init__(**options)
+        self.leaderboard = bool(leaderboard)
+
     @property
     def num_classes(self) -> int:
         return NUM_CHOICES
@@ -144,13 +150,19 @@ class VcrTask(Task):
         return {"annot_id": sample.id, "answer": int(choice), "rationale": 0}
 
     def follow_up(self, samples, records, scores, logits) -> None:
-        """QA->R under each of the four answers (the leaderboard's 4x4 probabilities); the rationale recorded is the
-        one chosen given the right answer (else given the predicted one), as the official protocol scores it."""
+        """QA->R. The rationale recorded is the one chosen given the right answer (else given the predicted one), as
+        the official protocol scores it. With every answer known and no leaderboard CSV asked for, one pass under the
+        right answer; otherwise a pass under each of the four answers (the CSV's 4x4 probabilities)."""
+        gold = [s.meta.get("answer_label") for s in samples]
+        if not self.leaderboard and all(y is not None for y in gold):
+            rationale = np.asarray(scores([qa2r_candidates(s, int(y)) for s, y in zip(samples, gold, strict=True)]))
+            for p, r in zip(records, rationale, strict=True):
+                p["rationale"] = int(r.argmax())
+            return
         by_answer = [np.asarray(scores([qa2r_candidates(s, a) for s in samples]), dtype=np.float64)
                      for a in range(NUM_CHOICES)]
         rationale = np.stack(by_answer, axis=1)  # (B, answer, rationale)
-        for i, (s, p) in enumerate(zip(samples, records, strict=True)):
-            y = s.meta.get("answer_label")
+        for i, (y, p) in enumerate(zip(gold, records, strict=True)):
             given = p["answer"] if y is None else int(y)
             p["rationale"] = int(rationale[i, given].argmax())
             p[PROBABILITIES] = {"answer": leaderboard.softmax(logits[i]).tolist(),
