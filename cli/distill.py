@@ -70,6 +70,7 @@ def distill_cmd(
     student: str = typer.Option("vilt-tiny", "--student", help="vilt-tiny or vilt-b32."),
     pretrained: str = typer.Option(None, "--pretrained", help="Student backbone weights (directory or hub id)."),
     init: str = setting_option(stage.DistillConfig, "init", "--init"),
+    fresh_pooler: bool = setting_option(stage.DistillConfig, "fresh_pooler", "--fresh-pooler"),
     dataset: str = typer.Option(None, "--dataset", help="Reader (default: the task's)."),
     train_split: str = typer.Option("train", "--train-split", help="Training split."),
     eval_split: str = typer.Option(None, "--eval-split", help="Evaluation split (default val; SNLI-VE dev)."),

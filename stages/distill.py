@@ -81,6 +81,9 @@ class DistillConfig:
     init: str = _f("scratch", "student initialisation: pretrained (the preset's own pretrained backbone: vilt-tiny "
                    "the shipped shapes-vilt-tiny, vilt-b32 dandelin/vilt-b32-mlm) or scratch; --pretrained wins",
                    choices=INITS)
+    fresh_pooler: bool = _f(False, "draw the pretrained backbone's pooler (the [CLS] projection the task head reads) "
+                            "afresh, as a RoBERTa-style head starts: for a student whose image-text matching "
+                            "training left a pooled output that hardly varies between images")
     dataset: str | None = _f(None, "reader (default: the task's own)")
     train_split: str = _f("train", "training split")
     eval_split: str | None = _f(None, "evaluation split (default: the task's, e.g. val; SNLI-VE dev)")
@@ -137,6 +140,8 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
     d["out"] = str(Path(cfg.out).resolve())
     if d.get("init") == "scratch":  # random initialisation: the fingerprint it always had
         d.pop("init")
+    if not d.get("fresh_pooler"):  # the pretrained pooler: the fingerprint it always had
+        d.pop("fresh_pooler", None)
     for name in STORAGE_FIELDS:  # the default storage: the fingerprint it always had
         if d.get(name) == STORAGE_FIELDS[name]:
             d.pop(name, None)
@@ -276,6 +281,10 @@ def build_training(cfg: DistillConfig, task: Task, samples: list, root: Path, st
 
     student = build_student(cfg.student, task.name, task.num_classes,
                             resolve_init(cfg.student, cfg.init, cfg.pretrained))
+    if cfg.fresh_pooler:
+        if not hasattr(student, "reset_pooler"):
+            raise InputError(f"--fresh-pooler: student {cfg.student!r} has no pooler to draw afresh")
+        student.reset_pooler()
     student.labels = task.label_names()  # the saved student's id2label
     w = stores.widths()
     if stores.image is not None and online is None:  # a keep-tokens store serves only some selections

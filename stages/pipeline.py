@@ -55,6 +55,7 @@ YAML_KEYS = {
     "teacher": "teacher", "weights": "teacher_weights", "text_teacher": "text_teacher",
     "text_weights": "text_weights", "precision": "precision", "student": "student", "pretrained": "pretrained",
     "init": "init",  # the student's initialisation: pretrained (the preset's own weights) or scratch
+    "fresh_pooler": "fresh_pooler",
     "subset_seed": "subset_seed", "vocab_min_count": "vocab_min_count", "extract_batch_size": "extract_batch_size",
     "vqa_eval": "vqa_eval", "nproc": "nproc",  # nproc: the processes of each distill stage (changes no key)
     "storage": "extract.storage", "keep_tokens": "extract.keep_tokens", "keep_policy": "extract.keep_policy",

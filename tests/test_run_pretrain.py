@@ -130,6 +130,16 @@ def test_dry_run_plan_and_one_line_errors(pretrained_run, tmp_path):
     assert all(s.get("kind") != "student-pretrain" for s in _run(d, env, "init=scratch", "--dry-run")["stages"])
 
 
+def test_fresh_pooler_is_a_new_run_from_the_same_pretraining(pretrained_run):
+    d, env, first = pretrained_run
+    res = _run(d, env, "fresh_pooler=true")
+    assert _stage(res, "student-pretrain")["status"] == "cached"
+    fresh = _stage(res, "distill")
+    assert fresh["status"] == "ran" and fresh["key"] != _stage(first, "distill")["key"]
+    run_json = json.loads((Path(fresh["run"]) / "run.json").read_text())
+    assert run_json["fingerprint"]["fresh_pooler"] is True
+
+
 def test_a_study_shares_one_pretraining_unless_a_task_changes_it():
     from mad_pipeline.stages.pipeline import schema
 

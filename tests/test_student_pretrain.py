@@ -281,3 +281,34 @@ def test_mad_run_yaml_init_and_the_keys_runs_always_had(tmp_path, monkeypatch):
     assert scratch.init == "scratch" and "init" not in fingerprint(scratch)
     assert fingerprint(DistillConfig(task="vqa", data_root=tmp_path, out=tmp_path / "run", init="pretrained")) != \
         fingerprint(scratch)
+
+
+def test_fresh_pooler_redraws_only_the_pooler_and_enters_the_key(tmp_path):
+    """`--fresh-pooler` (`fresh_pooler:` in a `mad run` YAML): the pretrained backbone with its pooler drawn as
+    transformers initialises it (seeded); every other weight as loaded; in the run's key only when set."""
+    from mad_pipeline.stages.distill import DistillConfig, fingerprint
+    from mad_pipeline.stages.pipeline import load_config
+
+    torch.manual_seed(0)
+    kept = build_student("vilt-tiny", "vqa", 5, resolve_init("vilt-tiny", "pretrained"))
+    torch.manual_seed(0)
+    fresh = build_student("vilt-tiny", "vqa", 5, resolve_init("vilt-tiny", "pretrained"))
+    fresh.reset_pooler()
+    a, b = kept.state_dict(), fresh.state_dict()
+    pooler = {k for k in a if ".pooler." in k}
+    assert pooler == {"backbone.pooler.dense.weight", "backbone.pooler.dense.bias"}
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in pooler)
+    w = b["backbone.pooler.dense.weight"]
+    assert not torch.equal(w, a["backbone.pooler.dense.weight"]) and not b["backbone.pooler.dense.bias"].any()
+    assert abs(w.std().item() - fresh.backbone.config.initializer_range) < 0.002
+    torch.manual_seed(1)
+    again = build_student("vilt-tiny", "vqa", 5, resolve_init("vilt-tiny", "pretrained"))
+    again.reset_pooler()
+    assert not torch.equal(again.state_dict()["backbone.pooler.dense.weight"], w)  # drawn from the caller's seed
+    run = dict(task="vqa", data_root=tmp_path, out=tmp_path / "run", init="pretrained")
+    assert "fresh_pooler" not in fingerprint(DistillConfig(**run))  # runs keep the keys they always had
+    assert fingerprint(DistillConfig(**run, fresh_pooler=True)) != fingerprint(DistillConfig(**run))
+    f = tmp_path / "x.yaml"
+    f.write_text("task: vqa\ndata: {root: data}\ninit: pretrained\n")
+    assert load_config(f).values["fresh_pooler"] is False
+    assert load_config(f, ["fresh_pooler=true"]).values["fresh_pooler"] is True

@@ -210,6 +210,8 @@ class Resolver:
                   "fraction": m["fraction"], "subset_seed": m["subset_seed"],
                   "vocab_min_count": self.v["vocab_min_count"], **task_class(self.task).settings_in_key(self.v)}
         params.update(task_class(self.task).training_key())  # what the task trains on changed (VCR: QA->R too)
+        if self.v.get("fresh_pooler"):  # the pretrained pooler drawn afresh (unset: the key runs always had)
+            params["fresh_pooler"] = True
         if params["pretrained"] is False:
             return None
         inputs: dict[str, Any] = {"train_data": self.fingerprint(self.v["data"]["train_split"]),

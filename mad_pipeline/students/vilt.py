@@ -150,6 +150,14 @@ class ViltStudent(nn.Module):
         self.head = ClassifierHead(cfg.hidden_size, 1 if self.choices else self.num_classes, cfg.initializer_range)
         self.image_preprocess = ViltImagePreprocess(cfg.image_size)
 
+    def reset_pooler(self) -> None:
+        """Draw the pooler (dense + tanh on the [CLS] token, which the head reads) as transformers initialises it:
+        weights N(0, initializer_range), bias zero (seeded by the caller's ``torch.manual_seed``)."""
+        dense = self.backbone.pooler.dense
+        with torch.no_grad():
+            dense.weight.normal_(0.0, self.backbone.config.initializer_range)
+            dense.bias.zero_()
+
     # ------------------------------------------------------------------ sizes
     @property
     def hidden_size(self) -> int:
