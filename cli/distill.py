@@ -99,8 +99,7 @@ def distill_cmd(
     keep_tokens: int = typer.Option(None, "--keep-tokens", help="Stage 1 keeps only each image's CLS + K best "
                                     "patches; --select must then choose among them."),
     keep_policy: str = typer.Option("teacher-saliency", "--keep-policy", help="The policy ranking the kept patches."),
-    dense: bool = typer.Option(False, "--dense", help="Stage 1 also stores dense joint-space patch features "
-                               "(see mad extract --dense); --select question-aware ranks by them."),
+    dense: bool = setting_option(stage.DistillConfig, "dense", "--dense"),
     steps: int = typer.Option(_D.steps, "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Micro-batch size, all --nproc together."),
     grad_accum: int = typer.Option(_D.grad_accum, "--grad-accum", help="Micro-batches per step."),

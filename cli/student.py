@@ -68,6 +68,8 @@ def pretrain_cmd(
                                    help="Image phase: steps of each cell's shape and colour from the image, first."),
     place_mask: float = typer.Option(_D.place_mask, "--place-mask",
                                      help="MLM: share of captions with one whole place masked besides."),
+    itm_pooler: bool = typer.Option(_D.itm_pooler, "--itm-pooler",
+                                    help="Save the pooler as the ITM head's: finetuned students draw their own."),
     eval_size: int = typer.Option(_D.eval_size, "--eval-size", help="Held-out scenes measured (0: no figures)."),
     probe_steps: int = typer.Option(_D.probe_steps, "--probe-steps",
                                     help="Labelled steps of the comparison (probes, from-scratch model)."),
@@ -82,8 +84,8 @@ def pretrain_cmd(
         seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr, warmup=warmup, mask_prob=mask_prob,
         negative_fraction=negative_fraction, hard_fraction=hard_fraction, hard_ramp=hard_ramp,
         itm_weight=itm_weight, itm_start=itm_start, hard_gate=hard_gate, pos_init_std=pos_init_std,
-        cell_steps=cell_steps, place_mask=place_mask, eval_size=eval_size, probe_steps=probe_steps,
-        probe_train=probe_train, out=out, cache=cache, progress=not (quiet or as_json))
+        cell_steps=cell_steps, place_mask=place_mask, itm_pooler=itm_pooler, eval_size=eval_size,
+        probe_steps=probe_steps, probe_train=probe_train, out=out, cache=cache, progress=not (quiet or as_json))
     result = stage.run(cfg)
     if as_json:
         typer.echo(json.dumps(result.as_dict()))

@@ -56,6 +56,8 @@ class StudentPretrainConfig:
                          "image alone, before MLM (0: none)", min=0)
     place_mask: float = _f(_D.place_mask, "MLM: share of captions with one whole place (\"top left\") masked besides",
                            **SHARE)
+    itm_pooler: bool = _f(_D.itm_pooler, "save the pooler, which only ITM trains, as part of the ITM head, so that "
+                          "students finetuned from these weights draw their own")
     eval_size: int = _f(500, "held-out scenes the figures are measured on (0: no figures)", min=0)
     probe_steps: int = _f(200, "labelled steps of the comparison (probes, from-scratch models)", min=1)
     probe_train: int = _f(2000, "training scenes of the probes", min=1)
@@ -203,7 +205,7 @@ def _build(cfg: StudentPretrainConfig, weights: Path) -> tuple[dict[str, Any], d
     if cells:  # the image phase's probe loss, 50 points
         meta["cell_curve"] = [{"step": i + 1, "cell": round(v, 4)} for i, v in enumerate(cells)
                               if (i + 1) % max(1, len(cells) // 50) == 0]
-    P.save(model, weights, meta)
+    P.save(model, weights, meta, itm_pooler=s.itm_pooler)
     return figures, timing
 
 

@@ -312,3 +312,36 @@ def test_fresh_pooler_redraws_only_the_pooler_and_enters_the_key(tmp_path):
     f.write_text("task: vqa\ndata: {root: data}\ninit: pretrained\n")
     assert load_config(f).values["fresh_pooler"] is False
     assert load_config(f, ["fresh_pooler=true"]).values["fresh_pooler"] is True
+
+
+def test_itm_pooler_is_saved_with_the_itm_head_and_students_draw_their_own(tmp_path):
+    """`--itm-pooler`: the pooler (trained by ITM alone) is stored as `itm_pooler.*`, so a student that loads the
+    backbone starts its own pooler (seeded), while the pretraining model reloads whole; in the keys only when set."""
+    from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, stage_key, weights_key
+    from safetensors.torch import load_file
+
+    from mad_pipeline.students.pretrain import build_model, load, save
+
+    model = build_model("vilt-tiny", 3)
+    with torch.no_grad():
+        model.vilt.pooler.dense.bias.fill_(0.5)  # not what a fresh pooler starts from
+    save(model, tmp_path / "a", {}, itm_pooler=True)
+    save(model, tmp_path / "b", {})
+    keys = set(load_file(str(tmp_path / "a" / "model.safetensors")))
+    assert {"itm_pooler.dense.weight", "itm_pooler.dense.bias"} <= keys and not any("vilt.pooler" in k for k in keys)
+    whole = {k: v for k, v in load(tmp_path / "b").state_dict().items()}
+    assert all(torch.equal(v, whole[k]) for k, v in load(tmp_path / "a").state_dict().items())  # reloads whole
+    torch.manual_seed(0)
+    student = build_student("vilt-tiny", "vqa", 5, str(tmp_path / "a"))
+    torch.manual_seed(0)
+    kept = build_student("vilt-tiny", "vqa", 5, str(tmp_path / "b"))
+    assert not student.backbone.pooler.dense.bias.any() and bool((kept.backbone.pooler.dense.bias == 0.5).all())
+    a, b = student.backbone.state_dict(), kept.backbone.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("pooler."))
+    base = StudentPretrainConfig()
+    assert stage_key(StudentPretrainConfig(itm_pooler=False)) == stage_key(base)
+    assert weights_key(StudentPretrainConfig(itm_pooler=True)) != weights_key(base)
+    res = last_json(mad_inproc("student", "pretrain", *TINY, "--itm-pooler", "--cache", str(tmp_path / "c"), "--json",
+                               env=ONE_THREAD))  # the command's own option
+    assert "itm_pooler.dense.weight" in set(load_file(str(Path(res["path"]) / "model.safetensors")))
+    assert json.loads((Path(res["path"]) / "training.json").read_text())["settings"]["itm_pooler"] is True

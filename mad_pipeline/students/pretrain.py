@@ -58,7 +58,8 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 META_FILE = "training.json"
 # recorded and keyed only when not 0 (settings_dict): the students pretrained before they existed keep their keys
-OPTIONAL_SETTINGS = ("pos_init_std", "cell_steps", "place_mask")
+OPTIONAL_SETTINGS = ("pos_init_std", "cell_steps", "place_mask", "itm_pooler")
+POOLER, ITM_POOLER = "vilt.pooler.", "itm_pooler."  # the backbone's pooler; the same weights saved as the ITM head's
 TIED_KEY = "mlm_score.decoder.weight"  # = vilt.embeddings.text_embeddings.word_embeddings.weight, not stored
 GATE_WINDOW = 50  # ITM steps whose mean batch accuracy opens the hard negatives' gate
 CELL_CLASSES = (len(SHAPES) + 2, len(COLOUR_NAMES) + 1)  # per cell: shape | empty | grey box; colour | none
@@ -84,6 +85,7 @@ class PretrainSettings:
     pos_init_std: float = 0.0  # patch position embedding drawn N(0, std) (0: zeros, as transformers; build_model)
     cell_steps: int = 0  # the image phase before MLM: every cell's contents from the image alone (Loop.cell_step)
     place_mask: float = 0.0  # MLM: share of captions with one whole place ("top left") masked besides (mask_place)
+    itm_pooler: bool = False  # save the pooler (trained by ITM alone) as the ITM head's: students draw their own (save)
 
 
 class PretrainModel(nn.Module):
@@ -303,9 +305,12 @@ def train(s: PretrainSettings, pool: Pool, progress: Callable[[int, dict], None]
 
 
 # ----------------------------------------------------------------------------------------------------------- files
-def save(model: PretrainModel, out: Path, meta: dict[str, Any]) -> Path:
+def save(model: PretrainModel, out: Path, meta: dict[str, Any], itm_pooler: bool = False) -> Path:
     """``config.json`` + fp16 ``model.safetensors`` (transformers' ``ViltForMaskedLM`` layout, plus ``itm_score.*``)
-    + ``training.json`` (``meta``, the library versions and the weights' sha256)."""
+    + ``training.json`` (``meta``, the library versions and the weights' sha256). ``itm_pooler``: the pooler, which
+    only ITM trains, is stored as part of the ITM head (``itm_pooler.*``), so a student that loads the backbone has
+    no pooler in the file and starts its own (a strong ITM can leave a pooled output that hardly varies between
+    images); :func:`load` puts it back."""
     import transformers
     from safetensors.torch import save_file
 
@@ -314,6 +319,8 @@ def save(model: PretrainModel, out: Path, meta: dict[str, Any]) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items() if k != TIED_KEY}
+    if itm_pooler:
+        state = {(ITM_POOLER + k[len(POOLER):] if k.startswith(POOLER) else k): v for k, v in state.items()}
     tmp = out / (WEIGHTS_FILE + ".tmp")
     save_file(dict(sorted(state.items())), str(tmp), metadata={"format": "pt"})
     tmp.replace(out / WEIGHTS_FILE)
@@ -337,7 +344,8 @@ def load(directory: str | Path) -> PretrainModel:
     d = Path(directory)
     cfg = json.loads((d / CONFIG_FILE).read_text())
     model = PretrainModel(ViltConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
-    state = {k: v.float() for k, v in load_file(str(d / WEIGHTS_FILE)).items()}
+    state = {(POOLER + k[len(ITM_POOLER):] if k.startswith(ITM_POOLER) else k): v.float()
+             for k, v in load_file(str(d / WEIGHTS_FILE)).items()}
     model.load_state_dict(state, strict=False)  # the tied decoder weight is the word embeddings
     model.mlm_score.decoder.weight = model.vilt.embeddings.text_embeddings.word_embeddings.weight
     return model.eval()
