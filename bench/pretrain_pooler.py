@@ -26,13 +26,14 @@ import torch
 from mad_pipeline.students import pretrain as P
 from mad_pipeline.students.pretrain_data import pixels, tokenize
 from mad_pipeline.students.pretrain_eval import _load_tokenizer
+from mad_pipeline.students.vilt import draw_pooler
 from mad_pipeline.students.weights import PRESET_WEIGHTS
 
 QUESTIONS = ("what color is the circle?", "is there a red square?")
 
 
-def spread(model: P.PretrainModel, pool: P.Pool, question: str) -> dict[str, float]:
-    ids, att, _ = tokenize(_load_tokenizer(None), [question] * len(pool.scenes), model.config.max_position_embeddings)
+def spread(model: P.PretrainModel, pool: P.Pool, question: str, tokenizer) -> dict[str, float]:
+    ids, att, _ = tokenize(tokenizer, [question] * len(pool.scenes), model.config.max_position_embeddings)
     with torch.no_grad():
         hidden, pooled = model.encode(pixels(pool.images), ids, att)
     return {"cls_std": hidden[:, 0].std(0).mean().item(), "pooled_std": pooled.std(0).mean().item(),
@@ -45,9 +46,11 @@ def reset_pooler(src: Path, dst: Path, seed: int = 0) -> None:
     shutil.copytree(src, dst, dirs_exist_ok=True)
     state = load_file(src / "model.safetensors")
     std = json.loads((src / "config.json").read_text()).get("initializer_range", 0.02)
-    w = state["vilt.pooler.dense.weight"]
-    state["vilt.pooler.dense.weight"] = torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)) * std
-    state["vilt.pooler.dense.bias"] = torch.zeros_like(state["vilt.pooler.dense.bias"])
+    out_features, in_features = state["vilt.pooler.dense.weight"].shape
+    dense = torch.nn.Linear(in_features, out_features)
+    draw_pooler(dense, std, torch.Generator().manual_seed(seed))  # as `mad distill --fresh-pooler` draws it
+    state["vilt.pooler.dense.bias"] = dense.bias.detach().to(state["vilt.pooler.dense.bias"])
+    state["vilt.pooler.dense.weight"] = dense.weight.detach()
     save_file({k: v.contiguous() for k, v in state.items()}, dst / "model.safetensors", metadata={"format": "pt"})
 
 
@@ -67,10 +70,11 @@ def main() -> None:
         return
     s = P.PretrainSettings()
     pool = P.make_pool(s.seed, s.pool_size, args.scenes)
+    tokenizer = _load_tokenizer(None)
     rows = {}
     for d in dirs:
         model = P.load(d).float().eval()
-        rows[d.name] = {q: {k: round(v, 3) for k, v in spread(model, pool, q).items()} for q in QUESTIONS}
+        rows[d.name] = {q: {k: round(v, 3) for k, v in spread(model, pool, q, tokenizer).items()} for q in QUESTIONS}
     if args.json:
         print(json.dumps(rows))
         return

@@ -109,6 +109,13 @@ def _load_tokenizer(source: str | Path | None):
     return BertTokenizerFast.from_pretrained(str(BERT_UNCASED))
 
 
+def draw_pooler(dense: nn.Linear, std: float, generator: torch.Generator | None = None) -> None:
+    """The pooler's dense layer as transformers initialises it: weights N(0, std), bias zero."""
+    with torch.no_grad():
+        dense.weight.normal_(0.0, std, generator=generator)
+        dense.bias.zero_()
+
+
 # ----------------------------------------------------------------------------------------------- heads
 class ClassifierHead(nn.Sequential):
     """ViLT's VQA head: Linear(H, 2H) -> LayerNorm -> GELU -> Linear(2H, out), on the pooled [CLS] output."""
@@ -151,12 +158,9 @@ class ViltStudent(nn.Module):
         self.image_preprocess = ViltImagePreprocess(cfg.image_size)
 
     def reset_pooler(self) -> None:
-        """Draw the pooler (dense + tanh on the [CLS] token, which the head reads) as transformers initialises it:
-        weights N(0, initializer_range), bias zero (seeded by the caller's ``torch.manual_seed``)."""
-        dense = self.backbone.pooler.dense
-        with torch.no_grad():
-            dense.weight.normal_(0.0, self.backbone.config.initializer_range)
-            dense.bias.zero_()
+        """Draw the pooler (dense + tanh on the [CLS] token, which the head reads) afresh (:func:`draw_pooler`),
+        seeded by the caller's ``torch.manual_seed``."""
+        draw_pooler(self.backbone.pooler.dense, self.backbone.config.initializer_range)
 
     # ------------------------------------------------------------------ sizes
     @property
