@@ -68,7 +68,7 @@ def pretrain_cmd(
                                    help="Image phase: steps of each cell's shape and colour from the image, first."),
     place_mask: float = typer.Option(_D.place_mask, "--place-mask",
                                      help="MLM: share of captions with one whole place masked besides."),
-    itm_pooler: bool = typer.Option(_D.itm_pooler, "--itm-pooler",
+    itm_pooler: bool = typer.Option(_D.itm_pooler, "--itm-pooler/--no-itm-pooler",
                                     help="Save the pooler as the ITM head's: finetuned students draw their own."),
     eval_size: int = typer.Option(_D.eval_size, "--eval-size", help="Held-out scenes measured (0: no figures)."),
     probe_steps: int = typer.Option(_D.probe_steps, "--probe-steps",

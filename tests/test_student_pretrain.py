@@ -154,7 +154,9 @@ def test_pretrain_cli_cached_and_rebuilt_bit_for_bit(tmp_path):
     got = student.backbone.state_dict()
     w = "embeddings.text_embeddings.word_embeddings.weight"
     assert got[w].dtype == torch.float32 and torch.equal(got[w], saved["vilt." + w].float())
-    assert torch.equal(got["pooler.dense.weight"], saved["vilt.pooler.dense.weight"].float())
+    # the pooler, which only ITM trains, is saved with the ITM head: the student draws its own
+    assert "vilt.pooler.dense.weight" not in saved and "itm_pooler.dense.weight" in saved
+    assert not torch.equal(got["pooler.dense.weight"], saved["itm_pooler.dense.weight"].float())
 
 
 def test_patch_position_embedding_init_and_its_key():
@@ -169,12 +171,16 @@ def test_patch_position_embedding_init_and_its_key():
     assert float(zero.abs().max()) == 0.0 and 0.45 < float(drawn.std()) < 0.55
     assert "pos_init_std" not in settings_dict(PretrainSettings(pos_init_std=0.0))
     assert settings_dict(PretrainSettings(pos_init_std=0.5))["pos_init_std"] == 0.5
-    base = StudentPretrainConfig()
-    assert stage_key(base).startswith("fdfd217cbf31")  # the shipped student's record (docs/shapes.md)
-    assert stage_key(base) == stage_key(StudentPretrainConfig(pos_init_std=0.0, cell_steps=0, place_mask=0.0))
-    # the student with an image phase of docs/shapes.md
-    assert stage_key(StudentPretrainConfig(pos_init_std=0.1, cell_steps=500)).startswith("fdd184367e7a")
-    other = StudentPretrainConfig(pos_init_std=0.5)
+    # the defaults: the shipped student's record (docs/shapes.md), an image phase and the pooler kept by ITM
+    assert stage_key(StudentPretrainConfig()).startswith("c90a88decf83")
+    # the student shipped before (no image phase, zero position init): the key it always had
+    base = StudentPretrainConfig(pos_init_std=0.0, cell_steps=0, itm_pooler=False)
+    assert stage_key(base).startswith("fdfd217cbf31")
+    assert stage_key(base) == stage_key(StudentPretrainConfig(pos_init_std=0.0, cell_steps=0, place_mask=0.0,
+                                                              itm_pooler=False))
+    # the same training as the shipped one, its pooler saved in the backbone (the figures of docs/shapes.md)
+    assert stage_key(StudentPretrainConfig(itm_pooler=False)).startswith("fdd184367e7a")
+    other = StudentPretrainConfig(pos_init_std=0.5, cell_steps=0, itm_pooler=False)
     assert stage_key(other) != stage_key(base) and weights_key(other) != weights_key(base)
     proc = mad_inproc("student", "pretrain", "--pos-init-std", "-1", check=False)
     assert proc.returncode == 2 and "--pos-init-std must be at least 0" in proc.stderr
@@ -315,12 +321,12 @@ def test_fresh_pooler_redraws_only_the_pooler_and_enters_the_key(tmp_path):
 
 
 def test_itm_pooler_is_saved_with_the_itm_head_and_students_draw_their_own(tmp_path):
-    """`--itm-pooler`: the pooler (trained by ITM alone) is stored as `itm_pooler.*`, so a student that loads the
+    """`--itm-pooler` (the default): the pooler (trained by ITM alone) is stored as `itm_pooler.*`, so a student that loads the
     backbone starts its own pooler (seeded), while the pretraining model reloads whole; in the keys only when set."""
-    from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, stage_key, weights_key
+    from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, weights_key
     from safetensors.torch import load_file
 
-    from mad_pipeline.students.pretrain import build_model, load, save
+    from mad_pipeline.students.pretrain import build_model, load, save, settings_dict
 
     model = build_model("vilt-tiny", 3)
     with torch.no_grad():
@@ -338,10 +344,13 @@ def test_itm_pooler_is_saved_with_the_itm_head_and_students_draw_their_own(tmp_p
     assert not student.backbone.pooler.dense.bias.any() and bool((kept.backbone.pooler.dense.bias == 0.5).all())
     a, b = student.backbone.state_dict(), kept.backbone.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("pooler."))
-    base = StudentPretrainConfig()
-    assert stage_key(StudentPretrainConfig(itm_pooler=False)) == stage_key(base)
-    assert weights_key(StudentPretrainConfig(itm_pooler=True)) != weights_key(base)
-    res = last_json(mad_inproc("student", "pretrain", *TINY, "--itm-pooler", "--cache", str(tmp_path / "c"), "--json",
-                               env=ONE_THREAD))  # the command's own option
-    assert "itm_pooler.dense.weight" in set(load_file(str(Path(res["path"]) / "model.safetensors")))
-    assert json.loads((Path(res["path"]) / "training.json").read_text())["settings"]["itm_pooler"] is True
+    old = StudentPretrainConfig(pos_init_std=0.0, cell_steps=0, itm_pooler=False)
+    assert "itm_pooler" not in settings_dict(old.settings())  # unset: the key students saved whole always had
+    assert weights_key(StudentPretrainConfig(itm_pooler=True)) != weights_key(StudentPretrainConfig(itm_pooler=False))
+    assert StudentPretrainConfig().itm_pooler  # the default
+    for flag, kept in (("--itm-pooler", False), ("--no-itm-pooler", True)):  # the command's own options
+        res = last_json(mad_inproc("student", "pretrain", *TINY, flag, "--cache", str(tmp_path / "c"), "--json",
+                                   env=ONE_THREAD))
+        assert ("vilt.pooler.dense.weight" in set(load_file(str(Path(res["path"]) / "model.safetensors")))) is kept
+        meta = json.loads((Path(res["path"]) / "training.json").read_text())
+        assert meta["settings"].get("itm_pooler", False) is not kept

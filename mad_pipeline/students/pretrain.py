@@ -82,10 +82,10 @@ class PretrainSettings:
     itm_weight: float = 40.0  # ITM loss multiplier (see ``Loop.step``)
     itm_start: float = 0.5  # share of the steps of MLM alone before ITM joins
     hard_gate: float = 0.8  # ITM batch accuracy (mean of the last GATE_WINDOW steps) that lets hard negatives in
-    pos_init_std: float = 0.0  # patch position embedding drawn N(0, std) (0: zeros, as transformers; build_model)
-    cell_steps: int = 0  # the image phase before MLM: every cell's contents from the image alone (Loop.cell_step)
+    pos_init_std: float = 0.1  # patch position embedding drawn N(0, std) (0: zeros, as transformers; build_model)
+    cell_steps: int = 500  # the image phase before MLM: every cell's contents from the image alone (Loop.cell_step)
     place_mask: float = 0.0  # MLM: share of captions with one whole place ("top left") masked besides (mask_place)
-    itm_pooler: bool = False  # save the pooler (trained by ITM alone) as the ITM head's: students draw their own (save)
+    itm_pooler: bool = True  # save the pooler (trained by ITM alone) as the ITM head's: students draw their own (save)
 
 
 class PretrainModel(nn.Module):
