@@ -321,8 +321,9 @@ def test_fresh_pooler_redraws_only_the_pooler_and_enters_the_key(tmp_path):
 
 
 def test_itm_pooler_is_saved_with_the_itm_head_and_students_draw_their_own(tmp_path):
-    """`--itm-pooler` (the default): the pooler (trained by ITM alone) is stored as `itm_pooler.*`, so a student that loads the
-    backbone starts its own pooler (seeded), while the pretraining model reloads whole; in the keys only when set."""
+    """`--itm-pooler` (the default): the pooler (trained by ITM alone) is stored as `itm_pooler.*`, so a student that
+    loads the backbone starts its own pooler (seeded), while the pretraining model reloads whole; `--no-itm-pooler`
+    keeps it in the backbone; in the keys only when set."""
     from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, weights_key
     from safetensors.torch import load_file
 
