@@ -349,9 +349,10 @@ def test_itm_pooler_is_saved_with_the_itm_head_and_students_draw_their_own(tmp_p
     assert "itm_pooler" not in settings_dict(old.settings())  # unset: the key students saved whole always had
     assert weights_key(StudentPretrainConfig(itm_pooler=True)) != weights_key(StudentPretrainConfig(itm_pooler=False))
     assert StudentPretrainConfig().itm_pooler  # the default
-    for flag, kept in (("--itm-pooler", False), ("--no-itm-pooler", True)):  # the command's own options
+    for flag, in_backbone in (("--itm-pooler", False), ("--no-itm-pooler", True)):  # the command's own options
         res = last_json(mad_inproc("student", "pretrain", *TINY, flag, "--cache", str(tmp_path / "c"), "--json",
                                    env=ONE_THREAD))
-        assert ("vilt.pooler.dense.weight" in set(load_file(str(Path(res["path"]) / "model.safetensors")))) is kept
+        saved = set(load_file(str(Path(res["path"]) / "model.safetensors")))
+        assert ("vilt.pooler.dense.weight" in saved) is in_backbone
         meta = json.loads((Path(res["path"]) / "training.json").read_text())
-        assert meta["settings"].get("itm_pooler", False) is not kept
+        assert meta["settings"].get("itm_pooler", False) is not in_backbone
