@@ -25,8 +25,7 @@ import torch
 
 from mad_pipeline.students import pretrain as P
 from mad_pipeline.students.pretrain_data import pixels, tokenize
-from mad_pipeline.students.pretrain_eval import _load_tokenizer
-from mad_pipeline.students.vilt import draw_pooler
+from mad_pipeline.students.vilt import draw_pooler, load_tokenizer
 from mad_pipeline.students.weights import PRESET_WEIGHTS
 
 QUESTIONS = ("what color is the circle?", "is there a red square?")
@@ -70,7 +69,7 @@ def main() -> None:
         return
     s = P.PretrainSettings()
     pool = P.make_pool(s.seed, s.pool_size, args.scenes)
-    tokenizer = _load_tokenizer(None)
+    tokenizer = load_tokenizer(None)
     rows = {}
     for d in dirs:
         model = P.load(d).float().eval()

@@ -22,7 +22,7 @@ from mad_pipeline.errors import InputError
 from mad_pipeline.hashing import content_key
 from mad_pipeline.settings import not_in_key
 from mad_pipeline.settings import setting as _f
-from mad_pipeline.students.pretrain import CONFIG_FILE, META_FILE, OPTIONAL_SETTINGS, WEIGHTS_FILE, PretrainSettings
+from mad_pipeline.students.pretrain import CONFIG_FILE, META_FILE, WEIGHTS_FILE, PretrainSettings, drop_unset
 from mad_pipeline.training.config import check_bounds
 
 KIND = "student-pretrain"
@@ -85,13 +85,8 @@ class StudentPretrainResult:
 
 
 def _params(cfg: StudentPretrainConfig) -> dict[str, Any]:
-    """The settings in the key and the record (those of ``OPTIONAL_SETTINGS`` only when set: older keys stay
-    valid)."""
-    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in not_in_key(StudentPretrainConfig)}
-    for name in OPTIONAL_SETTINGS:
-        if not params[name]:
-            del params[name]
-    return params
+    """The settings in the key and the record (the optional ones only when set: older keys stay valid)."""
+    return drop_unset({k: v for k, v in dataclasses.asdict(cfg).items() if k not in not_in_key(StudentPretrainConfig)})
 
 
 def stage_key(cfg: StudentPretrainConfig) -> str:

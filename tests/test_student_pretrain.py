@@ -25,7 +25,7 @@ from mad_pipeline.students.pretrain import (
     tokenize,
 )
 from mad_pipeline.students.pretrain_data import FIRST_WORD_ID
-from mad_pipeline.students.vilt import VILT_CONFIGS, _load_tokenizer
+from mad_pipeline.students.vilt import VILT_CONFIGS, load_tokenizer
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny matrices: one thread is faster, and the bytes depend on the thread count
 TINY = ["--steps", "2", "--batch-size", "4", "--pool-size", "8", "--warmup", "1", "--eval-size", "4",
@@ -100,7 +100,7 @@ def test_schedule_mlm_alone_then_itm_then_hard_negatives_once_easy_itm_is_learne
 
 
 def test_mlm_masking_is_berts():
-    tok = _load_tokenizer(None)
+    tok = load_tokenizer(None)
     caps = [pairs.caption(pairs.pool_scene(0, i), np.random.default_rng(i)) for i in range(120)]
     ids, _, maskable = tokenize(tok, caps, 40)
     masked, chosen = mask_tokens(ids, maskable, 0.15, tok, np.random.default_rng(1))
@@ -190,7 +190,7 @@ def test_whole_place_masking():
     """--place-mask: in that share of the captions one whole place ("top left") is masked besides BERT's tokens."""
     from mad_pipeline.students.pretrain_data import PLACE_WORDS, mask_place
 
-    tok = _load_tokenizer(None)
+    tok = load_tokenizer(None)
     caps = [pairs.caption(pairs.pool_scene(0, i), np.random.default_rng(i)) for i in range(60)]
     ids, _, maskable = tokenize(tok, caps, 40)
     masked, chosen = mask_tokens(ids, maskable, 0.15, tok, np.random.default_rng(1))

@@ -52,7 +52,7 @@ from ..shapes.pairs import caption, hard_negative
 from ..shapes.train import cell_loss
 from ..shapes.world import COLOUR_NAMES, GRID, SHAPES, cell_targets
 from .pretrain_data import Pool, make_pool, mask_place, mask_tokens, pixels, tokenize
-from .vilt import VILT_CONFIGS, _load_tokenizer, grid_visual_embed
+from .vilt import VILT_CONFIGS, grid_visual_embed, load_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -189,7 +189,7 @@ class Loop:
         self.s, self.pool = s, pool
         self.model = build_model(s.student, s.seed, s.pos_init_std) if model is None else model
         self.model.train()
-        self.tokenizer = _load_tokenizer(None)
+        self.tokenizer = load_tokenizer(None)
         self.max_length = self.model.config.max_position_embeddings
         self.probe = self.cells = None
         if s.cell_steps > 0:  # the image phase's probe (dropped afterwards) and its labels
@@ -351,14 +351,15 @@ def load(directory: str | Path) -> PretrainModel:
     return model.eval()
 
 
+def drop_unset(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without the ``OPTIONAL_SETTINGS`` that are unset (falsy): students pretrained before those settings
+    existed keep their keys and records."""
+    return {k: v for k, v in settings.items() if k not in OPTIONAL_SETTINGS or v}
+
+
 def settings_dict(s: PretrainSettings) -> dict[str, Any]:
-    """The settings as recorded and keyed: those of ``OPTIONAL_SETTINGS`` only when set (students pretrained before
-    they existed keep their keys and records)."""
-    out = asdict(s)
-    for name in OPTIONAL_SETTINGS:
-        if not out[name]:
-            del out[name]
-    return out
+    """The settings as recorded and keyed (:func:`drop_unset`)."""
+    return drop_unset(asdict(s))
 
 
 def timed(fn, *args, **kwargs):
@@ -368,5 +369,6 @@ def timed(fn, *args, **kwargs):
 
 
 __all__ = ["CELL_CLASSES", "CONFIG_FILE", "GATE_WINDOW", "META_FILE", "OPTIONAL_SETTINGS", "WEIGHTS_FILE", "Loop",
-           "Pool", "PretrainModel", "PretrainSettings", "build_model", "hard_share", "itm_texts", "load", "lr_at",
-           "make_pool", "mask_place", "mask_tokens", "pixels", "save", "settings_dict", "timed", "tokenize", "train"]
+           "Pool", "PretrainModel", "PretrainSettings", "build_model", "drop_unset", "hard_share", "itm_texts", "load",
+           "lr_at", "make_pool", "mask_place", "mask_tokens", "pixels", "save", "settings_dict", "timed", "tokenize",
+           "train"]

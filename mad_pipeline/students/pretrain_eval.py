@@ -44,7 +44,7 @@ from .pretrain import (
     train,
 )
 from .pretrain_data import PLACE_WORDS
-from .vilt import _load_tokenizer
+from .vilt import load_tokenizer
 
 PROBES = (("colour", 6), ("shape", 4), ("count", 3))
 WORD_KINDS = {"colour": ("red", "green", "blue", "yellow", "purple", "orange"),
@@ -68,7 +68,7 @@ def _batches(n: int, size: int):
 
 @torch.no_grad()
 def itm_accuracy(model: PretrainModel, pool: Pool, seed: int, batch_size: int) -> dict[str, float]:
-    tok = _load_tokenizer(None)
+    tok = load_tokenizer(None)
     rng = np.random.default_rng([seed, 21])
     n = len(pool.scenes)
     texts = {"positive": [caption(s, rng) for s in pool.scenes],
@@ -92,7 +92,7 @@ def mlm_accuracy(model: PretrainModel, pool: Pool, seed: int, batch_size: int, m
     """MLM accuracy on all masked tokens, on the content words, and per kind of content word (``mlm_colour``,
     ``mlm_shape``, ``mlm_place``). ``image_shift`` > 0: each caption is shown another scene's image (the one that
     many places on), same captions and masks -- what is still right is what the text alone decides."""
-    tok = _load_tokenizer(None)
+    tok = load_tokenizer(None)
     content = torch.tensor(tok.convert_tokens_to_ids(list(CONTENT_WORDS)))
     kinds = {k: torch.tensor(tok.convert_tokens_to_ids(list(words))) for k, words in WORD_KINDS.items()}
     rng = np.random.default_rng([seed, 22])
@@ -123,7 +123,7 @@ def mlm_grounding(model: PretrainModel, pool: Pool, seed: int, batch_size: int, 
 
 def image_features(model: PretrainModel, images: torch.Tensor) -> torch.Tensor:
     """The pooled output and the mean patch token of each image with an empty text, concatenated: (N, 2H)."""
-    tok = _load_tokenizer(None)
+    tok = load_tokenizer(None)
     ids, att, _ = tokenize(tok, [""] * images.shape[0], model.config.max_position_embeddings)
     hidden, pooled = model.encode(pixels(images), ids, att)
     return torch.cat([pooled, hidden[:, ids.shape[1] + 1:].mean(1)], dim=1)

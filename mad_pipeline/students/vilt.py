@@ -91,7 +91,7 @@ def grid_visual_embed(embeddings: nn.Module, pixel_values: torch.Tensor) -> tupl
 BERT_UNCASED = Path(__file__).resolve().parents[1] / "assets" / "tokenizers" / "bert-base-uncased"
 
 
-def _load_tokenizer(source: str | Path | None):
+def load_tokenizer(source: str | Path | None):
     """BERT-uncased WordPiece tokenizer (ViLT's): from ``source`` (a directory with tokenizer files, or a hub id) or,
     when ``source`` is None or a directory without one, the copy shipped with mad (``assets/tokenizers``)."""
     from transformers import BertTokenizerFast
@@ -264,7 +264,7 @@ class ViltStudent(nn.Module):
             backbone, head, labels = load_transformers(d)
             tokenizer = d
         choices = _multiple_choice(meta["task"])
-        student = cls(meta["name"], meta["task"], meta["num_classes"], backbone, _load_tokenizer(tokenizer),
+        student = cls(meta["name"], meta["task"], meta["num_classes"], backbone, load_tokenizer(tokenizer),
                       labels=None if choices or labels is None or len(labels) != meta["num_classes"] else labels)
         try:
             student.head.load_state_dict(head, strict=True)
@@ -343,9 +343,9 @@ def build_vilt(name: str, task: str, num_classes: int, pretrained: str | Path | 
         if differs:
             log.info("pretrained ViLT %s differs from %s's config in %s; using the pretrained config",
                      pretrained, name, differs)
-    student = ViltStudent(name, task, num_classes, backbone, _load_tokenizer(pretrained))
+    student = ViltStudent(name, task, num_classes, backbone, load_tokenizer(pretrained))
     return student.train()
 
 
 __all__ = ["VILT_CONFIGS", "VILT_MEAN", "VILT_STD", "ClassifierHead", "ViltImagePreprocess", "ViltStudent",
-           "build_vilt", "grid_visual_embed", "read_student_json"]
+           "build_vilt", "grid_visual_embed", "load_tokenizer", "read_student_json"]
