@@ -132,6 +132,8 @@ def fingerprint(cfg: DistillConfig) -> dict[str, Any]:
     for k in not_in_key(DistillConfig):
         d.pop(k, None)
     d["train"] = keyed(TrainConfig, d["train"])
+    if "head_lr_mult" in d["train"] and (cfg.init != "scratch" or cfg.pretrained):
+        d["train"]["head_lr_pooler"] = True  # a drawn pooler counts as created (earlier runs scaled the head only)
     for f in dataclasses.fields(DistillConfig):  # a task setting only for the tasks that read it (VQA: vqa_eval)
         if f.metadata.get("task_setting") and f.name not in task_class(cfg.task).keyed_settings:
             d.pop(f.name, None)

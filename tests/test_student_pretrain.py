@@ -320,6 +320,36 @@ def test_fresh_pooler_redraws_only_the_pooler_and_enters_the_key(tmp_path):
     assert load_config(f, ["fresh_pooler=true"]).values["fresh_pooler"] is True
 
 
+def test_a_drawn_pooler_counts_as_created_for_head_lr_mult(tmp_path):
+    """`train.head_lr_mult` scales what a run creates: the task head, and the pooler when the run draws it (the
+    shipped student has none in its backbone, or `--fresh-pooler`), not a pooler loaded with the backbone. Such runs
+    have keys of their own (earlier ones scaled the head only)."""
+    from mad_pipeline.stages.distill import DistillConfig, fingerprint
+
+    from mad_pipeline.training.config import TrainConfig, created_here
+
+    def created(student) -> set[str]:
+        ids = created_here(student, torch.nn.Linear(1, 1))
+        return {n for n, p in student.named_parameters() if id(p) in ids}
+
+    head = {n for n, _ in build_student("vilt-tiny", "vqa", 5).named_parameters() if n.startswith("head.")}
+    shipped = build_student("vilt-tiny", "vqa", 5, resolve_init("vilt-tiny", "pretrained"))
+    assert shipped.pooler_drawn
+    assert created(shipped) == head | {"backbone.pooler.dense.weight", "backbone.pooler.dense.bias"}
+    assert created(build_student("vilt-tiny", "vqa", 5)) == head  # from scratch: nothing is loaded, the head is ours
+    shipped.backbone.save_pretrained(tmp_path / "with-pooler")  # a checkpoint that has a pooler keeps it
+    loaded = build_student("vilt-tiny", "vqa", 5, str(tmp_path / "with-pooler"))
+    assert not loaded.pooler_drawn and created(loaded) == head
+    loaded.reset_pooler()
+    assert created(loaded) == created(shipped)
+    run = dict(task="vqa", data_root=tmp_path, out=tmp_path / "run")
+    for init in ("pretrained", "scratch"):
+        plain, scaled = (fingerprint(DistillConfig(**run, init=init, train=TrainConfig(head_lr_mult=m)))["train"]
+                         for m in (1.0, 10.0))
+        assert "head_lr_pooler" not in plain
+        assert scaled.get("head_lr_pooler") is (True if init == "pretrained" else None)
+
+
 def test_itm_pooler_is_saved_with_the_itm_head_and_students_draw_their_own(tmp_path):
     """`--itm-pooler` (the default): the pooler (trained by ITM alone) is stored as `itm_pooler.*`, so a student that
     loads the backbone starts its own pooler (seeded), while the pretraining model reloads whole; `--no-itm-pooler`

@@ -156,11 +156,18 @@ class ViltStudent(nn.Module):
         self.labels = None if labels is None else tuple(str(x) for x in labels)  # class names, for the saved config
         self.head = ClassifierHead(cfg.hidden_size, 1 if self.choices else self.num_classes, cfg.initializer_range)
         self.image_preprocess = ViltImagePreprocess(cfg.image_size)
+        self.pooler_drawn = False  # the pooler was drawn for this run, not loaded (reset_pooler, or absent on load)
 
     def reset_pooler(self) -> None:
         """Draw the pooler (dense + tanh on the [CLS] token, which the head reads) afresh (:func:`draw_pooler`),
         seeded by the caller's ``torch.manual_seed``."""
         draw_pooler(self.backbone.pooler.dense, self.backbone.config.initializer_range)
+        self.pooler_drawn = True
+
+    def created_parameters(self) -> list[nn.Parameter]:
+        """The parameters this run creates rather than loads (``train.head_lr_mult`` scales their learning rate):
+        the task head, and the pooler when it was drawn."""
+        return [*self.head.parameters(), *(self.backbone.pooler.parameters() if self.pooler_drawn else ())]
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -297,11 +304,12 @@ def read_student_json(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def _load_backbone(model_cls, pretrained: str | Path):
+def _load_backbone(model_cls, pretrained: str | Path) -> tuple[Any, bool]:
     """``ViltModel.from_pretrained`` in fp32 (whatever the checkpoint's dtype: the shipped shapes-vilt-tiny is fp16),
     without transformers' multi-line load report: a checkpoint with heads (``ViltForMaskedLM``'s ``mlm_score``, an
     ``itm_score``) loads into the backbone by design, so unused head weights are logged at debug level and only
-    backbone weights the checkpoint lacks (left at random init) are worth one warning line."""
+    backbone weights the checkpoint lacks (left at random init) are worth one warning line. Returns the backbone
+    and whether its pooler was drawn (a checkpoint without one: the shipped student keeps it with its ITM head)."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -317,7 +325,7 @@ def _load_backbone(model_cls, pretrained: str | Path):
     if missing:
         log.warning("%s: %d backbone weights missing from the checkpoint (left at random init): %s", pretrained,
                     len(missing), ", ".join(missing[:8]))
-    return backbone
+    return backbone, any(k.startswith("pooler.") for k in info.get("missing_keys", ()))
 
 
 def build_vilt(name: str, task: str, num_classes: int, pretrained: str | Path | None = None) -> ViltStudent:
@@ -329,11 +337,12 @@ def build_vilt(name: str, task: str, num_classes: int, pretrained: str | Path | 
     if name not in VILT_CONFIGS:
         raise StudentError(f"unknown ViLT student {name!r}; expected one of {', '.join(VILT_CONFIGS)}")
     _multiple_choice(task)  # an unknown task fails before building (or loading) a backbone
+    pooler_drawn = False  # a pretrained checkpoint without a pooler: transformers draws it
     if pretrained is None:
         backbone = ViltModel(ViltConfig(**VILT_CONFIGS[name]))
     else:
         try:
-            backbone = _load_backbone(ViltModel, pretrained)
+            backbone, pooler_drawn = _load_backbone(ViltModel, pretrained)
         except OSError as e:
             raise StudentError(f"could not load ViLT weights from {pretrained} ({str(e).splitlines()[0][:160]}); "
                                "offline? pass a local save_pretrained directory") from None
@@ -344,6 +353,7 @@ def build_vilt(name: str, task: str, num_classes: int, pretrained: str | Path | 
             log.info("pretrained ViLT %s differs from %s's config in %s; using the pretrained config",
                      pretrained, name, differs)
     student = ViltStudent(name, task, num_classes, backbone, load_tokenizer(pretrained))
+    student.pooler_drawn = pooler_drawn
     return student.train()
 
 
