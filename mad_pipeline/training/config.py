@@ -30,8 +30,9 @@ class TrainConfig:
     batch_size: int = _f(32, "samples per micro-batch", min=1, max=MAX_BATCH, why=BATCH_WHY)
     lr: float = _f(1e-3, "peak learning rate (AdamW)", min=0)
     min_lr_ratio: float = _f(0.1, "cosine decay floor / peak", min=0)
-    head_lr_mult: float = _f(1.0, "learning-rate multiplier of the parameters the run creates (the task head, MAD's "
-                             "projections) over the student's backbone (ViLT fine-tunes its heads at 10x)", min=0,
+    head_lr_mult: float = _f(1.0, "learning-rate multiplier of the parameters the run creates (the task head, a "
+                             "pooler it draws, MAD's projections) over the student's backbone (ViLT fine-tunes its "
+                             "heads at 10x)", min=0,
                              key="unless-default")
     decay: str = _f("cosine", "learning-rate decay after warmup", choices=("cosine", "constant"))
     warmup: float = _f(0.05, "linear warmup: a count of steps (a whole number), or a fraction of steps below 1 "
