@@ -89,12 +89,16 @@ def _params(cfg: StudentPretrainConfig) -> dict[str, Any]:
     return drop_unset({k: v for k, v in dataclasses.asdict(cfg).items() if k not in not_in_key(StudentPretrainConfig)})
 
 
-def stage_key(cfg: StudentPretrainConfig) -> str:
+def key_versions() -> dict[str, str]:
+    """The library versions in the key: another torch or transformers may train other weights."""
     import torch
     import transformers
 
-    return content_key({"format": FORMAT, "kind": KIND, "params": _params(cfg),
-                        "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
+    return {"torch": str(torch.__version__), "transformers": str(transformers.__version__)}
+
+
+def stage_key(cfg: StudentPretrainConfig) -> str:
+    return content_key({"format": FORMAT, "kind": KIND, "params": _params(cfg), "versions": key_versions()})
 
 
 def weights_key(cfg: StudentPretrainConfig) -> str:
@@ -102,13 +106,10 @@ def weights_key(cfg: StudentPretrainConfig) -> str:
     ``probe_steps``, ``probe_train``) and the library versions. A ``mad run`` distill stage that starts from this
     stage's output has it in its key, so other pretraining settings train other students, while measuring the
     figures differently does not."""
-    import torch
-    import transformers
-
     from mad_pipeline.students.pretrain import settings_dict
 
     return content_key({"format": FORMAT, "kind": f"{KIND} weights", "settings": settings_dict(cfg.settings()),
-                        "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
+                        "versions": key_versions()})
 
 
 def check(cfg: StudentPretrainConfig) -> None:

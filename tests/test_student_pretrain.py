@@ -159,10 +159,19 @@ def test_pretrain_cli_cached_and_rebuilt_bit_for_bit(tmp_path):
     assert not torch.equal(got["pooler.dense.weight"], saved["itm_pooler.dense.weight"].float())
 
 
-def test_patch_position_embedding_init_and_its_key():
+def test_patch_position_embedding_init_and_its_key(monkeypatch):
     """transformers starts ViLT's patch position embedding at zeros; --pos-init-std draws it instead, enters the key
-    only when set (older students keep their keys), and the from-scratch comparison starts the same way."""
+    only when set (older students keep their keys), and the from-scratch comparison starts the same way. A key
+    includes the torch and transformers versions (another version may train other weights), so the keys below are
+    those of the versions the shipped student records, whatever this environment has installed."""
+    from mad_pipeline.stages import student_pretrain
     from mad_pipeline.stages.student_pretrain import StudentPretrainConfig, stage_key, weights_key
+
+    record = json.loads((Path(weights_mod.PRESET_WEIGHTS["vilt-tiny"]) / "training.json").read_text())
+    recorded = {"torch": record["torch"], "transformers": record["transformers"]}
+    installed, versions = stage_key(StudentPretrainConfig()), student_pretrain.key_versions()
+    monkeypatch.setattr(student_pretrain, "key_versions", lambda: recorded)
+    assert (stage_key(StudentPretrainConfig()) == installed) == (versions == recorded)
 
     from mad_pipeline.students.pretrain import build_model, settings_dict
 
