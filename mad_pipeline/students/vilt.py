@@ -321,11 +321,12 @@ def _load_backbone(model_cls, pretrained: str | Path) -> tuple[Any, bool]:
     if info.get("unexpected_keys"):
         log.debug("%s: %d weights not used by the backbone (heads): %s", pretrained, len(info["unexpected_keys"]),
                   ", ".join(sorted(info["unexpected_keys"])[:8]))
-    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    lacking = info.get("missing_keys", ())
+    missing = sorted(k for k in lacking if not k.startswith("pooler."))
     if missing:
         log.warning("%s: %d backbone weights missing from the checkpoint (left at random init): %s", pretrained,
                     len(missing), ", ".join(missing[:8]))
-    return backbone, any(k.startswith("pooler.") for k in info.get("missing_keys", ()))
+    return backbone, len(missing) < len(lacking)
 
 
 def build_vilt(name: str, task: str, num_classes: int, pretrained: str | Path | None = None) -> ViltStudent:

@@ -137,11 +137,8 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 def created_here(student: torch.nn.Module, objective: torch.nn.Module) -> set[int]:
     """The ids of the parameters a run creates rather than loads: the student's (its ``created_parameters()``, else
     its task head ``student.head`` when it has one) and the objective's (MAD's projections)."""
-    head = getattr(student, "head", None)
-    if callable(getattr(student, "created_parameters", None)):
-        own = list(student.created_parameters())
-    else:
-        own = list(head.parameters()) if isinstance(head, torch.nn.Module) else []
+    created, head = getattr(student, "created_parameters", None), getattr(student, "head", None)
+    own = list(created()) if callable(created) else list(head.parameters()) if isinstance(head, torch.nn.Module) else []
     return {id(p) for p in [*own, *objective.parameters()]}
 
 
