@@ -24,9 +24,10 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
 
 Every stage is cached by content key (in ``--cache``), so a rerun only computes what is missing: a study can span
 several invocations, and the runs the two configs share (naive and MAD at the low fractions) are trained once. With
-``--jobs N`` each config is sharded by task x seed x fraction into N parallel ``mad run`` processes sharing the cache
-(the first alone: it builds the world, and with ``init=student-pretrain`` the students' pretraining); a final ``mad
-run`` of the whole config then finds every stage cached and writes the reports. ``--only TASK`` (repeatable) runs a
+``--jobs N`` each config is sharded by task x seed x fraction x method into N parallel ``mad run`` processes sharing
+the cache, the largest fraction of a seed first (the first alone: it builds the world, and with
+``init=student-pretrain`` the students' pretraining); a final ``mad run`` of the whole config then finds every stage
+cached and writes the reports. ``--only TASK`` (repeatable) runs a
 subset of the tasks.
 
     python bench/lowshot.py --jobs 2                          # the main tables, then the ablation (2 CPU cores)
@@ -67,15 +68,33 @@ def log(msg: str) -> None:
 
 
 def shards(values: dict, jobs: int) -> list[list[str]]:
-    """Override lists, one per shard (a task x seed x fraction cell with every method), task-major then seed-major,
-    so that a run cut short by ``--deadline-min`` still has whole tasks and seeds; ``[[]]`` (one plain ``mad run``)
-    for one job."""
+    """Override lists, one per shard: one method's runs in a task x seed x fraction cell, task-major then seed-major
+    (a run cut short by ``--deadline-min`` still has whole tasks and seeds), the largest fraction first within a seed
+    (the last shards to start are the short ones, so the cores stay busy to the end). The first shard is the cheapest
+    one that builds stores (the first task and seed's smallest fraction, a distilling method): it runs alone when the
+    shared stages are not cached yet. ``per_fraction`` is narrowed to the shard's fraction (the config checks that
+    every entry names one of its fractions). ``[[]]`` (one plain ``mad run``) for one job."""
     if jobs <= 1:
         return [[]]
     from mad_pipeline.pipeline.config import tasks_of
 
-    return [[f"task={t}", f"fractions=[{f!r}]", f"seeds=[{s}]"] for t in tasks_of(values) for s in values["seeds"]
-            for f in sorted(values["fractions"])]
+    methods = values["methods"]
+    order = sorted(methods, key=lambda m: methods[m]["preset"] == "baseline")  # distilling methods build the stores
+    per_fraction = values.get("per_fraction") or {}
+    out = []
+    for t in tasks_of(values):
+        for s in values["seeds"]:
+            for f in sorted(values["fractions"], reverse=True):
+                for m in order:
+                    shard = [f"task={t}", f"fractions=[{f!r}]", f"seeds=[{s}]",
+                             f"methods={json.dumps({m: methods[m]})}"]
+                    if per_fraction:
+                        own = per_fraction.get(float(f))
+                        shard.append(f"per_fraction={{{float(f)!r}: {json.dumps(own)}}}" if own else "per_fraction={}")
+                    out.append(shard)
+    smallest = f"fractions=[{min(values['fractions'])!r}]"
+    out.insert(0, out.pop(next(i for i, sh in enumerate(out) if sh[1] == smallest)))
+    return out
 
 
 def shared_stages_cached(config: Path, overrides: list[str], cache: Path, train_split: str) -> bool:
@@ -108,7 +127,7 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
     running: list[tuple[subprocess.Popen, Path, list[str]]] = []
     n_total, done = len(todo), 0
     with make_progress() as bar:  # a live bar on a terminal, a line every 30 s in a log file
-        task = bar.add_task("shards (task x seed x fraction)", total=n_total, unit="shard")
+        task = bar.add_task("shards (task x seed x fraction x method)", total=n_total, unit="shard")
 
         def start(shard: list[str]) -> None:
             name = "_".join(s.replace("=", "").replace("[", "").replace("]", "") for s in shard)
@@ -459,8 +478,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--no-ablation", dest="ablation_config", action="store_const", const=None)
     ap.add_argument("--only", action="append", default=None, metavar="TASK",
                     help="run only this task of the configs (repeatable); default: all of them")
-    ap.add_argument("--jobs", type=int, default=1, help="parallel mad run shards (task x seed x fraction); 1: one "
-                    "mad run")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="parallel mad run shards (task x seed x fraction x method); 1: one mad run")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per shard (OMP_NUM_THREADS)")
     ap.add_argument("--device", default=None, help="device for training (auto, cpu, cuda); default: the config's")
     ap.add_argument("--cache", type=Path, default=None, help="cache root (default: MAD_CACHE, else the user cache)")

@@ -216,6 +216,42 @@ def test_ablation_table_pairs_each_variant_with_mad_by_seed(tmp_path):
     assert "## vqa, test" in md and "## vcr, shift" in md and "(MAD)" in md and "+20.00 ± 0.00" in md
     lines = bench.ablation_csv(abl).splitlines()
     assert len(lines) == 1 + 2 * 2 * 2 and lines[1].startswith("vqa,test,0.01,")
-    shards = bench.shards({**values, "seeds": [0, 1], "fractions": [0.05, 0.01]}, jobs=2)
-    assert shards[0] == ["task=vqa", "fractions=[0.01]", "seeds=[0]"] and len(shards) == 2 * 2 * 2
     json.dumps(abl)  # lowshot.json holds it
+
+
+def test_lowshot_shards_are_the_whole_configs_runs_one_method_each(study_yaml, inproc):
+    """bench/lowshot.py --jobs N runs one ``mad run`` per task x seed x fraction x method: together the shards plan
+    exactly the whole config's runs with the same settings and keys (``per_fraction`` narrowed to the shard's own
+    fraction, which the config requires), the cheapest store-building shard first, then the largest fraction of each
+    seed first so the short runs come last."""
+    from mad_pipeline.pipeline.config import for_run, for_task
+
+    bench = _bench()
+    pf = "per_fraction={0.5: {train: {steps: 2}}, 1.0: {train: {steps: 3, lr: 0.002}}}"
+    over = [pf, "seeds=[0, 1]", "task=[vqa, snli-ve]"]
+    values = load_config(study_yaml, over).values
+    shards = bench.shards(values, jobs=2)
+    assert bench.shards(values, jobs=1) == [[]]
+    cells = [(t, m, f, s) for t in ("vqa", "snli-ve") for m in ("baseline", "naive", "full") for f in (0.5, 1.0)
+             for s in (0, 1)]
+    assert len(shards) == len(cells)
+    assert shards[0][:3] == ["task=vqa", "fractions=[0.5]", "seeds=[0]"] and '"naive"' in shards[0][3]
+    assert [sh[1] for sh in shards[1:4]] == ["fractions=[1.0]"] * 3  # then the largest fraction of seed 0
+    seen = []
+    for shard in shards:
+        one = load_config(study_yaml, [*over, *shard]).values  # a valid config on its own
+        (task,), (method,), (fraction,), (seed,) = [one["task"]], list(one["methods"]), one["fractions"], one["seeds"]
+        seen.append((task, method, fraction, seed))
+        whole = for_run(for_task(values, task), method, fraction)
+        assert for_run(for_task(one, task), method, fraction)["train"] == whole["train"]
+        assert one["methods"][method] == values["methods"][method]
+    assert sorted(seen) == sorted(cells)
+    # the same stage keys as the whole config's plan (the baselines' are known once the world is built: one run)
+    inproc("run", str(study_yaml), *shards[-1], "--quiet")
+    whole = {s["label"]: s["key"] for s in _json(inproc("run", str(study_yaml), *over, "--dry-run", "--json"))["stages"]
+             if s["kind"] == "distill"}
+    for shard in shards:
+        if '"baseline"' in shard[3]:
+            plan = _json(inproc("run", str(study_yaml), *over, *shard, "--dry-run", "--json"))["stages"]
+            ((label, key),) = [(s["label"], s["key"]) for s in plan if s["kind"] == "distill"]
+            assert key and whole[f"{shard[0][5:]}: {label}"] == key
