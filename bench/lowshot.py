@@ -72,26 +72,20 @@ def shards(values: dict, jobs: int) -> list[list[str]]:
     (a run cut short by ``--deadline-min`` still has whole tasks and seeds), the largest fraction first within a seed
     (the last shards to start are the short ones, so the cores stay busy to the end). The first shard is the cheapest
     one that builds stores (the first task and seed's smallest fraction, a distilling method): it runs alone when the
-    shared stages are not cached yet. ``per_fraction`` is narrowed to the shard's fraction (the config checks that
-    every entry names one of its fractions). ``[[]]`` (one plain ``mad run``) for one job."""
+    shared stages are not cached yet. ``[[]]`` (one plain ``mad run``) for one job."""
     if jobs <= 1:
         return [[]]
     from mad_pipeline.pipeline.config import tasks_of
 
     methods = values["methods"]
     order = sorted(methods, key=lambda m: methods[m]["preset"] == "baseline")  # distilling methods build the stores
-    per_fraction = values.get("per_fraction") or {}
     out = []
     for t in tasks_of(values):
         for s in values["seeds"]:
             for f in sorted(values["fractions"], reverse=True):
                 for m in order:
-                    shard = [f"task={t}", f"fractions=[{f!r}]", f"seeds=[{s}]",
-                             f"methods={json.dumps({m: methods[m]})}"]
-                    if per_fraction:
-                        own = per_fraction.get(float(f))
-                        shard.append(f"per_fraction={{{float(f)!r}: {json.dumps(own)}}}" if own else "per_fraction={}")
-                    out.append(shard)
+                    out.append([f"task={t}", f"fractions=[{f!r}]", f"seeds=[{s}]",
+                                f"methods={json.dumps({m: methods[m]})}"])
     smallest = f"fractions=[{min(values['fractions'])!r}]"
     out.insert(0, out.pop(next(i for i, sh in enumerate(out) if sh[1] == smallest)))
     return out

@@ -228,6 +228,28 @@ def test_a_fraction_trains_with_its_own_step_cap(setup):
     assert trained("distill:full@0.5/s0")[0]["steps"] == 2
 
 
+def test_a_fractions_override_leaves_out_the_other_fractions_own_settings(tiny_clip, tmp_path):
+    """A config whose ``per_fraction`` names several of its fractions still loads with ``fractions=`` picking one of
+    them (one run of the study, as the study's shards and its docs run them): the other fractions' entries are
+    dropped, the kept one still applies; an entry for a fraction the file does not list is still an error."""
+    from mad_pipeline.stages.pipeline import load_config
+
+    from mad_pipeline.pipeline.fractions import for_run
+
+    cfg = tmp_path / "pf.yaml"
+    cfg.write_text(CONFIG.format(weights=tiny_clip[1])
+                   + "per_fraction:\n  0.5: {train: {lr: 0.0003}}\n  1.0: {train: {steps: 3}}\n")
+    whole = load_config(cfg).values
+    assert set(whole["per_fraction"]) == {0.5, 1.0}
+    one = load_config(cfg, ["fractions=[0.5]"]).values
+    assert set(one["per_fraction"]) == {0.5}
+    assert for_run(one, "full", 0.5)["train"] == for_run(whole, "full", 0.5)["train"]
+    assert for_run(one, "full", 0.5)["train"]["lr"] == 0.0003
+    assert load_config(cfg, ["fractions=[1.0]"]).values["per_fraction"] == {1.0: {"train": {"steps": 3}}}
+    with pytest.raises(InputError, match=r"per_fraction\.0\.2: not one of the config's fractions \(0\.5\)"):
+        load_config(cfg, ["fractions=[0.5]", "per_fraction={0.2: {train: {steps: 3}}}"])
+
+
 def test_report_draws_reference_lines_on_every_evaluated_split(setup):
     """The report's reference levels per split: the teacher's zero-shot accuracy (its answers on each evaluated
     split are extracted for it), the majority answer and VQA's answer prior per question type, all from the data."""

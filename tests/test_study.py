@@ -221,9 +221,9 @@ def test_ablation_table_pairs_each_variant_with_mad_by_seed(tmp_path):
 
 def test_lowshot_shards_are_the_whole_configs_runs_one_method_each(study_yaml, inproc):
     """bench/lowshot.py --jobs N runs one ``mad run`` per task x seed x fraction x method: together the shards plan
-    exactly the whole config's runs with the same settings and keys (``per_fraction`` narrowed to the shard's own
-    fraction, which the config requires), the cheapest store-building shard first, then the largest fraction of each
-    seed first so the short runs come last."""
+    exactly the whole config's runs with the same settings and keys (each shard's ``fractions=`` leaves the other
+    fractions' ``per_fraction`` entries out), the cheapest store-building shard first, then the largest fraction of
+    each seed first so the short runs come last."""
     from mad_pipeline.pipeline.config import for_run, for_task
 
     bench = _bench()

@@ -54,7 +54,7 @@ class PipelineConfig:
 
 
 def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
-                      overridden: dict[str, str]) -> None:
+                      overridden: dict[str, str], filtered: frozenset[float]) -> None:
     """Each task's own values (the config with its ``per_task`` settings merged in), kept under ``per_task``."""
     tasks = tasks_of(values)
     resolved = {}
@@ -72,7 +72,7 @@ def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
         try:
             resolved[task] = _validate(one, sch, source, prefix="", overridden=overridden)
             resolved[task]["per_task"] = {}
-            _check_whole(resolved[task], source)
+            _check_whole(resolved[task], source, filtered)
         except InputError as e:
             raise InputError(f"{source}: per_task.{task}: {str(e).removeprefix(f'{source}: ')}") from None
     values["per_task"] = resolved
@@ -182,13 +182,17 @@ def from_dict(raw: dict[str, Any], schema: dict[str, Any], source: str = "<confi
     raw = copy.deepcopy(raw)
     base = base or Path.cwd()
     _resolve_paths(raw, schema, base)
+    listed = raw.get("fractions")  # the file's own fractions: a fractions= override may leave some of them out
     overridden: dict[str, str] = {}
     for ov in overrides:
         overridden[_apply_override(raw, schema, ov)] = ov
     values = _validate(raw, schema, source, prefix="", overridden=overridden)
-    _check_whole(values, source)
+    filtered = frozenset()
+    if "fractions" in overridden and isinstance(listed, list):
+        filtered = frozenset(float(f) for f in listed if isinstance(f, int | float) and not isinstance(f, bool))
+    _check_whole(values, source, filtered)
     if values.get("per_task"):
-        _resolve_per_task(raw, values, schema, source, overridden)
+        _resolve_per_task(raw, values, schema, source, overridden, filtered)
     return PipelineConfig(values, source)
 
 
@@ -300,7 +304,7 @@ def _validate(raw: Any, sch: dict, source: str, prefix: str, overridden: dict[st
     return out
 
 
-def _check_whole(values: dict[str, Any], source: str) -> None:
+def _check_whole(values: dict[str, Any], source: str, filtered: frozenset[float] = frozenset()) -> None:
     data = values["data"]
     if data["root"] is None and data["shapes"]["size"] is None:
         raise InputError(f"{source}: data: give data.root (a data root) or data.shapes.size (generate the shapes "
@@ -320,7 +324,7 @@ def _check_whole(values: dict[str, Any], source: str) -> None:
                 train_config(for_method(values, name))
             except InputError as e:
                 raise InputError(f"{source}: methods.{name}.train: {e}") from None
-    check_per_fraction(values, source, train_config)
+    check_per_fraction(values, source, train_config, filtered)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -56,14 +56,21 @@ def for_run(values: dict[str, Any], method: str, fraction: float) -> dict[str, A
     return for_method(base, method)
 
 
-def check_per_fraction(values: dict[str, Any], source: str, train_config) -> None:
+def check_per_fraction(values: dict[str, Any], source: str, train_config,
+                       filtered: frozenset[float] = frozenset()) -> None:
     """Each ``per_fraction`` entry names one of the config's fractions, and makes valid trainer settings with every
-    method (``train_config``: values -> TrainConfig, raising :class:`InputError`)."""
+    method (``train_config``: values -> TrainConfig, raising :class:`InputError`). An entry for a fraction in
+    ``filtered`` (the file lists it, a ``fractions=`` override left it out) is dropped: those runs are not in this
+    plan, so one config serves a run of one fraction as it serves the whole study."""
     fractions = [float(f) for f in values["fractions"]]
-    for f in values.get("per_fraction") or {}:
-        if f not in fractions:
+    own = values.get("per_fraction") or {}
+    for f in list(own):
+        if f not in fractions and f in filtered:
+            del own[f]
+        elif f not in fractions:
             raise InputError(f"{source}: per_fraction.{f:g}: not one of the config's fractions "
                              f"({', '.join(f'{x:g}' for x in fractions)})")
+    for f in own:
         for name in values["methods"]:
             try:
                 train_config(for_run(values, name, f))
