@@ -91,6 +91,15 @@ def shards(values: dict, jobs: int) -> list[list[str]]:
     return out
 
 
+def _shard_label(override: str) -> str:
+    """A shard's override as part of its log file's name: ``fractions=[0.05]`` -> ``fractions0.05``, the methods
+    override (a JSON mapping) -> ``method-NAME``."""
+    key, _, value = override.partition("=")
+    if key == "methods":
+        return "method-" + "+".join(json.loads(value))
+    return override.replace("=", "").replace("[", "").replace("]", "")
+
+
 def shared_stages_cached(config: Path, overrides: list[str], cache: Path, train_split: str) -> bool:
     """Whether the stages every shard shares (the world, the students' pretraining with ``init=student-pretrain``,
     the evaluation splits' stores) are in the cache already (from the plan of a dry run)."""
@@ -124,7 +133,7 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
         task = bar.add_task("shards (task x seed x fraction x method)", total=n_total, unit="shard")
 
         def start(shard: list[str]) -> None:
-            name = "_".join(s.replace("=", "").replace("[", "").replace("]", "") for s in shard)
+            name = "_".join(_shard_label(s) for s in shard)
             path = logs / f"{config.stem}_{name}.log"
             cmd = [sys.executable, "-m", "mad_pipeline.cli", "run", str(config), *overrides, *shard,
                    "--cache", str(args.cache), "--quiet"]

@@ -236,6 +236,7 @@ def test_lowshot_shards_are_the_whole_configs_runs_one_method_each(study_yaml, i
              for s in (0, 1)]
     assert len(shards) == len(cells)
     assert shards[0][:3] == ["task=vqa", "fractions=[0.5]", "seeds=[0]"] and '"naive"' in shards[0][3]
+    assert [bench._shard_label(o) for o in shards[0]] == ["taskvqa", "fractions0.5", "seeds0", "method-naive"]
     assert [sh[1] for sh in shards[1:4]] == ["fractions=[1.0]"] * 3  # then the largest fraction of seed 0
     seen = []
     for shard in shards:
