@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .batch_shape import fixed_shape
 
 AUTO = "auto"
 CPU_BATCH_SIZE = 32
@@ -205,7 +206,7 @@ def _add(clock: dict | None, key: str, seconds: float) -> None:
 
 
 def overlapped_forward(teacher, batches: Iterable, fast: FastPath, clock: dict | None = None,
-                       dense: bool = False) -> Iterator:
+                       dense: bool = False, batch_size: int | None = None) -> Iterator:
     """Run ``teacher.encode_image_tokens`` over ``(meta, pixels)`` batches; yield ``(meta, (tokens, pooled))`` as
     fp16 numpy arrays, in order (``dense``: ``(tokens, pooled, dense)``, the teacher's dense joint-space features).
 
@@ -214,8 +215,12 @@ def overlapped_forward(teacher, batches: Iterable, fast: FastPath, clock: dict |
     stream, and a batch is yielded only after the next one's forward is queued: the GPU never waits for the host.
     ``clock`` (a dict) collects seconds: ``input_wait`` (waiting for decoded batches), ``forward`` (CPU: the forward;
     CUDA: GPU time of the forward and the fp16 cast, by CUDA events), ``h2d`` and ``d2h`` (CUDA only: copy-stream
-    times), ``to_host`` (CPU: fp16 cast and conversion; CUDA: waiting for a copy to finish)."""
+    times), ``to_host`` (CPU: fp16 cast and conversion; CUDA: waiting for a copy to finish). ``batch_size``: every
+    forward runs on that many rows, a shorter batch padded (:mod:`.batch_shape`), so a row does not depend on its
+    batch."""
     forward = _forward(teacher, dense)
+    if batch_size:
+        forward = fixed_shape(forward, batch_size)
     if not fast.overlap_copies:
         yield from _plain(forward, batches, clock)
         return

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..store.reader import open_store
 from ..store.zeroshot import PER_ROW, zeroshot_arrays, zeroshot_blocks
+from .batch_shape import pad_items
 
 __all__ = ["fill_zeroshot", "zeroshot_arrays", "zeroshot_results"]
 
@@ -21,11 +22,11 @@ def _text_embeddings(teacher, texts: list[str], batch_size: int, progress) -> to
     task = progress.add_task("zero-shot texts", total=len(texts), unit="text") if progress else None
     embs = []
     for i in range(0, len(texts), batch_size):
-        batch = teacher.tokenize(texts[i : i + batch_size])
-        _, pooled = teacher.encode_text_tokens(batch)
-        embs.append(F.normalize(pooled.float(), dim=-1).cpu())
+        chunk = texts[i : i + batch_size]  # every forward has batch_size texts, the last padded (see .batch_shape)
+        _, pooled = teacher.encode_text_tokens(teacher.tokenize(pad_items(chunk, batch_size)))
+        embs.append(F.normalize(pooled[: len(chunk)].float(), dim=-1).cpu())
         if progress:
-            progress.update(task, advance=len(batch.lengths))
+            progress.update(task, advance=len(chunk))
     return torch.cat(embs) if embs else torch.zeros(0, 1)
 
 
