@@ -200,18 +200,19 @@ def _share(full: dict, c: dict) -> dict:
             "share_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
 
 
-def ablation(table: dict, split: str, policies: dict[str, str]) -> list[dict]:
-    """Per fraction of one split's headline rows: MAD, each policy's MAD and its share (MAD minus it), each part
-    switched off and its share, MAD minus naive."""
+def ablation(table: dict, split: str, policies: dict[str, str], metric: str | None = None) -> list[dict]:
+    """Per fraction of one split's rows of ``metric`` (default: the headline): MAD, each policy's MAD and its share
+    (MAD minus it), each part switched off and its share, MAD minus naive."""
     rows = []
+    metric = metric or table["metric"]
     for row in table["rows"]:
-        if row["split"] != split or row.get("metric", table["metric"]) != table["metric"]:
+        if row["split"] != split or row.get("metric", table["metric"]) != metric:
             continue
         cells = row["cells"]
         full = cells.get("full")
         if not full:
             continue
-        out = {"fraction": row["fraction"], "full": full, "parts": {}, "policies": {}}
+        out = {"split": split, "metric": metric, "fraction": row["fraction"], "full": full, "parts": {}, "policies": {}}
         for policy, method in policies.items():
             if cells.get(method):
                 out["policies"][policy] = {**_share(full, cells[method]), "mad": method == "full"}
@@ -222,6 +223,16 @@ def ablation(table: dict, split: str, policies: dict[str, str]) -> list[dict]:
             out["naive"] = _share(full, cells["naive"])
         rows.append(out)
     return rows
+
+
+def ablation_sections(table: dict, policies: dict[str, str]) -> dict[str, list[dict]]:
+    """:func:`ablation` for every split and every metric the task reports (VCR: Q->A, then QA->R and Q->AR), keyed
+    ``split`` for the headline and ``split, <metric title>`` for the others."""
+    from mad_pipeline.pipeline.report import metric_title
+
+    metrics = [table["metric"], *[m for m in table.get("metrics") or [] if m != table["metric"]]]
+    return {split if m == table["metric"] else f"{split}, {metric_title(m)}": ablation(table, split, policies, m)
+            for m in metrics for split in table["splits"]}
 
 
 def _pm(mean: float, std: float, n: int, signed: bool = False) -> str:
@@ -242,7 +253,8 @@ def ablation_markdown(abl: dict[str, dict[str, list[dict]]], n_seeds: int) -> st
     lines = ["# Ablation: MAD with one adaptive part changed", "",
              f"Headline metric (%), mean ± std over {n_seeds} seeds. *share* = MAD minus the variant, paired by seed "
              "(positive: MAD's choice helps). The selection policies are MAD with that policy; *(MAD)* marks MAD's "
-             "own.", ""]
+             "own. A task that reports several metrics (VCR: Q->A, QA->R, Q->AR) has a table per metric after its "
+             "headline's; the runs were selected on the headline's dev metric.", ""]
     for task, by_split in abl.items():
         for split, rows in by_split.items():
             lines += [f"## {task}, {split}", ""]
@@ -269,16 +281,16 @@ def ablation_markdown(abl: dict[str, dict[str, list[dict]]], n_seeds: int) -> st
 
 def ablation_csv(abl: dict[str, dict[str, list[dict]]]) -> str:
     names = [f"select_{p}" for p in POLICIES] + [f"without_{part.replace(' ', '_')}" for _, part in ABLATIONS]
-    head = ["task", "split", "train_fraction", "mad_mean", "mad_std"]
+    head = ["task", "split", "metric", "train_fraction", "mad_mean", "mad_std"]
     for k in [*names, "naive"]:
         head += [f"{k}_mean", f"{k}_std", f"{k}_share_mean", f"{k}_share_std"]
     lines = [",".join(head)]
-    for task, by_split in abl.items():
-        for split, rows in by_split.items():
+    for task, by_section in abl.items():
+        for rows in by_section.values():
             for r in rows:
                 std = r["full"]["std"]
-                vals = [task, split, f"{r['fraction']:g}", f"{r['full']['mean']:.4f}", "" if std is None else
-                        f"{std:.4f}"]
+                vals = [task, r["split"], r["metric"], f"{r['fraction']:g}", f"{r['full']['mean']:.4f}",
+                        "" if std is None else f"{std:.4f}"]
                 parts = [r["policies"].get(p) for p in POLICIES] + [r["parts"].get(part) for _, part in ABLATIONS]
                 for p in [*parts, r.get("naive")]:
                     ws = p["without"]["std"] if p else None
@@ -519,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     main_res = results["lowshot"]
     abl_res = results.get("ablation", main_res)
     policies = policy_methods(abl_res["values"])
-    abl = {task: {s: ablation(t, s, policies) for s in t["splits"]} for task, t in abl_res["tables"].items()}
+    abl = {task: ablation_sections(t, policies) for task, t in abl_res["tables"].items()}
     pt = {task: per_type([st for st in main_res["stages"] if st.meta.get("task") == task], t["splits"][0])
           for task, t in main_res["tables"].items()}
     pt = {task: v for task, v in pt.items()  # the tasks with question types (VQA), not just an overall figure

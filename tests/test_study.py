@@ -198,13 +198,18 @@ def test_ablation_table_pairs_each_variant_with_mad_by_seed(tmp_path):
              "full-random": [39.0, 40.0, 41.0], "full-no-confidence": [40.0, 42.0, 44.0],
              "full-constant-alpha": [20.0, 22.0, 24.0]}
     tables = {}
-    for task in ("vqa", "vcr"):
-        recs = [{"method": m, "fraction": f, "seed": s, "split": split, "metric": "m", "value": v + f, "task": task,
+    for task in ("vqa", "vcr"):  # VCR also reports QA->R: MAD's balance ahead by 5 there, the other parts level
+        recs = [{"method": m, "fraction": f, "seed": s, "split": split, "metric": metric,
+                 "value": v + f + (5.0 if metric == "qa2r" and m == "full-constant-alpha" else 0.0), "task": task,
                  "source": f"{task}{m}{f}{s}{split}"}
+                for metric in (("m", "qa2r") if task == "vcr" else ("m",))
                 for m, vs in value.items() for f in (0.01, 0.05) for s, v in enumerate(vs)
                 for split in ("test", "shift")]
         tables[task] = report_lib.aggregate(recs)
-    abl = {t: {s: bench.ablation(tab, s, policies) for s in tab["splits"]} for t, tab in tables.items()}
+    abl = {t: bench.ablation_sections(tab, policies) for t, tab in tables.items()}
+    assert list(abl["vqa"]) == ["test", "shift"]
+    assert list(abl["vcr"]) == ["test", "shift", "test, QA->R accuracy", "shift, QA->R accuracy"]
+    assert abl["vcr"]["shift, QA->R accuracy"][0]["parts"]["adaptive balance"]["share_mean"] == pytest.approx(15.0)
     row = abl["vcr"]["shift"][0]
     assert row["fraction"] == 0.01 and row["policies"][own]["mad"]
     assert row["policies"]["all"]["share_mean"] == pytest.approx(1.0)  # (40-41, 42-41, 44-41) / 3
@@ -214,8 +219,10 @@ def test_ablation_table_pairs_each_variant_with_mad_by_seed(tmp_path):
     assert row["naive"]["share_mean"] == pytest.approx((10 + 11 + 9) / 3)
     md = bench.ablation_markdown(abl, 3)
     assert "## vqa, test" in md and "## vcr, shift" in md and "(MAD)" in md and "+20.00 ± 0.00" in md
+    assert "## vcr, shift, QA->R accuracy" in md and "+15.00 ± 0.00" in md
     lines = bench.ablation_csv(abl).splitlines()
-    assert len(lines) == 1 + 2 * 2 * 2 and lines[1].startswith("vqa,test,0.01,")
+    assert len(lines) == 1 + 2 * 2 * 2 + 2 * 2 and lines[1].startswith("vqa,test,m,0.01,")
+    assert "vcr,shift,qa2r,0.05," in "\n".join(lines)
     json.dumps(abl)  # lowshot.json holds it
 
 
