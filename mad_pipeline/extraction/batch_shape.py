@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..teachers.base import TextBatch
+
 
 def pad_rows(x: torch.Tensor, size: int) -> torch.Tensor:
     """``x`` with its last row repeated up to ``size`` rows (``x`` itself when it has ``size`` rows or more)."""
@@ -43,4 +45,14 @@ def fixed_shape(forward: Callable[[torch.Tensor], Sequence[torch.Tensor]], size:
     return run
 
 
-__all__ = ["fixed_shape", "pad_items", "pad_rows"]
+def encode_texts(teacher, texts: Sequence[str], size: int) -> tuple[TextBatch, torch.Tensor, torch.Tensor]:
+    """The text teacher's forward over ``texts`` (at most ``size``) at the fixed batch shape: the tokenised batch,
+    the tokens and the pooled embedding, each cut back to ``texts``' own rows."""
+    n = len(texts)
+    batch = teacher.tokenize(pad_items(texts, size))
+    tokens, pooled = teacher.encode_text_tokens(batch)
+    own = TextBatch(batch.ids[:n], batch.mask[:n], batch.lengths[:n], batch.spans[:n])
+    return own, tokens[:n], pooled[:n]
+
+
+__all__ = ["encode_texts", "fixed_shape", "pad_items", "pad_rows"]

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..errors import InputError
 from ..store.layout import DENSE
 from ..store.writer import StoreWriter
-from .batch_shape import pad_items
+from .batch_shape import encode_texts
 from .device import (
     FastPath,
     decode_workers,
@@ -214,13 +214,11 @@ def extract_texts(teacher, writer: StoreWriter, hashes, texts, *, batch_size: in
         size = plain_batch_size(batch_size, teacher_device(teacher))  # "auto": 32 on CPU, 256 on CUDA
         for positions in shard_batches(rows_arr, writer.shard_rows, size):
             batch_rows = rows_arr[positions]
-            n = len(batch_rows)  # every forward has `size` texts, a short batch padded (see .batch_shape)
-            batch = teacher.tokenize(pad_items([texts[r] for r in batch_rows], size))
-            tokens, pooled = teacher.encode_text_tokens(batch)
-            tokens = tokens[:n].to(torch.float16).cpu().numpy()
-            tokens[~batch.mask[:n].numpy()] = 0  # padding positions carry no information
+            batch, tokens, pooled = encode_texts(teacher, [texts[r] for r in batch_rows], size)  # a fixed shape
+            tokens = tokens.to(torch.float16).cpu().numpy()
+            tokens[~batch.mask.numpy()] = 0  # padding positions carry no information
             yield batch_rows, {"text_hash": hash_arr[batch_rows], "text": text_arr[batch_rows], "tokens": tokens,
-                               "length": batch.lengths[:n], "pooled": pooled[:n].to(torch.float16).cpu().numpy(),
-                               "char_span": batch.spans[:n]}
+                               "length": batch.lengths, "pooled": pooled.to(torch.float16).cpu().numpy(),
+                               "char_span": batch.spans}
 
     return _fill(writer, "text teacher", "text", progress, batches, reuse, hash_arr, shards)

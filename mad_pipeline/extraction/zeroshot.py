@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..store.reader import open_store
 from ..store.zeroshot import PER_ROW, zeroshot_arrays, zeroshot_blocks
-from .batch_shape import pad_items
+from .batch_shape import encode_texts
 
 __all__ = ["fill_zeroshot", "zeroshot_arrays", "zeroshot_results"]
 
@@ -22,11 +22,10 @@ def _text_embeddings(teacher, texts: list[str], batch_size: int, progress) -> to
     task = progress.add_task("zero-shot texts", total=len(texts), unit="text") if progress else None
     embs = []
     for i in range(0, len(texts), batch_size):
-        chunk = texts[i : i + batch_size]  # every forward has batch_size texts, the last padded (see .batch_shape)
-        _, pooled = teacher.encode_text_tokens(teacher.tokenize(pad_items(chunk, batch_size)))
-        embs.append(F.normalize(pooled[: len(chunk)].float(), dim=-1).cpu())
+        _, _, pooled = encode_texts(teacher, texts[i : i + batch_size], batch_size)  # a fixed shape, the last padded
+        embs.append(F.normalize(pooled.float(), dim=-1).cpu())
         if progress:
-            progress.update(task, advance=len(chunk))
+            progress.update(task, advance=len(pooled))
     return torch.cat(embs) if embs else torch.zeros(0, 1)
 
 
