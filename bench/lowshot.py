@@ -181,7 +181,7 @@ def _paired(a: dict, b: dict) -> list[float]:
 
 
 def policy_methods(values: dict) -> dict[str, str]:
-    """Selection policy -> the ablation method that is MAD with that policy (``full`` for the preset's own)."""
+    """Selection policy -> the ablation method that is MAD with that policy (``full``, the reference, for its own)."""
     from mad_pipeline.pipeline.methods import METHOD_SETTINGS, mad_config
 
     out: dict[str, str] = {}

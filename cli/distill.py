@@ -29,7 +29,8 @@ DISTILL_HELP = """Train a student on a task, distilled from frozen teachers thro
 Writes under --out: metrics.json, metrics.jsonl, training.png, student/ (save_pretrained), \
 predictions/<split>.json (official results format) and checkpoints/ (rerun the same command to resume exactly).
 
-Objective: --preset full (MAD: teacher-saliency top-k tokens, confidence weighting, adaptive alpha), \
+Objective: --preset full (MAD: every aligned token, confidence weighting, adaptive alpha; --select \
+teacher-saliency --top-k 0.5 gives the paper's token selection), \
 --preset naive (all tokens, no confidence, constant alpha) or --no-distill (plain finetuning); the individual \
 switches (--select, --top-k, --confidence, --alpha-schedule, --alpha, --logit-kd, --no-text-tokens, ...) apply on \
 top.
@@ -77,7 +78,8 @@ def distill_cmd(
     test_split: list[str] = typer.Option([], "--test-split", help="Also evaluate these splits at the end."),
     preset: str = typer.Option("full", "--preset", help="full (MAD), naive or baseline."),
     no_distill: bool = typer.Option(False, "--no-distill", help="Plain finetuning (= --preset baseline)."),
-    select: str = typer.Option(None, "--select", help="Token selection: teacher-saliency, all, random, student-gap."),
+    select: str = typer.Option(None, "--select", help="Token selection: all (the full preset's), teacher-saliency, "
+                               "question-aware, random, student-gap."),
     top_k: str = typer.Option(None, "--top-k", help="Tokens kept: a fraction in (0, 1] or a count."),
     confidence: str = typer.Option(None, "--confidence", help="Confidence weighting: none or prob."),
     alpha_schedule: str = typer.Option(None, "--alpha-schedule", help="constant, linear, cosine or adaptive."),

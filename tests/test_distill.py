@@ -169,7 +169,8 @@ def test_store_fed_equals_online_teacher(task, tiny_clip, world, cache):
         assert torch.allclose(a, b, rtol=1e-2, atol=1e-2), name
     for name in ("crop_box", "text_spans", "text_length"):
         assert torch.equal(getattr(t_fed, name).to(getattr(t_onl, name).dtype), getattr(t_onl, name)), name
-    cfg = MADConfig.full(alpha_schedule="constant", alpha0=1.0, logit_kd=True)
+    cfg = MADConfig.full(select_v="teacher-saliency", select_t="teacher-saliency", alpha_schedule="constant",
+                         alpha0=1.0, logit_kd=True)  # with selection: the planned batch carries only the top half
     torch.manual_seed(1)
     objective = MADLoss(cfg, student.hidden_size, w["image"], w["text"], w["image_pooled"], w["text_pooled"])
     with torch.no_grad():

@@ -384,7 +384,10 @@ def test_presets():
     assert (naive.confidence, naive.alpha_schedule) == ("none", "constant")
     assert naive.use_pooled and naive.distill
     full = MADConfig.full()
-    assert (full.select_v, full.confidence) == ("teacher-saliency", "prob")
+    assert (full.select_v, full.select_t, full.confidence, full.alpha_schedule) == ("all", "all", "prob", "adaptive")
+    paper = MADConfig.from_switches("full", select="teacher-saliency")  # the paper's selection: one switch away
+    assert (paper.select_v, paper.select_t, paper.k_v) == ("teacher-saliency", "teacher-saliency", 0.5)
+    assert paper.preset_name == "custom" and full.preset_name == "full"
     assert not MADConfig.baseline().distill
     with pytest.raises(ValueError):
         MADConfig(select_v="nope")

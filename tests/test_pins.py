@@ -19,15 +19,17 @@ from typer.testing import CliRunner
 PINS = Path(__file__).parent / "fixtures" / "pins.json"
 STEPS = 20
 # (name, task, extra options)
+SALIENCY = ("--select", "teacher-saliency")  # the paper's selection, computed by the data pipeline
 RUNS = [
-    ("vqa-full", "vqa", ()),
+    ("vqa-default", "vqa", ()),  # the full preset: every token
+    ("vqa-full", "vqa", SALIENCY),
     ("vqa-baseline", "vqa", ("--no-distill",)),
     ("vqa-naive", "vqa", ("--preset", "naive")),
     ("vqa-random", "vqa", ("--select", "random", "--top-k", "4")),
     ("vqa-student-gap", "vqa", ("--select", "student-gap", "--logit-kd")),
-    ("vqa-online", "vqa", ("--online-teacher",)),
-    ("snli-ve-full", "snli-ve", ()),
-    ("vcr-full", "vcr", ()),
+    ("vqa-online", "vqa", ("--online-teacher", *SALIENCY)),
+    ("snli-ve-full", "snli-ve", SALIENCY),
+    ("vcr-full", "vcr", SALIENCY),
 ]
 TRAIN_KEYS = ("total", "task", "distill", "tok_v", "tok_t", "pool", "kd", "alpha", "conf_mean", "grad_norm")
 

@@ -186,14 +186,17 @@ def test_ablation_table_pairs_each_variant_with_mad_by_seed(tmp_path):
 
     values = from_dict({
         "task": ["vqa", "vcr"], "data": {"shapes": {"size": 8}},
-        "methods": {"naive": {}, "full": {}, "full-all-tokens": {"preset": "full", "select": "all"},
+        "methods": {"naive": {}, "full": {"select": "teacher-saliency"},  # as configs/ablation.yaml: the paper's MAD
+                    "full-all-tokens": {"preset": "full", "select": "all"},
                     "full-random": {"preset": "full", "select": "random"},
-                    "full-no-confidence": {"preset": "full", "confidence": "none"},
-                    "full-constant-alpha": {"preset": "full", "alpha_schedule": "constant"}},
+                    "full-no-confidence": {"preset": "full", "select": "teacher-saliency", "confidence": "none"},
+                    "full-constant-alpha": {"preset": "full", "select": "teacher-saliency",
+                                            "alpha_schedule": "constant"}},
     }, schema()).values
     policies = bench.policy_methods(values)
     assert policies["all"] == "full-all-tokens" and policies["random"] == "full-random"
-    own = next(p for p, m in policies.items() if m == "full")  # the preset's own policy is MAD itself
+    own = next(p for p, m in policies.items() if m == "full")  # the reference's own policy is MAD itself
+    assert own == "teacher-saliency"
     value = {"full": [40.0, 42.0, 44.0], "naive": [30.0, 31.0, 35.0], "full-all-tokens": [41.0, 41.0, 41.0],
              "full-random": [39.0, 40.0, 41.0], "full-no-confidence": [40.0, 42.0, 44.0],
              "full-constant-alpha": [20.0, 22.0, 24.0]}
