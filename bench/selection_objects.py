@@ -1,17 +1,19 @@
 """What each token selection policy keeps: the fraction of kept patches that lie on the object(s) the sample's text
 mentions, on the shapes world, where every object's mask is known.
 
-For each sample of a task's evaluation split (VQA: the question; SNLI-VE: the hypothesis) the object(s) the text
-names are recovered from the scene (regenerated from the world's seed, split and index) and the item generator's own
-templates (a question or hypothesis names a colour, a shape and/or a grid cell: the mentioned objects are those that
-match every named attribute; texts that name no visible object -- "is there nothing at the top?", "no" answers --
-are left out and counted). Each policy then selects the teacher's patches at the student's positions exactly as
+For each sample of a task's evaluation split (VQA: the question; SNLI-VE: the hypothesis; VCR: the question with its
+right answer, the text the teacher's text store holds) the object(s) the text names are recovered from the scene
+(regenerated from the world's seed, split and index) and the item generator's own templates (a question or
+hypothesis names a colour, a shape and/or a grid cell: the mentioned objects are those that match every named
+attribute; texts that name no visible object -- "is there nothing at the top?", "no" answers -- are left out and
+counted). VCR names its objects by tag (``[0]``, as in the release): the mentioned objects are the tagged ones of the
+question and the right answer, read from the split's annotation file. Each policy then selects the teacher's patches at the student's positions exactly as
 training does (``TargetBuilder`` on the real image and text stores of the shipped ``shapes-clip`` teacher, at the
 study's top-k), and a kept patch is *on the object* when at least a quarter of its pixels are inside the union of
 the mentioned objects' masks. ``all`` keeps every patch, so its figure is the base rate (the objects' share of the
 image); ``random`` should match it.
 
-    python bench/selection_objects.py                       # VQA + SNLI-VE on a size-2000 world's val split
+    python bench/selection_objects.py                       # VQA, SNLI-VE and VCR on a size-2000 world's val split
     python bench/selection_objects.py --world DIR --cache C # an existing world (mad make-shapes) and cache
     python bench/selection_objects.py --joint tokens        # question-aware by tokens @ visual_proj only
 
@@ -45,7 +47,7 @@ JOINT = {"tokens": ("question-aware",), "dense": (DENSE_ROW,), "both": ("questio
 STUDENT = "vilt-tiny"
 ON_OBJECT = 0.25  # a kept patch is on the object when this share of its pixels is inside the objects' mask
 # task -> (dataset reader, the world's folder, the split name of the world's val split)
-TASKS = {"vqa": ("vqa", "vqa", "val"), "snli-ve": ("snli-ve", "snli-ve", "dev")}
+TASKS = {"vqa": ("vqa", "vqa", "val"), "snli-ve": ("snli-ve", "snli-ve", "dev"), "vcr": ("vcr", "vcr", "val")}
 
 
 def log(msg: str) -> None:
@@ -97,6 +99,17 @@ def mentioned(task: str, text: str, scene) -> list | None:
     return [o for o in scene.objects if all(getattr(o, s) == v for s, v in named.items())]
 
 
+def vcr_tags(root: Path, split: str) -> dict[str, list[int]]:
+    """annot_id -> the object tags of the question and its right answer (``[i]`` is ``objects[i]`` of the scene),
+    from the split's annotation file."""
+    out = {}
+    for line in (root / f"{split}.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        tokens = r["question"] + r["answer_choices"][r["answer_label"]]
+        out[r["annot_id"]] = sorted({int(i) for tok in tokens if isinstance(tok, list) for i in tok})
+    return out
+
+
 def object_mask(objects, size: int = 64, ss: int = 4) -> np.ndarray:
     """(size, size) float coverage of the objects' polygons (drawn at ``ss`` x and box-averaged)."""
     from PIL import Image, ImageDraw
@@ -135,11 +148,12 @@ def load_task(task: str, world: Path, cache: Path, seed: int, dense: bool = Fals
     image, text = open_store(res.stores["image"].path), open_store(res.stores["text"].path)
     scene = scene_of(world, seed)
     t = get_task(task)
+    tags = vcr_tags(root, split) if task == "vcr" else None
     keep, texts, skipped = [], [], {"no visible object named": 0, "not a generator text": 0}
     for s in ds.samples:
         txt = t.teacher_texts(s)[0]
         sc = scene(int(Path(s.image).stem.split("_")[-1]))
-        objs = mentioned(task, txt, sc)
+        objs = [sc.objects[i] for i in tags[s.id]] if tags is not None else mentioned(task, txt, sc)
         if objs is None:
             skipped["not a generator text"] += 1
         elif not objs:
@@ -266,7 +280,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="world seed")
     ap.add_argument("--cache", type=Path, default=None, help="cache root (default: MAD_CACHE, else the user cache)")
     ap.add_argument("--top-k", type=float, default=MADConfig().k_v, help="the study's top-k (a fraction)")
-    ap.add_argument("--tasks", default="vqa,snli-ve")
+    ap.add_argument("--tasks", default="vqa,snli-ve,vcr")
     ap.add_argument("--joint", choices=sorted(JOINT), default="both",
                     help="question-aware's joint-space features: tokens (tokens @ visual_proj), dense (the store's "
                          "dense features, mad extract --dense) or both (two rows)")
