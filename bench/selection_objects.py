@@ -7,11 +7,11 @@ right answer, the text the teacher's text store holds) the object(s) the text na
 hypothesis names a colour, a shape and/or a grid cell: the mentioned objects are those that match every named
 attribute; texts that name no visible object -- "is there nothing at the top?", "no" answers -- are left out and
 counted). VCR names its objects by tag (``[0]``, as in the release): the mentioned objects are the tagged ones of the
-question and the right answer, read from the split's annotation file. Each policy then selects the teacher's patches at the student's positions exactly as
-training does (``TargetBuilder`` on the real image and text stores of the shipped ``shapes-clip`` teacher, at the
-study's top-k), and a kept patch is *on the object* when at least a quarter of its pixels are inside the union of
-the mentioned objects' masks. ``all`` keeps every patch, so its figure is the base rate (the objects' share of the
-image); ``random`` should match it.
+question and the right answer, read from the split's annotation file. Each policy then selects the teacher's
+patches at the student's positions exactly as training does (``TargetBuilder`` on the real image and text stores of
+the shipped ``shapes-clip`` teacher, at the study's top-k), and a kept patch is *on the object* when at least a
+quarter of its pixels are inside the union of the mentioned objects' masks. ``all`` keeps every patch, so its figure
+is the base rate (the objects' share of the image); ``random`` should match it.
 
     python bench/selection_objects.py                       # VQA, SNLI-VE and VCR on a size-2000 world's val split
     python bench/selection_objects.py --world DIR --cache C # an existing world (mad make-shapes) and cache

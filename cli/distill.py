@@ -117,12 +117,11 @@ def distill_cmd(
     log_every: int = typer.Option(_D.log_every, "--log-every", help="Log training metrics every N steps."),
     patience: int = typer.Option(_D.patience, "--patience", help="Early stopping: stop after N dev evaluations "
                                  "without improvement (0: never; --steps is the cap)."),
-    dev_fraction: float = typer.Option(_D.dev_fraction, "--dev-fraction", help="Hold out this fraction of the "
-                                       "training samples (whole images) as the dev split; the best checkpoint by "
-                                       "its metric is the run's student."),
+    dev_fraction: float = setting_option(TrainConfig, "dev_fraction", "--dev-fraction"),
     min_dev: int = setting_option(TrainConfig, "min_dev", "--min-dev"),
     dev_every: int = setting_option(TrainConfig, "dev_every", "--dev-every"),
     min_steps: int = setting_option(TrainConfig, "min_steps", "--min-steps"),
+    dev_metric: str = setting_option(TrainConfig, "dev_metric", "--dev-metric"),
     num_workers: str = typer.Option(_D.num_workers, "--num-workers", help=NUM_WORKERS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     nproc: int = typer.Option(1, "--nproc", help="Processes training together (torchrun, DDP; on GPUs one per "

@@ -167,6 +167,7 @@ class _Data:
 def run(cfg: DistillConfig, log=print) -> DistillResult:
     t0 = time.perf_counter()
     task = get_task(cfg.task, vocab_min_count=cfg.vocab_min_count, vqa_eval=cfg.vqa_eval)
+    task.dev_metric(cfg.train.dev_metric)  # a metric the task does not report: one line, before any work
     distill = cfg.mad.distill
     if distill and not cfg.teacher:
         raise InputError("distillation needs --teacher (or use --no-distill for the plain-finetuning baseline)")
@@ -230,9 +231,10 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
     early = None
     if data.dev:  # selection on the dev split, never on the splits reported
         dev_data = SampleDataset(data.dev, data.root, task, image_preprocess(student))
-        # only the headline selects: no follow-up question on the dev split (VCR: Q->A, not QA->R)
-        early = EarlyStop(cfg.train, lambda model: evaluator(model, dev_data, "dev", follow_up=False),
-                          out / "checkpoints" / "best", len(dev_data))
+        # only what selects is computed: the headline needs no follow-up question (VCR's Q->A; QA->R and Q->AR do)
+        key = task.dev_metric(cfg.train.dev_metric)
+        early = EarlyStop(cfg.train, lambda model: evaluator(model, dev_data, "dev", follow_up=key != task.metric_key),
+                          out / "checkpoints" / "best", len(dev_data), key if cfg.train.dev_metric else None)
     trainer = Trainer(cfg.train, student, objective, train_data, collate, out, evaluator=evaluator,
                       online_teacher=online, log=log, progress=cfg.progress, references=references, early_stop=early,
                       dist=d)

@@ -293,3 +293,45 @@ def _again(make_batch, cfg):
 
     student, teacher = make_batch()
     return student, build_targets(cfg, teacher, student), torch.tensor(1.5), torch.tensor([0, 2])
+
+
+def test_dev_metric_selects_on_another_metric_the_task_reports(world, tmp_path, monkeypatch):
+    """``--dev-metric q2ar`` on VCR: the dev evaluations answer QA->R too (they do not by default), the curve and the
+    best step follow Q->AR, and the record names it. A metric the task does not report is one error line, before any
+    work, on the command line and in a ``mad run`` config; the default keeps every earlier run's key."""
+    from mad_pipeline.settings import keyed
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    common = ("--task", "vcr", "--data-root", str(world / "vcr"), "--no-distill", "--batch-size", "4",
+              "--num-workers", "0", "--log-every", "1", "--json", "--steps", "6", "--lr", "3e-3", "--patience", "5",
+              "--dev-fraction", "0.25", "--min-dev", "4", "--dev-every", "2")
+    runs = {}
+    for name, extra in (("default", ()), ("q2ar", ("--dev-metric", "q2ar"))):
+        res = _cli("distill", *common, "--out", str(tmp_path / name), *extra)
+        dev = [r for r in _rows(tmp_path / name) if r.get("split") == "dev"]
+        runs[name] = (res["early_stop"], dev)
+    es, dev = runs["q2ar"]
+    assert es["metric"] == "q2ar" and [s for s, _ in es["curve"]] == [2, 4, 6]
+    assert [v for _, v in es["curve"]] == [r["eval"]["q2ar"] for r in dev]
+    assert es["best"] == max(r["eval"]["q2ar"] for r in dev)
+    assert all({"q2a", "qa2r", "q2ar"} <= set(r["eval"]) for r in dev)
+    es0, dev0 = runs["default"]
+    assert es0["metric"] == "q2a" and all("qa2r" not in r["eval"] for r in dev0)  # only Q->A by default
+    assert es0["curve"] == [[s, r["eval"]["q2a"]] for (s, _), r in zip(es0["curve"], dev0, strict=True)]
+
+    from mad_pipeline.cli.main import _register, app
+
+    _register()
+    bad = CliRunner().invoke(app, ["distill", *common, "--out", str(tmp_path / "bad"), "--dev-metric", "qa"])
+    assert isinstance(bad.exception, InputError) and not (tmp_path / "bad").exists()  # `mad`: one line, exit 2
+    assert str(bad.exception) == "--dev-metric 'qa': vcr selects on one of q2a, qa2r, q2ar"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("task: [vqa, vcr]\ndata: {shapes: {size: 8}}\nmethods: [baseline]\nfractions: [1.0]\n"
+                   "train: {dev_metric: q2ar}\nper_task: {vqa: {train: {dev_metric: ''}}}\n")
+    load_config(cfg)  # VCR selects on Q->AR, VQA on its headline
+    cfg.write_text("task: [vqa, vcr]\ndata: {shapes: {size: 8}}\nmethods: [baseline]\nfractions: [1.0]\n"
+                   "train: {dev_metric: q2ar}\n")
+    with pytest.raises(InputError, match=r"train\.dev_metric: 'q2ar': vqa selects on one of overall"):
+        load_config(cfg)
+    assert "dev_metric" not in keyed(TrainConfig, TrainConfig().__dict__)
+    assert keyed(TrainConfig, TrainConfig(dev_metric="q2ar").__dict__)["dev_metric"] == "q2ar"

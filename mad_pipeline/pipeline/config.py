@@ -325,6 +325,20 @@ def _check_whole(values: dict[str, Any], source: str, filtered: frozenset[float]
             except InputError as e:
                 raise InputError(f"{source}: methods.{name}.train: {e}") from None
     check_per_fraction(values, source, train_config, filtered)
+    _check_dev_metric(values, source)
+
+
+def _check_dev_metric(values: dict[str, Any], source: str) -> None:
+    """Every ``train:`` section's ``dev_metric`` is a metric each task of the config reports (a task with its own
+    ``per_task`` settings is checked with them)."""
+    from ..tasks import task_class
+
+    own = values.get("per_task") or {}
+    sections = [("train", values["train"])] + [(f"methods.{n}.train", m["train"]) for n, m in values["methods"].items()
+                                               if m.get("train")]
+    for task in tasks_of(values):
+        for where, train in sections if task not in own else ():
+            task_class(task).dev_metric(train.get("dev_metric") or "", f"{source}: {where}.dev_metric:")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -240,6 +240,15 @@ class Task:
             return None
         return {"metric": self.metric, "value": result[self.metric_key], **result}
 
+    @classmethod
+    def dev_metric(cls, name: str, option: str = "--dev-metric") -> str:
+        """The key of :meth:`score`'s result that the dev split selects on: ``name``, or the headline's when empty.
+        One :class:`InputError` line, naming ``option`` and the task's metrics, for another name."""
+        known = (cls.metric_key, *(key for key, _ in cls.study_metrics))
+        if name and name not in known:
+            raise InputError(f"{option} {name!r}: {cls.name} selects on one of {', '.join(known)}")
+        return name or cls.metric_key
+
     def report_rows(self, result: dict[str, Any], detail: bool = False) -> list[tuple[str, float, int | None]]:
         """Rows ``(name, percent, n)`` of a results table."""
         return [(self.metric_key, result[self.metric_key], result.get("n"))]

@@ -58,8 +58,8 @@ class TrainConfig:
     # early stopping (mad_pipeline.training.early_stop): a dev split carved from the training samples
     patience: int = _f(0, "stop after this many dev evaluations without improvement (0: never stop early)", min=0,
                        max=MAX_STEPS, why=STEPS_WHY)
-    dev_fraction: float = _f(0.0, "fraction of the training samples held out as the dev split (0: none); the best "
-                             "checkpoint by the dev metric is the run's student", min=0, max=0.5,
+    dev_fraction: float = _f(0.0, "fraction of the training samples held out (whole images) as the dev split (0: "
+                             "none); the best checkpoint by the dev metric is the run's student", min=0, max=0.5,
                              why="at least half of the samples must train")
     min_dev: int = _f(64, "dev samples at least (with dev_fraction > 0)", min=1, max=MAX_BATCH * 16,
                       why="more dev samples than an evaluation should take")
@@ -67,6 +67,8 @@ class TrainConfig:
                         why=STEPS_WHY)
     min_steps: int = _f(0, "early stopping never stops a run before this step (a plateau at the start of training is "
                         "not convergence)", min=0, max=MAX_STEPS, why=STEPS_WHY, key="unless-default")
+    dev_metric: str = _f("", "the metric the dev split selects on: one the task reports (VCR: q2a, qa2r, q2ar); "
+                         "empty: the task's headline", key="unless-default")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -5,13 +5,13 @@ seed and the image, so the split is the same on every machine, the dev images ne
 questions of one image stay together), and the rest trains.
 
 :class:`EarlyStop` is the trainer's hook: every ``dev_every`` steps (and at the last step) the student is evaluated on
-the dev split with the task's headline metric (higher is better); a new best saves the weights (student and MAD
-projections) under ``checkpoints/best/``; ``patience`` evaluations in a row without improvement stop the run
-(``steps`` is the cap), but not before step ``min_steps`` (a plateau at the start of training is not convergence).
-At the end the best weights are loaded back, so the saved student and every evaluation after
-training are the selected checkpoint. Its state (best value and step, bad evaluations, the dev curve, stopped or not)
-goes into each checkpoint, so a killed run resumes exactly; a best-weights file is removed only once a checkpoint no
-longer refers to it.
+the dev split with the task's headline metric, or the one ``dev_metric`` names (higher is better); a new best saves
+the weights (student and MAD projections) under ``checkpoints/best/``; ``patience`` evaluations in a row without
+improvement stop the run (``steps`` is the cap), but not before step ``min_steps`` (a plateau at the start of
+training is not convergence). At the end the best weights are loaded back, so the saved student and every
+evaluation after training are the selected checkpoint. Its state (best value and step, bad evaluations, the dev
+curve, stopped or not) goes into each checkpoint, so a killed run resumes exactly; a best-weights file is removed
+only once a checkpoint no longer refers to it.
 """
 
 from __future__ import annotations
@@ -60,10 +60,13 @@ def dev_split(samples: Sequence, fraction: float, min_dev: int, seed: int) -> tu
 class EarlyStop:
     """Dev evaluations, the best checkpoint and the stopping rule of one run (see the module docstring).
 
-    ``evaluator(student) -> (metrics, predictions)`` evaluates the dev split; ``best_dir`` holds the best weights.
+    ``evaluator(student) -> (metrics, predictions)`` evaluates the dev split; ``best_dir`` holds the best weights;
+    ``key``: the metrics' key that selects (None: the headline, ``metrics["value"]``).
     """
 
-    def __init__(self, cfg: TrainConfig, evaluator: Callable, best_dir: Path, dev_samples: int):
+    def __init__(self, cfg: TrainConfig, evaluator: Callable, best_dir: Path, dev_samples: int,
+                 key: str | None = None):
+        self.key = key
         self.patience = cfg.patience
         self.every = dev_every(cfg)
         self.steps = cfg.steps
@@ -109,8 +112,8 @@ class EarlyStop:
         metrics, _ = self.evaluator(trainer.student)
         if metrics is None:
             raise InputError("the dev split has no labels to score: early stopping needs labelled training samples")
-        value = float(metrics["value"])
-        self.metric = metrics["metric"]
+        value = float(metrics[self.key] if self.key else metrics["value"])
+        self.metric = self.key or metrics["metric"]
         self.curve.append([step, value])
         if self.best is None or value > self.best:
             self.best, self.best_step, self.bad = value, step, 0
