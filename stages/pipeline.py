@@ -317,12 +317,12 @@ class _Runner(Resolver):
         summary = {"metric": res["metric"], "value": res["value"], "n": res["n"]}
         return res, summary, "ran"
 
-    def _references(self, st: Stage, evals: list) -> dict[str, dict[str, float]]:
-        """Per evaluated split, the plot's reference lines: the teacher's zero-shot accuracy (from the split's
-        zero-shot store, when it was extracted) and the task's own levels (majority answer, ...; from the whole
-        training split). The task as the runs fitted it (their answer vocabulary; SNLI-VE's calibration of the
-        teacher's score, which only a distilling run fits), read from a distilling method's run at the largest
-        fraction (calibrated on the most training data), else from the first run."""
+    def _references(self, st: Stage, evals: list) -> dict[str, dict[str | None, dict[str, float]]]:
+        """Per evaluated split and metric (None: the headline), the plot's reference lines: the teacher's zero-shot
+        accuracy (from the split's zero-shot store, when it was extracted) and the task's own levels (majority
+        answer, ...; from the whole training split). The task as the runs fitted it (their answer vocabulary;
+        SNLI-VE's calibration of the teacher's score, which only a distilling run fits), read from a distilling
+        method's run at the largest fraction (calibrated on the most training data), else from the first run."""
         from mad_pipeline.data import load_dataset
         from mad_pipeline.tasks import get_task
 
@@ -344,7 +344,8 @@ class _Runner(Resolver):
         for split in dict.fromkeys(e.meta["split"] for e in evals):
             samples = load_dataset(self.reader, self.data_root, split=split).samples
             zs = task.teacher_zeroshot(stores[split], samples) if stores.get(split) else None
-            out[split] = task.reference_lines(task.references(train, samples), zs)
+            out[split] = {None: task.reference_lines(task.references(train, samples), zs),
+                          **task.study_references(train, samples, zs)}  # VCR: QA->R's and Q->AR's own
         return out
 
     def _run_report(self, st: Stage):
@@ -357,9 +358,11 @@ class _Runner(Resolver):
             rec = {"method": e.meta["method"], "fraction": e.meta["fraction"], "seed": e.meta["seed"],
                    "split": e.meta["split"], "metric": s["metric"], "value": s["value"], "task": self.task,
                    "source": str((Path(d.record["path"]) / "run").resolve())}
-            records.append({**rec, "references": refs.get(e.meta["split"], {})})
+            lines = refs.get(e.meta["split"], {})
+            records.append({**rec, "references": lines.get(None, {})})
             scores = e.record.get("result", {}).get("metrics") or {}
-            records += report_lib.study_metric_records(rec, scores, self.task)  # VCR: QA->R, Q->AR beside Q->A
+            records += [{**r, "references": lines.get(r["metric"], {})}  # VCR: QA->R, Q->AR beside Q->A
+                        for r in report_lib.study_metric_records(rec, scores, self.task)]
         table = report_lib.aggregate(records, title=self.v["name"])
         files = report_lib.write_report(table, plan_lib.stage_dir(self.cache.root, "report", st.key), records=records)
         return {"table": table, "files": files, "records": records}, {"files": files}, "ran"

@@ -135,6 +135,9 @@ def test_study_runs_per_task_and_the_one_task_config_reuses_it(study_yaml, inpro
     assert [(b[0], b[1]) for b in report_lib.blocks(vcr)] == [
         (m, s) for m in ("q2a", "qa2r", "q2ar") for s in ("test", "shift")]
     assert "majority" in vcr["references"]["test"] and "majority" in vcr["references"]["shift"]  # on every split
+    own = vcr["metric_references"]  # QA->R's and Q->AR's own lines: majority positions and chance (1/4, 1/16)
+    assert own["qa2r"]["test"]["chance"] == 25.0 and own["q2ar"]["shift"]["chance"] == 6.25
+    assert all("majority" in own[m][s] for m in ("qa2r", "q2ar") for s in ("test", "shift"))
     snli = res["reports"]["snli-ve"]["table"]
     assert snli["metric"] == "accuracy" and "metrics" not in snli  # one metric: the table as before
     for task in ("snli-ve", "vcr"):
@@ -142,6 +145,7 @@ def test_study_runs_per_task_and_the_one_task_config_reuses_it(study_yaml, inpro
             assert (tmp_path / "out" / task / name).stat().st_size > 0, (task, name)
     md = (tmp_path / "out" / "vcr" / "report.md").read_text()
     assert "## QA->R accuracy, shift" in md and "## Q->A accuracy, test" in md
+    assert md.count("References:") == 6  # under every block, each metric's own
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "vcr" / "report.csv").read_text())))
     assert {r["metric"] for r in rows} == {"q2a", "qa2r", "q2ar"} and len(rows) == 6
 

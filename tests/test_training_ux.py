@@ -166,6 +166,23 @@ def test_report_plot_draws_the_reference_lines_on_an_honest_axis():
     assert "References: teacher zero-shot 41.50, majority 30.00, chance 25.00." in report_lib.to_markdown(table)
 
 
+def test_each_study_metric_gets_its_own_reference_lines():
+    """VCR's QA->R block draws and lists QA->R's own levels, not Q->A's."""
+    q2a = {"teacher zero-shot": 64.6, "majority": 26.4, "chance": 25.0}
+    qa2r = {"teacher zero-shot": 84.2, "majority": 27.0, "chance": 25.0}
+    recs = _records({0: 50.0, 1: 52.0}, 1.0, refs=q2a)
+    recs += [{**r, "metric": "qa2r", "value": r["value"] + 20, "references": qa2r} for r in recs]
+    table = report_lib.aggregate(recs)
+    assert table["references"] == {"val": q2a} and table["metric_references"] == {"qa2r": {"val": qa2r}}
+    assert report_lib.references_of(table, "qa2r", "val") == qa2r
+    top, bottom = report_lib.figure(table).axes
+    assert {ln.get_label() for ln in bottom.get_lines()} >= {f"{k} ({v:.1f})" for k, v in qa2r.items()}
+    assert "teacher zero-shot (64.6)" not in {ln.get_label() for ln in bottom.get_lines()}
+    md = report_lib.to_markdown(table)
+    assert "References: teacher zero-shot 84.20, majority 27.00, chance 25.00." in md
+    assert "References: teacher zero-shot 64.60" in md
+
+
 def test_training_plot_has_the_runs_reference_levels(shown_run):
     run, _ = shown_run
     metrics = json.loads((run / "metrics.json").read_text())

@@ -4,10 +4,9 @@ naive, MAD, then any custom ones), cells = mean ± std over seeds. Written as Ma
 A record is one evaluated run: ``{"method", "fraction", "seed", "split", "metric", "value", "task"}`` (``value`` in
 percent, the task's official metric); a task with several study metrics (VCR: Q->A, QA->R, Q->AR) gives one record
 per metric and run, and the table has one block per metric and split (the headline first). A record may carry
-``references`` (label -> level on that split: the teacher's
-zero-shot accuracy, majority, chance), drawn as horizontal lines on the plot. The spread is the sample standard
-deviation over seeds (ddof=1); with one seed it is undefined: ``None`` in the table, an empty cell in the CSV, no
-error bar on the plot.
+``references`` (label -> level on that split and metric: the teacher's zero-shot accuracy, majority, chance), drawn
+as horizontal lines on the plot and listed under the table. The spread is the sample standard deviation over seeds
+(ddof=1); with one seed it is undefined: ``None`` in the table, an empty cell in the CSV, no error bar on the plot.
 
 The plot's y axis is honest (:func:`mad_pipeline.training.plot.metric_ylim`): from 0 to the next multiple of 10 above
 every mean + std and every reference line (at most 100); it never zooms in on the curves.
@@ -93,10 +92,19 @@ def aggregate(records: list[dict[str, Any]], title: str = "results") -> dict[str
                 rows.append({"split": split, "fraction": fraction, "cells": cells,
                              **({"metric": metric} if len(metrics) > 1 else {})})
     seeds = sorted({r["seed"] for r in records})
-    headline = [r for r in records if r.get("metric") == metrics[0]]
+    refs = {m: _references([r for r in records if r.get("metric") == m], splits) for m in metrics}
+    others = {m: refs[m] for m in metrics[1:] if refs[m]}
     return {"title": title, "task": tasks[0], "metric": metrics[0], "methods": methods, "splits": splits,
-            "seeds": seeds, "rows": rows, "references": _references(headline, splits),
-            **({"metrics": metrics} if len(metrics) > 1 else {})}
+            "seeds": seeds, "rows": rows, "references": refs[metrics[0]],
+            **({"metrics": metrics} if len(metrics) > 1 else {}), **({"metric_references": others} if others else {})}
+
+
+def references_of(table: dict[str, Any], metric: str | None, split: str) -> dict[str, float] | None:
+    """The reference lines of one block: the headline's (``references``), or another metric's own
+    (``metric_references``)."""
+    if metric in (None, table["metric"]):
+        return (table.get("references") or {}).get(split)
+    return (table.get("metric_references") or {}).get(metric, {}).get(split)
 
 
 def blocks(table: dict[str, Any]) -> list[tuple[str | None, str, list[dict[str, Any]]]]:
@@ -162,8 +170,8 @@ def to_markdown(table: dict[str, Any]) -> str:
                 cells.append(f"**{cell_text(c)}**" if is_best(row, c) else cell_text(c))
             lines.append(f"| {row['fraction'] * 100:g}% | " + " | ".join(cells) + " |")
         lines.append("")
-        refs = (table.get("references") or {}).get(split)
-        if refs and metric in (None, table["metric"]):
+        refs = references_of(table, metric, split)
+        if refs:
             lines += ["References: " + ", ".join(f"{k} {v:.2f}" for k, v in refs.items()) + ".", ""]
     return "\n".join(lines)
 
@@ -225,8 +233,7 @@ def figure(table: dict[str, Any]):
             ax.errorbar(xs, [p[1]["mean"] for p in pts], yerr=errs if any(errs) else None, marker="o", capsize=3,
                         label=method_title(m))
             tops += [p[1]["mean"] + e for p, e in zip(pts, errs, strict=True)]
-        refs = (table.get("references") or {}).get(split) if metric in (None, table["metric"]) else None
-        draw_references(ax, refs, tops)
+        draw_references(ax, references_of(table, metric, split), tops)
         if len(fractions) > 1 and max(fractions) / min(fractions) >= 10:
             ax.set_xscale("log")
         ax.set_xticks([f * 100 for f in fractions])
@@ -237,7 +244,7 @@ def figure(table: dict[str, Any]):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{table['title']} — {caption(table)}", fontsize=10)
+    fig.suptitle(f"{table['title']}\n{caption(table)}", fontsize=10)  # two lines: a long title is not clipped
     fig.tight_layout()
     return fig
 
@@ -258,4 +265,4 @@ def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report
 
 
 __all__ = ["METHOD_ORDER", "aggregate", "blocks", "caption", "cell_text", "figure", "is_best", "method_key",
-           "method_title", "metric_title", "plot", "to_csv", "to_markdown", "write_report"]
+           "method_title", "metric_title", "plot", "references_of", "to_csv", "to_markdown", "write_report"]

@@ -234,6 +234,12 @@ class Task:
         :meth:`teacher_zeroshot` result, None: no line), then ``references`` (:meth:`references`)."""
         return {**({TEACHER_LINE: float(teacher_zs["value"])} if teacher_zs else {}), **references}
 
+    def study_references(self, train_samples: Sequence[Sample], eval_samples: Sequence[Sample],
+                         teacher_zs: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+        """The reference lines of each of :attr:`study_metrics` (key -> label -> level), as :meth:`reference_lines`
+        gives the headline's. None by default."""
+        return {}
+
     def headline(self, result: dict[str, Any] | None) -> dict[str, Any] | None:
         """A :meth:`score` result with ``metric`` and ``value`` (the headline) in front."""
         if result is None:

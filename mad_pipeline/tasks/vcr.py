@@ -30,7 +30,7 @@ import numpy as np
 from ..data.base import Sample
 from ..data.vcr import NUM_CHOICES
 from . import vcr_leaderboard as leaderboard
-from .base import Candidates, Task, ZeroShotSetup, choice_field
+from .base import TEACHER_LINE, Candidates, Task, ZeroShotSetup, choice_field
 from .metrics import vcr_evaluate, vcr_evaluate_probabilities
 from .registry import register_task
 
@@ -184,6 +184,24 @@ class VcrTask(Task):
         if not gold:
             return None
         return vcr_evaluate({p["annot_id"]: (p["answer"], p["rationale"]) for p in records}, gold)
+
+    def study_references(self, train_samples, eval_samples, teacher_zs):
+        """QA->R's and Q->AR's lines: the teacher's zero-shot figure, the majority (the training split's most frequent
+        answer and rationale positions, always chosen) and chance (1/4 and 1/16)."""
+        def most(field: str) -> int:
+            return int(np.bincount([s.meta[field] for s in train_samples if s.meta.get(field) is not None],
+                                   minlength=NUM_CHOICES).argmax())
+
+        out = {key: {TEACHER_LINE: float(teacher_zs[key])} if teacher_zs and key in teacher_zs else {}
+               for key, _ in self.study_metrics}
+        if train_samples and eval_samples:
+            a, r = most("answer_label"), most("rationale_label")
+            res = self.score(eval_samples, [{"annot_id": s.id, "answer": a, "rationale": r} for s in eval_samples])
+            for key in out:
+                out[key].update({"majority": float(res[key])} if res else {})
+        for key, chance in (("qa2r", 100.0 / NUM_CHOICES), ("q2ar", 100.0 / NUM_CHOICES ** 2)):
+            out[key]["chance"] = chance
+        return out
 
     def report_rows(self, result, detail: bool = False):
         return [(name, result[k], result["n"]) for k, name in (("q2a", "Q->A"), ("qa2r", "QA->R"), ("q2ar", "Q->AR"))]
