@@ -124,7 +124,7 @@ def test_bad_task_list_is_one_line(tmp_path, task, expect):
         load_config(p)
 
 
-def test_study_runs_per_task_and_the_one_task_config_reuses_it(study_yaml, inproc, tmp_path):
+def test_study_runs_per_task_and_the_one_task_config_reuses_it(study_yaml, inproc, tmp_path, monkeypatch):
     """A real run of the baseline on SNLI-VE and VCR (one step each): a report per task, VCR's with its three
     metrics on test and shift; the same config filtered to VCR is served entirely from the cache (same keys)."""
     args = ("run", str(study_yaml), "task=[snli-ve,vcr]", "methods=[baseline]", "fractions=[1.0]")
@@ -153,6 +153,12 @@ def test_study_runs_per_task_and_the_one_task_config_reuses_it(study_yaml, inpro
     again = _json(inproc("run", str(study_yaml), "task=vcr", "methods=[baseline]", "fractions=[1.0]", "--json"))
     assert again["counts"] == {"cached": len(again["stages"])} and again["trained"] == 0
     assert {s["id"]: s["key"] for s in again["stages"] if s["kind"] != "data"} == vcr_ids
+    # a new report format makes the report again from the cached evaluations, and nothing else
+    from mad_pipeline.pipeline import resolve
+
+    monkeypatch.setattr(resolve, "REPORT_FORMAT", resolve.REPORT_FORMAT + 1)
+    newer = _json(inproc("run", str(study_yaml), "task=vcr", "methods=[baseline]", "fractions=[1.0]", "--json"))
+    assert {s["kind"]: s["status"] for s in newer["stages"] if s["status"] != "cached"} == {"report": "ran"}
     # mad report reads the three metrics back from the stage directories (the report's, or the eval stages')
     vcr_stages = [s for s in res["stages"] if s["id"].startswith("vcr/")]
     rep = next(s["path"] for s in vcr_stages if s["kind"] == "report")

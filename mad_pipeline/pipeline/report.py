@@ -23,6 +23,9 @@ from typing import Any
 
 from ..errors import InputError
 
+# what a report holds, in its stage's key: 2 gave each study metric its own reference lines (a cached report of
+# format 1 is made again from its cached evaluations, in seconds)
+REPORT_FORMAT = 2
 METHOD_ORDER = ("baseline", "naive", "full")
 METHOD_TITLE = {"baseline": "baseline", "naive": "naive", "full": "MAD"}
 METRIC_TITLE = {"vqa_accuracy": "VQA accuracy", "accuracy": "accuracy", "q2a": "Q->A accuracy",
@@ -264,5 +267,6 @@ def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report
     return {"markdown": str(md), "csv": str(csv_p), "png": str(png)}
 
 
-__all__ = ["METHOD_ORDER", "aggregate", "blocks", "caption", "cell_text", "figure", "is_best", "method_key",
-           "method_title", "metric_title", "plot", "references_of", "to_csv", "to_markdown", "write_report"]
+__all__ = ["METHOD_ORDER", "REPORT_FORMAT", "aggregate", "blocks", "caption", "cell_text", "figure", "is_best",
+           "method_key", "method_title", "metric_title", "plot", "references_of", "to_csv", "to_markdown",
+           "write_report"]

@@ -15,7 +15,8 @@ sizes, workers or devices -- and its ``inputs``: the content keys of what it rea
              evaluation splits, the keys of the feature stores it trains from
 ``eval``     split, task, reader, the task settings the task reads; inputs: the distill key, the split's
              fingerprint
-``report``   name, task; input: every eval key with its method, fraction, seed and split
+``report``   name, task, the report's format (:data:`.report.REPORT_FORMAT`: what a report holds changed); input:
+             every eval key with its method, fraction, seed and split
 
 A key that depends on something not computed yet (the world of a ``data`` stage that has not run, an upstream stage,
 in a dry run a teacher identity that is not memoised) is None.
@@ -39,6 +40,7 @@ from .config import train_config
 from .fractions import for_run
 from .methods import for_method, inits, mad_config
 from .plan import Stage
+from .report import REPORT_FORMAT
 
 
 class Resolver:
@@ -252,7 +254,7 @@ class Resolver:
                 zeroshot[e.meta["split"]] = e.key
             else:
                 evals.append([e.meta["method"], e.meta["fraction"], e.meta["seed"], e.meta["split"], e.key])
-        return {**st.params, "task": self.task}, {"evals": evals, "zeroshot": zeroshot}
+        return {**st.params, "task": self.task, "report_format": REPORT_FORMAT}, {"evals": evals, "zeroshot": zeroshot}
 
 
 __all__ = ["Resolver"]
