@@ -237,7 +237,7 @@ class Task:
     def study_references(self, train_samples: Sequence[Sample], eval_samples: Sequence[Sample],
                          teacher_zs: dict[str, Any] | None) -> dict[str, dict[str, float]]:
         """The reference lines of each of :attr:`study_metrics` (key -> label -> level), as :meth:`reference_lines`
-        gives the headline's. None by default."""
+        gives the headline's. Empty by default."""
         return {}
 
     def headline(self, result: dict[str, Any] | None) -> dict[str, Any] | None:
