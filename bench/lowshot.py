@@ -77,10 +77,12 @@ def shards(values: dict, jobs: int) -> list[list[str]]:
         return [[]]
     from mad_pipeline.pipeline.config import tasks_of
 
-    methods = values["methods"]
-    order = sorted(methods, key=lambda m: methods[m]["preset"] == "baseline")  # distilling methods build the stores
+    from mad_pipeline.pipeline.study import for_task
+
     out = []
     for t in tasks_of(values):
+        methods = for_task(values, t)["methods"]  # a task's own settings of each method (per_task), given whole
+        order = sorted(methods, key=lambda m: methods[m]["preset"] == "baseline")  # distilling methods build stores
         for s in values["seeds"]:
             for f in sorted(values["fractions"], reverse=True):
                 for m in order:

@@ -55,9 +55,12 @@ class PipelineConfig:
 
 def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
                       overridden: dict[str, str], filtered: frozenset[float]) -> None:
-    """Each task's own values (the config with its ``per_task`` settings merged in), kept under ``per_task``."""
+    """Each task's own values (the config with its ``per_task`` settings merged in), kept under ``per_task``. A
+    task's ``methods`` refine the config's methods by name (their settings merged over the method's own); a mapping
+    of methods given on the command line (``methods={...}``) is final, for every task."""
     tasks = tasks_of(values)
     resolved = {}
+    final = any(isinstance(_parse_override(ov)[3], dict) for k, ov in overridden.items() if k == "methods")
     for task, body in values["per_task"].items():
         if task not in tasks:
             from ..tasks import task_names
@@ -67,7 +70,12 @@ def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
             raise InputError(f"{source}: per_task.{task}: not one of the config's tasks ({', '.join(tasks)})")
         if "task" in body or "per_task" in body:
             raise InputError(f"{source}: per_task.{task}: sets task or per_task")
+        body = dict(body)
+        refine = body.pop("methods", None)
         one = merge_settings({k: v for k, v in copy.deepcopy(raw).items() if k != "per_task"}, body)
+        if refine and not final:
+            one["methods"] = _refine_methods(one.get("methods"), refine, values["methods"], "methods" in overridden,
+                                             f"{source}: per_task.{task}.methods")
         one["task"] = task
         try:
             resolved[task] = _validate(one, sch, source, prefix="", overridden=overridden)
@@ -76,6 +84,22 @@ def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
         except InputError as e:
             raise InputError(f"{source}: per_task.{task}: {str(e).removeprefix(f'{source}: ')}") from None
     values["per_task"] = resolved
+
+
+def _refine_methods(raw: Any, refine: Any, parsed: dict[str, Any], picked: bool, where: str) -> dict[str, Any]:
+    """The config's methods (``raw`` as written, else the ``parsed`` names) with a task's settings merged over those it
+    names. A name the config does not run is an error, unless the command line picked the methods (``picked``)."""
+    if not isinstance(refine, dict):
+        raise InputError(f"{where}: expected a mapping method -> {{settings}}, got {refine!r}")
+    names = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else list(raw or parsed)
+    methods = copy.deepcopy(raw) if isinstance(raw, dict) else {str(n): {} for n in names}
+    for name, spec in refine.items():
+        if name not in methods:
+            if picked:
+                continue
+            raise InputError(f"{where}.{name}: not one of the config's methods ({', '.join(methods)})")
+        methods[name] = merge_settings(dict(methods[name] or {}), spec or {})
+    return methods
 
 
 def lookup(values: dict[str, Any], dotted: str) -> Any:
