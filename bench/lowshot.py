@@ -76,7 +76,6 @@ def shards(values: dict, jobs: int) -> list[list[str]]:
     if jobs <= 1:
         return [[]]
     from mad_pipeline.pipeline.config import tasks_of
-
     from mad_pipeline.pipeline.study import for_task
 
     out = []

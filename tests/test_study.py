@@ -276,3 +276,31 @@ def test_lowshot_shards_are_the_whole_configs_runs_one_method_each(study_yaml, i
             plan = _json(inproc("run", str(study_yaml), *over, *shard, "--dry-run", "--json"))["stages"]
             ((label, key),) = [(s["label"], s["key"]) for s in plan if s["kind"] == "distill"]
             assert key and whole[f"{shard[0][5:]}: {label}"] == key
+
+
+def test_per_task_methods_refine_the_configs_methods(tmp_path):
+    """``per_task.<task>.methods`` merges its settings over the methods it names (it neither adds nor drops one); a
+    list pick on the command line keeps that refinement, a mapping on the command line is final; the bench's shards
+    pass each task's own settings, so they plan the keys the whole config plans."""
+    from mad_pipeline.pipeline.config import for_task
+
+    p = tmp_path / "s.yaml"
+    p.write_text("task: [vqa, vcr]\ndata: {shapes: {size: 8}}\nfractions: [1.0]\n"
+                 "methods: {baseline: {train: {lr: 3.0e-4}}, naive: {train: {lr: 1.0e-3, warmup: 0}}}\n"
+                 "per_task: {vcr: {methods: {naive: {train: {lr: 3.0e-4, warmup: 0.05}}}}}\n")
+
+    def lr(v, task, method):
+        t = for_task(v, task)["methods"][method]["train"]
+        return t["lr"], t.get("warmup")
+
+    v = load_config(p).values
+    assert lr(v, "vcr", "naive") == (3.0e-4, 0.05) and lr(v, "vqa", "naive") == (1.0e-3, 0)
+    assert lr(v, "vcr", "baseline") == (3.0e-4, None) and list(for_task(v, "vcr")["methods"]) == ["baseline", "naive"]
+    assert lr(load_config(p, ["methods=[naive]"]).values, "vcr", "naive") == (3.0e-4, 0.05)
+    final = load_config(p, ["methods={naive: {train: {lr: 0.002}}}"]).values
+    assert lr(final, "vcr", "naive") == (0.002, None) and list(for_task(final, "vcr")["methods"]) == ["naive"]
+    shard = next(sh for sh in _bench().shards(v, 2) if sh[0] == "task=vcr" and "naive" in sh[3])
+    assert json.loads(shard[3].removeprefix("methods="))["naive"]["train"] == {"lr": 3.0e-4, "warmup": 0.05}
+    p.write_text(p.read_text().replace("vcr: {methods: {naive:", "vcr: {methods: {nave:"))
+    with pytest.raises(InputError, match=r"per_task\.vcr\.methods\.nave: not one of the config's methods"):
+        load_config(p)
