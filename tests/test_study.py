@@ -280,14 +280,15 @@ def test_lowshot_shards_are_the_whole_configs_runs_one_method_each(study_yaml, i
 
 def test_per_task_methods_refine_the_configs_methods(tmp_path):
     """``per_task.<task>.methods`` merges its settings over the methods it names (it neither adds nor drops one); a
-    list pick on the command line keeps that refinement, a mapping on the command line is final; the bench's shards
-    pass each task's own settings, so they plan the keys the whole config plans."""
+    list pick on the command line keeps that refinement, a mapping on the command line is final; any other command
+    line override wins over ``per_task`` too; the bench's shards pass each task's own settings, so they plan the keys
+    the whole config plans."""
     from mad_pipeline.pipeline.config import for_task
 
     p = tmp_path / "s.yaml"
     p.write_text("task: [vqa, vcr]\ndata: {shapes: {size: 8}}\nfractions: [1.0]\n"
                  "methods: {baseline: {train: {lr: 3.0e-4}}, naive: {train: {lr: 1.0e-3, warmup: 0}}}\n"
-                 "per_task: {vcr: {methods: {naive: {train: {lr: 3.0e-4, warmup: 0.05}}}}}\n")
+                 "per_task: {vcr: {methods: {naive: {train: {lr: 3.0e-4, warmup: 0.05}}}, train: {steps: 7}}}\n")
 
     def lr(v, task, method):
         t = for_task(v, task)["methods"][method]["train"]
@@ -299,6 +300,10 @@ def test_per_task_methods_refine_the_configs_methods(tmp_path):
     assert lr(load_config(p, ["methods=[naive]"]).values, "vcr", "naive") == (3.0e-4, 0.05)
     final = load_config(p, ["methods={naive: {train: {lr: 0.002}}}"]).values
     assert lr(final, "vcr", "naive") == (0.002, None) and list(for_task(final, "vcr")["methods"]) == ["naive"]
+    assert for_task(v, "vcr")["train"]["steps"] == 7 and for_task(v, "vqa")["train"]["steps"] != 7
+    line = load_config(p, ["train.steps=3", "methods.naive.train.lr=0.002"]).values  # the command line is final
+    assert [for_task(line, t)["train"]["steps"] for t in ("vqa", "vcr")] == [3, 3]
+    assert lr(line, "vcr", "naive") == (0.002, 0.05) and lr(line, "vqa", "naive") == (0.002, 0)
     shard = next(sh for sh in _bench().shards(v, 2) if sh[0] == "task=vcr" and "naive" in sh[3])
     assert json.loads(shard[3].removeprefix("methods="))["naive"]["train"] == {"lr": 3.0e-4, "warmup": 0.05}
     p.write_text(p.read_text().replace("vcr: {methods: {naive:", "vcr: {methods: {nave:"))

@@ -56,11 +56,12 @@ class PipelineConfig:
 def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
                       overridden: dict[str, str], filtered: frozenset[float]) -> None:
     """Each task's own values (the config with its ``per_task`` settings merged in), kept under ``per_task``. A
-    task's ``methods`` refine the config's methods by name (their settings merged over the method's own); a mapping
-    of methods given on the command line (``methods={...}``) is final, for every task."""
+    task's ``methods`` refine the config's methods by name (their settings merged over the method's own). The
+    command line is final for every task: its overrides are applied again over each task's merged settings
+    (``train.steps=100`` caps every task, ``methods={...}`` replaces every task's methods, ``methods=[naive]`` picks
+    from each task's refined methods)."""
     tasks = tasks_of(values)
     resolved = {}
-    final = any(isinstance(_parse_override(ov)[3], dict) for k, ov in overridden.items() if k == "methods")
     for task, body in values["per_task"].items():
         if task not in tasks:
             from ..tasks import task_names
@@ -73,9 +74,12 @@ def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
         body = dict(body)
         refine = body.pop("methods", None)
         one = merge_settings({k: v for k, v in copy.deepcopy(raw).items() if k != "per_task"}, body)
-        if refine and not final:
+        if refine:
             one["methods"] = _refine_methods(one.get("methods"), refine, values["methods"], "methods" in overridden,
                                              f"{source}: per_task.{task}.methods")
+        for key, ov in overridden.items():
+            if key not in ("task", "per_task"):
+                _apply_override(one, sch, ov)
         one["task"] = task
         try:
             resolved[task] = _validate(one, sch, source, prefix="", overridden=overridden)
