@@ -33,52 +33,8 @@ SITE=$PWD/bench/.gpu-site
 T0=$(date +%s)
 log() { echo "[gpu.sh $(( $(date +%s) - T0 )) s] $*" >&2; }
 
-# 1. torch with CUDA must already be there
-if ! DEVICE=$DEVICE $PY - <<'PYEOF'
-import os, sys
-try:
-    import torch, torchvision
-except ImportError as e:
-    sys.exit(f"gpu.sh: {e}; this machine needs a CUDA build of torch and torchvision (not carried: gigabytes)")
-if os.environ["DEVICE"] != "cpu" and not torch.cuda.is_available():
-    sys.exit(f"gpu.sh: torch {torch.__version__} sees no CUDA device")
-print(f"gpu.sh: torch {torch.__version__}, torchvision {torchvision.__version__}, CUDA {torch.version.cuda}, "
-      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, Python {sys.version.split()[0]}",
-      file=sys.stderr)
-PYEOF
-then
-    exit 3
-fi
-
-# 2. the other dependencies: what is missing, from the carried wheels, into a run-local folder
-export PYTHONPATH=$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}
-if [ -f bench/wheels/requirements.txt ]; then
-    missing=$($PY bench/gpu_deps.py missing bench/wheels/requirements.txt)
-    if [ -n "$missing" ]; then
-        log "installing $(echo "$missing" | wc -l) missing distribution(s) from bench/wheels: $(echo $missing)"
-        rm -rf "$SITE" && mkdir -p "$SITE"
-        if $PY -m pip --version >/dev/null 2>&1; then
-            # shellcheck disable=SC2086
-            $PY -m pip install --quiet --no-index --find-links bench/wheels --no-deps --target "$SITE" $missing
-        else  # no pip: a wheel is a zip file laid out as site-packages
-            for req in $missing; do
-                name=$(echo "${req%%==*}" | tr '-' '_')
-                whl=$(ls bench/wheels/ | grep -i "^${name}-${req##*==}-" | head -1)
-                [ -n "$whl" ] || { echo "gpu.sh: no wheel for $req in bench/wheels" >&2; exit 4; }
-                $PY -m zipfile -e "bench/wheels/$whl" "$SITE"
-            done
-        fi
-    else
-        log "every dependency is already installed"
-    fi
-else
-    log "no bench/wheels/requirements.txt (run bench/wheels.sh where there is network); using what is installed"
-fi
-$PY -c "import open_clip, zarr, numcodecs, mad_pipeline.extraction.runner" || {
-    echo "gpu.sh: the dependencies do not import (see above); prepare the wheels for this Python: PYVER=x.y bench/wheels.sh" >&2
-    exit 4
-}
-log "dependencies ready"
+# 1-2. a CUDA torch, then the other dependencies from the carried wheels (bench/gpu_env.sh)
+. "$(dirname "$0")/gpu_env.sh"
 
 # 3. the bench itself, bounded in time; the figures go to stdout and to $OUT/gpu-result.json ($OUT: the device
 #    tool's folder that comes back; /tmp otherwise)
