@@ -28,6 +28,8 @@ PKG=$SITE-pkg
 rm -rf "$PKG" && mkdir -p "$PKG"
 cp -r mad_pipeline "$PKG/" && cp -r cli "$PKG/mad_pipeline/cli" && cp -r stages "$PKG/mad_pipeline/stages"
 export PYTHONPATH=$PKG:$SITE${PYTHONPATH:+:$PYTHONPATH}
+# and not the checkout's own mad_pipeline/ (without cli/ and stages/), which `python -m` and `-c` would put first
+export PYTHONSAFEPATH=1
 if [ -f bench/wheels/requirements.txt ]; then
     missing=$($PY bench/gpu_deps.py missing bench/wheels/requirements.txt bench/wheels)
     if [ -n "$missing" ]; then
