@@ -309,3 +309,35 @@ def test_per_task_methods_refine_the_configs_methods(tmp_path):
     p.write_text(p.read_text().replace("vcr: {methods: {naive:", "vcr: {methods: {nave:"))
     with pytest.raises(InputError, match=r"per_task\.vcr\.methods\.nave: not one of the config's methods"):
         load_config(p)
+
+
+def test_lowshot_merge_joins_a_study_run_in_parts_and_refuses_a_cell_twice(tmp_path, capsys):
+    """bench/lowshot_merge.py: two parts of one task's study (the low fractions from one invocation, the high ones
+    from another, e.g. another machine) give the table of the whole, each metric's reference lines kept; a cell and
+    seed in both parts is one clear error."""
+    merge = bench_module("lowshot_merge")
+
+    def part(fractions, name):
+        recs = [{"method": m, "fraction": f, "seed": s, "split": split, "metric": metric, "task": "vcr",
+                 "value": 10.0 * f + s + (1.0 if m == "full" else 0.0) + (50.0 if metric == "qa2r" else 0.0),
+                 "source": f"{name}{m}{f}{s}{split}{metric}",
+                 "references": {"teacher zero-shot": 60.0 if metric == "q2a" else 80.0}}
+                for metric in ("q2a", "qa2r") for m in ("baseline", "full") for f in fractions for s in range(3)
+                for split in ("test", "shift")]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"tables": {"vcr": report_lib.aggregate(recs, title=name)}}))
+        return path
+
+    low, high = part((0.01, 0.05), "low"), part((1.0,), "high")
+    assert merge.main(["--task", "vcr", "--out", str(tmp_path / "all"), str(low), str(high)]) == 0
+    table = json.loads((tmp_path / "all" / "report.json").read_text())["table"]
+    assert sorted({r["fraction"] for r in table["rows"]}) == [0.01, 0.05, 1.0] and table["seeds"] == [0, 1, 2]
+    cell = next(r for r in table["rows"] if r["fraction"] == 1.0 and r.get("metric") == "qa2r"
+                and r["split"] == "shift")["cells"]["full"]
+    assert cell["values"] == [61.0, 62.0, 63.0] and cell["mean"] == pytest.approx(62.0)
+    assert report_lib.references_of(table, "qa2r", "test") == {"teacher zero-shot": 80.0}
+    assert report_lib.references_of(table, "q2a", "test") == {"teacher zero-shot": 60.0}
+    assert (tmp_path / "all" / "report.png").stat().st_size > 0
+    assert "| 100% |" in (tmp_path / "all" / "report.md").read_text()
+    with pytest.raises(SystemExit, match=r"^error: two runs for method baseline, fraction 0.01, seed 0"):
+        merge.main(["--task", "vcr", "--out", str(tmp_path / "twice"), str(low), str(part((0.01,), "again"))])

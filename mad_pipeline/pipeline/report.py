@@ -102,6 +102,22 @@ def aggregate(records: list[dict[str, Any]], title: str = "results") -> dict[str
             **({"metrics": metrics} if len(metrics) > 1 else {}), **({"metric_references": others} if others else {})}
 
 
+def records_of_table(table: dict[str, Any], source: str = "?") -> list[dict[str, Any]]:
+    """The records a table was aggregated from, one per metric, split, fraction, method and seed, each with its
+    block's reference levels and ``source``: :func:`aggregate` of the records of several tables (other fractions or
+    seeds of one task; a cell and seed in two of them, of different sources, is refused) is their merged table."""
+    out = []
+    for row in table["rows"]:
+        metric = row.get("metric", table["metric"])
+        refs = references_of(table, metric, row["split"])
+        for method, cell in row["cells"].items():
+            for seed, value in zip(cell["seeds"], cell["values"], strict=True):
+                out.append({"task": table["task"], "metric": metric, "split": row["split"],
+                            "fraction": row["fraction"], "method": method, "seed": seed, "value": value,
+                            "source": source, **({"references": refs} if refs else {})})
+    return out
+
+
 def references_of(table: dict[str, Any], metric: str | None, split: str) -> dict[str, float] | None:
     """The reference lines of one block: the headline's (``references``), or another metric's own
     (``metric_references``)."""
@@ -268,5 +284,5 @@ def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report
 
 
 __all__ = ["METHOD_ORDER", "REPORT_FORMAT", "aggregate", "blocks", "caption", "cell_text", "figure", "is_best",
-           "method_key", "method_title", "metric_title", "plot", "references_of", "to_csv", "to_markdown",
-           "write_report"]
+           "method_key", "method_title", "metric_title", "plot", "records_of_table", "references_of", "to_csv",
+           "to_markdown", "write_report"]
