@@ -11,8 +11,9 @@
 #     bench/wheels.sh prepares them for another), when some of the other dependencies are missing there.
 # Everything else comes from bench/wheels/ (prepared here with bench/wheels.sh, carried with the working tree): only
 # the distributions that are not installed are installed, without network, into a run-local folder (bench/.gpu-site,
-# put on PYTHONPATH), so the machine's environment is left as it was. The package itself is used from the working
-# tree (PYTHONPATH=.): the library needs no build step. Where pip can install into the environment, the same wheels
+# put on PYTHONPATH), so the machine's environment is left as it was. The package itself is a copy of the working
+# tree laid out as pyproject.toml installs it (bench/.gpu-site-pkg: cli/ and stages/ become mad_pipeline.cli and
+# mad_pipeline.stages), with no build step. Where pip can install into the environment, the same wheels
 # work with `pip install --no-index --find-links bench/wheels -r bench/wheels/requirements.txt` and
 # `pip install --no-index --find-links bench/wheels --no-deps --no-build-isolation -e .`.
 #
