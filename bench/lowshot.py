@@ -330,16 +330,18 @@ def per_type(stages: list, split: str) -> dict:
                          for f, ms in acc.items()}, "teacher": teacher}
 
 
-def per_type_markdown(pt: dict, split: str, methods=("baseline", "naive", "full", "full-logit-kd")) -> str:
+def per_type_markdown(pt: dict, split: str) -> str:
+    from mad_pipeline.pipeline.report import method_key, method_title
+
     types = [*TYPES.values(), "overall"]
+    methods = sorted({m for ms in pt["students"].values() for m in ms}, key=method_key)  # every method that ran
     lines = [f"# Accuracy per question type ({split} split, mean over seeds)", "",
              "| fraction | method | " + " | ".join(types) + " |", "|---:|---|" + "---:|" * len(types)]
     for f in sorted(pt["students"]):
         for meth in methods:
             d = pt["students"][f].get(meth)
             if d:
-                name = {"full": "MAD"}.get(meth, meth)
-                lines.append(f"| {f * 100:g}% | {name} | " + " | ".join(f"{d.get(t, float('nan')):.1f}" for t in types)
+                lines.append(f"| {f * 100:g}% | {method_title(meth)} | " + " | ".join(f"{d.get(t, float('nan')):.1f}" for t in types)
                              + " |")
     if pt["teacher"]:
         lines.append("| – | teacher zero-shot | " + " | ".join(f"{pt['teacher'].get(t, float('nan')):.1f}"
