@@ -341,8 +341,8 @@ def per_type_markdown(pt: dict, split: str) -> str:
         for meth in methods:
             d = pt["students"][f].get(meth)
             if d:
-                lines.append(f"| {f * 100:g}% | {method_title(meth)} | " + " | ".join(f"{d.get(t, float('nan')):.1f}" for t in types)
-                             + " |")
+                cells = " | ".join(f"{d.get(t, float('nan')):.1f}" for t in types)
+                lines.append(f"| {f * 100:g}% | {method_title(meth)} | {cells} |")
     if pt["teacher"]:
         lines.append("| – | teacher zero-shot | " + " | ".join(f"{pt['teacher'].get(t, float('nan')):.1f}"
                                                            for t in types) + " |")
