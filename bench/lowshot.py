@@ -34,6 +34,7 @@ subset of the tasks.
     python bench/lowshot.py --jobs 2 --no-ablation            # the main tables only
     python bench/lowshot.py --jobs 2 init=student-pretrain    # pretrain the students first (mad student pretrain's)
     python bench/lowshot.py --jobs 12 --device cuda --only vqa --no-ablation   # one task on a GPU machine
+    bench/gpu_lowshot.sh                                      # the same on a GPU machine without network
     python bench/lowshot.py --only vqa seeds=[0] fractions=[0.05] --no-ablation --out /tmp/lowshot   # a quick look
 """
 
