@@ -14,7 +14,6 @@ torch is gigabytes and must be on the GPU machine already.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import sys
 from importlib import metadata
@@ -101,8 +100,10 @@ def missing(requirements: str, wheels: str | None = None) -> list[str]:
     out = []
     with open(requirements) as f:
         lines = f.read().splitlines()
-    norm = functools.partial(re.sub, r"[-_.]+", "_")
-    carried = {norm(w.split("-")[0]).lower() for w in os.listdir(wheels) if w.endswith(".whl")} if wheels else None
+    def norm(name: str) -> str:  # a distribution's name as wheel files spell it
+        return re.sub(r"[-_.]+", "_", name).lower()
+
+    carried = {norm(w.split("-")[0]) for w in os.listdir(wheels) if w.endswith(".whl")} if wheels else None
     for line in lines:
         name = line.split("==")[0].strip()
         if not name or name.startswith("#"):
@@ -110,7 +111,7 @@ def missing(requirements: str, wheels: str | None = None) -> list[str]:
         try:
             metadata.version(name)
         except metadata.PackageNotFoundError:
-            if carried is None or norm(name).lower() in carried:
+            if carried is None or norm(name) in carried:
                 out.append(line.strip())
             else:
                 print(f"gpu_deps.py: {name} is not installed and has no wheel in {wheels}: skipped", file=sys.stderr)

@@ -2,7 +2,8 @@
 # Sourced by bench/gpu.sh and bench/gpu_lowshot.sh on a GPU machine without network: checks that $PY has a CUDA build
 # of torch that sees a GPU (exit 3 otherwise: a CUDA torch is gigabytes and is not carried), then installs the
 # dependencies that are missing there from bench/wheels/ (prepared here by bench/wheels.sh) into bench/.gpu-site, put
-# on PYTHONPATH with a copy of the package laid out as pyproject.toml installs it, so the machine's environment is left as it was (exit 4 if they do not import).
+# on PYTHONPATH with a copy of the package laid out as pyproject.toml installs it, so the machine's environment is
+# left as it was (exit 4 if they do not import).
 # Expects PY, DEVICE, SITE and a log function from the script that sources it.
 
 # 1. torch with CUDA must already be there

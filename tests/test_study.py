@@ -311,7 +311,7 @@ def test_per_task_methods_refine_the_configs_methods(tmp_path):
         load_config(p)
 
 
-def test_lowshot_merge_joins_a_study_run_in_parts_and_refuses_a_cell_twice(tmp_path, capsys):
+def test_lowshot_merge_joins_a_study_run_in_parts_and_refuses_a_cell_twice(tmp_path):
     """bench/lowshot_merge.py: two parts of one task's study (the low fractions from one invocation, the high ones
     from another, e.g. another machine) give the table of the whole, each metric's reference lines kept; a cell and
     seed in both parts is one clear error."""
