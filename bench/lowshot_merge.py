@@ -3,10 +3,14 @@ seeds, other invocations or machines) merged into the paper-style report, mean Â
 
 Each input is a ``lowshot.json`` (its ``tables``) or a ``report.json`` (its ``table``); a cell and seed present in
 two inputs is refused (one experiment per cell). The inputs' per-seed values are kept as they were measured: nothing
-is trained or evaluated here.
+is trained or evaluated here. An input may end in ``:OLD=NEW,...``: only those of its methods are taken, each under
+its new name (a run made under another method name with the study's settings, such as ``baseline-cap1000`` for the
+baseline at a larger cap).
 
     python bench/lowshot_merge.py --task vqa --out docs/results/study-shipped/vqa-all \\
         docs/results/study-shipped/vqa-low/lowshot.json docs/results/study-shipped/vqa-high-gpu/lowshot.json
+    python bench/lowshot_merge.py --task vcr --out DIR A/lowshot.json \\
+        'B/lowshot.json:baseline-cap1000=baseline,full-cap1000=full'
 """
 
 from __future__ import annotations
@@ -28,19 +32,47 @@ def table_of(path: Path, task: str) -> dict:
     return table
 
 
+def parse_input(spec: str) -> tuple[Path, dict[str, str] | None]:
+    """``PATH`` or ``PATH:OLD=NEW,...`` -> the path and the methods to take from it (old name -> new; None: all)."""
+    path, sep, tail = spec.rpartition(":")
+    if not sep or "=" not in tail or Path(spec).exists():
+        return Path(spec), None
+    names: dict[str, str] = {}
+    for pair in tail.split(","):
+        old, eq, new = (x.strip() for x in pair.partition("="))
+        if not (old and eq and new):
+            raise SystemExit(f"error: {spec}: {pair!r} is not OLD=NEW (a method's name in the input = its name here)")
+        names[old] = new
+    return Path(path), names
+
+
+def records_of(path: Path, table: dict, names: dict[str, str] | None) -> list[dict]:
+    """The table's records, only the methods ``names`` lists (renamed) when given."""
+    from mad_pipeline.pipeline.report import records_of_table
+
+    records = records_of_table(table, source=str(path))
+    if names is None:
+        return records
+    missing = sorted(set(names) - {r["method"] for r in records})
+    if missing:
+        raise SystemExit(f"error: {path}: no method {missing[0]} in its {table['task']} table")
+    return [{**r, "method": names[r["method"]]} for r in records if r["method"] in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("inputs", nargs="+", type=Path, help="lowshot.json or report.json files")
+    ap.add_argument("inputs", nargs="+", help="lowshot.json or report.json files, each optionally PATH:OLD=NEW,...")
     ap.add_argument("--task", required=True, help="the task whose tables are merged (vqa, snli-ve, vcr)")
     ap.add_argument("--out", required=True, type=Path, help="folder for report.md / .csv / .png / .json")
     ap.add_argument("--title", default=None, help="the table's title (default: the first input's, merged)")
     args = ap.parse_args(argv)
 
     from mad_pipeline.errors import InputError
-    from mad_pipeline.pipeline.report import aggregate, records_of_table, to_markdown, write_report
+    from mad_pipeline.pipeline.report import aggregate, to_markdown, write_report
 
-    tables = [table_of(p, args.task) for p in args.inputs]
-    records = [r for p, t in zip(args.inputs, tables, strict=True) for r in records_of_table(t, source=str(p))]
+    inputs = [parse_input(spec) for spec in args.inputs]
+    tables = [table_of(p, args.task) for p, _ in inputs]
+    records = [r for (p, names), t in zip(inputs, tables, strict=True) for r in records_of(p, t, names)]
     title = args.title or tables[0]["title"].replace(" (INCOMPLETE)", "") + f" {args.task} (merged)"
     try:
         table = aggregate(records, title=title)

@@ -341,3 +341,13 @@ def test_lowshot_merge_joins_a_study_run_in_parts_and_refuses_a_cell_twice(tmp_p
     assert "| 100% |" in (tmp_path / "all" / "report.md").read_text()
     with pytest.raises(SystemExit, match=r"^error: two runs for method baseline, fraction 0.01, seed 0"):
         merge.main(["--task", "vcr", "--out", str(tmp_path / "twice"), str(low), str(part((0.01,), "again"))])
+    # a part made under other method names: only the methods named are taken, renamed
+    assert merge.main(["--task", "vcr", "--out", str(tmp_path / "renamed"), str(low),
+                       f"{high}:full=baseline"]) == 0
+    table = json.loads((tmp_path / "renamed" / "report.json").read_text())["table"]
+    row = next(r for r in table["rows"] if r["fraction"] == 1.0 and r.get("metric") == "qa2r" and r["split"] == "shift")
+    assert list(row["cells"]) == ["baseline"] and row["cells"]["baseline"]["values"] == [61.0, 62.0, 63.0]
+    with pytest.raises(SystemExit, match=r"high\.json: no method naive in its vcr table"):
+        merge.main(["--task", "vcr", "--out", str(tmp_path / "x"), f"{high}:naive=baseline"])
+    with pytest.raises(SystemExit, match=r"'full' is not OLD=NEW"):
+        merge.main(["--task", "vcr", "--out", str(tmp_path / "x"), f"{high}:baseline=b,full"])
