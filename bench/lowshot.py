@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -487,6 +488,14 @@ def confidence_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def config_record(path: Path) -> dict[str, str]:
+    """A study config as the results record it: its path (relative to the repository when inside it, so results
+    from another machine do not name that machine's folders) and its content's sha256."""
+    path = Path(path).resolve()
+    shown = path.relative_to(ROOT.resolve()) if path.is_relative_to(ROOT.resolve()) else path
+    return {"path": str(shown), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
 def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the config (as for mad run)")
@@ -559,8 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     history = json.loads(prev.read_text()).get("invocations", []) if prev.exists() else []
     history.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": wall, "overrides": overrides,
                     "jobs": args.jobs})
-    info = {"configs": {k: str(v) for k, v in studies.items() if v}, "overrides": overrides, "jobs": args.jobs,
-            "threads": args.threads, "wall_s": wall, "invocations": history,
+    info = {"configs": {k: config_record(v) for k, v in studies.items() if v}, "overrides": overrides,
+            "jobs": args.jobs, "threads": args.threads, "wall_s": wall, "invocations": history,
             "distill_stage_seconds_total": sum(trains.values()),
             "complete": all(r["complete"] for r in results.values()),
             "distill_stage_seconds_median": statistics.median(trains.values()) if trains else None,

@@ -351,3 +351,17 @@ def test_lowshot_merge_joins_a_study_run_in_parts_and_refuses_a_cell_twice(tmp_p
         merge.main(["--task", "vcr", "--out", str(tmp_path / "x"), f"{high}:naive=baseline"])
     with pytest.raises(SystemExit, match=r"'full' is not OLD=NEW"):
         merge.main(["--task", "vcr", "--out", str(tmp_path / "x"), f"{high}:baseline=b,full"])
+
+
+def test_lowshot_records_its_configs_by_repository_path_and_content(tmp_path):
+    """lowshot.json names a study config by its path in the repository (not the machine's folders) and its sha256;
+    a config outside the repository keeps its own path."""
+    import hashlib
+
+    lowshot = bench_module("lowshot")
+    rec = lowshot.config_record(lowshot.ROOT / "configs" / "lowshot.yaml")
+    assert rec["path"] == "configs/lowshot.yaml"
+    assert rec["sha256"] == hashlib.sha256((lowshot.ROOT / "configs" / "lowshot.yaml").read_bytes()).hexdigest()
+    mine = tmp_path / "study.yaml"
+    mine.write_text("task: vqa\n")
+    assert lowshot.config_record(mine)["path"] == str(mine.resolve())
