@@ -166,6 +166,23 @@ def test_report_plot_draws_the_reference_lines_on_an_honest_axis():
     assert "References: teacher zero-shot 41.50, majority 30.00, chance 25.00." in report_lib.to_markdown(table)
 
 
+def test_reference_lines_never_share_a_colour_with_a_methods_curve():
+    """Methods take matplotlib's colour cycle (ten colours); the reference lines are greys, so even a table of
+    eight methods draws no curve in a reference line's colour."""
+    from matplotlib.colors import to_rgba
+
+    refs = {"teacher zero-shot": 41.5, "majority": 30.0, "answer prior per type": 28.0, "chance": 25.0, "other": 5.0}
+    names = ["baseline", "naive", "full", "no-select", "no-conf", "random", "all", "question-aware"]
+    table = report_lib.aggregate([r for i, m in enumerate(names)
+                                  for r in _records({0: 50.0 + i, 1: 51.0 + i}, 1.0, m, refs=refs)])
+    (ax,) = report_lib.figure(table).axes
+    ref_labels = {f"{k} ({v:.1f})" for k, v in refs.items()}
+    ref_colours = {to_rgba(ln.get_color()) for ln in ax.get_lines() if ln.get_label() in ref_labels}
+    curve_colours = {to_rgba(c.lines[0].get_color()) for c in ax.containers}
+    assert len(ref_colours) == len(refs) and len(curve_colours) == len(names)
+    assert not ref_colours & curve_colours
+
+
 def test_each_study_metric_gets_its_own_reference_lines():
     """VCR's QA->R block draws and lists QA->R's own levels, not Q->A's."""
     q2a = {"teacher zero-shot": 64.6, "majority": 26.4, "chance": 25.0}

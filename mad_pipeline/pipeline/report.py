@@ -234,7 +234,7 @@ def figure(table: dict[str, Any]):
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from ..training.plot import draw_references
+    from ..training.plot import CURVE_COLOURS, draw_references
 
     panels = blocks(table)
     ncol = len(table["splits"])
@@ -243,14 +243,14 @@ def figure(table: dict[str, Any]):
     fractions = sorted({r["fraction"] for r in table["rows"]})
     for ax, (metric, split, rows) in zip(axes.flat, panels, strict=False):
         tops = []
-        for m in table["methods"]:
+        for i, m in enumerate(table["methods"]):
             pts = [(r["fraction"], r["cells"][m]) for r in rows if m in r["cells"]]
             if not pts:
                 continue
             xs = [p[0] * 100 for p in pts]
             errs = [p[1].get("std") or 0.0 for p in pts]
             ax.errorbar(xs, [p[1]["mean"] for p in pts], yerr=errs if any(errs) else None, marker="o", capsize=3,
-                        label=method_title(m))
+                        label=method_title(m), color=CURVE_COLOURS[i % len(CURVE_COLOURS)])
             tops += [p[1]["mean"] + e for p, e in zip(pts, errs, strict=True)]
         draw_references(ax, references_of(table, metric, split), tops)
         if len(fractions) > 1 and max(fractions) / min(fractions) >= 10:

@@ -18,8 +18,13 @@ from pathlib import Path
 from ..tasks.base import TEACHER_LINE
 
 LOSS_KEYS = ("total", "task", "distill", "tok_v", "tok_t", "pool", "kd")
-REFERENCE_STYLE = {TEACHER_LINE: ("tab:purple", "--"), "majority": ("tab:gray", ":"),
-                   "answer prior per type": ("tab:brown", ":"), "chance": ("black", "-.")}
+# Reference lines are black and greys, told apart by their dashes; curves (:data:`CURVE_COLOURS`, matplotlib's
+# tab10 without its grey) never take one of those colours.
+REFERENCE_STYLE = {TEACHER_LINE: ("black", "--"), "majority": ("gray", ":"),
+                   "answer prior per type": ("dimgray", (0, (1, 3))), "chance": ("darkgray", "-.")}
+OTHER_REFERENCE = ("silver", (0, (5, 2, 1, 2)))
+CURVE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+                 "tab:cyan")
 
 
 def metric_ylim(values) -> tuple[float, float]:
@@ -34,7 +39,7 @@ def draw_references(ax, references: dict[str, float] | None, values=()) -> None:
     """Each reference level as a labelled horizontal line; then the honest y range over ``values`` and the lines."""
     refs = {k: float(v) for k, v in (references or {}).items() if v is not None and math.isfinite(float(v))}
     for label, v in refs.items():
-        color, style = REFERENCE_STYLE.get(label, ("tab:olive", "--"))
+        color, style = REFERENCE_STYLE.get(label, OTHER_REFERENCE)
         ax.axhline(v, color=color, linestyle=style, linewidth=1.2, label=f"{label} ({v:.1f})")
     ax.set_ylim(*metric_ylim([*values, *refs.values()]))
 
@@ -124,4 +129,5 @@ def metrics_figure(train: list[dict], evals: list[dict], title: str | None = Non
     return fig
 
 
-__all__ = ["LOSS_KEYS", "draw_references", "metric_ylim", "metrics_figure", "plot_metrics", "read_metrics"]
+__all__ = ["CURVE_COLOURS", "LOSS_KEYS", "REFERENCE_STYLE", "draw_references", "metric_ylim", "metrics_figure",
+           "plot_metrics", "read_metrics"]
