@@ -25,9 +25,9 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
 Every stage is cached by content key (in ``--cache``), so a rerun only computes what is missing: a study can span
 several invocations, and the runs the two configs share (naive and MAD at the low fractions) are trained once. With
 ``--jobs N`` each config is sharded by task x seed x fraction x method into N parallel ``mad run`` processes sharing
-the cache, the largest fraction of a seed first (the first alone: it builds the world, and with
-``init=student-pretrain`` the students' pretraining); a final ``mad run`` of the whole config then finds every stage
-cached and writes the reports. ``--only TASK`` (repeatable) runs a
+the cache, the largest fraction of a seed first (the first alone until the stages all shards share are cached: the
+world, the evaluation stores, and with ``init=student-pretrain`` the students' pretraining); a final ``mad run`` of
+the whole config then finds every stage cached and writes the reports. ``--only TASK`` (repeatable) runs a
 subset of the tasks.
 
     python bench/lowshot.py --jobs 2                          # the main tables, then the ablation (2 CPU cores)
@@ -115,11 +115,31 @@ def shared_stages_cached(config: Path, overrides: list[str], cache: Path, train_
     return all(st.status == "cached" for st in shared)
 
 
+class FirstShardGate:
+    """Whether the first shard still runs alone: until the stages every shard shares are cached (``cached()``, asked
+    at most every ``every`` seconds while it runs) or it ends. A first shard that trains long after building them (a
+    study of the largest fraction only) so shares the cores once the shared stages are there."""
+
+    def __init__(self, alone: bool, cached, every: float = 20.0, clock=time.perf_counter):
+        self.alone, self.cached, self.every, self.clock = alone, cached, every, clock
+        self.asked = clock()
+        self.started = False  # set by the caller once the first shard is started
+
+    def limit(self, jobs: int, running: int) -> int:
+        """How many shards may run now."""
+        if self.alone and running == 0 and self.started:
+            self.alone = False  # the first ended
+        elif self.alone and self.clock() - self.asked >= self.every:
+            self.asked = self.clock()
+            self.alone = not self.cached()
+        return 1 if self.alone else jobs
+
+
 def run_shards(args, config: Path, overrides: list[str], values: dict, deadline: float) -> float:
-    """Run the shards, at most ``args.jobs`` at a time; the first alone when it has to build the stages every shard
-    shares (:func:`shared_stages_cached`: else the shards would build them at once, or wait on each other). Past
-    ``deadline`` (perf_counter) the running shards are killed (their distill stages resume from checkpoints next
-    time) and no new one starts. Returns the wall time."""
+    """Run the shards, at most ``args.jobs`` at a time; the first alone while the stages every shard shares are being
+    built (:class:`FirstShardGate`, :func:`shared_stages_cached`: else the shards would build them at once, or wait
+    on each other). Past ``deadline`` (perf_counter) the running shards are killed (their distill stages resume from
+    checkpoints next time) and no new one starts. Returns the wall time."""
     from mad_pipeline.progress import make_progress
 
     todo = shards(values, args.jobs)
@@ -158,8 +178,10 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
                 done += 1
                 bar.update(task, completed=done)
 
-        first = args.jobs > 1 and not shared_stages_cached(config, overrides, args.cache,
-                                                           values["data"]["train_split"])
+        def cached() -> bool:
+            return shared_stages_cached(config, overrides, args.cache, values["data"]["train_split"])
+
+        gate = FirstShardGate(args.jobs > 1 and not cached(), cached)
         while todo or running:
             if time.perf_counter() > deadline:
                 log(f"--deadline-min reached: killing {len(running)} running shard(s), {len(todo)} not started")
@@ -167,13 +189,12 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
                     p.kill()
                     p.wait()
                 break
-            if todo and len(running) < (1 if first else args.jobs):
+            if todo and len(running) < gate.limit(args.jobs, len(running)):
                 start(todo.pop(0))
+                gate.started = True
                 continue
             time.sleep(1.0)
             poll()
-            if first and not running:
-                first = False
     return time.perf_counter() - t0
 
 

@@ -365,3 +365,25 @@ def test_lowshot_records_its_configs_by_repository_path_and_content(tmp_path):
     mine = tmp_path / "study.yaml"
     mine.write_text("task: vqa\n")
     assert lowshot.config_record(mine)["path"] == str(mine.resolve())
+
+
+def test_lowshot_first_shard_shares_the_cores_once_the_shared_stages_are_cached():
+    """The first shard runs alone while it builds what every shard shares, asked every 20 s; once those stages are
+    cached (or the first shard ended) the other shards start beside it."""
+    lowshot = bench_module("lowshot")
+    now, answers = [0.0], iter([False, True])
+    gate = lowshot.FirstShardGate(True, lambda: next(answers), every=20.0, clock=lambda: now[0])
+    assert gate.limit(2, 0) == 1
+    gate.started = True
+    now[0] = 10.0
+    assert gate.limit(2, 1) == 1  # not asked yet
+    now[0] = 21.0
+    assert gate.limit(2, 1) == 1  # asked: not cached yet
+    now[0] = 35.0
+    assert gate.limit(2, 1) == 1  # asked 14 s ago
+    now[0] = 45.0
+    assert gate.limit(2, 1) == 2  # cached now: the rest start beside the first
+    ended = lowshot.FirstShardGate(True, lambda: False, clock=lambda: 0.0)
+    ended.started = True
+    assert ended.limit(2, 0) == 2  # the first shard ended
+    assert lowshot.FirstShardGate(False, lambda: False).limit(3, 0) == 3  # everything shared was cached already
