@@ -11,6 +11,10 @@ baseline at a larger cap).
         docs/results/study-shipped/vqa-low/lowshot.json docs/results/study-shipped/vqa-high-gpu/lowshot.json
     python bench/lowshot_merge.py --task vcr --out DIR A/lowshot.json \\
         'B/lowshot.json:baseline-cap1000=baseline,full-cap1000=full'
+
+``--ablation``: the inputs are parts of an ablation study (``configs/ablation.yaml``); the share table
+(``ablation.md`` / ``.csv``: MAD minus each variant, paired by seed) is written too, with the selection policies'
+methods of the first input that records them (a ``lowshot.json``'s ``policies``).
 """
 
 from __future__ import annotations
@@ -59,12 +63,27 @@ def records_of(path: Path, table: dict, names: dict[str, str] | None) -> list[di
     return [{**r, "method": names[r["method"]]} for r in records if r["method"] in names]
 
 
+def write_ablation(table: dict, paths: list[Path], out: Path) -> None:
+    """The share table of a merged ablation, as ``bench/lowshot.py`` writes it for one invocation."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import lowshot
+
+    policies = next((p for p in (json.loads(path.read_text()).get("policies") for path in paths) if p), None)
+    if not policies:
+        raise SystemExit("error: --ablation: no input records the selection policies' methods (a lowshot.json "
+                         "of the ablation config)")
+    abl = {table["task"]: lowshot.ablation_sections(table, policies)}
+    (out / "ablation.md").write_text(lowshot.ablation_markdown(abl, len(table["seeds"])))
+    (out / "ablation.csv").write_text(lowshot.ablation_csv(abl))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", help="lowshot.json or report.json files, each optionally PATH:OLD=NEW,...")
     ap.add_argument("--task", required=True, help="the task whose tables are merged (vqa, snli-ve, vcr)")
     ap.add_argument("--out", required=True, type=Path, help="folder for report.md / .csv / .png / .json")
     ap.add_argument("--title", default=None, help="the table's title (default: the first input's, merged)")
+    ap.add_argument("--ablation", action="store_true", help="also write the share table (ablation.md / .csv)")
     args = ap.parse_args(argv)
 
     from mad_pipeline.errors import InputError
@@ -80,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {e}") from None
     write_report(table, args.out, records=records)
     print(to_markdown(table))
+    if args.ablation:
+        write_ablation(table, [p for p, _ in inputs], args.out)
     print(f"merged {len(args.inputs)} inputs, {len(records)} records; files in {args.out}", file=sys.stderr)
     return 0
 

@@ -387,3 +387,29 @@ def test_lowshot_first_shard_shares_the_cores_once_the_shared_stages_are_cached(
     ended.started = True
     assert ended.limit(2, 0) == 2  # the first shard ended
     assert lowshot.FirstShardGate(False, lambda: False).limit(3, 0) == 3  # everything shared was cached already
+
+
+def test_lowshot_merge_writes_an_ablations_share_table_from_parts(tmp_path):
+    """--ablation: MAD's runs from one invocation and a variant rerun in another give the share table (MAD minus
+    the variant, paired by seed), the policies' methods taken from the input that records them."""
+    merge = bench_module("lowshot_merge")
+
+    def part(methods, name, policies=None):
+        recs = [{"method": m, "fraction": 0.05, "seed": s, "split": split, "metric": "q2a", "task": "vcr",
+                 "value": 40.0 + s + (5.0 if m == "full" else 0.0), "source": f"{name}{m}{s}{split}", "references": {}}
+                for m in methods for s in range(3) for split in ("test", "shift")]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"tables": {"vcr": report_lib.aggregate(recs, title=name)},
+                                    **({"policies": policies} if policies else {})}))
+        return path
+
+    first = part(("full", "full-random", "naive"), "first", {"teacher-saliency": "full", "random": "full-random"})
+    again = part(("naive",), "again")
+    assert merge.main(["--task", "vcr", "--ablation", "--out", str(tmp_path / "abl"),
+                       f"{first}:full=full,full-random=full-random", str(again)]) == 0
+    md = (tmp_path / "abl" / "ablation.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| 5% |"))
+    assert row.endswith("| 41.00 ± 1.00 | +5.00 ± 0.00 |")  # naive, and MAD minus naive
+    assert "(MAD)" in row and (tmp_path / "abl" / "ablation.csv").exists()
+    with pytest.raises(SystemExit, match="no input records the selection policies"):
+        merge.main(["--task", "vcr", "--ablation", "--out", str(tmp_path / "x"), str(again)])
