@@ -306,6 +306,23 @@ def test_per_task_methods_refine_the_configs_methods(tmp_path):
     assert lr(line, "vcr", "naive") == (0.002, 0.05) and lr(line, "vqa", "naive") == (0.002, 0)
     shard = next(sh for sh in _bench().shards(v, 2) if sh[0] == "task=vcr" and "naive" in sh[3])
     assert json.loads(shard[3].removeprefix("methods="))["naive"]["train"] == {"lr": 3.0e-4, "warmup": 0.05}
+    # ... also over a fraction's own settings, the file's or a task's (a `per_fraction=` override is kept whole)
+    from mad_pipeline.pipeline.fractions import for_run
+
+    p.write_text(p.read_text().replace("fractions: [1.0]\n", "fractions: [0.5, 1.0]\nper_fraction: {0.5: {train: "
+                                       "{steps: 11, lr: 0.01}}}\n").replace("train: {steps: 7}}",
+                                       "train: {steps: 7}, per_fraction: {1.0: {train: {steps: 9}}}}"))
+
+    def steps(v, task, fraction):
+        return for_run(for_task(v, task), "baseline", fraction)["train"]["steps"]
+
+    v = load_config(p).values
+    assert [steps(v, t, f) for t in ("vqa", "vcr") for f in (0.5, 1.0)] == [11, v["train"]["steps"], 11, 9]
+    line = load_config(p, ["train.steps=3"]).values
+    assert [steps(line, t, f) for t in ("vqa", "vcr") for f in (0.5, 1.0)] == [3, 3, 3, 3]
+    assert for_run(for_task(line, "vqa"), "naive", 0.5)["train"]["lr"] == 1.0e-3  # the method's own rate still wins
+    whole = load_config(p, ["train.steps=3", "per_fraction={1.0: {train: {steps: 5}}}"]).values
+    assert [steps(whole, t, f) for t in ("vqa", "vcr") for f in (0.5, 1.0)] == [3, 5, 3, 5]
     p.write_text(p.read_text().replace("vcr: {methods: {naive:", "vcr: {methods: {nave:"))
     with pytest.raises(InputError, match=r"per_task\.vcr\.methods\.nave: not one of the config's methods"):
         load_config(p)
