@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .fractions import check_per_fraction, for_run, parse_per_fraction
+from .fractions import check_per_fraction, final_over_fractions, for_run, parse_per_fraction
 from .methods import METHOD_SETTINGS, for_method, inits, mad_config, parse_methods
 from .schema import (
     DEFAULT_METHODS,
@@ -80,7 +80,7 @@ def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
         for key, ov in overridden.items():
             if key not in ("task", "per_task"):
                 _apply_override(one, sch, ov)
-        _final_over_fractions(one, overridden)
+        final_over_fractions(one, overridden)
         one["task"] = task
         try:
             resolved[task] = _validate(one, sch, source, prefix="", overridden=overridden)
@@ -89,21 +89,6 @@ def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
         except InputError as e:
             raise InputError(f"{source}: per_task.{task}: {str(e).removeprefix(f'{source}: ')}") from None
     values["per_task"] = resolved
-
-
-def _final_over_fractions(raw: dict, overridden: dict[str, str]) -> None:
-    """A ``train.<key>=`` override is final at every fraction: the key is dropped from each ``per_fraction`` entry of
-    the file (``train.steps=30`` caps every run, also at a fraction with its own cap). A ``per_fraction=`` override
-    is kept whole."""
-    keys = {k.split(".", 1)[1] for k in overridden if k.startswith("train.")}
-    entries = raw.get("per_fraction") if "per_fraction" not in overridden else None
-    if not keys or not isinstance(entries, dict):
-        return
-    for body in entries.values():
-        train = body.get("train") if isinstance(body, dict) else None
-        if isinstance(train, dict):
-            for k in keys & set(train):
-                del train[k]
 
 
 def _refine_methods(raw: Any, refine: Any, parsed: dict[str, Any], picked: bool, where: str) -> dict[str, Any]:
@@ -230,7 +215,7 @@ def from_dict(raw: dict[str, Any], schema: dict[str, Any], source: str = "<confi
     overridden: dict[str, str] = {}
     for ov in overrides:
         overridden[_apply_override(raw, schema, ov)] = ov
-    _final_over_fractions(raw, overridden)
+    final_over_fractions(raw, overridden)
     values = _validate(raw, schema, source, prefix="", overridden=overridden)
     filtered = frozenset()
     if "fractions" in overridden and isinstance(listed, list):

@@ -3,7 +3,8 @@
 ``per_fraction: {1.0: {train: {steps: 3000}}}`` gives the runs at one training fraction their own ``train:``
 settings over the config's: a larger step cap where there is more data to learn from, for instance, while early
 stopping ends the small fractions' runs long before it. A method's own ``train:`` settings
-(``methods.<name>.train``) apply over both. A run's settings are in its key, so only the runs whose settings change
+(``methods.<name>.train``) apply over both; a ``train.<key>=`` override on the command line is final over a
+fraction's own (:func:`final_over_fractions`). A run's settings are in its key, so only the runs whose settings change
 are trained again.
 """
 
@@ -56,6 +57,21 @@ def for_run(values: dict[str, Any], method: str, fraction: float) -> dict[str, A
     return for_method(base, method)
 
 
+def final_over_fractions(raw: dict[str, Any], overridden: dict[str, str]) -> None:
+    """A ``train.<key>=`` override is final at every fraction: the key is dropped from each ``per_fraction`` entry of
+    the file (``train.steps=30`` caps every run, also at a fraction with its own cap). A ``per_fraction=`` override
+    is kept whole."""
+    keys = {k.split(".", 1)[1] for k in overridden if k.startswith("train.")}
+    entries = raw.get("per_fraction") if "per_fraction" not in overridden else None
+    if not keys or not isinstance(entries, dict):
+        return
+    for body in entries.values():
+        train = body.get("train") if isinstance(body, dict) else None
+        if isinstance(train, dict):
+            for k in keys & set(train):
+                del train[k]
+
+
 def check_per_fraction(values: dict[str, Any], source: str, train_config,
                        filtered: frozenset[float] = frozenset()) -> None:
     """Each ``per_fraction`` entry names one of the config's fractions, and makes valid trainer settings with every
@@ -78,4 +94,4 @@ def check_per_fraction(values: dict[str, Any], source: str, train_config,
                 raise InputError(f"{source}: per_fraction.{f:g}.train: {e}") from None
 
 
-__all__ = ["check_per_fraction", "for_run", "parse_per_fraction"]
+__all__ = ["check_per_fraction", "final_over_fractions", "for_run", "parse_per_fraction"]
