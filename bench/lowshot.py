@@ -123,11 +123,10 @@ class FirstShardGate:
     def __init__(self, alone: bool, cached, every: float = 20.0, clock=time.perf_counter):
         self.alone, self.cached, self.every, self.clock = alone, cached, every, clock
         self.asked = clock()
-        self.started = False  # set by the caller once the first shard is started
 
-    def limit(self, jobs: int, running: int) -> int:
-        """How many shards may run now."""
-        if self.alone and running == 0 and self.started:
+    def limit(self, jobs: int, done: int) -> int:
+        """How many shards may run now, ``done`` shards having ended (while alone, the first is the only one)."""
+        if self.alone and done:
             self.alone = False  # the first ended
         elif self.alone and self.clock() - self.asked >= self.every:
             self.asked = self.clock()
@@ -189,9 +188,8 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
                     p.kill()
                     p.wait()
                 break
-            if todo and len(running) < gate.limit(args.jobs, len(running)):
+            if todo and len(running) < gate.limit(args.jobs, done):
                 start(todo.pop(0))
-                gate.started = True
                 continue
             time.sleep(1.0)
             poll()

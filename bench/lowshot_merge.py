@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 
-def table_of(path: Path, task: str) -> dict:
+def read_input(path: Path, task: str) -> tuple[dict, dict]:
+    """The input's whole JSON and its ``task`` table."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -33,7 +34,7 @@ def table_of(path: Path, task: str) -> dict:
     table = data.get("table") or (data.get("tables") or {}).get(task)
     if not table or table.get("task") != task:
         raise SystemExit(f"error: {path}: no {task} table (expected a lowshot.json or a report.json)")
-    return table
+    return data, table
 
 
 def parse_input(spec: str) -> tuple[Path, dict[str, str] | None]:
@@ -63,12 +64,13 @@ def records_of(path: Path, table: dict, names: dict[str, str] | None) -> list[di
     return [{**r, "method": names[r["method"]]} for r in records if r["method"] in names]
 
 
-def write_ablation(table: dict, paths: list[Path], out: Path) -> None:
-    """The share table of a merged ablation, as ``bench/lowshot.py`` writes it for one invocation."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+def write_ablation(table: dict, inputs: list[dict], out: Path) -> None:
+    """The share table of a merged ablation, as ``bench/lowshot.py`` writes it for one invocation (``inputs``: the
+    inputs' JSON)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script, python has put it there already
     import lowshot
 
-    policies = next((p for p in (json.loads(path.read_text()).get("policies") for path in paths) if p), None)
+    policies = next((d["policies"] for d in inputs if d.get("policies")), None)
     if not policies:
         raise SystemExit("error: --ablation: no input records the selection policies' methods (a lowshot.json "
                          "of the ablation config)")
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     from mad_pipeline.pipeline.report import aggregate, to_markdown, write_report
 
     inputs = [parse_input(spec) for spec in args.inputs]
-    tables = [table_of(p, args.task) for p, _ in inputs]
+    read = [read_input(p, args.task) for p, _ in inputs]
+    tables = [t for _, t in read]
     records = [r for (p, names), t in zip(inputs, tables, strict=True) for r in records_of(p, t, names)]
     title = args.title or tables[0]["title"].replace(" (INCOMPLETE)", "") + f" {args.task} (merged)"
     try:
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(table, args.out, records=records)
     print(to_markdown(table))
     if args.ablation:
-        write_ablation(table, [p for p, _ in inputs], args.out)
+        write_ablation(table, [d for d, _ in read], args.out)
     print(f"merged {len(args.inputs)} inputs, {len(records)} records; files in {args.out}", file=sys.stderr)
     return 0
 

@@ -391,18 +391,16 @@ def test_lowshot_first_shard_shares_the_cores_once_the_shared_stages_are_cached(
     now, answers = [0.0], iter([False, True])
     gate = lowshot.FirstShardGate(True, lambda: next(answers), every=20.0, clock=lambda: now[0])
     assert gate.limit(2, 0) == 1
-    gate.started = True
     now[0] = 10.0
-    assert gate.limit(2, 1) == 1  # not asked yet
+    assert gate.limit(2, 0) == 1  # not asked yet
     now[0] = 21.0
-    assert gate.limit(2, 1) == 1  # asked: not cached yet
+    assert gate.limit(2, 0) == 1  # asked: not cached yet
     now[0] = 35.0
-    assert gate.limit(2, 1) == 1  # asked 14 s ago
+    assert gate.limit(2, 0) == 1  # asked 14 s ago
     now[0] = 45.0
-    assert gate.limit(2, 1) == 2  # cached now: the rest start beside the first
+    assert gate.limit(2, 0) == 2  # cached now: the rest start beside the first
     ended = lowshot.FirstShardGate(True, lambda: False, clock=lambda: 0.0)
-    ended.started = True
-    assert ended.limit(2, 0) == 2  # the first shard ended
+    assert ended.limit(2, 1) == 2  # the first shard ended
     assert lowshot.FirstShardGate(False, lambda: False).limit(3, 0) == 3  # everything shared was cached already
 
 
