@@ -12,7 +12,7 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
 - ``ablation/<task>/report.*``         the same for the ablation config
 - ``ablation.md / .csv``               per task: MAD against each variant, each part's share paired by seed
                                       (the selection policies side by side, confidence weighting, adaptive balance)
-- ``per_type.md``                      VQA accuracy per question type (baseline, naive, MAD, teacher zero-shot)
+- ``per_type.md``                      VQA accuracy per question type (the methods, the teacher, the answer prior)
 - ``convergence.md``                   per task, method and fraction: runs stopped early on a flat dev curve, or at
                                       the step cap with how much the dev metric still rose there
 - ``<task>/dev_curves.png``             every run's dev curve, a panel per fraction, a dot at the selected step
@@ -328,8 +328,9 @@ def run_metrics(stage_path: str) -> dict:
     return json.loads((Path(stage_path) / "run" / "metrics.json").read_text())
 
 
-def per_type(stages: list, split: str) -> dict:
-    """Mean accuracy per question type over seeds: {fraction: {method: {type: mean}}} plus the teacher's."""
+def per_type(stages: list, split: str, table: dict | None = None) -> dict:
+    """Mean accuracy per question type over seeds: {fraction: {method: {type: mean}}}, the teacher's, and the
+    reference levels per type the report ``table`` carries for ``split`` (VQA's answer prior)."""
     acc: dict = {}
     teacher: dict = {}
     for st in stages:
@@ -347,8 +348,10 @@ def per_type(stages: list, split: str) -> dict:
         if tz and not teacher and m.get("eval_split") == split:
             teacher = {TYPES.get(k, k): v for k, v in tz.get("per_question_type", {}).items()}
             teacher["overall"] = tz["value"]
+    levels = ((table or {}).get("reference_breakdown") or {}).get(split) or {}
     return {"students": {f: {meth: {t: statistics.mean(v) for t, v in d.items()} for meth, d in ms.items()}
-                         for f, ms in acc.items()}, "teacher": teacher}
+                         for f, ms in acc.items()}, "teacher": teacher,
+            "references": {level: {TYPES.get(k, k): v for k, v in parts.items()} for level, parts in levels.items()}}
 
 
 def per_type_markdown(pt: dict, split: str) -> str:
@@ -364,9 +367,9 @@ def per_type_markdown(pt: dict, split: str) -> str:
             if d:
                 cells = " | ".join(f"{d.get(t, float('nan')):.1f}" for t in types)
                 lines.append(f"| {f * 100:g}% | {method_title(meth)} | {cells} |")
-    if pt["teacher"]:
-        lines.append("| – | teacher zero-shot | " + " | ".join(f"{pt['teacher'].get(t, float('nan')):.1f}"
-                                                           for t in types) + " |")
+    for name, by_type in [*([("teacher zero-shot", pt["teacher"])] if pt["teacher"] else []),
+                          *pt.get("references", {}).items()]:
+        lines.append(f"| – | {name} | " + " | ".join(f"{by_type.get(t, float('nan')):.1f}" for t in types) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -564,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     abl_res = results.get("ablation", main_res)
     policies = policy_methods(abl_res["values"])
     abl = {task: ablation_sections(t, policies) for task, t in abl_res["tables"].items()}
-    pt = {task: per_type([st for st in main_res["stages"] if st.meta.get("task") == task], t["splits"][0])
+    pt = {task: per_type([st for st in main_res["stages"] if st.meta.get("task") == task], t["splits"][0], t)
           for task, t in main_res["tables"].items()}
     pt = {task: v for task, v in pt.items()  # the tasks with question types (VQA), not just an overall figure
           if any(set(by_type) - {"overall"} for f in v["students"].values() for by_type in f.values())}
@@ -597,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
             "ablation_tables": abl_res["tables"], "ablation": abl, "policies": policies, "convergence": conv,
             "confidence": conf,
             "per_type": {task: {"students": {f"{f:g}": v for f, v in d["students"].items()},
-                                "teacher": d["teacher"]} for task, d in pt.items()}}
+                                "teacher": d["teacher"], "references": d["references"]} for task, d in pt.items()}}
     (args.out / "lowshot.json").write_text(json.dumps(info, indent=1) + "\n")
     for task in main_res["tables"]:
         print((args.out / task / "report.md").read_text())

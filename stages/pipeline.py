@@ -317,17 +317,18 @@ class _Runner(Resolver):
         summary = {"metric": res["metric"], "value": res["value"], "n": res["n"]}
         return res, summary, "ran"
 
-    def _references(self, st: Stage, evals: list) -> dict[str, dict[str | None, dict[str, float]]]:
+    def _references(self, st: Stage, evals: list) -> tuple[dict[str, dict[str | None, dict[str, float]]], dict]:
         """Per evaluated split and metric (None: the headline), the plot's reference lines: the teacher's zero-shot
         accuracy (from the split's zero-shot store, when it was extracted) and the task's own levels (majority
-        answer, ...; from the whole training split). The task as the runs fitted it (their answer vocabulary;
+        answer, ...; from the whole training split); and per split the task's breakdown of those levels (VQA: the
+        answer prior per question type). The task as the runs fitted it (their answer vocabulary;
         SNLI-VE's calibration of the teacher's score, which only a distilling run fits), read from a distilling
         method's run at the largest fraction (calibrated on the most training data), else from the first run."""
         from mad_pipeline.data import load_dataset
         from mad_pipeline.tasks import get_task
 
         if not evals:
-            return {}
+            return {}, {}
         distilling = [e for e in evals if self.v["methods"][e.meta["method"]]["preset"] != "baseline"]
         fitted = max(distilling, key=lambda e: e.meta["fraction"]) if distilling else evals[0]
         task = get_task(self.task, vqa_eval=self.v["vqa_eval"]).load(Path(self.dep(fitted, "distill")
@@ -340,18 +341,20 @@ class _Runner(Resolver):
                 hit = self.cache.find("zeroshot", zs["key"]) if zs else None
                 stores[ex.meta["split"]] = hit.path if hit else None
         train = load_dataset(self.reader, self.data_root, split=self.v["data"]["train_split"]).samples
-        out = {}
+        out, breakdown = {}, {}
         for split in dict.fromkeys(e.meta["split"] for e in evals):
             samples = load_dataset(self.reader, self.data_root, split=split).samples
             zs = task.teacher_zeroshot(stores[split], samples) if stores.get(split) else None
             out[split] = {None: task.reference_lines(task.references(train, samples), zs),
                           **task.study_references(train, samples, zs)}  # VCR: QA->R's and Q->AR's own
-        return out
+            if parts := task.reference_breakdown(train, samples):
+                breakdown[split] = parts
+        return out, breakdown
 
     def _run_report(self, st: Stage):
         records = []
         evals = [e for e in (self.by_id[d] for d in st.deps.values()) if e.kind == "eval"]
-        refs = self._references(st, evals)
+        refs, breakdown = self._references(st, evals)
         for e in evals:
             s = e.record["summary"]
             d = self.dep(e, "distill")
@@ -364,6 +367,8 @@ class _Runner(Resolver):
             records += [{**r, "references": lines.get(r["metric"], {})}  # VCR: QA->R, Q->AR beside Q->A
                         for r in report_lib.study_metric_records(rec, scores, self.task)]
         table = report_lib.aggregate(records, title=self.v["name"])
+        if breakdown:
+            table["reference_breakdown"] = breakdown  # {split: {level: {part: percent}}}
         files = report_lib.write_report(table, plan_lib.stage_dir(self.cache.root, "report", st.key), records=records)
         return {"table": table, "files": files, "records": records}, {"files": files}, "ran"
 

@@ -256,6 +256,10 @@ def test_report_draws_reference_lines_on_every_evaluated_split(setup):
     _, _, first = setup
     assert set(first["report"]["table"]["references"]["val"]) == {"teacher zero-shot", "majority",
                                                                   "answer prior per type"}
+    # the answer prior per question type beside its overall level, for per-type tables
+    prior = first["report"]["table"]["reference_breakdown"]["val"]["answer prior"]
+    assert prior["overall"] == first["report"]["table"]["references"]["val"]["answer prior per type"]
+    assert set(prior) - {"overall"} and all(0.0 <= v <= 100.0 for v in prior.values())
     res = last_json(_run(setup, "data.eval_splits=[test]", "fractions=[1.0]", "seeds=[0]", "--json"))
     kinds = _by_kind(res)
     assert {s["id"] for s in kinds["extract"]} >= {"extract:val", "extract:test"}

@@ -239,6 +239,21 @@ def test_ablation_table_pairs_each_variant_with_mad_by_seed(tmp_path):
     json.dumps(abl)  # lowshot.json holds it
 
 
+def test_lowshot_per_type_table_has_the_answer_prior_row():
+    """per_type.md: each method's accuracy per question type, then the teacher's and the report's reference levels
+    per type (VQA's answer prior), so a method's row reads against the prior on the same split."""
+    bench = _bench()
+    table = {"reference_breakdown": {"test": {"answer prior": {"is there a": 57.7, "what color is the": 18.8,
+                                                                "overall": 29.5}}}}
+    pt = bench.per_type([], "test", table)
+    assert pt["references"] == {"answer prior": {"yes/no": 57.7, "colour": 18.8, "overall": 29.5}}
+    pt["students"] = {0.05: {"baseline": {"yes/no": 61.8, "colour": 61.7, "overall": 47.1}}}
+    rows = bench.per_type_markdown(pt, "test").splitlines()
+    assert rows[-2].startswith("| 5% | baseline | 61.7 |")
+    assert rows[-1].startswith("| – | answer prior | 18.8 |") and rows[-1].endswith("| 57.7 | 29.5 |")
+    assert bench.per_type([], "shift", table)["references"] == {}  # a split the report has no breakdown for
+
+
 def test_lowshot_shards_are_the_whole_configs_runs_one_method_each(study_yaml, inproc):
     """bench/lowshot.py --jobs N runs one ``mad run`` per task x seed x fraction x method: together the shards plan
     exactly the whole config's runs with the same settings and keys (each shard's ``fractions=`` leaves the other

@@ -23,9 +23,10 @@ from typing import Any
 
 from ..errors import InputError
 
-# what a report holds, in its stage's key: 2 gave each study metric its own reference lines (a cached report of
-# format 1 is made again from its cached evaluations, in seconds)
-REPORT_FORMAT = 2
+# what a report holds, in its stage's key: 2 gave each study metric its own reference lines, 3 the task's breakdown
+# of its reference levels (VQA's answer prior per question type); a cached report of an older format is made again
+# from its cached evaluations, in seconds
+REPORT_FORMAT = 3
 METHOD_ORDER = ("baseline", "naive", "full")
 METHOD_TITLE = {"baseline": "baseline", "naive": "naive", "full": "MAD"}
 METRIC_TITLE = {"vqa_accuracy": "VQA accuracy", "accuracy": "accuracy", "q2a": "Q->A accuracy",

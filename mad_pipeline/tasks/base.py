@@ -229,6 +229,12 @@ class Task:
                     out["chance"] = 100.0 / self.num_classes
         return out
 
+    def reference_breakdown(self, train_samples: Sequence[Sample], eval_samples: Sequence[Sample]
+                            ) -> dict[str, dict[str, float]]:
+        """Reference levels broken down as the task breaks down its results (VQA: the answer prior per question
+        type), for tables beside the students' own breakdown: ``{level: {part: percent}}``. Empty by default."""
+        return {}
+
     def reference_lines(self, references: dict[str, float], teacher_zs: dict[str, Any] | None) -> dict[str, float]:
         """The plots' reference lines on an evaluated split: the teacher's zero-shot accuracy (``teacher_zs``: a
         :meth:`teacher_zeroshot` result, None: no line), then ``references`` (:meth:`references`)."""

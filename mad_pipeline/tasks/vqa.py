@@ -308,21 +308,34 @@ class VQATask(Task):
         prior" baseline: each question answered with its type's most frequent ``multiple_choice_answer`` in the
         training split, the overall most frequent one for a type never seen there)."""
         out = super().references(train_samples, eval_samples)
+        res = self._answer_prior(train_samples, eval_samples) if "majority" in out else None
+        if res is not None:
+            out["answer prior per type"] = float(res["value"])
+        return out
+
+    def reference_breakdown(self, train_samples: Sequence[Sample], eval_samples: Sequence[Sample]) -> dict:
+        """The answer prior (:meth:`references`) per question type, beside its overall figure."""
+        res = self._answer_prior(train_samples, eval_samples)
+        if res is None:
+            return {}
+        return {"answer prior": {**{k: float(v) for k, v in res["per_question_type"].items()},
+                                 "overall": float(res["value"])}}
+
+    def _answer_prior(self, train_samples: Sequence[Sample], eval_samples: Sequence[Sample]) -> dict | None:
+        """The answer prior per question type scored on ``eval_samples``; None without training answers or
+        labelled evaluation samples."""
         by_type: dict[str, Counter] = {}
         for s in train_samples:
             answer, qtype = s.meta.get("multiple_choice_answer"), s.meta.get("question_type")
             if answer is not None:
                 by_type.setdefault(str(qtype), Counter())[normalize_prediction(answer)] += 1
-        if not by_type or "majority" not in out:
-            return out
+        if not by_type or not eval_samples:
+            return None
         overall = sum(by_type.values(), Counter()).most_common(1)[0][0]
         prior = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
         records = [{"question_id": self.record_id(s), "answer": prior.get(str(s.meta.get("question_type")), overall)}
                    for s in eval_samples]
-        res = self.headline(self.score(eval_samples, records))
-        if res is not None:
-            out["answer prior per type"] = float(res["value"])
-        return out
+        return self.headline(self.score(eval_samples, records))
 
     # -- predictions and scoring
     def record_id(self, sample: Sample) -> int:
