@@ -367,9 +367,9 @@ def per_type_markdown(pt: dict, split: str) -> str:
             if d:
                 cells = " | ".join(f"{d.get(t, float('nan')):.1f}" for t in types)
                 lines.append(f"| {f * 100:g}% | {method_title(meth)} | {cells} |")
-    for name, by_type in [*([("teacher zero-shot", pt["teacher"])] if pt["teacher"] else []),
-                          *pt.get("references", {}).items()]:
-        lines.append(f"| – | {name} | " + " | ".join(f"{by_type.get(t, float('nan')):.1f}" for t in types) + " |")
+    for name, by_type in {"teacher zero-shot": pt["teacher"], **pt["references"]}.items():
+        if by_type:  # no row for a level this split has none of (a teacher without zero-shot answers)
+            lines.append(f"| – | {name} | " + " | ".join(f"{by_type.get(t, float('nan')):.1f}" for t in types) + " |")
     return "\n".join(lines) + "\n"
 
 
