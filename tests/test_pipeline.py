@@ -359,6 +359,34 @@ def test_config_overrides_and_paths(tmp_path, monkeypatch):
     assert os.path.basename(load_config(f).source) == "x.yaml"
 
 
+def test_dotted_overrides_reach_one_task_and_one_fraction(tmp_path):
+    """`per_task.<task>.<key>=` sets a key for one task (the others keep theirs) and `per_fraction.<f>.train.<key>=`
+    one fraction's (the fraction as YAML writes it, merged with the file's entry); what they set is checked like the
+    file's keys, one line each."""
+    f = tmp_path / "study.yaml"
+    f.write_text("task: [vqa, vcr]\ndata: {shapes: {size: 20}}\nfractions: [0.05, 1.0]\ntrain: {steps: 50}\n"
+                 "per_fraction:\n  1.0: {train: {steps: 90}}\n"
+                 "per_task:\n  vcr: {train: {batch_size: 16}}\n")
+    v = load_config(f, ["per_task.vcr.train.dev_metric=q2ar", "per_task.vqa.train.steps=70",
+                        "per_fraction.1.0.train.lr=3e-4", "per_fraction.0.05.train.steps=40"]).values
+    vcr, vqa = v["per_task"]["vcr"], v["per_task"]["vqa"]
+    assert vcr["train"]["dev_metric"] == "q2ar" and vcr["train"]["batch_size"] == 16 and vcr["train"]["steps"] == 50
+    assert vqa["train"]["dev_metric"] == "" and vqa["train"]["steps"] == 70
+    assert v["per_fraction"] == {0.05: {"train": {"steps": 40}}, 1.0: {"train": {"steps": 90, "lr": 3e-4}}}
+    assert vcr["per_fraction"] == v["per_fraction"]
+    for override, expect in [
+        ("per_task.vcr.train.dev_metric=nope", r"study\.yaml: per_task\.vcr: train\.dev_metric: 'nope': vcr"),
+        ("per_task.vcr.train.stpes=3", r"study\.yaml: per_task\.vcr: unknown key train\.stpes"),
+        ("per_task.foo.train.steps=3", r"study\.yaml: per_task\.foo: not one of the config's tasks"),
+        ("per_task.snli-ve.train.steps=3", r"override 'per_task\.snli-ve\.train\.steps=3': snli-ve is not one of "
+                                           r"the tasks this run trains \(vqa, vcr\)"),
+        ("per_fraction.x.train.steps=3", r"override 'per_fraction\.x\.train\.steps=3': per_fraction\.x: not a"),
+        ("per_fraction.0.5.train.steps=3", r"study\.yaml: per_fraction\.0\.5: not one of the config's fractions"),
+    ]:
+        with pytest.raises(InputError, match=expect):
+            load_config(f, [override])
+
+
 def test_mad_demo_is_the_bundled_config_through_mad_run(tmp_path):
     """`mad demo` = `mad run` of the shipped config; its plan on an empty cache has the data stage first and the
     3 students (pretrained baseline and MAD, and a baseline from scratch); --show-config prints the very file (a

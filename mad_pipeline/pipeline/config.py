@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import InputError
 from .fractions import check_per_fraction, final_over_fractions, for_run, parse_per_fraction
 from .methods import METHOD_SETTINGS, for_method, inits, mad_config, parse_methods
+from .overrides import apply_override
 from .schema import (
     DEFAULT_METHODS,
     TOP_LEVEL_TRAIN,
@@ -32,7 +33,7 @@ from .schema import (
     train_section,
 )
 from .study import for_task, merge_settings, parse_per_task, parse_tasks, tasks_of
-from .yaml_io import load_value, load_yaml
+from .yaml_io import load_yaml
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,17 @@ def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
     command line is final for every task: its overrides are applied again over each task's merged settings
     (``train.steps=100`` caps every task, ``methods={...}`` replaces every task's methods, ``methods=[naive]`` picks
     from each task's refined methods)."""
+    from ..tasks import task_names
+
     tasks = tasks_of(values)
+    for key, ov in overridden.items():
+        named = key.split(".")
+        if named[0] == "per_task" and len(named) > 1 and named[1] not in tasks and named[1] in task_names():
+            raise InputError(f"override {ov!r}: {named[1]} is not one of the tasks this run trains "
+                             f"({', '.join(tasks)})")
     resolved = {}
     for task, body in values["per_task"].items():
         if task not in tasks:
-            from ..tasks import task_names
-
             if task in task_names():  # a task filtered out (task=vcr on the command line)
                 continue
             raise InputError(f"{source}: per_task.{task}: not one of the config's tasks ({', '.join(tasks)})")
@@ -78,8 +84,8 @@ def _resolve_per_task(raw: dict, values: dict[str, Any], sch: dict, source: str,
             one["methods"] = _refine_methods(one.get("methods"), refine, values["methods"], "methods" in overridden,
                                              f"{source}: per_task.{task}.methods")
         for key, ov in overridden.items():
-            if key not in ("task", "per_task"):
-                _apply_override(one, sch, ov)
+            if key != "task" and key.split(".")[0] != "per_task":
+                apply_override(one, sch, ov)
         final_over_fractions(one, overridden)
         one["task"] = task
         try:
@@ -214,7 +220,7 @@ def from_dict(raw: dict[str, Any], schema: dict[str, Any], source: str = "<confi
     listed = raw.get("fractions")  # the file's own fractions: a fractions= override may leave some of them out
     overridden: dict[str, str] = {}
     for ov in overrides:
-        overridden[_apply_override(raw, schema, ov)] = ov
+        overridden[apply_override(raw, schema, ov)] = ov
     final_over_fractions(raw, overridden)
     values = _validate(raw, schema, source, prefix="", overridden=overridden)
     filtered = frozenset()
@@ -224,78 +230,6 @@ def from_dict(raw: dict[str, Any], schema: dict[str, Any], source: str = "<confi
     if values.get("per_task"):
         _resolve_per_task(raw, values, schema, source, overridden, filtered)
     return PipelineConfig(values, source)
-
-
-def _parse_override(ov: str) -> tuple[str, list[str], str, Any]:
-    """``key=value`` -> (key, its parts, the value's text, the value parsed as YAML)."""
-    if "=" not in ov:
-        raise InputError(f"override {ov!r}: expected key=value (e.g. train.steps=50)")
-    key, text = ov.split("=", 1)
-    key = key.strip()
-    try:
-        value = load_value(text) if text.strip() else None
-    except InputError as e:
-        raise InputError(f"override {ov if len(ov) < 60 else ov[:57] + '...'!r}: {e}") from None
-    return key, key.split("."), text, value
-
-
-def _apply_override(raw: dict, sch: dict, ov: str) -> str:
-    """Set one ``key=value`` in the raw config (the value is parsed as YAML); returns the dotted key."""
-    key, parts, text, value = _parse_override(ov)
-    if parts[0] == "methods" and len(parts) > 1:
-        _override_method(raw, parts, value, ov)
-        return key
-    if parts == ["methods"] and isinstance(value, (list, str)) and isinstance(raw.get("methods"), dict):
-        # a list picks methods: the ones the config defines keep their settings (lr, init, ...)
-        raw["methods"] = {str(x): raw["methods"].get(str(x), {}) for x in ([value] if isinstance(value, str)
-                                                                            else value)}
-        return key
-    node_s: Any = sch
-    node_r = raw
-    for i, part in enumerate(parts):
-        if not isinstance(node_s, dict) or part not in node_s:
-            known = ", ".join(sorted(node_s)) if isinstance(node_s, dict) else ""
-            where = ".".join(parts[:i]) or "the top level"
-            raise InputError(f"override {ov!r}: unknown key {key!r} ({where} has: {known})")
-        node_s = node_s[part]
-        if i < len(parts) - 1:
-            if node_r.get(part) is None:
-                node_r[part] = {}
-            if not isinstance(node_r[part], dict):
-                raise InputError(f"override {ov!r}: {'.'.join(parts[:i + 1])} is not a mapping")
-            node_r = node_r[part]
-    if isinstance(node_s, Key) and node_s.kind == "path" and value is not None:
-        value = str((Path.cwd() / Path(str(value)).expanduser()).resolve())
-    if isinstance(node_s, Key) and node_s.kind in ("str", "path") and value is not None and not isinstance(value, str):
-        value = text  # e.g. name=2024 stays the string "2024"
-    node_r[parts[-1]] = value
-    return key
-
-
-def _override_method(raw: dict, parts: list[str], value: Any, ov: str) -> None:
-    """``methods.<name>=...``, ``methods.<name>.<switch>=...`` or ``methods.<name>.train.<key>=...`` (the list form
-    becomes a mapping)."""
-    if len(parts) > 4 or (len(parts) == 4 and parts[2] != "train"):
-        raise InputError(f"override {ov!r}: expected methods.<name>=..., methods.<name>.<switch>=... or "
-                         "methods.<name>.train.<key>=...")
-    m = raw.get("methods")
-    m = [m] if isinstance(m, str) else m
-    m = {str(x): {} for x in m} if isinstance(m, list) else (m if isinstance(m, dict) else {})
-    raw["methods"] = m
-    if len(parts) == 2:
-        m[parts[1]] = value
-        return
-    body = m.get(parts[1]) or {}
-    if not isinstance(body, dict):
-        raise InputError(f"override {ov!r}: methods.{parts[1]} is not a mapping")
-    if len(parts) == 4:
-        train = body.get("train") or {}
-        if not isinstance(train, dict):
-            raise InputError(f"override {ov!r}: methods.{parts[1]}.train is not a mapping")
-        train[parts[3]] = value
-        value = train
-    body[parts[2]] = value
-    m[parts[1]] = body
 
 
 def _resolve_paths(raw: Any, sch: dict, base: Path) -> None:
