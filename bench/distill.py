@@ -13,7 +13,10 @@ In one run, with the ``vilt-tiny`` student on the VQA task of a generated shapes
       written by the real ``StoreWriter`` with the real layout, random values) for chunk-aware shuffling
       (``ChunkShuffleSampler``) vs naive random access (``torch.utils.data.RandomSampler``), with the chunks decoded
       per epoch (``ChunkCache.reads``); and random reads of a text store (77 x 512), which is how training reads text
-      rows whatever the sampler (they are ordered by content hash).
+      rows whatever the sampler (they are ordered by content hash);
+  (d) on CPU, bf16 autocast (``train.cpu_bf16`` / ``mad distill --cpu-bf16``) against fp32, plain and MAD, each
+      precision in turn within each repeat: the fp32 / bf16 ratio of the step times (about 2 on CPUs with native
+      bf16, AVX512-BF16 or AMX, whose flags the report names; below 1 on CPUs without).
 
 What is timed is the real trainer: each run of (a) and (b) is built by the stage's own
 ``mad_pipeline.stages.distill.build_training`` (student, objective, dataset, collate, exactly as ``mad distill``
@@ -86,6 +89,7 @@ from measure import Meter  # noqa: E402  (bench/measure.py: python puts the scri
 
 TASK = "vqa"
 MODES = ("plain", "mad")
+PRECISIONS = ("fp32", "bf16")  # (d): train.cpu_bf16 off and on
 PHASES = ("data", "student", "teacher", "loss", "backward", "optimizer")
 WITHIN = 0.05  # --compare-with: new / old within 5%
 
@@ -236,7 +240,7 @@ def build_run(setup: Setup, mode: str, steps: int, args, out: Path, on_event):
 
     distill = mode != "plain"
     train = TrainConfig(steps=steps, batch_size=args.batch_size, log_every=1, num_workers=args.num_workers,
-                        device=args.device, seed=0)
+                        device=args.device, seed=0, cpu_bf16=getattr(args, "cpu_bf16", False))
     cfg = DistillConfig(task=TASK, data_root=setup.root, out=out, teacher="clip-vit-b16", weights=str(setup.weights),
                         cache=setup.tmp / "cache",  # the text view goes beside the stores, in the temp dir
                         student=setup.student, mad=MADConfig.full() if distill else MADConfig.baseline(), train=train,
@@ -323,6 +327,41 @@ def bench_steps(setup: Setup, args) -> dict:
     return out
 
 
+def bench_precision(setup: Setup, args) -> dict:
+    """(d) bf16 autocast on CPU (``train.cpu_bf16``) against fp32: plain and MAD, each precision in turn within each
+    repeat (the order alternating), the real trainer timed as in (a); per mode the fp32 / bf16 ratio of the median
+    step times, and per repeat."""
+    runs: dict[tuple[str, str], list[dict]] = {(m, p): [] for m in MODES for p in PRECISIONS}
+    for rep in range(args.repeats):
+        for mode in MODES:
+            for prec in PRECISIONS[rep % 2:] + PRECISIONS[: rep % 2]:
+                a = argparse.Namespace(**{**vars(args), "cpu_bf16": prec == "bf16"})
+                r = timed_run(setup, mode, args.steps, args.warmup, a, f"{mode}-{prec}-{rep}")
+                runs[(mode, prec)].append(r)
+                log(f"  (d) repeat {rep + 1}/{args.repeats} {mode:5s} {prec}: {r['wall'] * 1000:7.1f} ms/step wall, "
+                    f"{r['cpu'] * 1000:7.1f} ms CPU (other processes {r['foreign']:.2f} cores, {load_str()})")
+    out: dict = {"cpu_flags": cpu_bf16_flags()}
+    for mode in MODES:
+        f32, b16 = runs[(mode, "fp32")], runs[(mode, "bf16")]
+        out[mode] = {"fp32": _summary(f32, args.batch_size), "bf16": _summary(b16, args.batch_size)}
+        for key in ("wall", "cpu"):
+            out[mode][f"speedup_{key}"] = out[mode]["fp32"][f"{key}_ms"] / out[mode]["bf16"][f"{key}_ms"]
+            out[mode][f"speedup_{key}_runs"] = [round(x[key] / y[key], 3) for x, y in zip(f32, b16, strict=True)]
+        out[mode]["breakdown_cpu_ms"] = {p: breakdown(runs[(mode, p)], "phase_cpu") for p in PRECISIONS}
+    return out
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's native bf16 instruction sets (Linux ``/proc/cpuinfo`` flags), empty when it has none or no such
+    file."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16")})
+
+
 def bench_online(setup: Setup, args, store_fed: dict | None = None) -> dict:
     """A few steps of online-teacher MAD (the teacher's forward in every step; the first step is not counted),
     against store-fed MAD (from (a) when it ran, else measured here)."""
@@ -343,9 +382,9 @@ def bench_online(setup: Setup, args, store_fed: dict | None = None) -> dict:
 # --------------------------------------------------------------------------- --compare-with: old code vs new code
 def child_args(args) -> list[str]:
     """What each version's own bench is run with: part (a) once, at this invocation's sizes."""
-    return ["--skip", "online,loader", "--repeats", "1", "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--batch-size", str(args.batch_size), "--student", args.student, "--world-size", str(args.world_size),
-            "--num-workers", str(args.num_workers), "--threads", str(args.threads)]
+    return ["--skip", "online,loader,precision", "--repeats", "1", "--steps", str(args.steps), "--warmup",
+            str(args.warmup), "--batch-size", str(args.batch_size), "--student", args.student, "--world-size",
+            str(args.world_size), "--num-workers", str(args.num_workers), "--threads", str(args.threads)]
 
 
 def run_version(tree, name: str, rep: int, args, tmp: Path) -> dict:
@@ -584,6 +623,26 @@ def report_steps(a: dict, args: dict) -> list[str]:
     return [*lines, ""]
 
 
+def report_precision(d: dict, args: dict) -> list[str]:
+    flags = ", ".join(d["cpu_flags"]) or "none"
+    lines = [f"(d) bf16 autocast on CPU (train.cpu_bf16) vs fp32: median of {args['repeats']} runs x "
+             f"{args['steps'] - args['warmup']} steps per mode and precision (the CPU's native bf16: {flags})",
+             f"  {'':26s} {'fp32 ms':>9s} {'bf16 ms':>9s} {'fp32/bf16':>10s}   per repeat (CPU time)"]
+    for mode, name in (("plain", "plain (baseline)"), ("mad", "MAD store-fed (full)")):
+        r = d[mode]
+        runs = ", ".join(f"{x:.2f}" for x in r["speedup_cpu_runs"])
+        lines.append(f"  {name + ', wall':26s} {r['fp32']['wall_ms']:9.1f} {r['bf16']['wall_ms']:9.1f} "
+                     f"{r['speedup_wall']:10.2f}")
+        lines.append(f"  {name + ', CPU':26s} {r['fp32']['cpu_ms']:9.1f} {r['bf16']['cpu_ms']:9.1f} "
+                     f"{r['speedup_cpu']:10.2f}   {runs}")
+    lines.append("  where the CPU time goes (ms/step, median per phase)   " + "  ".join(f"{p:>9s}" for p in PHASES))
+    for mode in MODES:
+        for prec in PRECISIONS:
+            bd = d[mode]["breakdown_cpu_ms"][prec]
+            lines.append(f"    {mode + ' ' + prec:50s} " + "  ".join(f"{bd.get(p, 0.0):9.1f}" for p in PHASES))
+    return [*lines, ""]
+
+
 def verdict(ratio: float) -> str:
     if abs(ratio - 1.0) <= WITHIN:
         return f"within {WITHIN:.0%}"
@@ -643,7 +702,7 @@ def report_loader(c: dict, args: dict) -> list[str]:
 
 
 def report(res: dict) -> str:
-    a, b, c, cmp = res.get("steps"), res.get("online"), res.get("loader"), res.get("compare")
+    a, b, c, cmp, d = res.get("steps"), res.get("online"), res.get("loader"), res.get("compare"), res.get("precision")
     env, w, args = res["machine"], res.get("world"), res["args"]
     lines = [f"mad distill benchmark -- {env['cpu']}, {env['cores']} cores, torch {env['torch']} "
              f"({env['threads']} thread{'s' if env['threads'] > 1 else ''}), student {args['student']}, task {TASK}, "
@@ -656,6 +715,8 @@ def report(res: dict) -> str:
         lines += report_compare(cmp, args)
     if a:
         lines += report_steps(a, args)
+    if d:
+        lines += report_precision(d, args)
     if b:
         lines += report_online(b)
     if c:
@@ -672,7 +733,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="training steps per run in (a) (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="first steps of each run not timed (default 3)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per step (default 32)")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats of (a) and (c) (default 5)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats of (a), (c) and (d) (default 5)")
     p.add_argument("--online-steps", type=int, default=1,
                    help="timed online-teacher steps in (b), after one untimed step (default 1)")
     p.add_argument("--student", default="vilt-tiny", help="student of (a) and (b) (default vilt-tiny)")
@@ -687,7 +748,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-rows", type=int, default=1000, help="rows of the (c) text store; 0: skip (default 1000)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: stable on a shared machine; 0 = torch's default)")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: steps, online, loader")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: steps, online, loader, "
+                   "precision")
     p.add_argument("--compare-with", metavar="REF", default=None,
                    help="a commit, branch or tag of this repository: measure (a) with that version's code and bench "
                         "and with the working tree's, in alternating order, --repeats times; (b) and (c) do not run")
@@ -719,6 +781,9 @@ def bench_parts(args, skip: set[str], tmp: Path, res: dict) -> None:
         if "steps" not in skip:
             log("(a) plain finetuning vs store-fed MAD")
             res["steps"] = bench_steps(setup, args)
+        if "precision" not in skip and args.device == "cpu":
+            log("(d) bf16 autocast on CPU vs fp32")
+            res["precision"] = bench_precision(setup, args)
         if "online" not in skip:
             log("(b) online teacher vs stores")
             res["online"] = bench_online(setup, args, res["steps"]["mad"] if "steps" in res else None)

@@ -126,7 +126,8 @@ def distill_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ..."),
     nproc: int = typer.Option(1, "--nproc", help="Processes training together (torchrun, DDP; on GPUs one per "
                               "device); --batch-size is their global batch. Or run under torchrun yourself."),
-    bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA (never on CPU)."),
+    bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast on CUDA."),
+    cpu_bf16: bool = setting_option(TrainConfig, "cpu_bf16", "--cpu-bf16"),
     text_view: str = setting_option(stage.DistillConfig, "text_view", "--text-view"),
     cache: Path = typer.Option(None, "--cache", envvar="MAD_CACHE", help="Store cache root [env MAD_CACHE]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in --out."),

@@ -218,7 +218,8 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
     def evaluator(model, dataset=eval_data, split=data.eval_split, follow_up=True):
         return evaluate(model, dataset, collate, batch_size=cfg.train.eval_batch_size,
                         num_workers=cfg.train.num_workers, device=device, bf16=cfg.train.bf16,
-                        progress=cfg.progress, description=f"eval {split}", dist=d, follow_up=follow_up)
+                        cpu_bf16=cfg.train.cpu_bf16, progress=cfg.progress, description=f"eval {split}", dist=d,
+                        follow_up=follow_up)
 
     teacher_zs = (task.teacher_zeroshot(eval_stores.zeroshot, eval_data.samples)
                   if eval_stores is not None and eval_stores.zeroshot is not None else None)

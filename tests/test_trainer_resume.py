@@ -83,6 +83,33 @@ def test_sigkill_then_resume_equals_uninterrupted(select, tiny_clip, tmp_path):
         assert torch.equal(st["exp_avg_sq"], opt_b["state"][i]["exp_avg_sq"])
 
 
+def test_cpu_bf16_trains_under_autocast_reproducibly_and_apart_from_fp32(tiny_clip, tmp_path):
+    """`--cpu-bf16`: the student's matmuls run in bf16 on CPU (seen from inside the student), the run is exact when
+    repeated, its weights differ from the fp32 run's, and its setting is recorded (and so keyed) only when set."""
+    cfg_file, weights = tiny_clip
+    env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    from mad_pipeline.shapes.formats import write_dataset
+
+    write_dataset(tmp_path / "world", size=16, seed=0)
+    seen: list[torch.dtype] = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, args, out: seen.append(out.dtype) if isinstance(mod, torch.nn.Linear) and mod.training else None)
+    try:
+        runs = {name: last_json(mad_inproc(*_args(tmp_path / "world", weights, tmp_path / name), *flags, env=env))
+                for name, flags in (("fp32", []), ("bf16", ["--cpu-bf16"]), ("bf16-again", ["--cpu-bf16"]))}
+    finally:
+        hook.remove()
+    assert set(seen) == {torch.float32, torch.bfloat16}  # the fp32 run's, then the bf16 runs' training forwards
+    assert all(r["steps"] == STEPS for r in runs.values())
+    a, b, c = (_final_weights(tmp_path / n) for n in ("fp32", "bf16", "bf16-again"))
+    assert all(torch.equal(b[k], c[k]) for k in b)
+    assert {k: v.dtype for k, v in b.items()} == {k: v.dtype for k, v in a.items()}  # fp32 weights either way
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "bf16") == _losses(tmp_path / "bf16-again") != _losses(tmp_path / "fp32")
+    configs = {n: json.loads((tmp_path / n / "metrics.json").read_text())["train_config"] for n in runs}
+    assert configs["bf16"]["cpu_bf16"] is True and configs["fp32"]["cpu_bf16"] is False
+
+
 def test_num_workers_auto_and_counts():
     from mad_pipeline.errors import InputError
     from mad_pipeline.training.config import TrainConfig, parse_num_workers, resolve_num_workers

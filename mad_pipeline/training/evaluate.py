@@ -17,7 +17,7 @@ from .distributed import Dist
 
 @torch.no_grad()
 def evaluate(student, dataset: SampleDataset, collate: Collate, *, batch_size: int = 64,
-             num_workers: int | str = 0, device: torch.device | str = "cpu", bf16: bool = True,
+             num_workers: int | str = 0, device: torch.device | str = "cpu", bf16: bool = True, cpu_bf16: bool = False,
              follow_up: bool = True, progress: bool = False,
              description: str = "eval", dist: Dist | None = None) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """Returns ``(metrics, predictions)``: predictions in the task's official results format (plus whatever the
@@ -45,14 +45,14 @@ def evaluate(student, dataset: SampleDataset, collate: Collate, *, batch_size: i
         with progress_bar(description, len(loader), unit="batch", enabled=progress) as bar:
             for batch in loader:
                 batch = batch.to(device)
-                with autocast(device, bf16):
+                with autocast(device, bf16, cpu_bf16):
                     out = student(*batch.student_args())
                 samples = [dataset.samples[i] for i in batch.indices.tolist()]
                 logits = out.logits.float().cpu().numpy()
                 records = [task.prediction(s, k) for s, k in zip(samples, logits.argmax(-1).tolist(), strict=True)]
                 if follow_up:
                     task.follow_up(samples, records, lambda texts, b=batch: _scores(student, collate, b, texts,
-                                                                                    device, bf16), logits)
+                                                                                    device, bf16, cpu_bf16), logits)
                 preds += records
                 bar.advance()
     finally:
@@ -81,11 +81,12 @@ def _has_follow_up(task) -> bool:
     return type(task).follow_up is not Task.follow_up
 
 
-def _scores(student, collate: Collate, batch, texts: list[list[str]], device, bf16: bool) -> np.ndarray:
+def _scores(student, collate: Collate, batch, texts: list[list[str]], device, bf16: bool,
+            cpu_bf16: bool) -> np.ndarray:
     """The student's ``(B, C)`` logits for the candidate texts ``texts[i]`` of each image of ``batch``."""
     flat = collate.tokenize([t for ts in texts for t in ts]).to(device)
     b, c = len(texts), len(texts[0])
-    with autocast(device, bf16):
+    with autocast(device, bf16, cpu_bf16):
         out = student(batch.pixel_values, batch.crop_boxes, flat.input_ids.view(b, c, -1),
                       flat.attention_mask.view(b, c, -1), flat.char_spans.view(b, c, -1, 2))
     return out.logits.float().cpu().numpy()
