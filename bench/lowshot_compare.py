@@ -1,0 +1,93 @@
+"""Two ``bench/lowshot.py`` outputs of the same study, cell by cell: what a setting changed (the precision, the world,
+a cap), paired by seed.
+
+For each task, split, fraction and method found in both, it prints A's and B's mean ± std over the seeds and B - A,
+paired by seed (mean ± std over the seeds both have, and in how many B is ahead), and then the distill stages'
+seconds of each (sum and median over the stages: with the same ``--jobs``, the ratio of the sums is the ratio of
+the training time). Nothing is trained or evaluated here.
+
+    python bench/lowshot_compare.py docs/results/study-shipped/vqa-world4000/lowshot.json \\
+        docs/results/study-shipped/vqa-world4000-bf16/lowshot.json --names fp32,bf16 --out compare.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def load(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {path}: not a readable JSON file ({e})") from None
+    if not isinstance(data.get("tables"), dict):
+        raise SystemExit(f"error: {path}: no tables (expected bench/lowshot.py's lowshot.json)")
+    return data
+
+
+def cells(table: dict) -> dict[tuple, dict[int, float]]:
+    """(split, fraction, method, block) -> seed -> value; a table's extra metrics (VCR's QA->R, Q->AR) are blocks."""
+    out: dict[tuple, dict[int, float]] = {}
+    for row in table.get("rows", []):
+        for method, cell in row.get("cells", {}).items():
+            out[(row["split"], row["fraction"], method, row.get("metric") or table.get("metric"))] = dict(
+                zip(cell.get("seeds", []), cell.get("values", []), strict=True))
+    return out
+
+
+def mean_std(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def compare(a: dict, b: dict, names: tuple[str, str]) -> list[str]:
+    na, nb = names
+    lines: list[str] = []
+    for task in [t for t in a["tables"] if t in b["tables"]]:
+        ca, cb = cells(a["tables"][task]), cells(b["tables"][task])
+        lines += [f"## {task}", "",
+                  f"| split | metric | fraction | method | {na} | {nb} | {nb} − {na} (paired) | {nb} ahead |",
+                  "|---|---|---:|---|---:|---:|---:|---:|"]
+        for key in [k for k in ca if k in cb]:
+            split, fraction, method, metric = key
+            va, vb = ca[key], cb[key]
+            both = sorted(set(va) & set(vb))
+            diff = [vb[s] - va[s] for s in both]
+            ahead = f"{sum(d > 0 for d in diff)} of {len(diff)}"
+            lines.append(f"| {split} | {metric} | {fraction:g} | {method} | {mean_std(list(va.values()))} | "
+                         f"{mean_std(list(vb.values()))} | {mean_std(diff)} | {ahead} |")
+        lines.append("")
+    lines += ["## time (distill stages)", "", "| | stages | seconds, sum | median | jobs |",
+              "|---|---:|---:|---:|---:|"]
+    for name, d in ((na, a), (nb, b)):
+        lines.append(f"| {name} | {d.get('distill_stages')} | {d.get('distill_stage_seconds_total') or 0:,.0f}"
+                     f" | {d.get('distill_stage_seconds_median') or 0:,.0f} | {d.get('jobs')} |")
+    ta, tb = a.get("distill_stage_seconds_total"), b.get("distill_stage_seconds_total")
+    if ta and tb:
+        lines += ["", f"{na} / {nb}, the sums: {ta / tb:.2f}"]
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("a", type=Path, help="the first study's lowshot.json")
+    p.add_argument("b", type=Path, help="the second study's lowshot.json")
+    p.add_argument("--names", default="A,B", help="the two columns' names, comma-separated (default A,B)")
+    p.add_argument("--out", type=Path, default=None, help="also write the tables here (markdown)")
+    args = p.parse_args(argv)
+    names = tuple(n.strip() for n in args.names.split(","))
+    if len(names) != 2 or not all(names):
+        raise SystemExit(f"error: --names {args.names!r}: expected two names, e.g. fp32,bf16")
+    text = "\n".join(compare(load(args.a), load(args.b), names)) + "\n"
+    print(text, end="")
+    if args.out:
+        args.out.write_text(f"# {names[0]} vs {names[1]}\n\n{names[0]}: `{args.a}`; {names[1]}: `{args.b}`\n\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
