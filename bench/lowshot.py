@@ -11,7 +11,8 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
                                       and its plot with the teacher's zero-shot accuracy and the majority answer
 - ``ablation/<task>/report.*``         the same for the ablation config
 - ``ablation.md / .csv``               per task: MAD against each variant, each part's share paired by seed
-                                      (the selection policies side by side, confidence weighting, adaptive balance)
+                                      (the selection policies side by side, confidence weighting, adaptive balance);
+                                      not with ``--no-ablation``
 - ``per_type.md``                      VQA accuracy per question type (the methods, the teacher, the answer prior)
 - ``convergence.md``                   per task, method and fraction: runs stopped early on a flat dev curve, or at
                                       the step cap with how much the dev metric still rose there
@@ -571,8 +572,9 @@ def main(argv: list[str] | None = None) -> int:
           for task, t in main_res["tables"].items()}
     pt = {task: v for task, v in pt.items()  # the tasks with question types (VQA), not just an overall figure
           if any(set(by_type) - {"overall"} for f in v["students"].values() for by_type in f.values())}
-    (args.out / "ablation.md").write_text(ablation_markdown(abl, len(abl_res["values"]["seeds"])))
-    (args.out / "ablation.csv").write_text(ablation_csv(abl))
+    if "ablation" in results:  # (with --no-ablation there is no variant to take a share of)
+        (args.out / "ablation.md").write_text(ablation_markdown(abl, len(abl_res["values"]["seeds"])))
+        (args.out / "ablation.csv").write_text(ablation_csv(abl))
     (args.out / "per_type.md").write_text("\n".join(per_type_markdown(v, main_res["tables"][task]["splits"][0])
                                                     for task, v in pt.items()))
     conv = convergence(main_res["stages"])
@@ -604,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "lowshot.json").write_text(json.dumps(info, indent=1) + "\n")
     for task in main_res["tables"]:
         print((args.out / task / "report.md").read_text())
-    print((args.out / "ablation.md").read_text())
+    if "ablation" in results:
+        print((args.out / "ablation.md").read_text())
     print((args.out / "per_type.md").read_text())
     log(f"done in {wall:.0f} s ({len(trains)} students, median {info['distill_stage_seconds_median'] or 0:.0f} s "
         f"per distill stage, device {dev}); files in {args.out}")
