@@ -385,6 +385,37 @@ def test_lowshot_merge_joins_a_study_run_in_parts_and_refuses_a_cell_twice(tmp_p
         merge.main(["--task", "vcr", "--out", str(tmp_path / "x"), f"{high}:baseline=b,full"])
 
 
+def test_lowshot_compare_pairs_two_studies_by_seed(tmp_path):
+    """bench/lowshot_compare.py: the cells both studies have, each one's mean ± std, the second minus the first paired
+    by seed (over the seeds both have) and in how many seeds it is ahead, VCR's metric blocks apart; then the distill
+    stages' seconds and their ratio."""
+    compare = bench_module("lowshot_compare")
+
+    def study(name, shift, seeds, seconds):
+        recs = [{"method": "full", "fraction": 0.05, "seed": s, "split": "test", "metric": metric, "task": "vcr",
+                 "value": 40.0 + s + shift(s) + (10.0 if metric == "qa2r" else 0.0), "source": f"{name}{s}{metric}"}
+                for metric in ("q2a", "qa2r") for s in seeds]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"tables": {"vcr": report_lib.aggregate(recs, title=name)}, "jobs": 2,
+                                    "distill_stages": len(seeds), "distill_stage_seconds_total": seconds,
+                                    "distill_stage_seconds_median": seconds / len(seeds)}))
+        return path
+
+    a = study("a", lambda s: 0.0, [0, 1, 2], 300.0)
+    b = study("b", lambda s: 1.0 if s < 2 else -2.0, [0, 1, 2, 3], 150.0)
+    out = tmp_path / "compare.md"
+    assert compare.main([str(a), str(b), "--names", "fp32,bf16", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| test | q2a | 0.05 | full | 41.00 ± 1.00 | 41.00 ± 0.82 | 0.00 ± 1.73 | 2 of 3 |" in text
+    assert "| test | qa2r | 0.05 | full | 51.00 ± 1.00 | 51.00 ± 0.82 | 0.00 ± 1.73 | 2 of 3 |" in text
+    assert "| fp32 | 3 | 300 | 100 | 2 |" in text and "fp32 / bf16, the sums: 2.00" in text
+    with pytest.raises(SystemExit, match=r"--names 'x': expected two names"):
+        compare.main([str(a), str(b), "--names", "x"])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"bad\.json: no tables"):
+        compare.main([str(a), str(tmp_path / "bad.json")])
+
+
 def test_lowshot_records_its_configs_by_repository_path_and_content(tmp_path):
     """lowshot.json names a study config by its path in the repository (not the machine's folders) and its sha256;
     a config outside the repository keeps its own path."""
