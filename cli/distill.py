@@ -138,8 +138,6 @@ def distill_cmd(
                                "included)."),
 ):
     opts = dict(locals())  # every option, by name
-    if quiet or as_json:
-        quiet_library_bars()
     _run_and_print(_distill_config(opts), quiet or as_json, as_json)
 
 
@@ -161,6 +159,8 @@ def _named(cls, o: dict) -> dict:
 
 
 def _run_and_print(cfg: stage.DistillConfig, quiet: bool, as_json: bool) -> None:
+    if quiet:
+        quiet_library_bars()  # transformers' bars too
     err = Console(stderr=True)
     try:
         result = stage.run(cfg, log=(lambda m: None) if quiet else (lambda m: err.print(m, markup=False,
