@@ -87,25 +87,23 @@ def _override_free(raw: dict, parts: list[str], value: Any, ov: str) -> None:
         else:
             keys.append(parts[i])
             i += 1
+    *path, last = keys
     node = raw
-    for depth, key in enumerate(keys[:-1]):
-        if isinstance(key, float):  # the fraction as the YAML spells it (1 or 1.0)
-            key = _fraction_key(node, key)
+    for depth, key in enumerate(path):
+        key = _as_written(node, key)
         if node.get(key) is None:
             node[key] = {}
         if not isinstance(node[key], dict):
             raise InputError(f"override {ov!r}: {'.'.join(map(str, keys[:depth + 1]))} is not a mapping")
         node = node[key]
-    last = keys[-1]
-    if isinstance(last, float):
-        node.pop(_fraction_key(node, last), None)
-    node[last] = value
+    node[_as_written(node, last)] = value
 
 
-def _fraction_key(node: dict, fraction: float) -> Any:
-    """The key of ``node`` that is ``fraction`` as a number (YAML's ``1`` or ``1.0``), else ``fraction``."""
-    return next((k for k in node if not isinstance(k, bool) and isinstance(k, int | float) and float(k) == fraction),
-                fraction)
+def _as_written(node: dict, key: Any) -> Any:
+    """A fraction as ``node`` spells it (YAML's ``1`` or ``1.0``), else ``key`` itself."""
+    if not isinstance(key, float):
+        return key
+    return next((k for k in node if not isinstance(k, bool) and isinstance(k, int | float) and float(k) == key), key)
 
 
 def _override_method(raw: dict, parts: list[str], value: Any, ov: str) -> None:
