@@ -12,7 +12,7 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
 - ``ablation/<task>/report.*``         the same for the ablation config
 - ``ablation.md / .csv``               per task: MAD against each variant, each part's share paired by seed
                                       (the selection policies side by side, confidence weighting, adaptive balance);
-                                      not with ``--no-ablation``
+                                      only when the study ran such variants (not the main config alone)
 - ``per_type.md``                      VQA accuracy per question type (the methods, the teacher, the answer prior)
 - ``convergence.md``                   per task, method and fraction: runs stopped early on a flat dev curve, or at
                                       the step cap with how much the dev metric still rose there
@@ -256,6 +256,13 @@ def ablation_sections(table: dict, policies: dict[str, str]) -> dict[str, list[d
     metrics = [table["metric"], *[m for m in table.get("metrics") or [] if m != table["metric"]]]
     return {split if m == table["metric"] else f"{split}, {metric_title(m)}": ablation(table, split, policies, m)
             for m in metrics for split in table["splits"]}
+
+
+def has_variants(abl: dict[str, dict[str, list[dict]]]) -> bool:
+    """Whether the study behind ``abl`` ran a variant of MAD (another policy, a part switched off) to take a share of:
+    the ablation config does, the main one does not."""
+    return any(r["parts"] or any(not p["mad"] for p in r["policies"].values())
+               for by_split in abl.values() for rows in by_split.values() for r in rows)
 
 
 def _pm(mean: float, std: float, n: int, signed: bool = False) -> str:
@@ -572,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
           for task, t in main_res["tables"].items()}
     pt = {task: v for task, v in pt.items()  # the tasks with question types (VQA), not just an overall figure
           if any(set(by_type) - {"overall"} for f in v["students"].values() for by_type in f.values())}
-    if "ablation" in results:  # (with --no-ablation there is no variant to take a share of)
+    if has_variants(abl):  # not the main config alone (--no-ablation): it has no variant to take a share of
         (args.out / "ablation.md").write_text(ablation_markdown(abl, len(abl_res["values"]["seeds"])))
         (args.out / "ablation.csv").write_text(ablation_csv(abl))
     (args.out / "per_type.md").write_text("\n".join(per_type_markdown(v, main_res["tables"][task]["splits"][0])
@@ -606,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "lowshot.json").write_text(json.dumps(info, indent=1) + "\n")
     for task in main_res["tables"]:
         print((args.out / task / "report.md").read_text())
-    if "ablation" in results:
+    if has_variants(abl):
         print((args.out / "ablation.md").read_text())
     print((args.out / "per_type.md").read_text())
     log(f"done in {wall:.0f} s ({len(trains)} students, median {info['distill_stage_seconds_median'] or 0:.0f} s "
