@@ -382,9 +382,10 @@ def per_type_markdown(pt: dict, split: str) -> str:
 
 
 def convergence(stages: list) -> list[dict]:
-    """Per task, method and fraction, how the runs ended: stopped early (patience ran out: the dev curve was flat
-    for ``patience`` evaluations) or at the step cap, and for the capped runs the dev metric's rise over their last
-    ``patience`` evaluations (near 0: flat at the cap; well above the seed spread: still learning)."""
+    """Per task, method and fraction, how the runs ended: stopped early (patience ran out before the step cap: the
+    dev curve was flat for ``patience`` evaluations) or at the step cap (``min_steps`` can hold a run to it), and for
+    the capped runs the dev metric's rise over their last ``patience`` evaluations (near 0: flat at the cap; well
+    above the seed spread: still learning)."""
     groups: dict[tuple, list[dict]] = {}
     for st in stages:
         if st.kind != "distill" or st.record is None:
@@ -395,8 +396,10 @@ def convergence(stages: list) -> list[dict]:
             continue
         vals = [v for _, v in es["curve"]]
         tail = vals[-(es["patience"] + 1):] if es.get("patience") else vals[-2:]
+        cap = (m.get("train_config") or {}).get("steps")
+        early = es["stopped_early"] and (cap is None or m["steps"] < cap)  # patience out at the cap: it ran to the cap
         groups.setdefault((st.meta.get("task"), st.meta["method"], st.meta["fraction"]), []).append(
-            {"early": es["stopped_early"], "best_step": es["best_step"], "steps": m["steps"],
+            {"early": early, "best_step": es["best_step"], "steps": m["steps"],
              "rise": max(tail) - tail[0] if tail else 0.0})
     return [{"task": t, "method": meth, "fraction": f, "runs": len(rs),
              "stopped_early": sum(r["early"] for r in rs),

@@ -144,8 +144,17 @@ def test_convergence_table_says_how_each_run_ended(vcr_study, tmp_path):
     m = json.loads((Path(st["path"]) / "run" / "metrics.json").read_text())
     [row] = bench.convergence(stages)
     assert row["runs"] == 1 and row["steps"] == m["steps"] and row["best_step"] == m["early_stop"]["best_step"]
-    assert row["stopped_early"] == int(m["early_stop"]["stopped_early"])
-    assert (row["capped_rise"] is None) == m["early_stop"]["stopped_early"]
+    early = m["early_stop"]["stopped_early"] and m["steps"] < m["train_config"]["steps"]
+    assert row["stopped_early"] == int(early)
+    assert (row["capped_rise"] is None) == early
+    # patience that runs out at the cap (min_steps held the run there) is a run that reached the cap
+    held = tmp_path / "held" / "run"
+    held.mkdir(parents=True)
+    m2 = {**m, "steps": m["train_config"]["steps"], "early_stop": {**m["early_stop"], "stopped_early": True}}
+    (held / "metrics.json").write_text(json.dumps(m2))
+    held_stage = SimpleNamespace(kind="distill", record={"path": str(held.parent)}, meta=stages[0].meta)
+    [row2] = bench.convergence([held_stage])
+    assert row2["stopped_early"] == 0 and row2["capped_rise"] is not None
     md = bench.convergence_markdown([row])
     assert "| vcr | baseline | 100% | 1 |" in md
     assert bench.dev_curves(stages, tmp_path) == [tmp_path / "vcr" / "dev_curves.png"]
