@@ -95,6 +95,16 @@ def shards(values: dict, jobs: int) -> list[list[str]]:
     return out
 
 
+def shard_overrides(overrides: list[str], task: str) -> list[str]:
+    """The command line's overrides for a shard of ``task``: another task's ``per_task.<task>...`` ones are left out
+    (the shard trains one task, and ``mad run`` refuses an override for a task its run does not train)."""
+    def other_task(ov: str) -> bool:
+        key = ov.split("=", 1)[0].strip().split(".")
+        return key[0] == "per_task" and len(key) > 1 and key[1] != task
+
+    return [ov for ov in overrides if not other_task(ov)]
+
+
 def _shard_label(override: str) -> str:
     """A shard's override as part of its log file's name: ``fractions=[0.05]`` -> ``fractions0.05``, the methods
     override (a JSON mapping) -> ``method-NAME``."""
@@ -158,8 +168,9 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
         def start(shard: list[str]) -> None:
             name = "_".join(_shard_label(s) for s in shard)
             path = logs / f"{config.stem}_{name}.log"
-            cmd = [sys.executable, "-m", "mad_pipeline.cli", "run", str(config), *overrides, *shard,
-                   "--cache", str(args.cache), "--quiet"]
+            task_name = shard[0].removeprefix("task=")
+            cmd = [sys.executable, "-m", "mad_pipeline.cli", "run", str(config),
+                   *shard_overrides(overrides, task_name), *shard, "--cache", str(args.cache), "--quiet"]
             running.append((subprocess.Popen(cmd, stdout=path.open("w"), stderr=subprocess.STDOUT, env=env), path,
                             shard))
 
@@ -411,7 +422,8 @@ def convergence(stages: list) -> list[dict]:
 
 def convergence_markdown(rows: list[dict]) -> str:
     lines = ["# Did the runs converge?", "",
-             "Per task, method and fraction: the runs that stopped early (patience ran out on a flat dev curve), the "
+             "Per task, method and fraction: the runs that stopped early (patience ran out on a flat dev curve "
+             "before the step cap), the "
              "median selected and last step, and for the runs that reached the step cap instead the largest rise "
              "of the dev metric over their last `patience` evaluations (0: flat at the cap).", "",
              "| task | method | fraction | runs | stopped early | selected step (median) | steps run (median) | "

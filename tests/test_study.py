@@ -282,6 +282,19 @@ def test_lowshot_shards_are_the_whole_configs_runs_one_method_each(study_yaml, i
         assert for_run(for_task(one, task), method, fraction)["train"] == whole["train"]
         assert one["methods"][method] == values["methods"][method]
     assert sorted(seen) == sorted(cells)
+    # an override of one task's own settings reaches that task's shards and is left out of the others' (mad run
+    # refuses an override for a task its run does not train)
+    extra = [*over, "per_task.snli-ve.train.batch_size=3"]
+    with pytest.raises(InputError, match="snli-ve is not one of the tasks this run trains"):
+        load_config(study_yaml, [*extra, *shards[0]])
+    values2 = load_config(study_yaml, extra).values
+    for shard in bench.shards(values2, jobs=2):
+        task = shard[0].removeprefix("task=")
+        one = load_config(study_yaml, [*bench.shard_overrides(extra, task), *shard]).values
+        (method,), (fraction,) = list(one["methods"]), one["fractions"]
+        want = for_run(for_task(values2, task), method, fraction)["train"]
+        assert for_run(for_task(one, task), method, fraction)["train"] == want
+        assert (want["batch_size"] == 3) == (task == "snli-ve")
     # the same stage keys as the whole config's plan (the baselines' are known once the world is built: one run)
     inproc("run", str(study_yaml), *shards[-1], "--quiet")
     whole = {s["label"]: s["key"] for s in _json(inproc("run", str(study_yaml), *over, "--dry-run", "--json"))["stages"]
