@@ -98,9 +98,11 @@ def shards(values: dict, jobs: int) -> list[list[str]]:
 def shard_overrides(overrides: list[str], task: str) -> list[str]:
     """The command line's overrides for a shard of ``task``: another task's ``per_task.<task>...`` ones are left out
     (the shard trains one task, and ``mad run`` refuses an override for a task its run does not train)."""
+    from mad_pipeline.pipeline.overrides import parse_override
+
     def other_task(ov: str) -> bool:
-        key = ov.split("=", 1)[0].strip().split(".")
-        return key[0] == "per_task" and len(key) > 1 and key[1] != task
+        parts = parse_override(ov)[1]
+        return parts[0] == "per_task" and len(parts) > 1 and parts[1] != task
 
     return [ov for ov in overrides if not other_task(ov)]
 
