@@ -14,6 +14,7 @@ import pickle
 import sys
 from pathlib import Path
 
+from ..allocator import keep_freed_memory
 from ..errors import MadError
 
 CALL = "call.pkl"
@@ -21,6 +22,7 @@ RESULT = "result.pkl"
 
 
 def main(argv: list[str]) -> None:
+    keep_freed_memory()  # as the mad command does: freed tensors stay in the heap
     folder = Path(argv[0])
     with open(folder / CALL, "rb") as f:
         target, settings = pickle.load(f)  # noqa: S301 - written by the launcher into its private folder
