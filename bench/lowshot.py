@@ -410,7 +410,8 @@ def convergence(stages: list) -> list[dict]:
         vals = [v for _, v in es["curve"]]
         tail = vals[-(es["patience"] + 1):] if es.get("patience") else vals[-2:]
         cap = (m.get("train_config") or {}).get("steps")
-        early = es["stopped_early"] and (cap is None or m["steps"] < cap)  # patience out at the cap: it ran to the cap
+        # patience out at the cap: it ran to the cap (the trainer records it so now; cached runs may predate that)
+        early = es["stopped_early"] and (cap is None or m["steps"] < cap)
         groups.setdefault((st.meta.get("task"), st.meta["method"], st.meta["fraction"]), []).append(
             {"early": early, "best_step": es["best_step"], "steps": m["steps"],
              "rise": max(tail) - tail[0] if tail else 0.0})

@@ -104,6 +104,8 @@ class _Trainer:
     ([10, 20, 30, 40], 1, None, 4, 0),        # always improving: runs to the cap
     ([25, 25, 25, 25, 40, 60, 55, 50, 45], 2, 8, 6, 10),  # a plateau before min_steps (step 10) does not stop it
     ([25, 25, 25, 25, 25, 25, 25], 2, 5, 1, 10),  # patience ran out on it: the first evaluation at step 10 stops
+    ([50, 40, 40, 40], 3, None, 1, 0),        # patience runs out at the last evaluation, the cap: not early
+    ([25, 25, 25, 25], 2, None, 1, 8),        # held to the cap by min_steps: it ran to the cap, not stopped early
 ])
 def test_early_stop_stops_at_the_right_evaluation_and_restores_the_best(tmp_path, curve, patience, stop_at, best_at,
                                                                          min_steps):

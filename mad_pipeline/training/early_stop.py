@@ -121,7 +121,8 @@ class EarlyStop:
                 self._save(trainer.model, step)
         else:
             self.bad += 1
-        self.stopped = bool(self.patience) and self.bad >= self.patience and step >= self.min_steps
+        # at the cap the run ends anyway: patience running out there (min_steps = steps) is not stopping early
+        self.stopped = bool(self.patience) and self.bad >= self.patience and self.min_steps <= step < self.steps
         trainer._append({"step": step, "eval": metrics, "split": "dev", "best_step": self.best_step})
         note = f"; stopping (best at step {self.best_step})" if self.stopped else ""
         trainer.log(f"step {step}: dev {self.metric} = {value:.2f} (best {self.best:.2f} at step {self.best_step})"
