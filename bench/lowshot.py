@@ -95,6 +95,21 @@ def shards(values: dict, jobs: int) -> list[list[str]]:
     return out
 
 
+def shard_cell(shard: list[str]) -> tuple[str, float, int, str]:
+    """A shard of :func:`shards` as the cell it runs: (task, fraction, seed, method)."""
+    task, fractions, seeds, methods = (o.partition("=")[2] for o in shard)
+    (method,) = json.loads(methods)
+    return task, json.loads(fractions)[0], json.loads(seeds)[0], method
+
+
+def pending_shards(todo: list[list[str]], stages: list) -> list[list[str]]:
+    """The shards with a distill or eval stage not in the cache (from the whole config's dry-run plan): a shard whose
+    runs and evaluations are all cached has nothing to do, so it is not started."""
+    missing = {(st.meta.get("task"), st.meta.get("fraction"), st.meta.get("seed"), st.meta.get("method"))
+               for st in stages if st.kind in ("distill", "eval") and st.status != "cached"}
+    return [sh for sh in todo if shard_cell(sh) in missing]
+
+
 def shard_overrides(overrides: list[str], task: str) -> list[str]:
     """The command line's overrides for a shard of ``task``: another task's ``per_task.<task>...`` ones are left out
     (the shard trains one task, and ``mad run`` refuses an override for a task its run does not train)."""
@@ -156,6 +171,15 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
 
     todo = shards(values, args.jobs)
     if todo == [[]]:
+        return 0.0
+    from mad_pipeline.stages.pipeline import RunConfig, run
+
+    plan = run(RunConfig(config=config, overrides=tuple(overrides), cache=args.cache, out=None, progress=False,
+                         dry_run=True), log=lambda _m: None)
+    n_shards, todo = len(todo), pending_shards(todo, plan.stages)
+    if len(todo) < n_shards:
+        log(f"{n_shards - len(todo)} of {n_shards} shards cached whole (not started)")
+    if not todo:
         return 0.0
     logs = Path(args.cache) / "bench-lowshot-logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -306,6 +306,30 @@ def test_lowshot_shards_are_the_whole_configs_runs_one_method_each(study_yaml, i
             assert key and whole[f"{shard[0][5:]}: {label}"] == key
 
 
+def test_lowshot_starts_only_the_shards_with_a_run_or_evaluation_not_cached(study_yaml):
+    """A shard whose distill and eval stages are all in the cache has nothing to do: bench/lowshot.py --jobs N does
+    not start it (re-reporting a finished study from the cache starts no ``mad run`` per student)."""
+    from types import SimpleNamespace
+
+    bench = _bench()
+    values = load_config(study_yaml, ["seeds=[0, 1]", "task=[vqa, vcr]"]).values
+    todo = bench.shards(values, jobs=2)
+    cells = [bench.shard_cell(sh) for sh in todo]
+    assert len(set(cells)) == len(todo) == 2 * 3 * 2 * 2 and ("vcr", 0.5, 1, "full") in cells
+
+    def stage(kind, cell, status, **meta):
+        task, fraction, seed, method = cell
+        return SimpleNamespace(kind=kind, status=status, meta={"task": task, "fraction": fraction, "seed": seed,
+                                                               "method": method, **meta})
+
+    cached = [stage(k, c, "cached") for c in cells for k in ("distill", "eval")]
+    assert bench.pending_shards(todo, cached) == []
+    # one run missing, one evaluation on shift missing; stages of other kinds never start a shard
+    some = [*cached, stage("distill", cells[3], "run"), stage("eval", cells[7], "run", split="shift"),
+            SimpleNamespace(kind="extract", status="run", meta={"split": "train"})]
+    assert bench.pending_shards(todo, some) == [todo[3], todo[7]]
+
+
 def test_per_task_methods_refine_the_configs_methods(tmp_path):
     """``per_task.<task>.methods`` merges its settings over the methods it names (it neither adds nor drops one); a
     list pick on the command line keeps that refinement, a mapping on the command line is final; any other command
