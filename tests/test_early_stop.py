@@ -99,7 +99,7 @@ class _Trainer:
 
 @pytest.mark.parametrize("curve, patience, stop_at, best_at, min_steps", [
     ([50, 60, 55, 58, 57, 70], 3, 5, 2, 0),   # three evaluations below 60 after the best: stop at the 5th
-    ([50, 60, 55, 61, 57, 59, 58], 3, 7, 4, 0),  # an improvement resets the count
+    ([50, 60, 55, 61, 57, 59, 58, 70], 3, 7, 4, 0),  # an improvement resets the count
     ([50, 50, 50, 50], 2, 3, 1, 0),           # equal is not better
     ([10, 20, 30, 40], 1, None, 4, 0),        # always improving: runs to the cap
     ([25, 25, 25, 25, 40, 60, 55, 50, 45], 2, 8, 6, 10),  # a plateau before min_steps (step 10) does not stop it
