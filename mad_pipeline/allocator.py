@@ -4,9 +4,9 @@ On CPU, every training step allocates and frees the same large tensors (activati
 tens of MB each). glibc's ``malloc`` serves blocks of that size with ``mmap`` and returns them with ``munmap`` when
 freed, so the next step's tensor lands on fresh pages and the kernel zeroes each page on first touch: on a 2-core
 AMD EPYC, 47 s of a 168 s single-thread run went to system time (docs/distill.md, "The C allocator on CPU"; most of
-the gain is in evaluation's larger batches). With ``mmap`` off and
-the heap's trim threshold raised, freed blocks stay in the heap and are reused; the arithmetic is untouched, so
-results are bit for bit the same. The cost: the process keeps its peak heap until it exits.
+the gain is in evaluation's larger batches). With ``mmap`` off and the heap's trim threshold raised, freed blocks
+stay in the heap and are reused; the arithmetic is untouched, so results are bit for bit the same. The cost: the
+process keeps its peak heap until it exits.
 
 :func:`keep_freed_memory` sets it through ``mallopt`` (the same as ``MALLOC_MMAP_MAX_=0`` and a large
 ``MALLOC_TRIM_THRESHOLD_`` in the environment before start). The ``mad`` command calls it at start; a library user
