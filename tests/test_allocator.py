@@ -44,17 +44,17 @@ def _loop(mode: str, **env: str) -> dict:
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     plain, tuned = _loop("plain"), _loop("tune")
     assert tuned["applied"] is True
-    assert plain["faults"] > 1000  # ten fresh 64 MB blocks: thousands of page faults (fewer with huge pages)
+    assert plain["faults"] >= 100  # ten fresh 64 MB blocks: 16,000 4-KB pages each (32 with 2-MB huge pages)
     assert tuned["faults"] < plain["faults"] / 10
 
 
 def test_mad_malloc_system_leaves_the_allocator_alone():
     out = _loop("tune", MAD_MALLOC="system")
     assert out["applied"] is False
-    assert out["faults"] > 1000
+    assert out["faults"] >= 100
 
 
 def test_the_mad_command_applies_it():
     out = _loop("cli")  # the mad command's entry point runs first (--help), then the same loop
     assert out["applied"] is None
-    assert out["faults"] < 1000
+    assert out["faults"] < 100
