@@ -131,16 +131,25 @@ def _shard_label(override: str) -> str:
     return override.replace("=", "").replace("[", "").replace("]", "")
 
 
-def shared_stages_cached(config: Path, overrides: list[str], cache: Path, train_split: str) -> bool:
-    """Whether the stages every shard shares (the world, the students' pretraining with ``init=student-pretrain``,
-    the evaluation splits' stores) are in the cache already (from the plan of a dry run)."""
+def planned_stages(config: Path, overrides: list[str], cache: Path) -> list:
+    """The stages of the whole config, each with its cache status (the plan of a dry run: nothing is computed)."""
     from mad_pipeline.stages.pipeline import RunConfig, run
 
-    plan = run(RunConfig(config=config, overrides=tuple(overrides), cache=cache, out=None, progress=False,
-                         dry_run=True), log=lambda _m: None)
-    shared = [st for st in plan.stages if st.kind in ("data", "student-pretrain")
+    return run(RunConfig(config=config, overrides=tuple(overrides), cache=cache, out=None, progress=False,
+                         dry_run=True), log=lambda _m: None).stages
+
+
+def shared_cached(stages: list, train_split: str) -> bool:
+    """Whether the stages every shard shares (the world, the students' pretraining with ``init=student-pretrain``,
+    the evaluation splits' stores) are cached in this plan."""
+    shared = [st for st in stages if st.kind in ("data", "student-pretrain")
               or (st.kind == "extract" and st.meta.get("split") != train_split)]
     return all(st.status == "cached" for st in shared)
+
+
+def shared_stages_cached(config: Path, overrides: list[str], cache: Path, train_split: str) -> bool:
+    """:func:`shared_cached` of a fresh plan (asked again while the first shard builds them)."""
+    return shared_cached(planned_stages(config, overrides, cache), train_split)
 
 
 class FirstShardGate:
@@ -172,11 +181,8 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
     todo = shards(values, args.jobs)
     if todo == [[]]:
         return 0.0
-    from mad_pipeline.stages.pipeline import RunConfig, run
-
-    plan = run(RunConfig(config=config, overrides=tuple(overrides), cache=args.cache, out=None, progress=False,
-                         dry_run=True), log=lambda _m: None)
-    n_shards, todo = len(todo), pending_shards(todo, plan.stages)
+    plan = planned_stages(config, overrides, args.cache)  # one plan: which shards have work, and the first's gate
+    n_shards, todo = len(todo), pending_shards(todo, plan)
     if len(todo) < n_shards:
         log(f"{n_shards - len(todo)} of {n_shards} shards cached whole (not started)")
     if not todo:
@@ -218,7 +224,7 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
         def cached() -> bool:
             return shared_stages_cached(config, overrides, args.cache, values["data"]["train_split"])
 
-        gate = FirstShardGate(args.jobs > 1 and not cached(), cached)
+        gate = FirstShardGate(args.jobs > 1 and not shared_cached(plan, values["data"]["train_split"]), cached)
         while todo or running:
             if time.perf_counter() > deadline:
                 log(f"--deadline-min reached: killing {len(running)} running shard(s), {len(todo)} not started")
