@@ -207,6 +207,9 @@ def eval_cmd(
     leaderboard: bool = typer.Option(False, "--leaderboard", help="VCR: write the leaderboard's CSV on a labelled "
                                      "split too (QA->R under all four answers: four passes instead of one; a split "
                                      "without labels always gets it)."),
+    precision: str = typer.Option("trained", "--precision", help="Autocast of the student: trained (the run's "
+                                  "own: bf16 on CUDA unless trained without it, bf16 on CPU when trained with "
+                                  "--cpu-bf16; how its dev and test splits were scored), fp32 or bf16."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (no bar at all, transformers' "
                                "included)."),
@@ -216,7 +219,7 @@ def eval_cmd(
     res = eval_stage.run(eval_stage.EvalConfig(run=run, split=split, data_root=data_root, out=out,
                                                batch_size=batch_size, num_workers=parse_num_workers(num_workers),
                                                device=device, vqa_eval=vqa_eval, leaderboard=leaderboard,
-                                               progress=not (quiet or as_json)))
+                                               progress=not (quiet or as_json), precision=precision))
     if as_json:
         res.pop("rows")
         typer.echo(json.dumps(res))
@@ -227,7 +230,7 @@ def eval_cmd(
                   soft_wrap=True)
         return
     rules = f", {res['vqa_eval']} VQA rules" if "vqa_eval" in res else ""
-    table = Table(title=f"mad eval: {res['task']}, {split}, {res['n']} samples{rules}")
+    table = Table(title=f"mad eval: {res['task']}, {split}, {res['n']} samples{rules}, {res['precision']}")
     metrics_table(table, res["rows"])
     con.print(table)
     for kind, path in res["files"].items():

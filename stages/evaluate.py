@@ -7,6 +7,9 @@ leaderboard's per-choice probability CSV beside them, ``<split>.leaderboard.csv`
 ``leaderboard``). Splits without labels get
 predictions only. The metrics are the task's, under the same names as ``mad score`` gives them. ``vqa_eval`` picks
 the VQA accuracy's rules (``official`` by default, whatever the run was trained with; other tasks ignore it).
+``precision`` is the autocast the student runs under: ``trained`` (default) the run's own (its train config's ``bf16``
+on CUDA, ``cpu_bf16`` on CPU), so every split is scored as the run's own evaluations scored its dev and test splits;
+``fp32`` or ``bf16`` to choose.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from mad_pipeline.errors import InputError
 from mad_pipeline.tasks import get_task
 from mad_pipeline.tasks.vqa import vqa_eval_setting
 from mad_pipeline.training.collate import Collate, StudentTokenizer
-from mad_pipeline.training.config import resolve_device
+from mad_pipeline.training.config import resolve_device, uses_bf16
 from mad_pipeline.training.dataset import SampleDataset
 from mad_pipeline.training.evaluate import evaluate
 
@@ -38,6 +41,25 @@ class EvalConfig:
     vqa_eval: str = vqa_eval_setting()
     leaderboard: bool = False  # VCR: the leaderboard's CSV on a labelled split too (QA->R under all four answers)
     progress: bool = True  # a bar of the batches (batches/s, ETA) on stderr
+    precision: str = "trained"  # trained (the run's own autocast), fp32 or bf16
+
+
+PRECISIONS = ("trained", "fp32", "bf16")
+
+
+def autocast_settings(run_dir: Path, precision: str) -> tuple[bool, bool]:
+    """``(bf16, cpu_bf16)`` for :func:`~mad_pipeline.training.evaluate.evaluate`: ``trained`` reads the run's train
+    config (its ``metrics.json``; a run without one, or from before ``cpu_bf16`` existed, trained at the defaults:
+    bf16 on CUDA, fp32 on CPU)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision}: not one of {', '.join(PRECISIONS)}")
+    if precision != "trained":
+        return (precision == "bf16",) * 2
+    try:
+        train = json.loads((run_dir / "metrics.json").read_text()).get("train_config") or {}
+    except (OSError, ValueError):
+        train = {}
+    return bool(train.get("bf16", True)), bool(train.get("cpu_bf16", False))
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
@@ -57,15 +79,17 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     root = Path(cfg.data_root or meta["data_root"])
     ds = load_dataset(meta["dataset"], root, split=cfg.split)
     data = SampleDataset(ds.samples, ds.root, task, image_preprocess(student))
+    bf16, cpu_bf16 = autocast_settings(run_dir, cfg.precision)
     metrics, preds = evaluate(student, data, Collate(task, StudentTokenizer(student)), batch_size=cfg.batch_size,
-                              num_workers=cfg.num_workers, device=device, progress=cfg.progress,
-                              description=f"eval {cfg.split}")
+                              num_workers=cfg.num_workers, device=device, bf16=bf16, cpu_bf16=cpu_bf16,
+                              progress=cfg.progress, description=f"eval {cfg.split}")
     out = Path(cfg.out) if cfg.out else run_dir / "predictions" / f"{cfg.split}.json"
     files = task.write_predictions(preds, out)
     return {"task": task.name, **task.settings_in_key(vars(cfg)), "split": cfg.split, "n": len(preds),
             "predictions": str(out), "files": files,
+            "precision": "bf16" if uses_bf16(device, bf16, cpu_bf16) else "fp32",
             "metric": metrics["metric"] if metrics else None, "value": metrics["value"] if metrics else None,
             "metrics": metrics, "rows": task.report_rows(metrics) if metrics else []}
 
 
-__all__ = ["EvalConfig", "run"]
+__all__ = ["PRECISIONS", "EvalConfig", "autocast_settings", "run"]

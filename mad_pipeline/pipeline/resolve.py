@@ -240,7 +240,12 @@ class Resolver:
         d = self.dep(st, "distill")
         if d is None or not self.data_ready(st):
             return None
-        return {**st.params, "task": self.task, "reader": self.reader,
+        m = st.meta
+        train = train_config(for_run(self.v, m["method"], m["fraction"]), m["seed"])
+        # scored under the run's own autocast; in the key only where that is not the one evaluation always used
+        # (bf16 on CUDA, fp32 on CPU), so the keys of studies trained that way are unchanged
+        precision = {"precision": "trained"} if train.cpu_bf16 or not train.bf16 else {}
+        return {**st.params, "task": self.task, "reader": self.reader, **precision,
                 **task_class(self.task).settings_in_key(self.v)}, {
             "distill": d.key, "data": self.fingerprint(st.params["split"])}
 

@@ -231,12 +231,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def uses_bf16(device: torch.device, bf16: bool, cpu_bf16: bool = False) -> bool:
+    """Whether :func:`autocast` runs bf16 on ``device``: on CUDA when ``bf16``, on CPU when ``cpu_bf16``."""
+    return (bf16 and device.type == "cuda") or (cpu_bf16 and device.type == "cpu")
+
+
 def autocast(device: torch.device, bf16: bool, cpu_bf16: bool = False):
     """bf16 autocast on CUDA when ``bf16``, on CPU when ``cpu_bf16``; otherwise fp32."""
-    on = (bf16 and device.type == "cuda") or (cpu_bf16 and device.type == "cpu")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=on)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, bf16, cpu_bf16))
 
 
 __all__ = ["MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "check_bounds", "check_device",
            "created_here", "dev_every", "lr_at", "max_workers", "param_groups", "parse_num_workers", "parse_warmup",
-           "resolve_device", "resolve_num_workers", "warmup_steps"]
+           "resolve_device", "resolve_num_workers", "uses_bf16", "warmup_steps"]
