@@ -215,3 +215,36 @@ def test_shards_start_together_once_the_shared_stages_are_cached(vcr_study, tmp_
     cfg = d / "vcr.yaml"
     assert bench.shared_stages_cached(cfg, ["fractions=[0.5]"], Path(env["MAD_CACHE"]), "train")
     assert not bench.shared_stages_cached(cfg, [], tmp_path / "empty", "train")
+
+
+def test_converge_config_is_the_main_tables_at_doubled_caps():
+    """configs/converge.yaml (docs/lowshot.md's convergence check) trains the main tables' runs at 20% and 100% --
+    configs/lowshot.yaml with the main tables' overrides -- with only the step cap doubled and the dev evaluations
+    where the main tables had them: every other setting of every run, and its MAD objective, is the same."""
+    import dataclasses
+
+    from mad_pipeline.stages.pipeline import load_config
+
+    from mad_pipeline.pipeline.config import train_config
+    from mad_pipeline.pipeline.fractions import for_run
+    from mad_pipeline.pipeline.methods import mad_config
+    from mad_pipeline.pipeline.study import for_task
+    from mad_pipeline.training.config import dev_every
+
+    repo = Path(__file__).resolve().parents[1]
+    main = load_config(repo / "configs" / "lowshot.yaml", ["data.shapes.size=4000", "train.cpu_bf16=true",
+                                                           "per_task.vcr.train.dev_metric=q2ar"]).values
+    conv = load_config(repo / "configs" / "converge.yaml").values
+    assert conv["fractions"] == [0.2, 1.0] and conv["seeds"] == [0]
+    for key in ("task", "data", "teacher", "student", "init", "vocab_min_count"):
+        assert conv[key] == main[key], key
+    for task in conv["task"]:
+        m, c = for_task(main, task), for_task(conv, task)
+        assert list(c["methods"]) == list(m["methods"])
+        for method in m["methods"]:
+            assert mad_config(c, method) == mad_config(m, method), (task, method)
+            for fraction in conv["fractions"]:
+                a = train_config(for_run(m, method, fraction), 0)
+                b = train_config(for_run(c, method, fraction), 0)
+                assert b.steps == 2 * a.steps and b.dev_every == dev_every(a), (task, method, fraction)
+                assert dataclasses.replace(b, steps=a.steps, dev_every=a.dev_every) == a, (task, method, fraction)
