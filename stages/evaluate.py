@@ -68,6 +68,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if not meta_path.exists():
         raise InputError(f"--run {run_dir}: not a mad distill run directory (no run.json)")
     meta = json.loads(meta_path.read_text())
+    bf16, cpu_bf16 = autocast_settings(run_dir, cfg.precision)  # a bad --precision: one line, before any loading
     student_dir = run_dir / meta.get("student_dir", "student")
     if not (student_dir / "student.json").exists():
         raise InputError(f"--run {run_dir}: no trained student yet ({student_dir} is missing; did training finish?)")
@@ -79,7 +80,6 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     root = Path(cfg.data_root or meta["data_root"])
     ds = load_dataset(meta["dataset"], root, split=cfg.split)
     data = SampleDataset(ds.samples, ds.root, task, image_preprocess(student))
-    bf16, cpu_bf16 = autocast_settings(run_dir, cfg.precision)
     metrics, preds = evaluate(student, data, Collate(task, StudentTokenizer(student)), batch_size=cfg.batch_size,
                               num_workers=cfg.num_workers, device=device, bf16=bf16, cpu_bf16=cpu_bf16,
                               progress=cfg.progress, description=f"eval {cfg.split}")
