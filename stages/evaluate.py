@@ -24,7 +24,7 @@ from mad_pipeline.errors import InputError
 from mad_pipeline.tasks import get_task
 from mad_pipeline.tasks.vqa import vqa_eval_setting
 from mad_pipeline.training.collate import Collate, StudentTokenizer
-from mad_pipeline.training.config import resolve_device, uses_bf16
+from mad_pipeline.training.config import autocast_of, resolve_device, uses_bf16
 from mad_pipeline.training.dataset import SampleDataset
 from mad_pipeline.training.evaluate import evaluate
 
@@ -59,7 +59,7 @@ def autocast_settings(run_dir: Path, precision: str) -> tuple[bool, bool]:
         train = json.loads((run_dir / "metrics.json").read_text()).get("train_config") or {}
     except (OSError, ValueError):
         train = {}
-    return bool(train.get("bf16", True)), bool(train.get("cpu_bf16", False))
+    return autocast_of(train)
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:

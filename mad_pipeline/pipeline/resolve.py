@@ -34,7 +34,7 @@ from ..hashing import to_jsonable
 from ..settings import keyed
 from ..students.weights import PRETRAIN_STAGE, resolve_init
 from ..tasks import task_class
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, autocast_of
 from . import plan as plan_lib
 from .config import train_config
 from .fractions import for_run
@@ -244,7 +244,7 @@ class Resolver:
         train = train_config(for_run(self.v, m["method"], m["fraction"]), m["seed"])
         # scored under the run's own autocast; in the key only where that is not the one evaluation always used
         # (bf16 on CUDA, fp32 on CPU), so the keys of studies trained that way are unchanged
-        precision = {"precision": "trained"} if train.cpu_bf16 or not train.bf16 else {}
+        precision = {"precision": "trained"} if (train.bf16, train.cpu_bf16) != autocast_of({}) else {}
         return {**st.params, "task": self.task, "reader": self.reader, **precision,
                 **task_class(self.task).settings_in_key(self.v)}, {
             "distill": d.key, "data": self.fingerprint(st.params["split"])}

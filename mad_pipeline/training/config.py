@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -231,6 +233,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def autocast_of(train: Mapping[str, Any]) -> tuple[bool, bool]:
+    """``(bf16, cpu_bf16)`` of a train config given as a mapping (a run's recorded ``train_config``); a setting it
+    lacks (a run from before the setting existed) at :class:`TrainConfig`'s default. ``autocast_of({})``: the
+    defaults."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return bool(train.get("bf16", defaults["bf16"])), bool(train.get("cpu_bf16", defaults["cpu_bf16"]))
+
+
 def uses_bf16(device: torch.device, bf16: bool, cpu_bf16: bool = False) -> bool:
     """Whether :func:`autocast` runs bf16 on ``device``: on CUDA when ``bf16``, on CPU when ``cpu_bf16``."""
     return (bf16 and device.type == "cuda") or (cpu_bf16 and device.type == "cpu")
@@ -241,6 +251,6 @@ def autocast(device: torch.device, bf16: bool, cpu_bf16: bool = False):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, bf16, cpu_bf16))
 
 
-__all__ = ["MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "check_bounds", "check_device",
-           "created_here", "dev_every", "lr_at", "max_workers", "param_groups", "parse_num_workers", "parse_warmup",
-           "resolve_device", "resolve_num_workers", "uses_bf16", "warmup_steps"]
+__all__ = ["MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "autocast_of", "check_bounds",
+           "check_device", "created_here", "dev_every", "lr_at", "max_workers", "param_groups", "parse_num_workers",
+           "parse_warmup", "resolve_device", "resolve_num_workers", "uses_bf16", "warmup_steps"]
