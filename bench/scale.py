@@ -260,7 +260,7 @@ def _store_only_class():
     class _StoreOnly(DistillDataset):
         """The store reads of ``DistillDataset`` without the JPEG decode (for the counts)."""
 
-        def _item(self, i):
+        def _item(self, i, need_image=False):
             s = self.samples[i]
             return Item(index=i, pixels=None, box=np.zeros(4, np.float32), texts=[s.texts[0]], target=None,
                         choice=0), None

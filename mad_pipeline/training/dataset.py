@@ -11,6 +11,12 @@ chunk is decompressed once per batch (and, with the chunk-aware sampler over :me
 once per epoch). Text features come from the dataset's text view when it has one (:meth:`DistillDataset.use_text_view`,
 see :mod:`.text_view`: the same values, in training order, one chunk per image-store chunk), else from the text store.
 Nothing here runs a teacher or builds targets: that is :class:`~.collate.Collate`'s job.
+
+Images: each process keeps the student's input of the images it has decoded (pixels and crop box, exactly what
+``preprocess`` returned) up to :data:`PIXEL_CACHE_MB`, so an image read again -- the same picture under several
+questions, the next epoch, the next dev evaluation -- is not decoded and resized again. Once the budget is full new
+images are simply not kept (a dataset larger than the budget keeps a fixed part of itself cached, which random access
+uses as well as any eviction rule would). The cache never travels to DataLoader workers: each fills its own.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ..data.base import Sample
@@ -34,6 +41,8 @@ from .batch import Item
 from .chunks import ChunkCache, count_reads
 
 CACHE_MIB_PER_CHUNK = 1 << 20  # an LRU of cache_chunks chunks holds up to this many bytes per chunk of small ones
+PIXEL_CACHE_MB = 256  # per dataset and process: the student's inputs of decoded images (the shapes world's 4,000
+# training images at 64 x 64 take 197 MB; a real dataset's larger images simply fill it and stop)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,13 @@ class SampleDataset(Dataset):
         self.root = Path(root)
         self.task = task
         self.preprocess = preprocess
+        self._pixels: dict[str, tuple[torch.Tensor, np.ndarray]] = {}  # image -> the student's input (see above)
+        self._pixel_bytes = 0
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_pixels"], state["_pixel_bytes"] = {}, 0  # each process fills its own
+        return state
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -85,18 +101,29 @@ class SampleDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[Item]:
         return [self._item(int(i))[0] for i in indices]
 
-    def _item(self, i: int) -> tuple[Item, Any]:
+    def _item(self, i: int, need_image: bool = False) -> tuple[Item, Any]:
+        """Sample ``i`` as an :class:`Item`, and its decoded image when ``need_image`` (else None)."""
         s = self.samples[i]
-        path = self.root / s.image
-        try:
-            image = load_image(path)
-        except ImageDecodeError as e:
-            raise InputError(f"{path}: {e} (sample {s.id})") from None
-        pixels, box = self.preprocess(image)
+        image, cached = None, None if need_image else self._pixels.get(s.image)
+        if cached is None:
+            path = self.root / s.image
+            try:
+                image = load_image(path)
+            except ImageDecodeError as e:
+                raise InputError(f"{path}: {e} (sample {s.id})") from None
+            pixels, box = self.preprocess(image)
+            cached = pixels, np.asarray(box, np.float32)
+            self._keep(s.image, cached)
         target = self.task.target(s)
-        item = Item(index=i, pixels=pixels, box=np.asarray(box, np.float32), texts=self.task.student_texts(s),
+        item = Item(index=i, pixels=cached[0], box=cached[1], texts=self.task.student_texts(s),
                     target=target, choice=self.task.distilled_choice(s, target))
         return item, image
+
+    def _keep(self, image: str, value: tuple[torch.Tensor, np.ndarray]) -> None:
+        size = value[0].element_size() * value[0].nelement() + value[1].nbytes
+        if image not in self._pixels and self._pixel_bytes + size <= PIXEL_CACHE_MB << 20:
+            self._pixels[image] = value
+            self._pixel_bytes += size
 
 
 class DistillDataset(SampleDataset):
@@ -223,7 +250,7 @@ class DistillDataset(SampleDataset):
     # -- lazy per-process handles -------------------------------------------------------------------------------------
 
     def __getstate__(self):
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         state["_handles"] = None  # never ship open zarr handles (or their caches) to another process
         state["_pid"] = None
         return state
@@ -269,7 +296,7 @@ class DistillDataset(SampleDataset):
         idx = np.asarray(list(indices), np.int64)
         items = []
         for i in idx.tolist():
-            item, image = self._item(i)
+            item, image = self._item(i, need_image=self.online is not None)
             item.image_key = int(self._image_rows[i])
             item.teacher = {}
             if self.online is not None:
