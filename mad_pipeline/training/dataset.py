@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from ..data.base import Sample
@@ -84,7 +83,7 @@ class SampleDataset(Dataset):
         self.root = Path(root)
         self.task = task
         self.preprocess = preprocess
-        self._pixels: dict[str, tuple[torch.Tensor, np.ndarray]] = {}  # image -> the student's input (see above)
+        self._pixels: dict[str, tuple[Any, np.ndarray]] = {}  # image -> the student's input (see above)
         self._pixel_bytes = 0
 
     def __getstate__(self):
@@ -119,8 +118,8 @@ class SampleDataset(Dataset):
                     target=target, choice=self.task.distilled_choice(s, target))
         return item, image
 
-    def _keep(self, image: str, value: tuple[torch.Tensor, np.ndarray]) -> None:
-        size = value[0].element_size() * value[0].nelement() + value[1].nbytes
+    def _keep(self, image: str, value: tuple[Any, np.ndarray]) -> None:
+        size = int(value[0].nbytes) + value[1].nbytes  # a torch tensor or, from some preprocessing, an array
         if image not in self._pixels and self._pixel_bytes + size <= PIXEL_CACHE_MB << 20:
             self._pixels[image] = value
             self._pixel_bytes += size
