@@ -103,7 +103,8 @@ class SampleDataset(Dataset):
     def _item(self, i: int, need_image: bool = False) -> tuple[Item, Any]:
         """Sample ``i`` as an :class:`Item`, and its decoded image when ``need_image`` (else None)."""
         s = self.samples[i]
-        image, cached = None, None if need_image else self._pixels.get(s.image)
+        image = None
+        cached = None if need_image else self._pixels.get(s.image)
         if cached is None:
             path = self.root / s.image
             try:
