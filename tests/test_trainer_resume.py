@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,36 @@ def test_sigkill_then_resume_equals_uninterrupted(select, tiny_clip, tmp_path):
     opt_b = torch.load(run / "checkpoints" / f"step_{STEPS:06d}" / "optimizer.pt", weights_only=True)
     for i, st in opt_a["state"].items():
         assert torch.equal(st["exp_avg_sq"], opt_b["state"][i]["exp_avg_sq"])
+
+
+def test_adamw_is_fused_and_a_per_parameter_loop_checkpoint_resumes_with_its_loop(tiny_clip, tmp_path, monkeypatch):
+    """AdamW runs fused on CPU (one pass per parameter, not the per-parameter loop of earlier versions, which rounds
+    differently); a run checkpointed by the loop resumes with the loop, so it ends with the weights the loop gives
+    uninterrupted, bit for bit."""
+    from mad_pipeline.shapes.formats import write_dataset
+    from mad_pipeline.training import trainer
+
+    cfg_file, weights = tiny_clip
+    env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    write_dataset(tmp_path / "world", size=16, seed=0)
+    last_json(mad_inproc(*_args(tmp_path / "world", weights, tmp_path / "fused"), env=env))
+    opt = torch.load(tmp_path / "fused" / "checkpoints" / f"step_{STEPS:06d}" / "optimizer.pt", weights_only=True)
+    assert all(g["fused"] for g in opt["param_groups"])
+    part = tmp_path / "part"
+    with monkeypatch.context() as m:  # the earlier versions' kernel, twice
+        m.setattr(trainer, "adamw_kernel", lambda device: {"foreach": False})
+        for out in (tmp_path / "loop", part):
+            last_json(mad_inproc(*_args(tmp_path / "world", weights, out), env=env))
+    # the second as a kill after its step-4 checkpoint leaves it, resumed by this version
+    shutil.rmtree(part / "checkpoints" / f"step_{STEPS:06d}")
+    (part / "checkpoints" / "latest").write_text(f"step_{STEPS - 2:06d}\n")
+    for done in ("metrics.json", "model.safetensors"):
+        (part / done).unlink(missing_ok=True)
+    resumed = last_json(mad_inproc(*_args(tmp_path / "world", weights, part), env=env))
+    assert resumed["resumed"] and resumed["steps"] == STEPS
+    fused, loop, again = (_final_weights(tmp_path / n) for n in ("fused", "loop", "part"))
+    assert all(torch.equal(loop[k], again[k]) for k in loop)
+    assert any(not torch.equal(loop[k], fused[k]) for k in loop)  # the two kernels do round differently
 
 
 def test_cpu_bf16_trains_under_autocast_reproducibly_and_apart_from_fp32(tiny_clip, tmp_path):

@@ -163,6 +163,15 @@ def param_groups(params: list, created: set[int], cfg: TrainConfig) -> list[dict
     return groups
 
 
+def adamw_kernel(device: torch.device) -> dict[str, bool]:
+    """AdamW's implementation for ``device``: fused (one pass over each parameter, all moments updated together) on
+    CPU and CUDA; elsewhere the per-parameter loop. On CPU the loop spends most of its time on the word embedding's
+    untouched rows (vilt-tiny: 14 ms of a 95 ms step on an AMD EPYC, 35 of 155 on an Intel Xeon; fused: 3-5 ms).
+    The two differ only in rounding, like two CPU families; a run resumed from a checkpoint keeps the kernel it was
+    saved with (the optimizer's state carries it)."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": False}
+
+
 def parse_num_workers(value: int | str) -> int | str:
     """``"auto"`` or a count from 0 to :func:`max_workers` (ints, or their text as a command line gives them);
     anything else is one clear error."""

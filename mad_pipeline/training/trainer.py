@@ -47,7 +47,16 @@ from .checkpoint import (
     set_rng_state,
 )
 from .collate import Collate, make_loader
-from .config import TrainConfig, autocast, created_here, lr_at, param_groups, resolve_device, resolve_num_workers
+from .config import (
+    TrainConfig,
+    adamw_kernel,
+    autocast,
+    created_here,
+    lr_at,
+    param_groups,
+    resolve_device,
+    resolve_num_workers,
+)
 from .dataset import DistillDataset
 from .distributed import Dist, RankBatches, global_batch, record_batch, share_size
 from .early_stop import EarlyStop
@@ -107,7 +116,7 @@ class Trainer:
         groups = param_groups(self.params, created_here(self.student, self.objective), cfg)
         # each group's multiplier of the schedule's lr, from the config (a loaded checkpoint's groups may predate it)
         self.lr_mults = [g["lr_mult"] for g in groups]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=False)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **adamw_kernel(self.device))
         self.generator = torch.Generator().manual_seed(cfg.seed)  # random token selection
         sampler = ChunkShuffleSampler(train_data.image_rows(), max(1, int(train_data.image_chunk_rows)),
                                       cfg.buffer_chunks, cfg.seed)
