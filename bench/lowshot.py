@@ -29,7 +29,8 @@ several invocations, and the runs the two configs share (naive and MAD at the lo
 the cache, the largest fraction of a seed first (the first alone until the stages all shards share are cached: the
 world, the evaluation stores, and with ``init=student-pretrain`` the students' pretraining); a final ``mad run`` of
 the whole config then finds every stage cached and writes the reports. ``--only TASK`` (repeatable) runs a
-subset of the tasks.
+subset of the tasks; into an out dir where an earlier invocation of the same study (configs and overrides) wrote
+other tasks' figures, it keeps them, so a study run one task at a time ends with every task's summaries.
 
     python bench/lowshot.py --jobs 2                          # the main tables, then the ablation (2 CPU cores)
     python bench/lowshot.py --jobs 2 --no-ablation            # the main tables only
@@ -566,6 +567,30 @@ def confidence_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def earlier_tasks(before: dict, configs: dict, overrides: list[str], tasks: set[str]) -> dict:
+    """What an earlier invocation of the same study (the same configs, the same overrides but for ``--only``'s task
+    list and the worker count) wrote to the out dir's ``lowshot.json`` for the tasks other than ``tasks``: the
+    figures of a study run one task at a time add up instead of the last invocation's replacing them. Another
+    study's file there is not mixed in."""
+    def setting(ov: list[str]) -> list[str]:
+        return [o for o in ov if not o.startswith(("task=", "num_workers="))]
+
+    same = bool(before) and before.get("configs") == configs and setting(before.get("overrides", [])) == setting(
+        overrides)
+    by_task = {k: {t: v for t, v in (before.get(k) or {}).items() if t not in tasks} if same else {}
+               for k in ("tables", "ablation_tables", "ablation", "per_type", "distill_stage_seconds")}
+    by_task["per_type"] = {t: {**d, "students": {float(f): v for f, v in d["students"].items()}}
+                           for t, d in by_task["per_type"].items()}
+    rows = {k: [r for r in before.get(k) or [] if r.get("task") not in tasks] if same else []
+            for k in ("convergence", "confidence")}
+    return {**by_task, **rows, "distill_seconds": by_task.pop("distill_stage_seconds")}
+
+
+def by_task_order(rows: list[dict]) -> list[dict]:
+    """Convergence / confidence rows in their tables' order: task, method, fraction."""
+    return sorted(rows, key=lambda r: (str(r["task"]), str(r["method"]), str(r["fraction"])))
+
+
 def config_record(path: Path) -> dict[str, str]:
     """A study config as the results record it: its path (relative to the repository when inside it, so results
     from another machine do not name that machine's folders) and its content's sha256."""
@@ -622,40 +647,51 @@ def main(argv: list[str] | None = None) -> int:
     main_res = results["lowshot"]
     abl_res = results.get("ablation", main_res)
     policies = policy_methods(abl_res["values"])
-    abl = {task: ablation_sections(t, policies) for task, t in abl_res["tables"].items()}
+    configs = {k: config_record(v) for k, v in studies.items() if v}
+    prev = args.out / "lowshot.json"
+    before = json.loads(prev.read_text()) if prev.exists() else {}
+    # a study run one task at a time (--only) keeps the other tasks' figures an earlier invocation wrote here
+    kept = earlier_tasks(before, configs, overrides, set(main_res["tables"]) | set(abl_res["tables"]))
+    tables = {**kept["tables"], **main_res["tables"]}
+    abl_tables = {**kept["ablation_tables"], **abl_res["tables"]}
+    abl = {**kept["ablation"], **{task: ablation_sections(t, policies) for task, t in abl_res["tables"].items()}}
     pt = {task: per_type([st for st in main_res["stages"] if st.meta.get("task") == task], t["splits"][0], t)
           for task, t in main_res["tables"].items()}
     pt = {task: v for task, v in pt.items()  # the tasks with question types (VQA), not just an overall figure
           if any(set(by_type) - {"overall"} for f in v["students"].values() for by_type in f.values())}
+    pt = {**kept["per_type"], **pt}
     if has_variants(abl):  # not the main config alone (--no-ablation): it has no variant to take a share of
         (args.out / "ablation.md").write_text(ablation_markdown(abl, len(abl_res["values"]["seeds"])))
         (args.out / "ablation.csv").write_text(ablation_csv(abl))
-    (args.out / "per_type.md").write_text("\n".join(per_type_markdown(v, main_res["tables"][task]["splits"][0])
+    (args.out / "per_type.md").write_text("\n".join(per_type_markdown(v, tables[task]["splits"][0])
                                                     for task, v in pt.items()))
-    conv = convergence(main_res["stages"])
+    conv = by_task_order(kept["convergence"] + convergence(main_res["stages"]))
     (args.out / "convergence.md").write_text(convergence_markdown(conv))
-    conf = confidence(main_res["stages"])
+    conf = by_task_order(kept["confidence"] + confidence(main_res["stages"]))
     dev_curves(main_res["stages"], args.out)
     (args.out / "confidence.md").write_text(confidence_markdown(conf))
     all_stages = [st for r in results.values() for st in r["stages"]]
-    trains = {st.key: st.record["seconds"] for st in all_stages if st.kind == "distill" and st.record
-              and st.record.get("seconds")}
+    seconds: dict[str, dict[str, float]] = {}  # task -> distill stage key -> seconds
+    for st in all_stages:
+        if st.kind == "distill" and st.record and st.record.get("seconds"):
+            seconds.setdefault(str(st.meta.get("task")), {})[st.key] = st.record["seconds"]
+    seconds = {**kept["distill_seconds"], **seconds}
+    trains = [v for by_key in seconds.values() for v in by_key.values()]
     device = main_res["values"]["device"]
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() and device in ("auto", "cuda") else "cpu"
     # a study spans invocations (each resumes from the cache): keep every invocation's wall time, not the last's
-    prev = args.out / "lowshot.json"
-    history = json.loads(prev.read_text()).get("invocations", []) if prev.exists() else []
+    history = before.get("invocations", [])
     history.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": wall, "overrides": overrides,
                     "jobs": args.jobs})
-    info = {"configs": {k: config_record(v) for k, v in studies.items() if v}, "overrides": overrides,
+    info = {"configs": configs, "overrides": overrides,
             "jobs": args.jobs, "threads": args.threads, "wall_s": wall, "invocations": history,
-            "distill_stage_seconds_total": sum(trains.values()),
+            "distill_stage_seconds_total": sum(trains),
             "complete": all(r["complete"] for r in results.values()),
-            "distill_stage_seconds_median": statistics.median(trains.values()) if trains else None,
-            "distill_stages": len(trains), "device": dev, "cpu_count": os.cpu_count(),
-            "platform": platform.platform(), "versions": library_versions(), "tables": main_res["tables"],
-            "ablation_tables": abl_res["tables"], "ablation": abl, "policies": policies, "convergence": conv,
-            "confidence": conf,
+            "distill_stage_seconds_median": statistics.median(trains) if trains else None,
+            "distill_stages": len(trains), "distill_stage_seconds": seconds, "device": dev,
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "versions": library_versions(),
+            "tables": tables, "ablation_tables": abl_tables, "ablation": abl, "policies": policies,
+            "convergence": conv, "confidence": conf,
             "per_type": {task: {"students": {f"{f:g}": v for f, v in d["students"].items()},
                                 "teacher": d["teacher"], "references": d["references"]} for task, d in pt.items()}}
     (args.out / "lowshot.json").write_text(json.dumps(info, indent=1) + "\n")

@@ -467,6 +467,30 @@ def test_lowshot_records_its_configs_by_repository_path_and_content(tmp_path):
     assert lowshot.config_record(mine)["path"] == str(mine.resolve())
 
 
+def test_lowshot_run_one_task_at_a_time_keeps_the_other_tasks_figures():
+    """An invocation with --only TASK rewrites that task's figures in the out dir's lowshot.json and keeps those an
+    earlier invocation of the same study wrote for the other tasks (per type, convergence, confidence, tables,
+    stage seconds); another study's file, or the same configs with other settings, is not mixed in."""
+    lowshot = bench_module("lowshot")
+    configs = {"lowshot": {"path": "configs/converge.yaml", "sha256": "ab"}}
+    rows = [{"task": t, "method": "full", "fraction": 0.05} for t in ("vqa", "vcr", "snli-ve")]
+    before = {"configs": configs, "overrides": ["task=[vqa,vcr]", "num_workers=0"],
+              "tables": {"vqa": {"t": 1}, "vcr": {"t": 2}}, "ablation_tables": {}, "ablation": {"vcr": {"x": []}},
+              "per_type": {"vqa": {"students": {"0.05": {"full": {"overall": 50.0}}}, "teacher": {}, "references": {}}},
+              "distill_stage_seconds": {"vqa": {"k1": 10.0}, "vcr": {"k2": 20.0}},
+              "convergence": rows, "confidence": rows[:1]}
+    kept = lowshot.earlier_tasks(before, configs, ["task=[vcr]", "num_workers=1"], {"vcr"})
+    assert kept["tables"] == {"vqa": {"t": 1}} and kept["ablation"] == {}
+    assert kept["per_type"]["vqa"]["students"] == {0.05: {"full": {"overall": 50.0}}}  # fractions as numbers again
+    assert kept["distill_seconds"] == {"vqa": {"k1": 10.0}}
+    assert [r["task"] for r in kept["convergence"]] == ["vqa", "snli-ve"] and kept["confidence"] == rows[:1]
+    assert lowshot.by_task_order(kept["convergence"]) == [rows[2], rows[0]]
+    for other in (lowshot.earlier_tasks(before, {"lowshot": {**configs["lowshot"], "sha256": "cd"}}, [], {"vcr"}),
+                  lowshot.earlier_tasks(before, configs, ["seeds=[0]"], {"vcr"}),
+                  lowshot.earlier_tasks({}, configs, [], {"vcr"})):
+        assert not any(other.values())
+
+
 def test_lowshot_first_shard_shares_the_cores_once_the_shared_stages_are_cached():
     """The first shard runs alone while it builds what every shard shares, asked every 20 s; once those stages are
     cached (or the first shard ended) the other shards start beside it."""
