@@ -583,7 +583,8 @@ def earlier_tasks(before: dict, configs: dict, overrides: list[str], tasks: set[
                            for t, d in by_task["per_type"].items()}
     rows = {k: [r for r in before.get(k) or [] if r.get("task") not in tasks] if same else []
             for k in ("convergence", "confidence")}
-    return {**by_task, **rows, "distill_seconds": by_task.pop("distill_stage_seconds")}
+    seconds = by_task.pop("distill_stage_seconds")
+    return {**by_task, **rows, "distill_seconds": seconds}
 
 
 def by_task_order(rows: list[dict]) -> list[dict]:
