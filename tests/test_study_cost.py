@@ -217,11 +217,12 @@ def test_shards_start_together_once_the_shared_stages_are_cached(vcr_study, tmp_
     assert not bench.shared_stages_cached(cfg, [], tmp_path / "empty", "train")
 
 
-def test_converge_config_is_the_main_tables_at_doubled_caps():
+def test_converge_config_is_the_main_tables_at_doubled_caps_with_a_floor():
     """configs/converge.yaml (docs/lowshot.md's converged main tables) trains the main tables' runs -- configs/
     lowshot.yaml with the main tables' overrides -- at every fraction and seed: at 1% and 5% with exactly their
-    settings (the same cache entries), at 20% and 100% with only the step cap doubled and the dev evaluations where
-    the main tables had them. Every other setting of every run, and its MAD objective, is the same."""
+    settings (the same cache entries), at 20% and 100% with only the step cap doubled, the dev evaluations where
+    the main tables had them and early stopping's floor at half the cap. Every other setting of every run, and its
+    MAD objective, is the same."""
     import dataclasses
 
     from mad_pipeline.stages.pipeline import load_config
@@ -252,4 +253,6 @@ def test_converge_config_is_the_main_tables_at_doubled_caps():
                         assert b == a, (task, method, fraction, seed)
                         continue
                     assert b.steps == 2 * a.steps and b.dev_every == dev_every(a), (task, method, fraction)
-                    assert dataclasses.replace(b, steps=a.steps, dev_every=a.dev_every) == a, (task, method, fraction)
+                    assert a.min_steps == 0 and b.min_steps == b.steps // 2, (task, method, fraction)
+                    same = dataclasses.replace(b, steps=a.steps, dev_every=a.dev_every, min_steps=0)
+                    assert same == a, (task, method, fraction)
