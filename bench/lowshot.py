@@ -103,6 +103,19 @@ def shard_cell(shard: list[str]) -> tuple[str, float, int, str]:
     return task, json.loads(fractions)[0], json.loads(seeds)[0], method
 
 
+def shard_steps(values: dict, shard: list[str]) -> int:
+    """A shard's weight in the progress bar: its run's step cap, a multiple-choice task's steps counted once per
+    choice (a VCR student reads four texts per item, and its step takes about four times a VQA step's time). Runs
+    that stop early end sooner and evaluations are not counted, so it is a rough weight, but far closer to the time
+    than counting shards: a 1% shard stops in a few hundred steps, a 100% shard trains for thousands."""
+    from mad_pipeline.pipeline.config import for_run, for_task
+    from mad_pipeline.tasks.registry import get_task, task_class
+
+    task, fraction, _seed, method = shard_cell(shard)
+    steps = int(for_run(for_task(values, task), method, fraction)["train"]["steps"])
+    return steps * (get_task(task).num_classes if task_class(task).multiple_choice else 1)
+
+
 def pending_shards(todo: list[list[str]], stages: list) -> list[list[str]]:
     """The shards with a distill or eval stage not in the cache (from the whole config's dry-run plan): a shard whose
     runs and evaluations are all cached has nothing to do, so it is not started."""
@@ -194,9 +207,11 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     running: list[tuple[subprocess.Popen, Path, list[str]]] = []
-    n_total, done = len(todo), 0
+    n_total, done, steps_done = len(todo), 0, 0
+    weight = {tuple(sh): shard_steps(values, sh) for sh in todo}  # the rate and the eta by step caps, not by shards
     with make_progress() as bar:  # a live bar on a terminal, a line every 30 s in a log file
-        task = bar.add_task("shards (task x seed x fraction x method)", total=n_total, unit="shard")
+        task = bar.add_task("training steps (step caps)", total=sum(weight.values()), unit="step", bursts=True,
+                            info=f"0/{n_total} shards")
 
         def start(shard: list[str]) -> None:
             name = "_".join(_shard_label(s) for s in shard)
@@ -208,7 +223,7 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
                             shard))
 
         def poll() -> None:
-            nonlocal done
+            nonlocal done, steps_done
             for item in list(running):
                 p, path, shard = item
                 if p.poll() is None:
@@ -219,8 +234,8 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
                         q.kill()
                     raise SystemExit(f"shard {' '.join(shard)} failed (exit {p.returncode}); log {path}:\n"
                                      f"{path.read_text()[-3000:]}")
-                done += 1
-                bar.update(task, completed=done)
+                done, steps_done = done + 1, steps_done + weight[tuple(shard)]
+                bar.update(task, completed=steps_done, info=f"{done}/{n_total} shards")
 
         def cached() -> bool:
             return shared_stages_cached(config, overrides, args.cache, values["data"]["train_split"])

@@ -29,7 +29,6 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
@@ -51,10 +50,11 @@ SPEED_WINDOW = 30.0  # seconds: rich's speed estimate averages the updates of th
 def task_speed(task) -> float | None:
     """Units per second: rich's estimate over its last :data:`SPEED_WINDOW` seconds; the mean so far when that
     window holds too few updates to mean anything (units slower than half the window: study shards that take
-    minutes each, where two finishing close together would read as seconds per shard)."""
+    minutes each, where two finishing close together would read as seconds per shard), or when the task's
+    ``bursts`` field says its units arrive in bursts (a study's training steps, counted as each shard ends)."""
     elapsed = task.finished_time if task.finished else task.elapsed
     mean = task.completed / elapsed if task.completed and elapsed else None
-    if mean is not None and mean * SPEED_WINDOW < 2:
+    if mean is not None and (mean * SPEED_WINDOW < 2 or task.fields.get("bursts")):
         return mean
     return task.finished_speed or task.speed or mean
 
@@ -64,6 +64,17 @@ def rate_text(speed: float | None, unit: str) -> str:
     if not speed:
         return f"- {unit}/s"
     return f"{1 / speed:,.1f} s/{unit}" if speed < 1 else f"{speed:,.1f} {unit}/s"
+
+
+class EtaColumn(ProgressColumn):
+    """The time left at the rate :class:`RateColumn` shows (:func:`task_speed`), as the log lines give it."""
+
+    def render(self, task) -> Text:
+        if task.finished or not task.total:
+            return Text("")
+        speed = task_speed(task)
+        left = (task.total - task.completed) / speed if speed else None
+        return Text(f"eta {_clock(left)}", style="progress.remaining")
 
 
 class InfoColumn(ProgressColumn):
@@ -155,7 +166,7 @@ def make_progress(enabled: bool = True) -> Progress | contextlib.nullcontext:
     cls = Progress if console.is_terminal or console.is_jupyter else LogProgress
     return cls(
         TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), RateColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), InfoColumn(), console=console,
+        TimeElapsedColumn(), EtaColumn(), InfoColumn(), console=console,
         disable=not enabled, transient=False,
     )
 

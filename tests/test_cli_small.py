@@ -180,6 +180,12 @@ def test_slow_units_are_rated_by_the_mean_not_by_two_close_finishes():
     steps = SimpleNamespace(description="training", completed=200, total=500, finished=False, elapsed=100.0,
                             finished_speed=None, speed=2.5, time_remaining=120.0, fields={"unit": "step"})
     assert task_speed(steps) == 2.5 and task_line(steps).endswith("2.5 step/s, elapsed 0:01:40, eta 0:02:00")
+    # a study's training steps arrive in bursts (a shard's whole cap as it ends): the mean so far, always
+    burst = SimpleNamespace(description="training steps", completed=1600, total=6400, finished=False, elapsed=800.0,
+                            finished_speed=None, speed=80.0, time_remaining=60.0,
+                            fields={"unit": "step", "bursts": True, "info": "2/8 shards"})
+    assert task_speed(burst) == 2.0
+    assert task_line(burst).endswith("2.0 step/s, elapsed 0:13:20, eta 0:40:00, 2/8 shards")
 
 
 def test_teachers_readable_at_80_columns(capsys):

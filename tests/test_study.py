@@ -306,6 +306,22 @@ def test_lowshot_shards_are_the_whole_configs_runs_one_method_each(study_yaml, i
             assert key and whole[f"{shard[0][5:]}: {label}"] == key
 
 
+def test_lowshot_progress_weighs_each_shard_by_its_step_cap(study_yaml):
+    """bench/lowshot.py's progress bar counts training steps, not shards: each shard weighs its run's step cap (the
+    fraction's own, a method's own over it), a multiple-choice task's steps once per choice, so the estimate of
+    the time left does not treat a 1% shard like a 100% one."""
+    bench = _bench()
+    over = ["per_fraction={0.5: {train: {steps: 2}}, 1.0: {train: {steps: 30}}}",
+            'methods={baseline: {preset: baseline, train: {steps: 5}}, full: {preset: full}}']
+    values = load_config(study_yaml, over).values
+    weight = {bench.shard_cell(sh)[::3] + (bench.shard_cell(sh)[1],): bench.shard_steps(values, sh)
+              for sh in bench.shards(values, jobs=2)}
+    assert weight[("vqa", "full", 0.5)] == 2 and weight[("vqa", "full", 1.0)] == 30
+    assert weight[("snli-ve", "full", 1.0)] == 30
+    assert weight[("vqa", "baseline", 0.5)] == weight[("vqa", "baseline", 1.0)] == 5  # the method's own cap
+    assert weight[("vcr", "full", 0.5)] == 2 * 4 and weight[("vcr", "baseline", 1.0)] == 5 * 4  # four choices
+
+
 def test_lowshot_starts_only_the_shards_with_a_run_or_evaluation_not_cached(study_yaml):
     """A shard whose distill and eval stages are all in the cache has nothing to do: bench/lowshot.py --jobs N does
     not start it (re-reporting a finished study from the cache starts no ``mad run`` per student)."""
