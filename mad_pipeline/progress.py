@@ -71,9 +71,10 @@ class EtaColumn(ProgressColumn):
 
     def render(self, task) -> Text:
         if task.finished or not task.total:
-            return Text("")
-        speed = task_speed(task)
-        left = (task.total - task.completed) / speed if speed else None
+            left = 0.0 if task.finished else None
+        else:
+            speed = task_speed(task)
+            left = (task.total - task.completed) / speed if speed else None
         return Text(f"eta {_clock(left)}", style="progress.remaining")
 
 
