@@ -105,7 +105,7 @@ def shard_cell(shard: list[str]) -> tuple[str, float, int, str]:
 
 def shard_steps(values: dict, shard: list[str]) -> int:
     """A shard's weight in the progress bar: its run's step cap, a multiple-choice task's steps counted once per
-    choice (a VCR student reads four texts per item, and its step takes about four times a VQA step's time). Runs
+    choice (a VCR student reads four texts per item, and its step takes four to five times a VQA step's time). Runs
     that stop early end sooner and evaluations are not counted, so it is a rough weight, but far closer to the time
     than counting shards: a 1% shard stops in a few hundred steps, a 100% shard trains for thousands."""
     from mad_pipeline.pipeline.config import for_run, for_task

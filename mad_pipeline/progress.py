@@ -66,16 +66,19 @@ def rate_text(speed: float | None, unit: str) -> str:
     return f"{1 / speed:,.1f} s/{unit}" if speed < 1 else f"{speed:,.1f} {unit}/s"
 
 
+def time_left(task) -> float | None:
+    """Seconds left at the rate :func:`task_speed` gives (0 once finished; None without a total or a rate)."""
+    if task.finished:
+        return 0.0
+    speed = task_speed(task)
+    return (task.total - task.completed) / speed if task.total and speed else None
+
+
 class EtaColumn(ProgressColumn):
-    """The time left at the rate :class:`RateColumn` shows (:func:`task_speed`), as the log lines give it."""
+    """The time left at the rate :class:`RateColumn` shows (:func:`time_left`), as the log lines give it."""
 
     def render(self, task) -> Text:
-        if task.finished or not task.total:
-            left = 0.0 if task.finished else None
-        else:
-            speed = task_speed(task)
-            left = (task.total - task.completed) / speed if speed else None
-        return Text(f"eta {_clock(left)}", style="progress.remaining")
+        return Text(f"eta {_clock(time_left(task))}", style="progress.remaining")
 
 
 class InfoColumn(ProgressColumn):
@@ -113,8 +116,7 @@ def task_line(task) -> str:
     parts = [f"{task.description}: {done}", rate_text(speed, unit),
              f"elapsed {_clock(task.finished_time if task.finished else task.elapsed)}"]
     if task.total and not task.finished:
-        eta = (task.total - task.completed) / speed if speed else None  # at the rate shown
-        parts.append(f"eta {_clock(eta)}")
+        parts.append(f"eta {_clock(time_left(task))}")  # at the rate shown
     info = str(task.fields.get("info", "") or "")
     return ", ".join(parts) + (f", {info}" if info else "")
 

@@ -314,8 +314,10 @@ def test_lowshot_progress_weighs_each_shard_by_its_step_cap(study_yaml):
     over = ["per_fraction={0.5: {train: {steps: 2}}, 1.0: {train: {steps: 30}}}",
             'methods={baseline: {preset: baseline, train: {steps: 5}}, full: {preset: full}}']
     values = load_config(study_yaml, over).values
-    weight = {bench.shard_cell(sh)[::3] + (bench.shard_cell(sh)[1],): bench.shard_steps(values, sh)
-              for sh in bench.shards(values, jobs=2)}
+    weight = {}
+    for sh in bench.shards(values, jobs=2):
+        task, fraction, _seed, method = bench.shard_cell(sh)
+        weight[task, method, fraction] = bench.shard_steps(values, sh)
     assert weight[("vqa", "full", 0.5)] == 2 and weight[("vqa", "full", 1.0)] == 30
     assert weight[("snli-ve", "full", 1.0)] == 30
     assert weight[("vqa", "baseline", 0.5)] == weight[("vqa", "baseline", 1.0)] == 5  # the method's own cap
