@@ -117,7 +117,7 @@ def test_sweep_settings_fit_every_task_at_every_fraction():
 
     repo = Path(__file__).resolve().parents[1]
     study = load_config(repo / "configs" / "lowshot.yaml").values
-    # training samples per task of the study's world (docs/lowshot.md): VQA 9,891, SNLI-VE 6,000, VCR 2,000
+    # training samples per task of the study's world (docs/lowshot-history.md): VQA 9,891, SNLI-VE 6,000, VCR 2,000
     sizes = {"vqa": 9891, "snli-ve": 6000, "vcr": 2000}
     for task in sizes:
         for fractions in (None, study["fractions"]):
