@@ -29,8 +29,9 @@ several invocations, and the runs the two configs share (naive and MAD at the lo
 the cache, the largest fraction of a seed first (the first alone until the stages all shards share are cached: the
 world, the evaluation stores, and with ``init=student-pretrain`` the students' pretraining); a final ``mad run`` of
 the whole config then finds every stage cached and writes the reports. ``--only TASK`` (repeatable) runs a
-subset of the tasks; into an out dir where an earlier invocation of the same study (configs and overrides) wrote
-other tasks' figures, it keeps them, so a study run one task at a time ends with every task's summaries.
+subset of the tasks; into an out dir where an earlier invocation of the same study (configs by their settings, so a
+comment edit keeps it the same, and overrides) wrote other tasks' figures, it keeps them, so a study run one task at
+a time ends with every task's summaries; another study's summaries there are replaced, with one line saying so.
 
     python bench/lowshot.py --jobs 2                          # the main tables, then the ablation (2 CPU cores)
     python bench/lowshot.py --jobs 2 --no-ablation            # the main tables only
@@ -582,16 +583,27 @@ def confidence_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def earlier_tasks(before: dict, configs: dict, overrides: list[str], tasks: set[str]) -> dict:
-    """What an earlier invocation of the same study (the same configs, the same overrides but for ``--only``'s task
-    list and the worker count) wrote to the out dir's ``lowshot.json`` for the tasks other than ``tasks``: the
-    figures of a study run one task at a time add up instead of the last invocation's replacing them. Another
-    study's file there is not mixed in."""
+def same_study(before: dict, configs: dict, overrides: list[str]) -> bool:
+    """Whether the out dir's earlier ``lowshot.json`` (``before``) is this study's: the same configs (by path and
+    settings; a record from before settings were hashed, by file content) and the same overrides but for
+    ``--only``'s task list and the worker count."""
     def setting(ov: list[str]) -> list[str]:
         return [o for o in ov if not o.startswith(("task=", "num_workers="))]
 
-    same = bool(before) and before.get("configs") == configs and setting(before.get("overrides", [])) == setting(
-        overrides)
+    def same_config(a: dict | None, b: dict) -> bool:
+        field = "settings_sha256" if a and "settings_sha256" in a else "sha256"
+        return bool(a) and a.get("path") == b.get("path") and a.get(field) == b.get(field)
+
+    earlier = before.get("configs") or {}
+    return (bool(before) and set(earlier) == set(configs) and all(same_config(earlier[k], configs[k]) for k in configs)
+            and setting(before.get("overrides", [])) == setting(overrides))
+
+
+def earlier_tasks(before: dict, configs: dict, overrides: list[str], tasks: set[str]) -> dict:
+    """What an earlier invocation of the same study (:func:`same_study`) wrote to the out dir's ``lowshot.json`` for
+    the tasks other than ``tasks``: the figures of a study run one task at a time add up instead of the last
+    invocation's replacing them. Another study's file there is not mixed in."""
+    same = same_study(before, configs, overrides)
     by_task = {k: {t: v for t, v in (before.get(k) or {}).items() if t not in tasks} if same else {}
                for k in ("tables", "ablation_tables", "ablation", "per_type", "distill_stage_seconds")}
     by_task["per_type"] = {t: {**d, "students": {float(f): v for f, v in d["students"].items()}}
@@ -609,10 +621,16 @@ def by_task_order(rows: list[dict]) -> list[dict]:
 
 def config_record(path: Path) -> dict[str, str]:
     """A study config as the results record it: its path (relative to the repository when inside it, so results
-    from another machine do not name that machine's folders) and its content's sha256."""
+    from another machine do not name that machine's folders), its content's sha256 and its settings' (the values it
+    loads to: a comment edit leaves them, and the study, the same)."""
+    from mad_pipeline.stages.pipeline import load_config
+
+    from mad_pipeline.hashing import content_key, to_jsonable
+
     path = Path(path).resolve()
     shown = path.relative_to(ROOT.resolve()) if path.is_relative_to(ROOT.resolve()) else path
-    return {"path": str(shown), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {"path": str(shown), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "settings_sha256": content_key(to_jsonable(load_config(path).values))}
 
 
 def parse_args(argv: list[str] | None):
@@ -666,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
     configs = {k: config_record(v) for k, v in studies.items() if v}
     prev = args.out / "lowshot.json"
     before = json.loads(prev.read_text()) if prev.exists() else {}
+    if before and not same_study(before, configs, overrides):
+        log(f"{prev}: another study's (other configs or settings); written afresh, the task folders it made kept")
+        before = {}
     # a study run one task at a time (--only) keeps the other tasks' figures an earlier invocation wrote here
     kept = earlier_tasks(before, configs, overrides, set(main_res["tables"]) | set(abl_res["tables"]))
     tables = {**kept["tables"], **main_res["tables"]}

@@ -481,8 +481,22 @@ def test_lowshot_records_its_configs_by_repository_path_and_content(tmp_path):
     assert rec["path"] == "configs/lowshot.yaml"
     assert rec["sha256"] == hashlib.sha256((lowshot.ROOT / "configs" / "lowshot.yaml").read_bytes()).hexdigest()
     mine = tmp_path / "study.yaml"
-    mine.write_text("task: vqa\n")
-    assert lowshot.config_record(mine)["path"] == str(mine.resolve())
+    mine.write_text("task: vqa\ndata: {shapes: {size: 40}}\n")
+    first = lowshot.config_record(mine)
+    assert first["path"] == str(mine.resolve())
+    # a comment edit changes the file's hash, not its settings': the same study, whose --only runs still add up
+    mine.write_text("# the study\ntask: vqa   # one task\ndata: {shapes: {size: 40}}\n")
+    commented = lowshot.config_record(mine)
+    assert commented["sha256"] != first["sha256"] and commented["settings_sha256"] == first["settings_sha256"]
+    before = {"configs": {"lowshot": first}, "overrides": ["task=[vqa]"]}
+    assert lowshot.same_study(before, {"lowshot": commented}, ["task=[snli-ve]"])
+    mine.write_text("task: vqa\ndata: {shapes: {size: 40}}\nseeds: [0, 1]\n")
+    assert not lowshot.same_study(before, {"lowshot": lowshot.config_record(mine)}, ["task=[snli-ve]"])
+    # a record from before settings were hashed is compared by the file's hash
+    old = {"configs": {"lowshot": {k: v for k, v in first.items() if k != "settings_sha256"}}, "overrides": []}
+    assert lowshot.same_study(old, {"lowshot": first}, [])
+    assert not lowshot.same_study(old, {"lowshot": commented}, [])
+    assert not lowshot.same_study(before, {"lowshot": first, "ablation": first}, [])
 
 
 def test_lowshot_run_one_task_at_a_time_keeps_the_other_tasks_figures():
