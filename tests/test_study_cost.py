@@ -256,3 +256,20 @@ def test_converge_config_is_the_main_tables_at_doubled_caps_with_a_floor():
                     assert a.min_steps == 0 and b.min_steps == b.steps // 2, (task, method, fraction)
                     same = dataclasses.replace(b, steps=a.steps, dev_every=a.dev_every, min_steps=0)
                     assert same == a, (task, method, fraction)
+
+
+def test_student_cost_scales_the_study_by_each_variants_step(tmp_path, capsys):
+    """bench/student_cost.py times real ViLT students (vilt-tiny and smaller variants) on the study's batch shapes
+    and scales a lowshot.json's distill seconds task by task: vilt-tiny's row is the record itself, and the registry
+    is left as it was."""
+    bench = bench_module("student_cost")
+    from mad_pipeline.students.vilt import VILT_CONFIGS
+
+    names = set(VILT_CONFIGS)
+    record = tmp_path / "lowshot.json"
+    record.write_text(json.dumps({"distill_stage_seconds": {"vqa": {"a": 100.0}, "vcr": {"b": 300.0, "c": 50.0}}}))
+    assert bench.main(["--steps", "1", "--warmup", "0", "--record", str(record)]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "ms" in r]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(bench.VARIANTS)
+    assert "(1.00x)" in rows[0] and "| 450 s |" in rows[0]
+    assert set(VILT_CONFIGS) == names
