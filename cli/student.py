@@ -44,6 +44,7 @@ Examples:
 @student_app.command("pretrain", help=PRETRAIN_HELP)
 def pretrain_cmd(
     out: Path = typer.Option(None, "--out", "-o", help="Also copy the weights directory here."),
+    student: str = typer.Option(_D.student, "--student", help="Student preset (64 px images: vilt-tiny, vilt-mini)."),
     seed: int = typer.Option(_D.seed, "--seed", help="Seed of the scenes, captions, negatives, masks and init."),
     steps: int = typer.Option(_D.steps, "--steps", help="Pretraining steps."),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Images per step."),
@@ -81,8 +82,8 @@ def pretrain_cmd(
     if quiet or as_json:
         quiet_library_bars()
     cfg = stage.StudentPretrainConfig(
-        seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr, warmup=warmup, mask_prob=mask_prob,
-        negative_fraction=negative_fraction, hard_fraction=hard_fraction, hard_ramp=hard_ramp,
+        student=student, seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr, warmup=warmup,
+        mask_prob=mask_prob, negative_fraction=negative_fraction, hard_fraction=hard_fraction, hard_ramp=hard_ramp,
         itm_weight=itm_weight, itm_start=itm_start, hard_gate=hard_gate, pos_init_std=pos_init_std,
         cell_steps=cell_steps, place_mask=place_mask, itm_pooler=itm_pooler, eval_size=eval_size,
         probe_steps=probe_steps, probe_train=probe_train, out=out, cache=cache, progress=not (quiet or as_json))
@@ -93,7 +94,7 @@ def pretrain_cmd(
     con = Console()
     t = result.timing
     where = result.out or result.path
-    con.print(f"shapes-vilt-tiny -> {where}  ({'cached' if result.cached else 'trained'}: {cfg.steps} steps, "
+    con.print(f"{cfg.student} -> {where}  ({'cached' if result.cached else 'trained'}: {cfg.steps} steps, "
               f"{t['step_s']:.2f} s/step; key {result.key[:12]})", soft_wrap=True)
     if result.figures:
         con.print(figures_table(result.figures))

@@ -33,7 +33,8 @@ SHARE = {"min": 0, "max": 1, "why": "a share"}  # the bounds of a share of somet
 
 @dataclass(frozen=True)
 class StudentPretrainConfig:
-    student: str = _f(_D.student, "student preset to pretrain (vilt-tiny: 64 px images, the shapes world's size)")
+    student: str = _f(_D.student, "student preset to pretrain (one with 64 px images, the shapes world's size: "
+                                   "vilt-tiny, vilt-mini)")
     seed: int = _f(_D.seed, "seed of the scenes' order, captions, negatives, masks and the initialisation", min=0)
     steps: int = _f(_D.steps, "pretraining steps (one MLM forward each, and one ITM forward once ITM starts)", min=1)
     batch_size: int = _f(_D.batch_size, "images per step", min=2)
@@ -113,12 +114,13 @@ def weights_key(cfg: StudentPretrainConfig) -> str:
 
 
 def check(cfg: StudentPretrainConfig) -> None:
+    from mad_pipeline.shapes.world import IMAGE_SIZE
     from mad_pipeline.students.vilt import VILT_CONFIGS
 
-    if cfg.student != "vilt-tiny":
-        known = ", ".join(VILT_CONFIGS)
-        raise InputError(f"--student {cfg.student!r}: only vilt-tiny is pretrained on the shapes world (64 px "
-                         f"images); {known} other than it take their pretrained weights with --pretrained")
+    shapes = [name for name, c in VILT_CONFIGS.items() if c["image_size"] == IMAGE_SIZE]
+    if cfg.student not in shapes:
+        raise InputError(f"--student {cfg.student!r}: the shapes world pretrains {', '.join(shapes)} ({IMAGE_SIZE} px "
+                         "images); another student takes its pretrained weights with --pretrained")
     for f in dataclasses.fields(cfg):  # every bound is the field's own
         check_bounds(f, getattr(cfg, f.name), f"--{f.name.replace('_', '-')}")
     if cfg.pool_size < cfg.batch_size:

@@ -395,3 +395,19 @@ def test_itm_pooler_is_saved_with_the_itm_head_and_students_draw_their_own(tmp_p
         assert ("vilt.pooler.dense.weight" in saved) is in_backbone
         meta = json.loads((Path(res["path"]) / "training.json").read_text())
         assert meta["settings"].get("itm_pooler", False) is not in_backbone
+
+
+def test_pretrain_another_shapes_world_student_and_refuse_one_that_is_not(tmp_path):
+    """`--student` pretrains any preset with the shapes world's 64-pixel images (vilt-mini: 2 layers, 16-pixel
+    patches) under its own key, and a student that --pretrained DIR loads at that size; another preset is one line."""
+    out = tmp_path / "mini"
+    mini = last_json(mad_inproc("student", "pretrain", *TINY, "--student", "vilt-mini", "--cache", str(tmp_path / "c"),
+                                "--out", str(out), "--json", env=ONE_THREAD))
+    tiny = last_json(mad_inproc("student", "pretrain", *TINY, "--cache", str(tmp_path / "c"), "--json",
+                                env=ONE_THREAD))
+    assert mini["key"] != tiny["key"] and set(mini["figures"]) == {"pretrained", "scratch"}
+    student = build_student("vilt-mini", "vqa", 5, resolve_init("vilt-mini", "scratch", str(out)))
+    assert student.grid == (4, 4) and len(student.backbone.encoder.layer) == 2
+    r = mad_inproc("student", "pretrain", *TINY, "--student", "vilt-b32", "--cache", str(tmp_path / "c"), check=False)
+    assert r.returncode != 0 and "--student 'vilt-b32'" in r.stderr and "vilt-tiny, vilt-mini" in r.stderr
+    assert "Traceback" not in r.stderr

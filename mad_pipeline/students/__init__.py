@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .base import Student, StudentError, StudentOutput, TextInput, center_crop_box
-from .vilt import ViltStudent, build_vilt, read_student_json
+from .vilt import VILT_CONFIGS, ViltStudent, build_vilt, read_student_json
 from .weights import INITS, resolve_init
 
-STUDENTS = {"vilt-tiny": build_vilt, "vilt-b32": build_vilt}
+STUDENTS = dict.fromkeys(VILT_CONFIGS, build_vilt)  # every ViLT preset of vilt.py
 STUDENT_FAMILIES = {"vilt": ViltStudent}
 
 
