@@ -17,6 +17,8 @@ the two lowest fractions), then writes to ``--out`` (default ``docs/results/stud
 - ``convergence.md``                   per task, method and fraction: runs stopped early on a flat dev curve, or at
                                       the step cap with how much the dev metric still rose there
 - ``<task>/dev_curves.png``             every run's dev curve, a panel per fraction, a dot at the selected step
+- ``paired.md``                        per task, split and metric: MAD minus the baseline and minus naive distillation,
+                                      paired by seed (mean ± std, seeds ahead)
 - ``confidence.md``                    per task, method and fraction: the teacher's confidences and the weights
                                       they gave (the runs that weight by confidence)
 - ``lowshot.json``                     every figure above plus per-run values, timings (each invocation's wall
@@ -369,6 +371,42 @@ def ablation_markdown(abl: dict[str, dict[str, list[dict]]], n_seeds: int) -> st
     return "\n".join(lines)
 
 
+def _ahead(diffs: list[float]) -> str:
+    """mean ± std of paired differences, and on how many seeds the first is ahead."""
+    std = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+    return f"{statistics.mean(diffs):+.2f}{std} ({sum(d > 0 for d in diffs)} of {len(diffs)})"
+
+
+def paired_markdown(tables: dict[str, dict]) -> str:
+    """Per task, split and metric (the headline first), MAD against the baseline and against naive distillation,
+    paired by seed: the figures the study's questions are about, beside the cells they come from."""
+    from mad_pipeline.pipeline.report import metric_title
+
+    lines = ["# MAD against the baseline and naive distillation, paired by seed", "",
+             "Per task, split and metric: each method's mean ± std over the seeds, and MAD minus the baseline and "
+             "MAD minus naive distillation seed by seed (mean ± std of the differences, and on how many seeds MAD "
+             "is ahead). A difference beyond the spread is one larger than the cells' own standard deviations.", ""]
+    for task, t in tables.items():
+        metrics = [t["metric"], *[m for m in t.get("metrics") or [] if m != t["metric"]]]
+        for split in t["splits"]:
+            for m in metrics:
+                rows = [r for r in t["rows"] if r["split"] == split and r.get("metric", t["metric"]) == m
+                        and r["cells"].get("full")]
+                if not rows:
+                    continue
+                lines += [f"## {task}, {split}, {metric_title(m)}", "",
+                          "| training fraction | baseline | naive | MAD | MAD − baseline | MAD − naive |",
+                          "|---:|---:|---:|---:|---:|---:|"]
+                for r in rows:
+                    c = r["cells"]
+                    cells = [_pm(c[k]["mean"], c[k]["std"], c[k]["n"]) if c.get(k) else "–"
+                             for k in ("baseline", "naive", "full")]
+                    diffs = [_ahead(_paired(c["full"], c[k])) if c.get(k) else "–" for k in ("baseline", "naive")]
+                    lines.append(f"| {r['fraction'] * 100:g}% | " + " | ".join(cells + diffs) + " |")
+                lines.append("")
+    return "\n".join(lines)
+
+
 def ablation_csv(abl: dict[str, dict[str, list[dict]]]) -> str:
     names = [f"select_{p}" for p in POLICIES] + [f"without_{part.replace(' ', '_')}" for _, part in ABLATIONS]
     head = ["task", "split", "metric", "train_fraction", "mad_mean", "mad_std"]
@@ -707,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     conf = by_task_order(kept["confidence"] + confidence(main_res["stages"]))
     dev_curves(main_res["stages"], args.out)
     (args.out / "confidence.md").write_text(confidence_markdown(conf))
+    (args.out / "paired.md").write_text(paired_markdown(tables))
     all_stages = [st for r in results.values() for st in r["stages"]]
     seconds: dict[str, dict[str, float]] = {}  # task -> distill stage key -> seconds
     for st in all_stages:

@@ -567,3 +567,25 @@ def test_lowshot_merge_writes_an_ablations_share_table_from_parts(tmp_path):
     assert "(MAD)" in row and (tmp_path / "abl" / "ablation.csv").exists()
     with pytest.raises(SystemExit, match="no input records the selection policies"):
         merge.main(["--task", "vcr", "--ablation", "--out", str(tmp_path / "x"), str(again)])
+
+
+def test_lowshot_paired_table_takes_mad_minus_each_method_seed_by_seed():
+    """paired.md: per task, split and metric, MAD minus the baseline and minus naive over the seeds both cells
+    have, with how many seeds MAD is ahead; a metric without MAD's cells has no table."""
+    lowshot = bench_module("lowshot")
+
+    def cell(values, seeds=(0, 1, 2)):
+        import statistics
+        return {"mean": statistics.mean(values), "std": statistics.stdev(values), "n": len(values),
+                "seeds": list(seeds), "values": list(values)}
+
+    row = {"split": "test", "fraction": 0.05, "metric": "q2a",
+           "cells": {"baseline": cell([50.0, 52.0, 60.0]), "naive": cell([40.0, 41.0], (0, 2)),
+                     "full": cell([55.0, 51.0, 62.0])}}
+    other = {"split": "test", "fraction": 0.05, "metric": "qa2r", "cells": {"baseline": cell([1.0, 2.0, 3.0])}}
+    md = lowshot.paired_markdown({"vcr": {"metric": "q2a", "metrics": ["q2a", "qa2r"], "splits": ["test"],
+                                          "rows": [row, other]}})
+    assert "## vcr, test, Q->A" in md and "QA->R" not in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| 5% |"))
+    # MAD - baseline: +5, -1, +2 -> +2.00 ± 3.00 (2 of 3); MAD - naive on seeds 0 and 2: +15, +21
+    assert line.endswith("| +2.00 ± 3.00 (2 of 3) | +18.00 ± 4.24 (2 of 2) |")
