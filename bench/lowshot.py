@@ -310,12 +310,17 @@ def ablation(table: dict, split: str, policies: dict[str, str], metric: str | No
     return rows
 
 
+def table_metrics(table: dict) -> list[str]:
+    """The metrics a task's table reports, its headline first (VCR: Q->A, then QA->R and Q->AR)."""
+    return [table["metric"], *[m for m in table.get("metrics") or [] if m != table["metric"]]]
+
+
 def ablation_sections(table: dict, policies: dict[str, str]) -> dict[str, list[dict]]:
     """:func:`ablation` for every split and every metric the task reports (VCR: Q->A, then QA->R and Q->AR), keyed
     ``split`` for the headline and ``split, <metric title>`` for the others."""
     from mad_pipeline.pipeline.report import metric_title
 
-    metrics = [table["metric"], *[m for m in table.get("metrics") or [] if m != table["metric"]]]
+    metrics = table_metrics(table)
     return {split if m == table["metric"] else f"{split}, {metric_title(m)}": ablation(table, split, policies, m)
             for m in metrics for split in table["splits"]}
 
@@ -387,9 +392,8 @@ def paired_markdown(tables: dict[str, dict]) -> str:
              "MAD minus naive distillation seed by seed (mean ± std of the differences, and on how many seeds MAD "
              "is ahead). A difference beyond the spread is one larger than the cells' own standard deviations.", ""]
     for task, t in tables.items():
-        metrics = [t["metric"], *[m for m in t.get("metrics") or [] if m != t["metric"]]]
         for split in t["splits"]:
-            for m in metrics:
+            for m in table_metrics(t):
                 rows = [r for r in t["rows"] if r["split"] == split and r.get("metric", t["metric"]) == m
                         and r["cells"].get("full")]
                 if not rows:
