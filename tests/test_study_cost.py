@@ -273,3 +273,38 @@ def test_student_cost_scales_the_study_by_each_variants_step(tmp_path, capsys):
     assert [r.split(" | ")[0][2:] for r in rows] == list(bench.VARIANTS)
     assert "(1.00x)" in rows[0] and "| 450 s |" in rows[0]
     assert set(VILT_CONFIGS) == names
+
+
+def test_converge_mini_config_is_the_main_tables_with_vilt_mini_and_the_baselines_warmup():
+    """configs/converge-mini.yaml (docs/lowshot.md's tables with vilt-mini) is configs/converge.yaml with the student
+    vilt-mini, pretrained in the same command, and one setting changed: the baseline's warmup (0.2 of the steps, the
+    warmup its sweep chose). Every other run -- naive and MAD at every task, fraction and seed -- is the same, so
+    it is served from the same cache entries as converge.yaml's with student=vilt-mini init=student-pretrain."""
+    import dataclasses
+
+    from mad_pipeline.stages.pipeline import load_config
+
+    from mad_pipeline.pipeline.config import train_config
+    from mad_pipeline.pipeline.fractions import for_run
+    from mad_pipeline.pipeline.methods import mad_config
+    from mad_pipeline.pipeline.study import for_task
+
+    repo = Path(__file__).resolve().parents[1]
+    conv = load_config(repo / "configs" / "converge.yaml", ["student=vilt-mini", "init=student-pretrain"]).values
+    mini = load_config(repo / "configs" / "converge-mini.yaml").values
+    for key in ("task", "data", "teacher", "student", "init", "vocab_min_count", "fractions", "seeds"):
+        assert mini[key] == conv[key], key
+    for task in conv["task"]:
+        c, m = for_task(conv, task), for_task(mini, task)
+        assert list(m["methods"]) == list(c["methods"])
+        for method in c["methods"]:
+            assert mad_config(m, method) == mad_config(c, method), (task, method)
+            for fraction in conv["fractions"]:
+                for seed in conv["seeds"]:
+                    a = train_config(for_run(c, method, fraction), seed)
+                    b = train_config(for_run(m, method, fraction), seed)
+                    if method != "baseline":
+                        assert b == a, (task, method, fraction, seed)
+                        continue
+                    assert (a.warmup, b.warmup) == (0.05, 0.2), (task, fraction)
+                    assert dataclasses.replace(b, warmup=a.warmup) == a, (task, fraction)
