@@ -217,6 +217,25 @@ def test_shards_start_together_once_the_shared_stages_are_cached(vcr_study, tmp_
     assert not bench.shared_stages_cached(cfg, [], tmp_path / "empty", "train")
 
 
+def paired_runs(first: dict, second: dict):
+    """Two study configs' runs side by side, as ``(task, method, fraction, seed, first's train config, second's)``,
+    after asserting that both have the same methods, each with the same MAD objective, per task."""
+    from mad_pipeline.pipeline.config import train_config
+    from mad_pipeline.pipeline.fractions import for_run
+    from mad_pipeline.pipeline.methods import mad_config
+    from mad_pipeline.pipeline.study import for_task
+
+    for task in first["task"]:
+        a, b = for_task(first, task), for_task(second, task)
+        assert list(b["methods"]) == list(a["methods"]), task
+        for method in a["methods"]:
+            assert mad_config(b, method) == mad_config(a, method), (task, method)
+            for fraction in first["fractions"]:
+                for seed in first["seeds"]:
+                    yield (task, method, fraction, seed, train_config(for_run(a, method, fraction), seed),
+                           train_config(for_run(b, method, fraction), seed))
+
+
 def test_converge_config_is_the_main_tables_at_doubled_caps_with_a_floor():
     """configs/converge.yaml (docs/lowshot.md's converged main tables) trains the main tables' runs -- configs/
     lowshot.yaml with the main tables' overrides -- at every fraction and seed: at 1% and 5% with exactly their
@@ -227,10 +246,6 @@ def test_converge_config_is_the_main_tables_at_doubled_caps_with_a_floor():
 
     from mad_pipeline.stages.pipeline import load_config
 
-    from mad_pipeline.pipeline.config import train_config
-    from mad_pipeline.pipeline.fractions import for_run
-    from mad_pipeline.pipeline.methods import mad_config
-    from mad_pipeline.pipeline.study import for_task
     from mad_pipeline.training.config import dev_every
 
     repo = Path(__file__).resolve().parents[1]
@@ -240,22 +255,14 @@ def test_converge_config_is_the_main_tables_at_doubled_caps_with_a_floor():
     assert conv["fractions"] == main["fractions"] and conv["seeds"] == main["seeds"]
     for key in ("task", "data", "teacher", "student", "init", "vocab_min_count"):
         assert conv[key] == main[key], key
-    for task in conv["task"]:
-        m, c = for_task(main, task), for_task(conv, task)
-        assert list(c["methods"]) == list(m["methods"])
-        for method in m["methods"]:
-            assert mad_config(c, method) == mad_config(m, method), (task, method)
-            for fraction in conv["fractions"]:
-                for seed in conv["seeds"]:
-                    a = train_config(for_run(m, method, fraction), seed)
-                    b = train_config(for_run(c, method, fraction), seed)
-                    if fraction < 0.2:
-                        assert b == a, (task, method, fraction, seed)
-                        continue
-                    assert b.steps == 2 * a.steps and b.dev_every == dev_every(a), (task, method, fraction)
-                    assert a.min_steps == 0 and b.min_steps == b.steps // 2, (task, method, fraction)
-                    same = dataclasses.replace(b, steps=a.steps, dev_every=a.dev_every, min_steps=0)
-                    assert same == a, (task, method, fraction)
+    for task, method, fraction, seed, a, b in paired_runs(main, conv):
+        if fraction < 0.2:
+            assert b == a, (task, method, fraction, seed)
+            continue
+        assert b.steps == 2 * a.steps and b.dev_every == dev_every(a), (task, method, fraction)
+        assert a.min_steps == 0 and b.min_steps == b.steps // 2, (task, method, fraction)
+        same = dataclasses.replace(b, steps=a.steps, dev_every=a.dev_every, min_steps=0)
+        assert same == a, (task, method, fraction)
 
 
 def test_student_cost_scales_the_study_by_each_variants_step(tmp_path, capsys):
@@ -284,27 +291,15 @@ def test_converge_mini_config_is_the_main_tables_with_vilt_mini_and_the_baseline
 
     from mad_pipeline.stages.pipeline import load_config
 
-    from mad_pipeline.pipeline.config import train_config
-    from mad_pipeline.pipeline.fractions import for_run
-    from mad_pipeline.pipeline.methods import mad_config
-    from mad_pipeline.pipeline.study import for_task
 
     repo = Path(__file__).resolve().parents[1]
     conv = load_config(repo / "configs" / "converge.yaml", ["student=vilt-mini", "init=student-pretrain"]).values
     mini = load_config(repo / "configs" / "converge-mini.yaml").values
     for key in ("task", "data", "teacher", "student", "init", "vocab_min_count", "fractions", "seeds"):
         assert mini[key] == conv[key], key
-    for task in conv["task"]:
-        c, m = for_task(conv, task), for_task(mini, task)
-        assert list(m["methods"]) == list(c["methods"])
-        for method in c["methods"]:
-            assert mad_config(m, method) == mad_config(c, method), (task, method)
-            for fraction in conv["fractions"]:
-                for seed in conv["seeds"]:
-                    a = train_config(for_run(c, method, fraction), seed)
-                    b = train_config(for_run(m, method, fraction), seed)
-                    if method != "baseline":
-                        assert b == a, (task, method, fraction, seed)
-                        continue
-                    assert (a.warmup, b.warmup) == (0.05, 0.2), (task, fraction)
-                    assert dataclasses.replace(b, warmup=a.warmup) == a, (task, fraction)
+    for task, method, fraction, seed, a, b in paired_runs(conv, mini):
+        if method != "baseline":
+            assert b == a, (task, method, fraction, seed)
+            continue
+        assert (a.warmup, b.warmup) == (0.05, 0.2), (task, fraction)
+        assert dataclasses.replace(b, warmup=a.warmup) == a, (task, fraction)
