@@ -697,6 +697,17 @@ def parse_args(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The study; a mistake in the config or the overrides is one line (``error: ...``, exit 2), as from ``mad``."""
+    from mad_pipeline.errors import MadError
+
+    try:
+        return _main(argv)
+    except MadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mad_pipeline.cache import Cache

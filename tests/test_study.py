@@ -589,3 +589,16 @@ def test_lowshot_paired_table_takes_mad_minus_each_method_seed_by_seed():
     line = next(ln for ln in md.splitlines() if ln.startswith("| 5% |"))
     # MAD - baseline: +5, -1, +2 -> +2.00 ± 3.00 (2 of 3); MAD - naive on seeds 0 and 2: +15, +21
     assert line.endswith("| +2.00 ± 3.00 (2 of 3) | +18.00 ± 4.24 (2 of 2) |")
+
+
+def test_lowshot_bench_says_a_config_mistake_in_one_line(study_yaml, tmp_path, capsys):
+    """bench/lowshot.py with a student that has no weights of its own and `init: pretrained` (`student=vilt-mini
+    init=pretrained`) stops before training anything, with exit 2 and the one line `mad` would print, not a
+    traceback."""
+    bench = bench_module("lowshot")
+    code = bench.main(["--config", str(study_yaml), "--no-ablation", "--cache", str(tmp_path / "cache"), "--out",
+                       str(tmp_path / "out"), "student=vilt-mini", "init=pretrained"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: --init pretrained: student 'vilt-mini' has no pretrained weights")
+    assert not any("Traceback" in line for line in err)
