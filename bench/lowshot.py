@@ -697,14 +697,15 @@ def parse_args(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The study; a mistake in the config or the overrides is one line (``error: ...``, exit 2), as from ``mad``."""
+    """The study; a mistake in the config or the overrides is one line (``error: ...``, the error's exit code), as
+    from ``mad``."""
     from mad_pipeline.errors import MadError
 
     try:
         return _main(argv)
     except MadError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
 
 
 def _main(argv: list[str] | None) -> int:

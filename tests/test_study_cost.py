@@ -291,7 +291,6 @@ def test_converge_mini_config_is_the_main_tables_with_vilt_mini_and_the_baseline
 
     from mad_pipeline.stages.pipeline import load_config
 
-
     repo = Path(__file__).resolve().parents[1]
     conv = load_config(repo / "configs" / "converge.yaml", ["student=vilt-mini", "init=student-pretrain"]).values
     mini = load_config(repo / "configs" / "converge-mini.yaml").values
