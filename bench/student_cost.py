@@ -36,6 +36,7 @@ VARIANTS = {
     "2 layers": {"num_hidden_layers": 2},
     "hidden 96, MLP 384": {"hidden_size": 96, "intermediate_size": 384},
     "patch 16 (16 image tokens)": {"patch_size": 16},
+    "3 layers, patch 16 (vilt-mini-l3)": {"num_hidden_layers": 3, "patch_size": 16},
     "2 layers, patch 16 (vilt-mini)": {"num_hidden_layers": 2, "patch_size": 16},
 }
 RECORD = ROOT / "docs" / "results" / "study-shipped" / "world4000-bf16-converged-floor" / "lowshot.json"

@@ -44,7 +44,8 @@ Examples:
 @student_app.command("pretrain", help=PRETRAIN_HELP)
 def pretrain_cmd(
     out: Path = typer.Option(None, "--out", "-o", help="Also copy the weights directory here."),
-    student: str = typer.Option(_D.student, "--student", help="Student preset (64 px images: vilt-tiny, vilt-mini)."),
+    student: str = typer.Option(_D.student, "--student",
+                                help="Student preset (64 px images: vilt-tiny, vilt-mini, vilt-mini-l3)."),
     seed: int = typer.Option(_D.seed, "--seed", help="Seed of the scenes, captions, negatives, masks and init."),
     steps: int = typer.Option(_D.steps, "--steps", help="Pretraining steps."),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Images per step."),

@@ -34,7 +34,7 @@ SHARE = {"min": 0, "max": 1, "why": "a share"}  # the bounds of a share of somet
 @dataclass(frozen=True)
 class StudentPretrainConfig:
     student: str = _f(_D.student, "student preset to pretrain (one with 64 px images, the shapes world's size: "
-                                   "vilt-tiny, vilt-mini)")
+                                   "vilt-tiny, vilt-mini, vilt-mini-l3)")
     seed: int = _f(_D.seed, "seed of the scenes' order, captions, negatives, masks and the initialisation", min=0)
     steps: int = _f(_D.steps, "pretraining steps (one MLM forward each, and one ITM forward once ITM starts)", min=1)
     batch_size: int = _f(_D.batch_size, "images per step", min=2)

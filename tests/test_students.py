@@ -40,7 +40,7 @@ def vqa_student():
 
 
 def test_registry_and_unknown_names():
-    assert set(STUDENTS) == {"vilt-tiny", "vilt-mini", "vilt-b32"}
+    assert set(STUDENTS) == {"vilt-tiny", "vilt-mini", "vilt-mini-l3", "vilt-b32"}
     with pytest.raises(StudentError, match="unknown student"):
         build_student("vilt-huge", "vqa", 3)
     with pytest.raises(StudentError, match="unknown task"):
