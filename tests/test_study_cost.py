@@ -302,3 +302,15 @@ def test_converge_mini_config_is_the_main_tables_with_vilt_mini_and_the_baseline
             continue
         assert (a.warmup, b.warmup) == (0.05, 0.2), (task, fraction)
         assert dataclasses.replace(b, warmup=a.warmup) == a, (task, fraction)
+
+
+def test_converge_mini_l3_config_is_converge_mini_with_the_three_layer_student():
+    """configs/converge-mini-l3.yaml is configs/converge-mini.yaml with the student vilt-mini-l3 and nothing else,
+    so the two studies differ only in the student."""
+    from mad_pipeline.stages.pipeline import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    l3 = load_config(repo / "configs" / "converge-mini-l3.yaml").values
+    mini = load_config(repo / "configs" / "converge-mini.yaml", ["student=vilt-mini-l3", f"name={l3['name']}"]).values
+    assert l3["student"] == "vilt-mini-l3" and l3["init"] == "student-pretrain"
+    assert l3 == mini
