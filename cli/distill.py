@@ -14,6 +14,7 @@ from rich.table import Table
 
 from mad_pipeline.losses import MADConfig
 from mad_pipeline.progress import quiet_library_bars
+from mad_pipeline.students import STUDENTS
 from mad_pipeline.training.config import NUM_WORKERS_HELP, TrainConfig, parse_num_workers
 from mad_pipeline.training.distributed import RankFailed
 
@@ -68,7 +69,7 @@ def distill_cmd(
     weights: str = typer.Option(None, "--weights", help="Local checkpoint for --teacher."),
     text_teacher: str = typer.Option(None, "--text-teacher", help="Another text teacher (default: the teacher's)."),
     text_weights: str = typer.Option(None, "--text-weights", help="Local weights for --text-teacher."),
-    student: str = typer.Option("vilt-tiny", "--student", help="vilt-tiny, vilt-mini, vilt-mini-l3 or vilt-b32."),
+    student: str = typer.Option("vilt-tiny", "--student", help=f"Student preset ({', '.join(STUDENTS)})."),
     pretrained: str = typer.Option(None, "--pretrained", help="Student backbone weights (directory or hub id)."),
     init: str = setting_option(stage.DistillConfig, "init", "--init"),
     fresh_pooler: bool = setting_option(stage.DistillConfig, "fresh_pooler", "--fresh-pooler"),

@@ -45,7 +45,7 @@ Examples:
 def pretrain_cmd(
     out: Path = typer.Option(None, "--out", "-o", help="Also copy the weights directory here."),
     student: str = typer.Option(_D.student, "--student",
-                                help="Student preset (64 px images: vilt-tiny, vilt-mini, vilt-mini-l3)."),
+                                help=f"Student preset ({stage.IMAGE_SIZE} px images: {', '.join(stage.PRESETS)})."),
     seed: int = typer.Option(_D.seed, "--seed", help="Seed of the scenes, captions, negatives, masks and init."),
     steps: int = typer.Option(_D.steps, "--steps", help="Pretraining steps."),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Images per step."),

@@ -22,19 +22,22 @@ from mad_pipeline.errors import InputError
 from mad_pipeline.hashing import content_key
 from mad_pipeline.settings import not_in_key
 from mad_pipeline.settings import setting as _f
+from mad_pipeline.shapes.world import IMAGE_SIZE
 from mad_pipeline.students.pretrain import CONFIG_FILE, META_FILE, WEIGHTS_FILE, PretrainSettings, drop_unset
+from mad_pipeline.students.vilt import vilt_presets
 from mad_pipeline.training.config import check_bounds
 
 KIND = "student-pretrain"
 FORMAT = 1
 _D = PretrainSettings()
 SHARE = {"min": 0, "max": 1, "why": "a share"}  # the bounds of a share of something
+PRESETS = vilt_presets(IMAGE_SIZE)  # the students the shapes world pretrains: those with its image size
 
 
 @dataclass(frozen=True)
 class StudentPretrainConfig:
-    student: str = _f(_D.student, "student preset to pretrain (one with 64 px images, the shapes world's size: "
-                                   "vilt-tiny, vilt-mini, vilt-mini-l3)")
+    student: str = _f(_D.student, f"student preset to pretrain (one with {IMAGE_SIZE} px images, the shapes world's "
+                                   f"size: {', '.join(PRESETS)})")
     seed: int = _f(_D.seed, "seed of the scenes' order, captions, negatives, masks and the initialisation", min=0)
     steps: int = _f(_D.steps, "pretraining steps (one MLM forward each, and one ITM forward once ITM starts)", min=1)
     batch_size: int = _f(_D.batch_size, "images per step", min=2)
@@ -114,12 +117,8 @@ def weights_key(cfg: StudentPretrainConfig) -> str:
 
 
 def check(cfg: StudentPretrainConfig) -> None:
-    from mad_pipeline.shapes.world import IMAGE_SIZE
-    from mad_pipeline.students.vilt import VILT_CONFIGS
-
-    shapes = [name for name, c in VILT_CONFIGS.items() if c["image_size"] == IMAGE_SIZE]
-    if cfg.student not in shapes:
-        raise InputError(f"--student {cfg.student!r}: the shapes world pretrains {', '.join(shapes)} ({IMAGE_SIZE} px "
+    if cfg.student not in PRESETS:
+        raise InputError(f"--student {cfg.student!r}: the shapes world pretrains {', '.join(PRESETS)} ({IMAGE_SIZE} px "
                          "images); another student takes its pretrained weights with --pretrained")
     for f in dataclasses.fields(cfg):  # every bound is the field's own
         check_bounds(f, getattr(cfg, f.name), f"--{f.name.replace('_', '-')}")

@@ -52,6 +52,11 @@ VILT_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def vilt_presets(image_size: int | None = None) -> list[str]:
+    """The ViLT presets' names; with ``image_size``, only those whose images have that many pixels a side."""
+    return [name for name, c in VILT_CONFIGS.items() if image_size is None or c["image_size"] == image_size]
+
+
 # ----------------------------------------------------------------------------------------------- image
 class ViltImagePreprocess:
     """PIL image -> ``(pixels (3, S, S), crop_box)``. Picklable, so DataLoader workers can run it."""
