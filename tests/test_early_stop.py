@@ -262,6 +262,27 @@ def test_a_crashed_run_resumes_exactly_with_its_early_stop_state(world, tmp_path
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_checkpoints_along_the_way_change_nothing_and_a_finished_run_keeps_its_last(world, tmp_path, monkeypatch):
+    """A study may checkpoint every N steps so a killed run resumes: the run must be the same as without them, and a
+    finished run must keep one checkpoint, not two (a study of a hundred runs would carry the other on disk)."""
+    import dataclasses
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    every = _distill_cfg(world, tmp_path / "every2", tmp_path / "cache")  # early stopping on, a checkpoint every 2
+    at_end = dataclasses.replace(every, out=tmp_path / "at-end", train=dataclasses.replace(every.train,
+                                                                                         checkpoint_every=0))
+    a = stage.run(every, log=lambda _m: None).metrics
+    b = stage.run(at_end, log=lambda _m: None).metrics
+    assert (a["steps"], a["early_stop"], a["eval"]) == (b["steps"], b["early_stop"], b["eval"])
+    assert _rows(tmp_path / "every2") == _rows(tmp_path / "at-end")
+    wa = load_file(str(tmp_path / "every2" / "student" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "at-end" / "student" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    for run in ("every2", "at-end"):
+        kept = sorted(p.name for p in (tmp_path / run / "checkpoints").glob("step_*"))
+        assert kept == [f"step_{a['steps']:06d}"], (run, kept)
+
+
 # -- the confidence record --------------------------------------------------------------------------------------------
 
 def test_confidence_distribution_is_logged_and_counted(tmp_path):

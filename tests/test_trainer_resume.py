@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -100,13 +99,12 @@ def test_adamw_is_fused_and_a_per_parameter_loop_checkpoint_resumes_with_its_loo
     part = tmp_path / "part"
     with monkeypatch.context() as m:  # the earlier versions' kernel, twice
         m.setattr(trainer, "adamw_kernel", lambda device: {"foreach": False})
-        for out in (tmp_path / "loop", part):
-            last_json(mad_inproc(*_args(tmp_path / "world", weights, out), env=env))
-    # the second as a kill after its step-4 checkpoint leaves it, resumed by this version
-    shutil.rmtree(part / "checkpoints" / f"step_{STEPS:06d}")
-    (part / "checkpoints" / "latest").write_text(f"step_{STEPS - 2:06d}\n")
-    for done in ("metrics.json", "model.safetensors"):
-        (part / done).unlink(missing_ok=True)
+        last_json(mad_inproc(*_args(tmp_path / "world", weights, tmp_path / "loop"), env=env))
+        # the second fails writing its last checkpoint (a full disk) and leaves the step-4 one, resumed by this version
+        full_disk = {**env, "MAD_TEST_FAIL": f"checkpoint@{STEPS}"}
+        crashed = mad_inproc(*_args(tmp_path / "world", weights, part), env=full_disk, check=False)
+    assert crashed.returncode != 0 and "cannot write checkpoint" in crashed.stderr
+    assert (part / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS - 2:06d}"
     resumed = last_json(mad_inproc(*_args(tmp_path / "world", weights, part), env=env))
     assert resumed["resumed"] and resumed["steps"] == STEPS
     fused, loop, again = (_final_weights(tmp_path / n) for n in ("fused", "loop", "part"))

@@ -76,10 +76,15 @@ def save_checkpoint(ckdir: Path, step: int, model: nn.Module, optimizer, state: 
         kept = f"the last one ({before.name}) is intact" if before is not None else "there is no earlier one"
         raise MadError(f"cannot write checkpoint {ckdir / name}: {e.strerror or e}; {kept}: free space and rerun "
                        "the same command to resume") from None
+    prune_checkpoints(ckdir, keep)
+    return final
+
+
+def prune_checkpoints(ckdir: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints (a finished run keeps one: its last)."""
     done = sorted(p for p in ckdir.glob("step_*") if p.is_dir())
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _write(ckdir: Path, name: str, tmp: Path, latest: Path, step: int, model: nn.Module, optimizer,

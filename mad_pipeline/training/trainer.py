@@ -41,6 +41,7 @@ from .checkpoint import (
     Trainable,
     latest_checkpoint,
     load_checkpoint,
+    prune_checkpoints,
     remove_stale,
     rng_state,
     save_checkpoint,
@@ -301,6 +302,8 @@ class Trainer:
             self._evaluate()  # before the final checkpoint: a resumed finished run re-evaluates (see _resume)
         if self._saved != self.step:
             self.checkpoint()
+        if self.dist.is_main:  # a finished run needs its last checkpoint only (to re-evaluate when rerun)
+            prune_checkpoints(self.ckdir, 1)
         return self._finish(resumed, train_seconds, step_times)
 
     def _loop(self, stream: Iterator[Batch], bar: Bar) -> list[float]:
