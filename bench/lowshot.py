@@ -46,12 +46,14 @@ a time ends with every task's summaries; another study's summaries there are rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -169,6 +171,33 @@ def shared_stages_cached(config: Path, overrides: list[str], cache: Path, train_
     return shared_cached(planned_stages(config, overrides, cache), train_split)
 
 
+class Stop:
+    """When the shards stop: at ``--deadline-min`` or at SIGTERM / SIGINT (:meth:`on_signal`), whichever comes
+    first. Either way the running shards are killed (their runs resume from their last checkpoints next time) and
+    the command writes what finished, titled INCOMPLETE, and its record (lowshot.json). A second signal aborts."""
+
+    def __init__(self, at: float = float("inf"), clock=time.perf_counter):
+        self.at, self.clock, self.why, self.signum = at, clock, "--deadline-min reached", 0
+
+    def __call__(self) -> bool:
+        return self.clock() > self.at
+
+    def on_signal(self, signum: int, _frame=None) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.at, self.why, self.signum = float("-inf"), signal.Signals(signum).name, signum
+
+    @contextlib.contextmanager
+    def on_signals(self):
+        """SIGTERM and SIGINT stop the study while inside (the handlers before are restored after)."""
+        old = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+
 class FirstShardGate:
     """Whether the first shard still runs alone: until the stages every shard shares are cached (``cached()``, asked
     at most every ``every`` seconds while it runs) or it ends. A first shard that trains long after building them (a
@@ -188,11 +217,11 @@ class FirstShardGate:
         return 1 if self.alone else jobs
 
 
-def run_shards(args, config: Path, overrides: list[str], values: dict, deadline: float) -> float:
+def run_shards(args, config: Path, overrides: list[str], values: dict, stop: Stop) -> float:
     """Run the shards, at most ``args.jobs`` at a time; the first alone while the stages every shard shares are being
     built (:class:`FirstShardGate`, :func:`shared_stages_cached`: else the shards would build them at once, or wait
-    on each other). Past ``deadline`` (perf_counter) the running shards are killed (their distill stages resume from
-    checkpoints next time) and no new one starts. Returns the wall time."""
+    on each other). Once ``stop()`` (the deadline, or a signal) the running shards are killed (their distill stages
+    resume from their last checkpoints next time) and no new one starts. Returns the wall time."""
     from mad_pipeline.progress import make_progress
 
     todo = shards(values, args.jobs)
@@ -232,6 +261,8 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
                 if p.poll() is None:
                     continue
                 running.remove(item)
+                if p.returncode != 0 and stop():  # a Ctrl-C reaches the shards too: not their failure
+                    continue
                 if p.returncode != 0:
                     for q, _, _ in running:
                         q.kill()
@@ -245,8 +276,9 @@ def run_shards(args, config: Path, overrides: list[str], values: dict, deadline:
 
         gate = FirstShardGate(args.jobs > 1 and not shared_cached(plan, values["data"]["train_split"]), cached)
         while todo or running:
-            if time.perf_counter() > deadline:
-                log(f"--deadline-min reached: killing {len(running)} running shard(s), {len(todo)} not started")
+            if stop():
+                log(f"{stop.why}: killing {len(running)} running shard(s) (their runs resume from their last "
+                    f"checkpoints next time), {len(todo)} not started")
                 for p, _, _ in running:
                     p.kill()
                     p.wait()
@@ -691,7 +723,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--device", default=None, help="device for training (auto, cpu, cuda); default: the config's")
     ap.add_argument("--cache", type=Path, default=None, help="cache root (default: MAD_CACHE, else the user cache)")
     ap.add_argument("--deadline-min", type=float, default=None,
-                    help="with --jobs: stop the shards after this many minutes and report what finished")
+                    help="with --jobs: stop the shards after this many minutes and report what finished "
+                    "(SIGTERM or Ctrl-C: the same, at once)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "study")
     return ap.parse_args(argv)
 
@@ -701,14 +734,15 @@ def main(argv: list[str] | None = None) -> int:
     from ``mad``."""
     from mad_pipeline.errors import MadError
 
-    try:
-        return _main(argv)
-    except MadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    with Stop().on_signals() as stop:
+        try:
+            return _main(argv, stop)
+        except MadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
 
 
-def _main(argv: list[str] | None) -> int:
+def _main(argv: list[str] | None, stop: Stop) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mad_pipeline.cache import Cache
@@ -726,10 +760,11 @@ def _main(argv: list[str] | None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    deadline = t0 + 60 * args.deadline_min if args.deadline_min else float("inf")
+    if args.deadline_min:
+        stop.at = t0 + 60 * args.deadline_min
     studies = {"lowshot": args.config, "ablation": args.ablation_config}
     results = {name: study(args, config, overrides, args.out if name == "lowshot" else args.out / "ablation",
-                           deadline) for name, config in studies.items() if config is not None}
+                           stop) for name, config in studies.items() if config is not None}
     wall = time.perf_counter() - t0
 
     main_res = results["lowshot"]
@@ -751,6 +786,7 @@ def _main(argv: list[str] | None) -> int:
     pt = {task: v for task, v in pt.items()  # the tasks with question types (VQA), not just an overall figure
           if any(set(by_type) - {"overall"} for f in v["students"].values() for by_type in f.values())}
     pt = {**kept["per_type"], **pt}
+    args.out.mkdir(parents=True, exist_ok=True)  # stopped before any table: the record is still written
     if has_variants(abl):  # not the main config alone (--no-ablation): it has no variant to take a share of
         (args.out / "ablation.md").write_text(ablation_markdown(abl, len(abl_res["values"]["seeds"])))
         (args.out / "ablation.csv").write_text(ablation_csv(abl))
@@ -794,12 +830,12 @@ def _main(argv: list[str] | None) -> int:
     print((args.out / "per_type.md").read_text())
     log(f"done in {wall:.0f} s ({len(trains)} students, median {info['distill_stage_seconds_median'] or 0:.0f} s "
         f"per distill stage, device {dev}); files in {args.out}")
-    return 0
+    return 128 + stop.signum if stop.signum else 0  # stopped by a signal: the shell's code for it (143: SIGTERM)
 
 
-def study(args, config: Path, overrides: list[str], out: Path, deadline: float) -> dict:
-    """One config through (sharded) ``mad run``; the reports in ``out/<task>/``. Cut short by the deadline: partial
-    reports from the evaluated runs there are, titled INCOMPLETE."""
+def study(args, config: Path, overrides: list[str], out: Path, stop: Stop) -> dict:
+    """One config through (sharded) ``mad run``; the reports in ``out/<task>/``. Cut short (the deadline, a signal):
+    partial reports from the evaluated runs there are, titled INCOMPLETE."""
     from mad_pipeline.stages.pipeline import RunConfig, load_config, run
 
     from mad_pipeline.pipeline.config import tasks_of
@@ -808,14 +844,14 @@ def study(args, config: Path, overrides: list[str], out: Path, deadline: float) 
     values = load_config(config, overrides).values
     log(f"{config.name}: {', '.join(tasks_of(values))}; cache {args.cache}, {args.jobs} job(s) x {args.threads} "
         "thread(s)")
-    shard_s = run_shards(args, config, overrides, values, deadline)
+    shard_s = run_shards(args, config, overrides, values, stop)
     if shard_s:
         log(f"shards done in {shard_s:.0f} s; assembling the reports")
     # one folder per task, even for one task (mad run copies a one-task report to OUT itself)
     rc = RunConfig(config=config, overrides=tuple(overrides), cache=args.cache, out=None, progress=args.jobs <= 1)
     plan = run(dataclasses.replace(rc, dry_run=True), log=lambda _m: None)
     missing = [st for st in plan.stages if st.status != "cached" and st.kind in ("distill", "eval")]
-    if not missing or time.perf_counter() < deadline:
+    if not missing or not stop():
         res = run(rc, log=log)
         tables = {}
         for task, rep in res.reports.items():

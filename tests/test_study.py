@@ -602,3 +602,36 @@ def test_lowshot_bench_says_a_config_mistake_in_one_line(study_yaml, tmp_path, c
     assert code == 2
     assert err[-1].startswith("error: --init pretrained: student 'vilt-mini' has no pretrained weights")
     assert not any("Traceback" in line for line in err)
+
+
+def test_lowshot_bench_stopped_by_sigterm_kills_its_shards_and_writes_its_record(study_yaml, tiny_clip, tmp_path):
+    """SIGTERM to a running bench/lowshot.py (a scheduler's stop, a Ctrl-C) stops it as its deadline would: the
+    running shard is killed mid-run (its run resumes from its last checkpoint next time), the tables of what finished
+    and the command's record (lowshot.json, `complete: false`) are written, and it exits 143, not with a traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    env = {**os.environ, "MAD_MODEL_CONFIGS": str(tiny_clip[0]), "MAD_CACHE": str(cache), "MAD_SHARED_CACHE": "",
+           "MAD_HASH_MEMO": str(tmp_path / "hash-memo"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    bench = Path(__file__).resolve().parents[1] / "bench" / "lowshot.py"
+    cmd = [sys.executable, str(bench), "--config", str(study_yaml), "--no-ablation", "--jobs", "2", "--cache",
+           str(cache), "--out", str(out), "task=[vqa]", "methods=[baseline]", "fractions=[1.0]", "seeds=[0,1]",
+           "train.steps=100000", "train.checkpoint_every=5"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    runs = cache / "runs" / "distill"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(runs.glob("*/run/checkpoints/latest")):
+        time.sleep(0.2)  # a shard is training: it has written a checkpoint
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, log[-3000:]
+    assert "SIGTERM: killing" in log and "Traceback" not in log, log[-3000:]
+    record = json.loads((out / "lowshot.json").read_text())
+    assert record["complete"] is False and record["invocations"][-1]["wall_s"] > 0
+    assert not list(runs.glob("*/stage.json"))  # no run finished: the shards were killed, not let run to the end
