@@ -331,6 +331,8 @@ def bench_precision(setup: Setup, args) -> dict:
     """(d) bf16 autocast on CPU (``train.cpu_bf16``) against fp32: plain and MAD, each precision in turn within each
     repeat (the order alternating), the real trainer timed as in (a); per mode the fp32 / bf16 ratio of the median
     step times, and per repeat."""
+    from mad_pipeline.training.config import cpu_bf16_flags
+
     runs: dict[tuple[str, str], list[dict]] = {(m, p): [] for m in MODES for p in PRECISIONS}
     for rep in range(args.repeats):
         for mode in MODES:
@@ -340,7 +342,7 @@ def bench_precision(setup: Setup, args) -> dict:
                 runs[(mode, prec)].append(r)
                 log(f"  (d) repeat {rep + 1}/{args.repeats} {mode:5s} {prec}: {r['wall'] * 1000:7.1f} ms/step wall, "
                     f"{r['cpu'] * 1000:7.1f} ms CPU (other processes {r['foreign']:.2f} cores, {load_str()})")
-    out: dict = {"cpu_flags": cpu_bf16_flags()}
+    out: dict = {"cpu_flags": cpu_bf16_flags() or []}
     for mode in MODES:
         f32, b16 = runs[(mode, "fp32")], runs[(mode, "bf16")]
         out[mode] = {"fp32": _summary(f32, args.batch_size), "bf16": _summary(b16, args.batch_size)}
@@ -349,17 +351,6 @@ def bench_precision(setup: Setup, args) -> dict:
             out[mode][f"speedup_{key}_runs"] = [round(x[key] / y[key], 3) for x, y in zip(f32, b16, strict=True)]
         out[mode]["breakdown_cpu_ms"] = {p: breakdown(runs[(mode, p)], "phase_cpu") for p in PRECISIONS}
     return out
-
-
-def cpu_bf16_flags() -> list[str]:
-    """The CPU's native bf16 instruction sets (Linux ``/proc/cpuinfo`` flags), empty when it has none or no such
-    file."""
-    try:
-        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith("flags")), [])
-    except OSError:
-        return []
-    return sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16")})
 
 
 def bench_online(setup: Setup, args, store_fed: dict | None = None) -> dict:

@@ -844,6 +844,10 @@ def study(args, config: Path, overrides: list[str], out: Path, stop: Stop) -> di
     values = load_config(config, overrides).values
     log(f"{config.name}: {', '.join(tasks_of(values))}; cache {args.cache}, {args.jobs} job(s) x {args.threads} "
         "thread(s)")
+    from mad_pipeline.training.config import cpu_bf16_warning, resolve_device
+
+    if note := cpu_bf16_warning(resolve_device(values["device"]), bool(values["train"].get("cpu_bf16"))):
+        log(f"{config.name}: {note}")  # the study's time in docs/lowshot.md assumes native bf16
     shard_s = run_shards(args, config, overrides, values, stop)
     if shard_s:
         log(f"shards done in {shard_s:.0f} s; assembling the reports")

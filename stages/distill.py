@@ -49,7 +49,7 @@ from mad_pipeline.tasks.vqa import DEFAULT_MIN_COUNT, vqa_eval_setting
 from mad_pipeline.training import distributed, rundir, text_view
 from mad_pipeline.training.collate import Collate, StudentTokenizer
 from mad_pipeline.training.confidence import write_confidence
-from mad_pipeline.training.config import TrainConfig, resolve_device, resolve_num_workers
+from mad_pipeline.training.config import TrainConfig, cpu_bf16_warning, resolve_device, resolve_num_workers
 from mad_pipeline.training.dataset import DistillDataset, OnlineTeacherInput, SampleDataset, StorePaths
 from mad_pipeline.training.distributed import Dist
 from mad_pipeline.training.early_stop import EarlyStop, dev_split
@@ -198,6 +198,9 @@ def run(cfg: DistillConfig, log=print) -> DistillResult:
         distributed.shutdown(d)
 
 
+_SAID: set[str] = set()  # the one-line notes already given in this process
+
+
 def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> DistillResult:
     """:func:`run` with the run directory locked: read, extract, build, then claim ``out`` and train."""
     distill = cfg.mad.distill
@@ -209,6 +212,9 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
     extract_seconds = time.perf_counter() - t_extract
 
     device = resolve_device(cfg.train.device)
+    if d.is_main and (note := cpu_bf16_warning(device, cfg.train.cpu_bf16)) and note not in _SAID:
+        _SAID.add(note)  # once per process: a `mad run` study trains many runs
+        log(note)
     online = _online_teacher(cfg, device)  # loaded before seeding: it must not shift the student's initialisation
     seed_everything(cfg.train.seed)
     student, objective, train_data, collate = build_training(cfg, task, data.train, data.root, stores, online,

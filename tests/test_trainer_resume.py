@@ -114,28 +114,39 @@ def test_adamw_is_fused_and_a_per_parameter_loop_checkpoint_resumes_with_its_loo
 
 def test_cpu_bf16_trains_under_autocast_reproducibly_and_apart_from_fp32(tiny_clip, tmp_path):
     """`--cpu-bf16`: the student's matmuls run in bf16 on CPU (seen from inside the student), the run is exact when
-    repeated, its weights differ from the fp32 run's, and its setting is recorded (and so keyed) only when set."""
+    repeated, its weights differ from the fp32 run's, and its setting is recorded (and so keyed) only when set. On
+    a CPU without native bf16 the first bf16 run of the process says so in one line (emulated: far slower)."""
     cfg_file, weights = tiny_clip
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    from mad_pipeline.stages import distill as distill_stage
+
     from mad_pipeline.shapes.formats import write_dataset
+    from mad_pipeline.training.config import cpu_bf16_flags
+
+    distill_stage._SAID.clear()  # another test of this worker process may have said it already
 
     write_dataset(tmp_path / "world", size=16, seed=0)
     seen: list[torch.dtype] = []
     hook = torch.nn.modules.module.register_module_forward_hook(
         lambda mod, args, out: seen.append(out.dtype) if isinstance(mod, torch.nn.Linear) and mod.training else None)
     try:
-        runs = {name: last_json(mad_inproc(*_args(tmp_path / "world", weights, tmp_path / name), *flags, env=env))
-                for name, flags in (("fp32", []), ("bf16", ["--cpu-bf16"]), ("bf16-again", ["--cpu-bf16"]))}
+        # the first two runs print their messages (no --json), the third its JSON line
+        procs = {name: mad_inproc(*[a for a in _args(tmp_path / "world", weights, tmp_path / name)
+                                    if a != "--json" or name == "bf16-again"], *flags, env=env)
+                 for name, flags in (("fp32", []), ("bf16", ["--cpu-bf16"]), ("bf16-again", ["--cpu-bf16"]))}
     finally:
         hook.remove()
+    said = {name: "no native bf16" in p.stdout + p.stderr for name, p in procs.items()}
+    assert said == {"fp32": False, "bf16": cpu_bf16_flags() == [], "bf16-again": False}
     assert set(seen) == {torch.float32, torch.bfloat16}  # the fp32 run's, then the bf16 runs' training forwards
-    assert all(r["steps"] == STEPS for r in runs.values())
+    assert last_json(procs["bf16-again"])["steps"] == STEPS
+    assert all(max(r["step"] for r in _losses(tmp_path / n)) == STEPS for n in procs)
     a, b, c = (_final_weights(tmp_path / n) for n in ("fp32", "bf16", "bf16-again"))
     assert all(torch.equal(b[k], c[k]) for k in b)
     assert {k: v.dtype for k, v in b.items()} == {k: v.dtype for k, v in a.items()}  # fp32 weights either way
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert _losses(tmp_path / "bf16") == _losses(tmp_path / "bf16-again") != _losses(tmp_path / "fp32")
-    configs = {n: json.loads((tmp_path / n / "metrics.json").read_text())["train_config"] for n in runs}
+    configs = {n: json.loads((tmp_path / n / "metrics.json").read_text())["train_config"] for n in procs}
     assert configs["bf16"]["cpu_bf16"] is True and configs["fp32"]["cpu_bf16"] is False
 
 
@@ -153,3 +164,26 @@ def test_num_workers_auto_and_counts():
             parse_num_workers(bad)
     with pytest.raises(InputError, match="--num-workers"):
         TrainConfig(num_workers="x")
+
+
+def test_cpu_bf16_flags_read_from_cpuinfo(tmp_path):
+    """Native bf16 is read from an x86 `flags` line; a CPU without it gets the one-line note when it asks for bf16
+    autocast on CPU, and nothing is said where the flags are not known (no file, an ARM `Features` line) or fine."""
+    from mad_pipeline.training.config import cpu_bf16_flags, cpu_bf16_warning
+
+    files = {"avx2": "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n",
+             "zen4": "flags\t\t: fpu avx2 avx512f avx512_bf16\n",
+             "spr": "flags\t\t: avx2 amx_bf16 amx_tile avx512_bf16\n",
+             "arm": "processor\t: 0\nFeatures\t: fp asimd bf16\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    got = {name: cpu_bf16_flags(tmp_path / name) for name in files}
+    assert got == {"avx2": [], "zen4": ["avx512_bf16"], "spr": ["amx_bf16", "avx512_bf16"], "arm": None}
+    assert cpu_bf16_flags(tmp_path / "missing") is None
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    note = cpu_bf16_warning(cpu, True, tmp_path / "avx2")
+    assert note is not None and "no native bf16" in note and "\n" not in note
+    assert cpu_bf16_warning(cpu, False, tmp_path / "avx2") is None  # fp32 asked: nothing to say
+    assert cpu_bf16_warning(cuda, True, tmp_path / "avx2") is None  # the GPU's bf16 is another matter
+    for name in ("zen4", "spr", "arm", "missing"):
+        assert cpu_bf16_warning(cpu, True, tmp_path / name) is None

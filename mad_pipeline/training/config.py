@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -260,6 +261,31 @@ def autocast(device: torch.device, bf16: bool, cpu_bf16: bool = False):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, bf16, cpu_bf16))
 
 
-__all__ = ["MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "autocast_of", "check_bounds",
-           "check_device", "created_here", "dev_every", "lr_at", "max_workers", "param_groups", "parse_num_workers",
-           "parse_warmup", "resolve_device", "resolve_num_workers", "uses_bf16", "warmup_steps"]
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instruction sets with native bf16 matrix arithmetic
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str] | None:
+    """The x86 CPU's native bf16 instruction sets (``avx512_bf16``, ``amx_bf16``) from Linux's ``cpuinfo``: empty when
+    it has none; None where that is not known (no such file, or a CPU that lists no x86 ``flags`` line)."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return None
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags") and ":" in ln), None)
+    return None if flags is None else sorted({f for f in flags if f in BF16_CPU_FLAGS})
+
+
+def cpu_bf16_warning(device: torch.device, cpu_bf16: bool, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """One line for a run that asks for bf16 autocast on a CPU known to lack native bf16 (None otherwise): there
+    autocast is emulated and far slower than fp32 (about 10x on a 2-core AMD EPYC with AVX2 only)."""
+    if not uses_bf16(device, False, cpu_bf16) or cpu_bf16_flags(cpuinfo) != []:
+        return None
+    return ("train.cpu_bf16 (--cpu-bf16): this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16 among its "
+            "flags), so bf16 autocast is emulated and about 10x slower than fp32 here; leave it off for speed "
+            "(another run, another cache key)")
+
+
+__all__ = ["BF16_CPU_FLAGS", "MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "autocast_of",
+           "check_bounds", "check_device", "cpu_bf16_flags", "cpu_bf16_warning", "created_here", "dev_every", "lr_at",
+           "max_workers", "param_groups", "parse_num_workers", "parse_warmup", "resolve_device", "resolve_num_workers",
+           "uses_bf16", "warmup_steps"]
