@@ -331,7 +331,7 @@ def bench_precision(setup: Setup, args) -> dict:
     """(d) bf16 autocast on CPU (``train.cpu_bf16``) against fp32: plain and MAD, each precision in turn within each
     repeat (the order alternating), the real trainer timed as in (a); per mode the fp32 / bf16 ratio of the median
     step times, and per repeat."""
-    from mad_pipeline.training.config import cpu_bf16_flags
+    from mad_pipeline.machine import cpu_bf16_flags
 
     runs: dict[tuple[str, str], list[dict]] = {(m, p): [] for m in MODES for p in PRECISIONS}
     for rep in range(args.repeats):

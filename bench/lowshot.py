@@ -746,6 +746,7 @@ def _main(argv: list[str] | None, stop: Stop) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mad_pipeline.cache import Cache
+    from mad_pipeline.machine import cpu_model
     from mad_pipeline.versions import library_versions
 
     overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
@@ -817,7 +818,8 @@ def _main(argv: list[str] | None, stop: Stop) -> int:
             "complete": all(r["complete"] for r in results.values()),
             "distill_stage_seconds_median": statistics.median(trains) if trains else None,
             "distill_stages": len(trains), "distill_stage_seconds": seconds, "device": dev,
-            "cpu_count": os.cpu_count(), "platform": platform.platform(), "versions": library_versions(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "cpu": cpu_model(),
+            "versions": library_versions(),
             "tables": tables, "ablation_tables": abl_tables, "ablation": abl, "policies": policies,
             "convergence": conv, "confidence": conf,
             "per_type": {task: {"students": {f"{f:g}": v for f, v in d["students"].items()},

@@ -19,6 +19,7 @@ from conftest import last_json, mad, mad_inproc
 from mad_pipeline.stages.pipeline import load_config, schema
 
 from mad_pipeline.errors import InputError
+from mad_pipeline.machine import cpu_bf16_flags, cpu_model
 from mad_pipeline.pipeline.config import from_dict
 
 CONFIG = """\
@@ -104,6 +105,9 @@ def test_first_run_then_unchanged_rerun_is_all_cached(setup, inproc):
     rec = json.loads((Path(kinds["distill"][0]["path"]) / "stage.json").read_text())
     assert rec["complete"] and rec["key"] == kinds["distill"][0]["key"]
     assert rec["config"]["train"]["steps"] == 2 and "torch" in rec["library_versions"]
+    # and the machine that made it: a long training's bytes depend on the kind of CPU, which the key does not hold
+    assert rec["machine"]["cpu"] == cpu_model() and rec["machine"]["cpu_bf16"] == cpu_bf16_flags()
+    assert rec["machine"]["threads"] >= 1 and isinstance(rec["machine"]["cuda"], list)
     assert set(rec["inputs"]) == {"train_data", "eval_data"}  # the baseline reads no stores
     full = next(s for s in kinds["distill"] if s["method"] == "full")
     rec = json.loads((Path(full["path"]) / "stage.json").read_text())

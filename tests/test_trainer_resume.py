@@ -120,8 +120,8 @@ def test_cpu_bf16_trains_under_autocast_reproducibly_and_apart_from_fp32(tiny_cl
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     from mad_pipeline.stages import distill as distill_stage
 
+    from mad_pipeline.machine import cpu_bf16_flags
     from mad_pipeline.shapes.formats import write_dataset
-    from mad_pipeline.training.config import cpu_bf16_flags
 
     distill_stage._SAID.clear()  # another test of this worker process may have said it already
 
@@ -169,7 +169,8 @@ def test_num_workers_auto_and_counts():
 def test_cpu_bf16_flags_read_from_cpuinfo(tmp_path):
     """Native bf16 is read from an x86 `flags` line; a CPU without it gets the one-line note when it asks for bf16
     autocast on CPU, and nothing is said where the flags are not known (no file, an ARM `Features` line) or fine."""
-    from mad_pipeline.training.config import cpu_bf16_flags, cpu_bf16_warning
+    from mad_pipeline.machine import cpu_bf16_flags, cpu_model
+    from mad_pipeline.training.config import cpu_bf16_warning
 
     files = {"avx2": "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n",
              "zen4": "flags\t\t: fpu avx2 avx512f avx512_bf16\n",
@@ -187,3 +188,6 @@ def test_cpu_bf16_flags_read_from_cpuinfo(tmp_path):
     assert cpu_bf16_warning(cuda, True, tmp_path / "avx2") is None  # the GPU's bf16 is another matter
     for name in ("zen4", "spr", "arm", "missing"):
         assert cpu_bf16_warning(cpu, True, tmp_path / name) is None
+    (tmp_path / "epyc").write_text("processor\t: 0\nmodel name\t: AMD EPYC 9654\nflags\t\t: avx2 avx512_bf16\n")
+    assert cpu_model(tmp_path / "epyc") == "AMD EPYC 9654"
+    assert cpu_model(tmp_path / "missing")  # what platform knows, never empty

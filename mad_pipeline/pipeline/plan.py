@@ -239,6 +239,7 @@ def still_valid(kind: str, rec: dict[str, Any], locate: Callable[[str, str], Any
 def write_marker(cache_root: Path, stage: Stage, *, inputs: dict[str, Any], config: dict[str, Any],
                  result: dict[str, Any], summary: dict[str, Any], seconds: float) -> dict[str, Any]:
     """Write ``stage.json`` last and atomically: from now on the stage is served from the cache."""
+    from ..machine import machine
     from ..versions import library_versions
 
     d = stage_dir(cache_root, stage.kind, stage.key)
@@ -248,6 +249,7 @@ def write_marker(cache_root: Path, stage: Stage, *, inputs: dict[str, Any], conf
         "params": stage.params, "inputs": inputs, "meta": {k: v for k, v in stage.meta.items()
                                                            if not k.startswith("_")},
         "summary": summary, "result": result, "config": config, "library_versions": library_versions(),
+        "machine": machine(),  # the kind of CPU and threads: a long training's bytes depend on them, the key does not
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 3),
         "complete": True,
     }

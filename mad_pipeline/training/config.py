@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..machine import CPUINFO, cpu_bf16_flags
 from ..settings import setting as _f
 
 NUM_WORKERS_HELP = "DataLoader worker processes, or auto (none on CPU; on CUDA one per free core, at most 8)."
@@ -261,21 +262,7 @@ def autocast(device: torch.device, bf16: bool, cpu_bf16: bool = False):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, bf16, cpu_bf16))
 
 
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instruction sets with native bf16 matrix arithmetic
-
-
-def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str] | None:
-    """The x86 CPU's native bf16 instruction sets (``avx512_bf16``, ``amx_bf16``) from Linux's ``cpuinfo``: empty when
-    it has none; None where that is not known (no such file, or a CPU that lists no x86 ``flags`` line)."""
-    try:
-        lines = Path(cpuinfo).read_text().splitlines()
-    except OSError:
-        return None
-    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags") and ":" in ln), None)
-    return None if flags is None else sorted({f for f in flags if f in BF16_CPU_FLAGS})
-
-
-def cpu_bf16_warning(device: torch.device, cpu_bf16: bool, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+def cpu_bf16_warning(device: torch.device, cpu_bf16: bool, cpuinfo: str | Path = CPUINFO) -> str | None:
     """One line for a run that asks for bf16 autocast on a CPU known to lack native bf16 (None otherwise): there
     autocast is emulated and far slower than fp32 (about 10x on a 2-core AMD EPYC with AVX2 only)."""
     if not uses_bf16(device, False, cpu_bf16) or cpu_bf16_flags(cpuinfo) != []:
@@ -285,7 +272,7 @@ def cpu_bf16_warning(device: torch.device, cpu_bf16: bool, cpuinfo: str | Path =
             "(another run, another cache key)")
 
 
-__all__ = ["BF16_CPU_FLAGS", "MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "autocast_of",
-           "check_bounds", "check_device", "cpu_bf16_flags", "cpu_bf16_warning", "created_here", "dev_every", "lr_at",
+__all__ = ["MAX_BATCH", "MAX_STEPS", "NUM_WORKERS_HELP", "TrainConfig", "autocast", "autocast_of",
+           "check_bounds", "check_device", "cpu_bf16_warning", "created_here", "dev_every", "lr_at",
            "max_workers", "param_groups", "parse_num_workers", "parse_warmup", "resolve_device", "resolve_num_workers",
            "uses_bf16", "warmup_steps"]
