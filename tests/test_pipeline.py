@@ -108,6 +108,8 @@ def test_first_run_then_unchanged_rerun_is_all_cached(setup, inproc):
     # and the machine that made it: a long training's bytes depend on the kind of CPU, which the key does not hold
     assert rec["machine"]["cpu"] == cpu_model() and rec["machine"]["cpu_bf16"] == cpu_bf16_flags()
     assert rec["machine"]["threads"] >= 1 and isinstance(rec["machine"]["cuda"], list)
+    report = json.loads((Path(kinds["report"][0]["path"]) / "report.json").read_text())
+    assert sum(report["table"]["machines"].values()) == 8  # the 8 runs, all trained on this machine
     assert set(rec["inputs"]) == {"train_data", "eval_data"}  # the baseline reads no stores
     full = next(s for s in kinds["distill"] if s["method"] == "full")
     rec = json.loads((Path(full["path"]) / "stage.json").read_text())

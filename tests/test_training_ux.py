@@ -200,6 +200,16 @@ def test_each_study_metric_gets_its_own_reference_lines():
     assert "References: teacher zero-shot 64.60" in md
 
 
+def test_a_report_of_runs_from_several_kinds_of_machine_says_so():
+    """One kind of machine (the usual case) adds nothing to report.md; runs trained on several (a cache shared
+    between them) are named with their counts, since their weights carry each machine's roundings."""
+    table = report_lib.aggregate(_records({0: 50.0, 1: 52.0}, 1.0))
+    plain = report_lib.to_markdown(table)
+    assert report_lib.to_markdown({**table, "machines": {"AMD EPYC": 2}}) == plain
+    md = report_lib.to_markdown({**table, "machines": {"AMD EPYC": 1, "NVIDIA H100 80GB HBM3": 1}})
+    assert "Trained on several kinds of machine: AMD EPYC (1 run), NVIDIA H100 80GB HBM3 (1 run)" in md
+
+
 def test_training_plot_has_the_runs_reference_levels(shown_run):
     run, _ = shown_run
     metrics = json.loads((run / "metrics.json").read_text())

@@ -193,6 +193,11 @@ def to_markdown(table: dict[str, Any]) -> str:
         refs = references_of(table, metric, split)
         if refs:
             lines += ["References: " + ", ".join(f"{k} {v:.2f}" for k, v in refs.items()) + ".", ""]
+    machines = table.get("machines") or {}
+    if len(machines) > 1:  # a cache shared between kinds of machine: the runs' last bits come from each
+        named = ", ".join(f"{k} ({n} run{'s' * (n != 1)})" for k, n in machines.items())
+        lines += [f"Trained on several kinds of machine: {named}; a long training's weights depend on the machine's "
+                  "kernels, so cells mix their roundings.", ""]
     return "\n".join(lines)
 
 
