@@ -842,12 +842,11 @@ def study(args, config: Path, overrides: list[str], out: Path, stop: Stop) -> di
 
     from mad_pipeline.pipeline.config import tasks_of
     from mad_pipeline.pipeline.report import aggregate, study_metric_records, write_report
+    from mad_pipeline.training.config import cpu_bf16_warning, resolve_device
 
     values = load_config(config, overrides).values
     log(f"{config.name}: {', '.join(tasks_of(values))}; cache {args.cache}, {args.jobs} job(s) x {args.threads} "
         "thread(s)")
-    from mad_pipeline.training.config import cpu_bf16_warning, resolve_device
-
     if note := cpu_bf16_warning(resolve_device(values["device"]), bool(values["train"].get("cpu_bf16"))):
         log(f"{config.name}: {note}")  # the study's time in docs/lowshot.md assumes native bf16
     shard_s = run_shards(args, config, overrides, values, stop)

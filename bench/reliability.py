@@ -59,8 +59,7 @@ BASE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "T
 BASE_ENV.pop("MAD_SHARED_CACHE", None)
 BASE_ENV.pop("MAD_PULL", None)
 TIMING_FIELDS = {"created", "seconds", "started", "finished", "elapsed", "duration_s", "wall_s", "hostname",
-                 "library_versions", "machine", "host", "pid",
-                 "last_used"}
+                 "library_versions", "machine", "host", "pid", "last_used"}
 PARTS = ("kill", "bad", "concurrent", "gc", "corrupt", "disk", "hostile")
 
 

@@ -9,6 +9,7 @@ elsewhere the CPU is what :mod:`platform` says and its native bf16 is unknown.
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,16 @@ CPUINFO = "/proc/cpuinfo"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 instruction sets with native bf16 matrix arithmetic
 
 
-def _field(lines: list[str], name: str) -> str | None:
+def _field(lines: tuple[str, ...], name: str) -> str | None:
     return next((ln.split(":", 1)[1].strip() for ln in lines if ln.split(":", 1)[0].strip() == name and ":" in ln),
                 None)
 
 
-def _lines(cpuinfo: str | Path) -> list[str] | None:
+@functools.lru_cache(maxsize=8)
+def _lines(cpuinfo: str | Path) -> tuple[str, ...] | None:
+    """The file's lines, read once per process (every stage record asks; the CPU does not change under it)."""
     try:
-        return Path(cpuinfo).read_text().splitlines()
+        return tuple(Path(cpuinfo).read_text().splitlines())
     except OSError:
         return None
 
@@ -39,7 +42,7 @@ def cpu_bf16_flags(cpuinfo: str | Path = CPUINFO) -> list[str] | None:
 
 def cpu_model(cpuinfo: str | Path = CPUINFO) -> str:
     """The CPU's model name (``AMD EPYC``, ``Intel(R) Xeon(R) Platinum 8480+``), else what :mod:`platform` knows."""
-    lines = _lines(cpuinfo) or []
+    lines = _lines(cpuinfo) or ()
     return _field(lines, "model name") or platform.processor() or platform.machine() or "unknown"
 
 
