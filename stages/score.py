@@ -69,11 +69,14 @@ def _score_zeroshot(cfg: ScoreConfig) -> dict[str, Any]:
         raise InputError(f"--zeroshot {cfg.zeroshot}: {e}") from None
     if task != cfg.task:
         raise InputError(f"--zeroshot {cfg.zeroshot}: a {task} zero-shot store, not {cfg.task}")
-    out = cfg.write_predictions
-    if out is None:
-        out = Path(tempfile.mkdtemp(prefix="mad-zs-")) / "predictions.json"
-    Path(out).write_text(json.dumps(results))
-    res = run(dataclasses.replace(cfg, predictions=Path(out), zeroshot=None))
+    if cfg.write_predictions is not None:
+        Path(cfg.write_predictions).write_text(json.dumps(results))
+        res = run(dataclasses.replace(cfg, predictions=Path(cfg.write_predictions), zeroshot=None))
+    else:  # scored from a file that does not outlive the command
+        with tempfile.TemporaryDirectory(prefix="mad-zs-") as d:
+            (Path(d) / "predictions.json").write_text(json.dumps(results))
+            res = run(dataclasses.replace(cfg, predictions=Path(d) / "predictions.json", zeroshot=None))
+        res["predictions"] = None
     res["zeroshot_store"] = str(cfg.zeroshot)
     return res
 

@@ -176,3 +176,23 @@ def test_mad_teachers_lists_the_library_forms(tmp_path):
 def test_hf_hub_id_offline_is_one_line_with_a_hint(tmp_path):
     with pytest.raises(TeacherError, match=r"offline\? pass --weights PATH"):
         LazyTeacher("hf:someone/not-cached-encoder", None, "cpu", "auto", None, tmp_path / "m").identity("text")
+
+
+def test_registering_an_open_clip_config_leaves_no_temporary_files(tmp_path, monkeypatch):
+    """A registered config (dict or file) is kept by open_clip's registry, not by a file left in the temp folder
+    (every process that registers the shipped configs used to leave a directory behind)."""
+    import tempfile
+
+    import open_clip
+    from conftest import TINY_CLIP
+
+    from mad_pipeline.teachers import register_open_clip_config
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    register_open_clip_config("tiny-clip-leak-check", TINY_CLIP)
+    assert list(tmp.iterdir()) == []
+    assert open_clip.get_model_config("tiny-clip-leak-check")["embed_dim"] == TINY_CLIP["embed_dim"]
+    model = open_clip.create_model("tiny-clip-leak-check")  # built after its file is gone
+    assert model.visual is not None and get_teacher_spec("tiny-clip-leak-check").family == "open_clip"

@@ -3,6 +3,8 @@ teacher zero-shot predictions scored by `mad score`; deterministic low-shot subs
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 import zarr
@@ -21,7 +23,7 @@ def shapes_root(tmp_path_factory):
     return out
 
 
-def test_zeroshot_stores_share_one_image_store(tiny_clip, shapes_root, tmp_path):
+def test_zeroshot_stores_share_one_image_store(tiny_clip, shapes_root, tmp_path, monkeypatch):
     cfg_file, weights = tiny_clip
     env = {"MAD_MODEL_CONFIGS": str(cfg_file), "MAD_CACHE": str(tmp_path / "cache")}
     res = {}
@@ -57,10 +59,14 @@ def test_zeroshot_stores_share_one_image_store(tiny_clip, shapes_root, tmp_path)
     again = last_json(mad_inproc("score", "--task", "vqa", "--predictions", str(out), "--questions", str(q),
                                  "--annotations", str(a), "--json", env=env))
     assert again["overall"] == score["overall"]
+    tmp = tmp_path / "tmp"  # without --write-predictions the predictions do not outlive the command
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     vcr_score = last_json(mad_inproc("score", "--task", "vcr", "--zeroshot",
                                      res["vcr"]["stores"]["zeroshot"]["path"],
                                      "--annotations", str(shapes_root / "vcr" / "val.jsonl"), "--json", env=env))
     assert {"q2a", "qa2r", "q2ar"} <= set(vcr_score)
+    assert vcr_score["predictions"] is None and list(tmp.iterdir()) == []
 
 
 def test_train_fraction_is_deterministic_nested_and_seeded(shapes_root):

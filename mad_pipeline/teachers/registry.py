@@ -58,9 +58,9 @@ def register_open_clip_config(name: str, config: dict | str | Path, description:
         cfg = config
     if "vision_cfg" not in cfg or "text_cfg" not in cfg or "embed_dim" not in cfg:
         raise TeacherError(f"open_clip config for {name} needs embed_dim, vision_cfg and text_cfg")
-    d = Path(tempfile.mkdtemp(prefix="mad-oc-cfg-"))
-    (d / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(d / f"{name}.json")
+    with tempfile.TemporaryDirectory(prefix="mad-oc-cfg-") as d:  # open_clip reads the file once, when added
+        (Path(d) / f"{name}.json").write_text(json.dumps(cfg))
+        open_clip.add_model_config(Path(d) / f"{name}.json")
     return register_teacher(TeacherSpec(name=name, family="open_clip", model=name, pretrained=None,
                                         description=description or "custom open_clip config"), overwrite=True)
 
