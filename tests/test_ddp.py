@@ -108,8 +108,10 @@ def test_two_processes_see_the_samples_and_losses_of_one(ddp_world):
 
 def test_sigkill_one_rank_then_rerun_resumes_to_the_same_weights(ddp_world):
     root, env, args, runs = ddp_world
-    run, pause = root / "killed", root / "pause"
+    run, pause, tmp = root / "killed", root / "pause", root / "tmp-killed"
     pause.mkdir()
+    tmp.mkdir()  # the launcher's temporary files (torchrun's log folder) go, on failure as on success
+    env = {**env, "TMPDIR": str(tmp)}
     # rank 1 stops right after the step-2 checkpoint (every rank has passed it), and is SIGKILLed there
     proc = subprocess.Popen([sys.executable, "-m", "mad_pipeline.cli", *args(run, "--nproc", "2")],
                             env={**os.environ, **env, "MAD_TEST_PAUSE": f"checkpoint-rank1={pause}"},
@@ -127,9 +129,10 @@ def test_sigkill_one_rank_then_rerun_resumes_to_the_same_weights(ddp_world):
     assert lines[-1].startswith("error: --nproc 2: rank 1 was killed by signal SIGKILL"), err[-2000:]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
     assert not (run / "metrics.json").exists()
+    assert list(tmp.iterdir()) == []
 
     resumed = last_json(mad(*args(run, "--nproc", "2"), env=env))
-    assert resumed["resumed"] and resumed["steps"] == STEPS
+    assert resumed["resumed"] and resumed["steps"] == STEPS and list(tmp.iterdir()) == []
     a, b = _weights(root / "two"), _weights(run)
     assert a.keys() == b.keys()
     for k in a:

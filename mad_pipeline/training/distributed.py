@@ -204,6 +204,8 @@ def cores() -> int:
 def launch(nproc: int, module: str, args: list[str], device: str = "auto") -> None:
     """Run ``python -m module args`` in ``nproc`` processes on this machine under torchrun (standalone rendezvous,
     no restarts). A rank that fails ends the others; that is one :class:`RankFailed`."""
+    import tempfile
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -213,8 +215,9 @@ def launch(nproc: int, module: str, args: list[str], device: str = "auto") -> No
                          f"per device); use --nproc {n}, or --device cpu")
     # each process's intra-op threads: the machine's cores shared (torchrun would set 1)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores() // nproc)))
+    logs = tempfile.TemporaryDirectory(prefix="mad-torchrun-")  # torchrun's own default would stay behind
     config = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--monitor-interval=0.1",
-                         "-m", module, *args])
+                         f"--log-dir={logs.name}", "-m", module, *args])
     _quiet_elastic_logs()
     try:
         run(config)
@@ -226,6 +229,8 @@ def launch(nproc: int, module: str, args: list[str], device: str = "auto") -> No
         how = f"was killed by signal {failure.signal_name()}" if code < 0 else f"exited with code {code}"
         raise RankFailed(f"--nproc {nproc}: rank {rank} {how}; the other ranks were stopped; rerun the same command "
                          "to resume from the last checkpoint") from None
+    finally:
+        logs.cleanup()
 
 
 def run_in_processes(nproc: int, target: str, settings: Any, device: str = "auto") -> Any:
