@@ -113,6 +113,7 @@ def distill_cmd(
     min_lr_ratio: float = typer.Option(_D.min_lr_ratio, "--min-lr-ratio", help="Cosine decay floor / peak."),
     head_lr_mult: float = setting_option(TrainConfig, "head_lr_mult", "--head-lr-mult"),
     grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Max grad norm (0: off)."),
+    group_by_length: int = setting_option(TrainConfig, "group_by_length", "--group-by-length"),
     eval_every: int = typer.Option(_D.eval_every, "--eval-every", help="Evaluate every N steps (0: at the end)."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, "--checkpoint-every", help="Checkpoint every N steps."),
     log_every: int = typer.Option(_D.log_every, "--log-every", help="Log training metrics every N steps."),

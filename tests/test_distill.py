@@ -332,3 +332,33 @@ def test_online_teacher_run_matches_store_fed_run(tiny_clip, world, cache, tmp_p
     for a, b in zip(rows[False], rows[True], strict=True):
         for k in ("task", "tok_v", "tok_t", "pool", "kd", "distill", "total"):
             assert a[k] == pytest.approx(b[k], rel=5e-3, abs=1e-4), (a["step"], k)
+
+
+def test_batches_of_similar_length_train_vcr_with_less_padding(world, tmp_path, monkeypatch):
+    """--group-by-length: VCR's short Q->A items and long QA->R items in batches of their own (a real run: the
+    widths the student's texts are padded to, batch by batch), every item once an epoch, and a run key of its own."""
+    from mad_pipeline.training import collate as collate_module
+
+    widths: list[int] = []
+    call = collate_module.Collate.__call__
+
+    def record(self, items):
+        batch = call(self, items)
+        widths.append(batch.text.input_ids.shape[-1])
+        return batch
+
+    monkeypatch.setattr(collate_module.Collate, "__call__", record)
+    runs = {}
+    for group in (0, 4):
+        widths.clear()
+        res = distill_run(DistillConfig(task="vcr", data_root=world / "vcr", out=tmp_path / f"group-{group}",
+                                        teacher=None, mad=build_mad_config("baseline"), cache=tmp_path / "cache",
+                                        progress=False, train=TrainConfig(steps=4, batch_size=8, log_every=1,
+                                                                          group_by_length=group)),
+                          log=lambda m: None)
+        runs[group] = (res.metrics["train_samples"], list(widths[:4]))
+    (n, plain), (n2, grouped) = runs[0], runs[4]
+    assert n == n2 == 16  # 16 questions: 32 items (Q->A and QA->R), one epoch in 4 steps of 8
+    assert np.mean(grouped) < np.mean(plain) and min(grouped) < min(plain), (plain, grouped)
+    train = {g: json.loads((tmp_path / f"group-{g}" / "run.json").read_text())["fingerprint"]["train"] for g in runs}
+    assert train[4]["group_by_length"] == 4 and "group_by_length" not in train[0]  # off: the keys stay as they were

@@ -62,7 +62,7 @@ from .dataset import DistillDataset
 from .distributed import Dist, RankBatches, global_batch, record_batch, share_size
 from .early_stop import EarlyStop
 from .online import OnlineTeacher
-from .sampler import ChunkShuffleSampler, ResumableBatches
+from .sampler import ChunkShuffleSampler, ResumableBatches, text_lengths
 
 
 def student_batch(out, batch: Batch) -> StudentBatch:
@@ -121,7 +121,9 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)  # random token selection
         sampler = ChunkShuffleSampler(train_data.image_rows(), max(1, int(train_data.image_chunk_rows)),
                                       cfg.buffer_chunks, cfg.seed)
-        self.batches = ResumableBatches(sampler, cfg.batch_size)  # the global batches; this rank reads its share
+        lengths = text_lengths([self.task.student_texts(s) for s in train_data.samples],
+                               collate.tokenize) if cfg.group_by_length else None
+        self.batches = ResumableBatches(sampler, cfg.batch_size, lengths, cfg.group_by_length)  # the global batches
         mine = RankBatches(self.batches, dist.rank, dist.world) if dist.enabled else self.batches
         workers = resolve_num_workers(cfg.num_workers, self.device)
         self.loader = make_loader(train_data, collate, cfg.batch_size, workers, cfg.seed, self.device,

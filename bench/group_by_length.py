@@ -1,0 +1,128 @@
+"""What batches of similar text length (``train.group_by_length``, ``mad distill --group-by-length N``) buy a
+training step, per task, on the shapes world.
+
+A batch is padded to its longest text. On VCR every sample is asked twice, as Q->A (four "question answer" texts) and
+as QA->R (four longer "question answer rationale" texts), and a shuffled batch of both is padded to the QA->R length;
+VQA questions and SNLI-VE hypotheses vary less. For each task this runs the real ``mad distill`` (a subprocess, one
+torch thread, store-fed MAD with the study's teacher, ``shapes-clip``) for ``--steps`` steps with ``--group-by-length
+0`` and ``N`` in alternating order, ``--repeats`` times, and reports the median training step (the run's own
+``step_time_s``: the median over its steps) and the grouped / plain ratio per repeat. The texts' padded widths come
+from the same batching code (``ResumableBatches`` over the training items, one epoch), tokenised by the student.
+Grouping changes which samples share a batch, so a run with it is another run (another cache key): the figures here
+are the step's cost, not the accuracy.
+
+    python bench/group_by_length.py --json docs/results/bench-group-by-length.json   # about 15 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TASKS = ("vcr", "vqa", "snli-ve")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def widths(root: Path, task_name: str, student: str, group: int, batch_size: int) -> float:
+    """The mean width the student's texts are padded to, over one epoch of the training items' batches."""
+    import numpy as np
+
+    from mad_pipeline.data import load_dataset
+    from mad_pipeline.students.vilt import build_vilt
+    from mad_pipeline.tasks import get_task
+    from mad_pipeline.training.collate import StudentTokenizer
+    from mad_pipeline.training.sampler import ChunkShuffleSampler, ResumableBatches, text_lengths
+
+    task = get_task(task_name)
+    ds = load_dataset(task_name, root / task_name, split="train")
+    task.fit(ds.samples)
+    items = task.training_samples(ds.samples) if hasattr(task, "training_samples") else ds.samples
+    tokenize = StudentTokenizer(build_vilt(student, task_name, task.num_classes))
+    lengths = text_lengths([task.student_texts(s) for s in items], tokenize)
+    rows = np.arange(len(items))  # (the store order does not change the widths' mean much: a stand-in)
+    batches = ResumableBatches(ChunkShuffleSampler(rows, 64, 8, seed=0), batch_size, lengths, group)
+    return float(np.mean([lengths[b].max() for b in batches]))
+
+
+def distill(root: Path, task: str, group: int, args, tmp: Path, name: str) -> float:
+    """One ``mad distill`` run; its median step in seconds."""
+    out = tmp / "runs" / name
+    cmd = [sys.executable, "-m", "mad_pipeline.cli", "distill", "--task", task, "--data-root", str(root / task),
+           "--teacher", "shapes-clip", "--student", args.student, "--init", "scratch", "--steps", str(args.steps),
+           "--batch-size", str(args.batch_size), "--group-by-length", str(group), "--cache", str(tmp / "cache"),
+           "--out", str(out), "--num-workers", "0", "--log-every", "5", "--json", "-q"]
+    if args.cpu_bf16:
+        cmd.append("--cpu-bf16")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["step_time_s"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma list (default vcr,vqa,snli-ve)")
+    p.add_argument("--student", default="vilt-mini-l3", help="student preset (default vilt-mini-l3, the study's)")
+    p.add_argument("--group", type=int, default=8, help="--group-by-length N to compare with 0 (default 8)")
+    p.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--world-size", type=int, default=4000, help="shapes-world training images (default 4000, the "
+                   "study's main tables)")
+    p.add_argument("--cpu-bf16", action="store_true", help="train under bf16 autocast (fast on CPUs with native bf16)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    from mad_pipeline.machine import machine
+    from mad_pipeline.shapes.formats import write_dataset
+
+    t0 = time.perf_counter()
+    res: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                 "machine": machine(), "tasks": {}}
+    with tempfile.TemporaryDirectory(prefix="mad-bench-group-") as d:
+        tmp = Path(d)
+        write_dataset(tmp / "world", size=args.world_size, seed=0)
+        for task in args.tasks.split(","):
+            width = {g: widths(tmp / "world", task, args.student, g, args.batch_size) for g in (0, args.group)}
+            distill(tmp / "world", task, 0, argparse.Namespace(**{**vars(args), "steps": 2}), tmp, f"{task}-stores")
+            runs: dict[int, list[float]] = {0: [], args.group: []}
+            for rep in range(args.repeats):
+                for g in ((0, args.group) if rep % 2 == 0 else (args.group, 0)):
+                    runs[g].append(distill(tmp / "world", task, g, args, tmp, f"{task}-{g}-{rep}"))
+                    log(f"{task} group {g} repeat {rep + 1}: {runs[g][-1] * 1000:.1f} ms/step")
+            plain, grouped = (statistics.median(runs[g]) for g in (0, args.group))
+            res["tasks"][task] = {"width_plain": width[0], "width_grouped": width[args.group],
+                                  "ms_plain": plain * 1000, "ms_grouped": grouped * 1000, "ratio": grouped / plain,
+                                  "ratio_runs": [round(b / a, 3) for a, b in zip(runs[0], runs[args.group],
+                                                                                 strict=True)],
+                                  "ms_runs": {str(g): [round(x * 1000, 1) for x in v] for g, v in runs.items()}}
+    res["seconds"] = time.perf_counter() - t0
+    m = res["machine"]
+    print(f"batches of similar text length -- {m['cpu']}, 1 thread, student {args.student}, batch {args.batch_size}, "
+          f"{args.steps} steps, {'bf16' if args.cpu_bf16 else 'fp32'}, --group-by-length {args.group} vs 0")
+    print("| task | padded text width, plain | grouped | ms/step, plain | grouped | grouped / plain (per repeat) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for task, r in res["tasks"].items():
+        print(f"| {task} | {r['width_plain']:.1f} | {r['width_grouped']:.1f} | {r['ms_plain']:.1f} | "
+              f"{r['ms_grouped']:.1f} | {r['ratio']:.2f} ({', '.join(f'{x:.2f}' for x in r['ratio_runs'])}) |")
+    print(f"total {res['seconds']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
