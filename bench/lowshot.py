@@ -746,16 +746,8 @@ def _main(argv: list[str] | None, stop: Stop) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mad_pipeline.cache import Cache
-    from mad_pipeline.machine import cpu_model
-    from mad_pipeline.versions import library_versions
 
-    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
-    if args.only:
-        overrides.append(f"task=[{','.join(args.only)}]")
-    if args.jobs > 1 and not any(o.startswith("num_workers=") for o in overrides):
-        # parallel shards share the cores: mad run's num_workers=auto would give each of them all the free ones
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        overrides.append(f"num_workers={max(0, cores // args.jobs - 1)}")
+    overrides = command_overrides(args)
     args.cache = Path(args.cache or Cache.at(None).root)
     import torch
 
@@ -767,17 +759,55 @@ def _main(argv: list[str] | None, stop: Stop) -> int:
     results = {name: study(args, config, overrides, args.out if name == "lowshot" else args.out / "ablation",
                            stop) for name, config in studies.items() if config is not None}
     wall = time.perf_counter() - t0
-
-    main_res = results["lowshot"]
-    abl_res = results.get("ablation", main_res)
-    policies = policy_methods(abl_res["values"])
     configs = {k: config_record(v) for k, v in studies.items() if v}
     prev = args.out / "lowshot.json"
     before = json.loads(prev.read_text()) if prev.exists() else {}
     if before and not same_study(before, configs, overrides):
         log(f"{prev}: another study's (other configs or settings); written afresh, the task folders it made kept")
         before = {}
-    # a study run one task at a time (--only) keeps the other tasks' figures an earlier invocation wrote here
+    info = write_reports(args, results, before, configs, overrides)
+    info.update(invocation_record(args, results, before, overrides, wall))
+    trains = [v for by_key in info["distill_stage_seconds"].values() for v in by_key.values()]
+    info.update(distill_stage_seconds_total=sum(trains), distill_stages=len(trains),
+                distill_stage_seconds_median=statistics.median(trains) if trains else None)
+    ordered = {k: info[k] for k in RECORD_ORDER if k in info}
+    (args.out / "lowshot.json").write_text(json.dumps({**ordered, **info}, indent=1) + "\n")
+    for task in results["lowshot"]["tables"]:
+        print((args.out / task / "report.md").read_text())
+    if has_variants(info["ablation"]):
+        print((args.out / "ablation.md").read_text())
+    print((args.out / "per_type.md").read_text())
+    log(f"done in {wall:.0f} s ({info['distill_stages']} students, median "
+        f"{info['distill_stage_seconds_median'] or 0:.0f} s per distill stage, device {info['device']}); files in "
+        f"{args.out}")
+    return 128 + stop.signum if stop.signum else 0  # stopped by a signal: the shell's code for it (143: SIGTERM)
+
+
+# lowshot.json's keys in the order it has always written them
+RECORD_ORDER = ("configs", "overrides", "jobs", "threads", "wall_s", "invocations", "distill_stage_seconds_total",
+                "complete", "distill_stage_seconds_median", "distill_stages", "distill_stage_seconds", "device",
+                "cpu_count", "platform", "cpu", "versions", "tables", "ablation_tables", "ablation", "policies",
+                "convergence", "confidence", "per_type")
+
+
+def command_overrides(args) -> list[str]:
+    """The command line's overrides, plus what ``--device``, ``--only`` and ``--jobs`` add to them."""
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    if args.only:
+        overrides.append(f"task=[{','.join(args.only)}]")
+    if args.jobs > 1 and not any(o.startswith("num_workers=") for o in overrides):
+        # parallel shards share the cores: mad run's num_workers=auto would give each of them all the free ones
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        overrides.append(f"num_workers={max(0, cores // args.jobs - 1)}")
+    return overrides
+
+
+def write_reports(args, results: dict, before: dict, configs: dict, overrides: list[str]) -> dict:
+    """The study's markdown reports and plot in ``args.out``; returns their figures for lowshot.json. A study run one
+    task at a time (``--only``) keeps the other tasks' figures an earlier invocation wrote (``before``)."""
+    main_res = results["lowshot"]
+    abl_res = results.get("ablation", main_res)
+    policies = policy_methods(abl_res["values"])
     kept = earlier_tasks(before, configs, overrides, set(main_res["tables"]) | set(abl_res["tables"]))
     tables = {**kept["tables"], **main_res["tables"]}
     abl_tables = {**kept["ablation_tables"], **abl_res["tables"]}
@@ -799,40 +829,34 @@ def _main(argv: list[str] | None, stop: Stop) -> int:
     dev_curves(main_res["stages"], args.out)
     (args.out / "confidence.md").write_text(confidence_markdown(conf))
     (args.out / "paired.md").write_text(paired_markdown(tables))
-    all_stages = [st for r in results.values() for st in r["stages"]]
     seconds: dict[str, dict[str, float]] = {}  # task -> distill stage key -> seconds
-    for st in all_stages:
+    for st in (st for r in results.values() for st in r["stages"]):
         if st.kind == "distill" and st.record and st.record.get("seconds"):
             seconds.setdefault(str(st.meta.get("task")), {})[st.key] = st.record["seconds"]
-    seconds = {**kept["distill_seconds"], **seconds}
-    trains = [v for by_key in seconds.values() for v in by_key.values()]
-    device = main_res["values"]["device"]
+    return {"configs": configs, "tables": tables, "ablation_tables": abl_tables, "ablation": abl,
+            "policies": policies, "convergence": conv, "confidence": conf,
+            "distill_stage_seconds": {**kept["distill_seconds"], **seconds},
+            "per_type": {task: {"students": {f"{f:g}": v for f, v in d["students"].items()},
+                                "teacher": d["teacher"], "references": d["references"]} for task, d in pt.items()}}
+
+
+def invocation_record(args, results: dict, before: dict, overrides: list[str], wall: float) -> dict:
+    """lowshot.json's record of the invocations and the machine: every invocation's wall time (a study spans
+    invocations, each resuming from the cache), the device, CPU and versions."""
+    import torch
+
+    from mad_pipeline.machine import cpu_model
+    from mad_pipeline.versions import library_versions
+
+    device = results["lowshot"]["values"]["device"]
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() and device in ("auto", "cuda") else "cpu"
-    # a study spans invocations (each resumes from the cache): keep every invocation's wall time, not the last's
     history = before.get("invocations", [])
     history.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": wall, "overrides": overrides,
                     "jobs": args.jobs})
-    info = {"configs": configs, "overrides": overrides,
-            "jobs": args.jobs, "threads": args.threads, "wall_s": wall, "invocations": history,
-            "distill_stage_seconds_total": sum(trains),
-            "complete": all(r["complete"] for r in results.values()),
-            "distill_stage_seconds_median": statistics.median(trains) if trains else None,
-            "distill_stages": len(trains), "distill_stage_seconds": seconds, "device": dev,
-            "cpu_count": os.cpu_count(), "platform": platform.platform(), "cpu": cpu_model(),
-            "versions": library_versions(),
-            "tables": tables, "ablation_tables": abl_tables, "ablation": abl, "policies": policies,
-            "convergence": conv, "confidence": conf,
-            "per_type": {task: {"students": {f"{f:g}": v for f, v in d["students"].items()},
-                                "teacher": d["teacher"], "references": d["references"]} for task, d in pt.items()}}
-    (args.out / "lowshot.json").write_text(json.dumps(info, indent=1) + "\n")
-    for task in main_res["tables"]:
-        print((args.out / task / "report.md").read_text())
-    if has_variants(abl):
-        print((args.out / "ablation.md").read_text())
-    print((args.out / "per_type.md").read_text())
-    log(f"done in {wall:.0f} s ({len(trains)} students, median {info['distill_stage_seconds_median'] or 0:.0f} s "
-        f"per distill stage, device {dev}); files in {args.out}")
-    return 128 + stop.signum if stop.signum else 0  # stopped by a signal: the shell's code for it (143: SIGTERM)
+    return {"overrides": overrides, "jobs": args.jobs, "threads": args.threads, "wall_s": wall,
+            "invocations": history, "complete": all(r["complete"] for r in results.values()),
+            "device": dev, "cpu_count": os.cpu_count(), "platform": platform.platform(), "cpu": cpu_model(),
+            "versions": library_versions()}
 
 
 def study(args, config: Path, overrides: list[str], out: Path, stop: Stop) -> dict:
