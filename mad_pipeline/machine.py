@@ -58,4 +58,11 @@ def machine() -> dict[str, Any]:
             "threads": torch.get_num_threads(), "cuda": cuda}
 
 
-__all__ = ["BF16_CPU_FLAGS", "CPUINFO", "cpu_bf16_flags", "cpu_model", "machine"]
+def machine_label(record: dict[str, Any] | None) -> str | None:
+    """What a report calls the machine of a :func:`machine` record: its GPUs, else its CPU model (None: no record)."""
+    if not record:
+        return None
+    return ", ".join(record.get("cuda") or []) or record.get("cpu") or "unknown"
+
+
+__all__ = ["BF16_CPU_FLAGS", "CPUINFO", "cpu_bf16_flags", "cpu_model", "machine", "machine_label"]

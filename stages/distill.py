@@ -40,6 +40,7 @@ from mad_pipeline.errors import InputError
 from mad_pipeline.hashing import to_jsonable
 from mad_pipeline.jsonio import dump_json
 from mad_pipeline.losses import MADConfig, MADLoss, TargetBuilder
+from mad_pipeline.machine import machine
 from mad_pipeline.settings import keyed, not_in_key
 from mad_pipeline.settings import setting as _f
 from mad_pipeline.store.reader import open_store
@@ -276,6 +277,7 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
         **{k: summary[k] for k in ("steps", "resumed", "step_time_s", "samples_per_step", "train_config")},
         "final_train": summary.get("final_train"),
         **({"early_stop": summary["early_stop"]} if "early_stop" in summary else {}),
+        "machine": machine(),  # a long training's last bits depend on the kind of CPU (or GPU), not named in its key
     }
     if (conf := write_confidence(objective, out)) is not None:  # the raw confidences and weights (confidence.png)
         metrics["confidence"] = conf

@@ -31,6 +31,7 @@ from typing import Any
 
 from mad_pipeline.cache import Cache
 from mad_pipeline.errors import InputError
+from mad_pipeline.machine import machine_label
 from mad_pipeline.pipeline import config as config_lib
 from mad_pipeline.pipeline import plan as plan_lib
 from mad_pipeline.pipeline import report as report_lib
@@ -359,8 +360,8 @@ class _Runner(Resolver):
         for e in evals:
             s = e.record["summary"]
             d = self.dep(e, "distill")
-            if m := d.record.get("machine"):  # (entries from before it was recorded have none)
-                machines.setdefault(", ".join(m.get("cuda") or []) or m.get("cpu", "?"), set()).add(d.key)
+            if label := machine_label(d.record.get("machine")):  # (entries from before it was recorded have none)
+                machines.setdefault(label, set()).add(d.key)
             rec = {"method": e.meta["method"], "fraction": e.meta["fraction"], "seed": e.meta["seed"],
                    "split": e.meta["split"], "metric": s["metric"], "value": s["value"], "task": self.task,
                    "source": str((Path(d.record["path"]) / "run").resolve())}

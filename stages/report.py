@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mad_pipeline.errors import InputError
+from mad_pipeline.machine import machine_label
 from mad_pipeline.pipeline import report as report_lib
 
 _PRUNE = {"stores", "partial", "locks", "used", "identities", "hash-memo", "checkpoints", "student", "predictions"}
@@ -45,7 +47,11 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     if not records:
         raise InputError(f"no finished runs under {', '.join(str(p) for p in cfg.runs)} (looked for metrics.json of "
                          "`mad distill` and stage.json of `mad run`)")
+    trained_on = {r["source"]: r.pop("machine") for r in records if "machine" in r}  # (a record a report kept: none)
     table = report_lib.aggregate(records, title=cfg.title)
+    machines = Counter(label for label in trained_on.values() if label)
+    if machines:  # what trained the runs (runs from before it was recorded are not counted)
+        table["machines"] = dict(sorted(machines.items()))
     files = report_lib.write_report(table, Path(cfg.out), records=records)
     return {"table": table, "files": files, "runs": len({r["source"] for r in records}), "records": len(records)}
 
@@ -90,7 +96,8 @@ def _records(f: Path) -> list[dict[str, Any]]:
         src = str((f.parent.parent.parent / "distill" / dkey / "run").resolve()) if dkey else str(f.parent)
         refs = _references(Path(src) / "metrics.json", meta["split"]) if dkey else {}
         rec = {"method": meta["method"], "fraction": meta["fraction"], "seed": meta["seed"], "split": meta["split"],
-               "metric": s.get("metric"), "value": s.get("value"), "task": task, "source": src}
+               "metric": s.get("metric"), "value": s.get("value"), "task": task, "source": src,
+               "machine": _trained_on(Path(src).parent / "stage.json") if dkey else None}
         return [{**rec, "references": refs}, *_study_metrics(rec, d.get("result", {}).get("metrics"))]
     if kind == "distill":
         mf = f.parent / "run" / "metrics.json"
@@ -107,7 +114,7 @@ def _from_metrics(m: dict, source: str, method: str) -> list[dict[str, Any]]:
             continue
         rec = {"method": method, "fraction": m.get("train_fraction", 1.0), "seed": m.get("seed", 0),
                "split": split, "metric": res.get("metric"), "value": res.get("value"), "task": m.get("task"),
-               "source": source}
+               "source": source, "machine": machine_label(m.get("machine"))}
         out += [{**rec, "references": _run_references(m, split)}, *_study_metrics(rec, res)]
     return out
 
@@ -121,6 +128,14 @@ def _study_metrics(rec: dict[str, Any], scores: dict | None) -> list[dict[str, A
     except InputError:  # a task this installation does not know (a plugin's): its headline only
         keys = ()
     return [{**rec, "metric": k, "value": scores[k]} for k, _ in keys if scores and scores.get(k) is not None]
+
+
+def _trained_on(stage_json: Path) -> str | None:
+    """The machine a ``mad run`` distill stage recorded (None: an entry from before it was recorded)."""
+    try:
+        return machine_label(json.loads(stage_json.read_text()).get("machine"))
+    except (OSError, ValueError):
+        return None
 
 
 def _run_references(m: dict, split: str) -> dict[str, float]:

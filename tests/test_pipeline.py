@@ -331,9 +331,23 @@ def test_report_from_run_directories(setup, inproc, tmp_path):
             assert len(vals) == 2 and r[f"{col}_n"] == "2"
             assert float(r[f"{col}_mean"]) == pytest.approx(statistics.mean(vals), abs=1e-4)
             assert float(r[f"{col}_std"]) == pytest.approx(statistics.stdev(vals), abs=1e-4)
-    # the pipeline's own report holds the same table
+    # the pipeline's own report holds the same table, and names the same machine
     assert res["table"]["rows"] == first["report"]["table"]["rows"]
     assert Path(first["report"]["files"]["csv"]).read_text() == files["csv"].read_text()
+    assert res["table"]["machines"] == first["report"]["table"]["machines"] == {cpu_model(): 8}
+    # runs trained on another kind of machine (a `mad distill` run directory records it too) are named
+    import shutil
+
+    other = tmp_path / "other-run"
+    shutil.copytree(Path(distill_dirs[1]) / "run", other)
+    m = json.loads((other / "metrics.json").read_text())
+    assert m["machine"]["cpu"] == cpu_model()
+    m["machine"] = {**m["machine"], "cpu": "Another CPU", "cuda": []}
+    (other / "metrics.json").write_text(json.dumps(m))
+    code, out, _ = inproc("report", distill_dirs[0], str(other), "--out", str(tmp_path / "rep2"), "--json")
+    mixed = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and mixed["table"]["machines"] == {cpu_model(): 1, "Another CPU": 1}
+    assert "Trained on several kinds of machine" in Path(mixed["files"]["markdown"]).read_text()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
