@@ -268,8 +268,7 @@ def _run(cfg: DistillConfig, task: Task, out: Path, t0: float, log, d: Dist) -> 
         "dropped_samples": len({d["sample_id"] for d in train_data.dropped}), "eval_split": data.eval_split,
         "metric": eval_metrics["metric"] if eval_metrics else None,
         "value": eval_metrics["value"] if eval_metrics else None,
-        "eval": evals,
-        "teacher_zeroshot": teacher_zs,
+        "eval": evals, "teacher_zeroshot": teacher_zs,
         "references": references,  # the plots' reference lines on the evaluation split
         "stores": store_keys,
         "seconds": {"extract": round(extract_seconds, 3), "train": summary["train_seconds"],
