@@ -11,7 +11,7 @@ from the same batching code (``ResumableBatches`` over the training items, one e
 Grouping changes which samples share a batch, so a run with it is another run (another cache key): the figures here
 are the step's cost, not the accuracy.
 
-    python bench/group_by_length.py --json docs/results/bench-group-by-length.json   # about 15 minutes on 2 cores
+    python bench/group_by_length.py --json docs/results/bench-group-by-length-avx2.json   # about 11 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def widths(root: Path, task_name: str, student: str, group: int, batch_size: int
     task = get_task(task_name)
     ds = load_dataset(task_name, root / task_name, split="train")
     task.fit(ds.samples)
-    items = task.training_samples(ds.samples) if hasattr(task, "training_samples") else ds.samples
+    items = task.training_samples(ds.samples)  # (VCR: each question as Q->A and as QA->R)
     tokenize = StudentTokenizer(build_vilt(student, task_name, task.num_classes))
     lengths = text_lengths([task.student_texts(s) for s in items], tokenize)
     rows = np.arange(len(items))  # (the store order does not change the widths' mean much: a stand-in)

@@ -356,12 +356,11 @@ class _Runner(Resolver):
         records = []
         evals = [e for e in (self.by_id[d] for d in st.deps.values()) if e.kind == "eval"]
         refs, breakdown = self._references(st, evals)
-        machines: dict[str, set[str]] = {}  # what trained the runs: {CPU model or GPUs: distill keys}
+        trained_on: dict[str, str | None] = {}  # distill key -> the machine that trained it
         for e in evals:
             s = e.record["summary"]
             d = self.dep(e, "distill")
-            if label := machine_label(d.record.get("machine")):  # (entries from before it was recorded have none)
-                machines.setdefault(label, set()).add(d.key)
+            trained_on[d.key] = machine_label(d.record.get("machine"))
             rec = {"method": e.meta["method"], "fraction": e.meta["fraction"], "seed": e.meta["seed"],
                    "split": e.meta["split"], "metric": s["metric"], "value": s["value"], "task": self.task,
                    "source": str((Path(d.record["path"]) / "run").resolve())}
@@ -373,8 +372,8 @@ class _Runner(Resolver):
         table = report_lib.aggregate(records, title=self.v["name"])
         if breakdown:
             table["reference_breakdown"] = breakdown  # {split: {level: {part: percent}}}
-        if machines:
-            table["machines"] = {name: len(keys) for name, keys in sorted(machines.items())}
+        if machines := report_lib.machine_counts(trained_on):
+            table["machines"] = machines
         files = report_lib.write_report(table, plan_lib.stage_dir(self.cache.root, "report", st.key), records=records)
         return {"table": table, "files": files, "records": records}, {"files": files}, "ran"
 

@@ -9,9 +9,9 @@ once; the method name of a ``mad run`` stage wins over the objective recorded by
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,8 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
                          "`mad distill` and stage.json of `mad run`)")
     trained_on = {r["source"]: r.pop("machine") for r in records if "machine" in r}  # (a record a report kept: none)
     table = report_lib.aggregate(records, title=cfg.title)
-    machines = Counter(label for label in trained_on.values() if label)
-    if machines:  # what trained the runs (runs from before it was recorded are not counted)
-        table["machines"] = dict(sorted(machines.items()))
+    if machines := report_lib.machine_counts(trained_on):
+        table["machines"] = machines
     files = report_lib.write_report(table, Path(cfg.out), records=records)
     return {"table": table, "files": files, "runs": len({r["source"] for r in records}), "records": len(records)}
 
@@ -130,6 +129,7 @@ def _study_metrics(rec: dict[str, Any], scores: dict | None) -> list[dict[str, A
     return [{**rec, "metric": k, "value": scores[k]} for k, _ in keys if scores and scores.get(k) is not None]
 
 
+@functools.lru_cache(maxsize=4096)  # (each of a run's evaluations asks)
 def _trained_on(stage_json: Path) -> str | None:
     """The machine a ``mad run`` distill stage recorded (None: an entry from before it was recorded)."""
     try:

@@ -69,13 +69,11 @@ def _score_zeroshot(cfg: ScoreConfig) -> dict[str, Any]:
         raise InputError(f"--zeroshot {cfg.zeroshot}: {e}") from None
     if task != cfg.task:
         raise InputError(f"--zeroshot {cfg.zeroshot}: a {task} zero-shot store, not {cfg.task}")
-    if cfg.write_predictions is not None:
-        Path(cfg.write_predictions).write_text(json.dumps(results))
-        res = run(dataclasses.replace(cfg, predictions=Path(cfg.write_predictions), zeroshot=None))
-    else:  # scored from a file that does not outlive the command
-        with tempfile.TemporaryDirectory(prefix="mad-zs-") as d:
-            (Path(d) / "predictions.json").write_text(json.dumps(results))
-            res = run(dataclasses.replace(cfg, predictions=Path(d) / "predictions.json", zeroshot=None))
+    with tempfile.TemporaryDirectory(prefix="mad-zs-") as d:  # without --write-predictions: gone after scoring
+        path = Path(cfg.write_predictions or Path(d) / "predictions.json")
+        path.write_text(json.dumps(results))
+        res = run(dataclasses.replace(cfg, predictions=path, zeroshot=None))
+    if cfg.write_predictions is None:
         res["predictions"] = None
     res["zeroshot_store"] = str(cfg.zeroshot)
     return res

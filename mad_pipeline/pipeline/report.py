@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,12 @@ def caption(table: dict[str, Any]) -> str:
     return f"{table['task']}: {metric} (%), {spread}"
 
 
+def machine_counts(trained_on: dict[str, str | None]) -> dict[str, int]:
+    """A table's ``machines``: how many runs each machine trained (``trained_on``: run -> machine label, None where
+    the run's record predates it)."""
+    return dict(sorted(Counter(label for label in trained_on.values() if label).items()))
+
+
 def to_markdown(table: dict[str, Any]) -> str:
     ms = table["methods"]
     lines = [f"# {table['title']}", "", caption(table) + ".", ""]
@@ -290,5 +297,6 @@ def write_report(table: dict[str, Any], out_dir: str | Path, stem: str = "report
 
 
 __all__ = ["METHOD_ORDER", "REPORT_FORMAT", "aggregate", "blocks", "caption", "cell_text", "figure", "is_best",
+           "machine_counts",
            "method_key", "method_title", "metric_title", "plot", "records_of_table", "references_of", "to_csv",
            "to_markdown", "write_report"]
