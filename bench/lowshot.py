@@ -34,6 +34,8 @@ the whole config then finds every stage cached and writes the reports. ``--only 
 subset of the tasks; into an out dir where an earlier invocation of the same study (configs by their settings, so a
 comment edit keeps it the same, and overrides) wrote other tasks' figures, it keeps them, so a study run one task at
 a time ends with every task's summaries; another study's summaries there are replaced, with one line saying so.
+An edit of the library's Python files mid-study stops it (the shards killed, exit code 1): run a long study from
+a checkout nobody edits meanwhile, such as a git worktree.
 
     python bench/lowshot.py --jobs 2                          # the main tables, then the ablation (2 CPU cores)
     python bench/lowshot.py --jobs 2 --no-ablation            # the main tables only
@@ -172,20 +174,30 @@ def shared_stages_cached(config: Path, overrides: list[str], cache: Path, train_
 
 
 class Stop:
-    """When the shards stop: at ``--deadline-min`` or at SIGTERM / SIGINT (:meth:`on_signal`), whichever comes
-    first. Either way the running shards are killed (their runs resume from their last checkpoints next time) and
-    the command writes what finished, titled INCOMPLETE, and its record (lowshot.json). A second signal aborts."""
+    """When the shards stop: at ``--deadline-min``, at SIGTERM / SIGINT (:meth:`on_signal`) or when the library's
+    source changes (``watch``, a :class:`SourceWatch`), whichever comes first. Either way the running shards are
+    killed (their runs resume from their last checkpoints next time) and the command writes what finished, titled
+    INCOMPLETE, and its record (lowshot.json). A second signal aborts."""
 
-    def __init__(self, at: float = float("inf"), clock=time.perf_counter):
-        self.at, self.clock, self.why, self.signum = at, clock, "--deadline-min reached", 0
+    def __init__(self, at: float = float("inf"), clock=time.perf_counter, watch: SourceWatch | None = None):
+        self.at, self.clock, self.why, self.signum, self.code = at, clock, "--deadline-min reached", 0, 0
+        self.watch = watch  # the library's source edited mid-study stops it too, with exit code 1
 
     def __call__(self) -> bool:
+        if self.watch is not None and self.code == 0 and (path := self.watch.changed()):
+            self.halt(f"{path} changed since this study started (the shards started from now on would run other "
+                      "code than the runs before them; run a study from a checkout nobody edits meanwhile, such as "
+                      "a git worktree)", code=1)
         return self.clock() > self.at
+
+    def halt(self, why: str, code: int) -> None:
+        self.at, self.why, self.code = float("-inf"), why, code
 
     def on_signal(self, signum: int, _frame=None) -> None:
         if self.signum:
             raise KeyboardInterrupt
-        self.at, self.why, self.signum = float("-inf"), signal.Signals(signum).name, signum
+        self.signum = signum
+        self.halt(signal.Signals(signum).name, code=128 + signum)  # the shell's code for it (143: SIGTERM)
 
     @contextlib.contextmanager
     def on_signals(self):
@@ -196,6 +208,32 @@ class Stop:
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
+
+
+class SourceWatch:
+    """Whether the library's Python files changed since the study started (an edit in the checkout an editable
+    install imports from): the shards started after it would run other code than the runs before them, or import a
+    half-saved file. :meth:`changed` looks at most every ``every`` seconds (a stat of each file) and names the first
+    changed, added or removed file, else None."""
+
+    def __init__(self, root: Path, every: float = 10.0, clock=time.perf_counter):
+        self.root, self.every, self.clock = Path(root), every, clock
+        self.seen, self.asked = self.scan(), clock()
+
+    def scan(self) -> dict[str, tuple[int, int]]:
+        files = {}
+        for path in sorted(self.root.rglob("*.py")):
+            with contextlib.suppress(OSError):  # removed between the listing and the stat: seen as removed
+                st = path.stat()
+                files[path.relative_to(self.root).as_posix()] = (st.st_mtime_ns, st.st_size)
+        return files
+
+    def changed(self) -> str | None:
+        if self.clock() - self.asked < self.every:
+            return None
+        self.asked, now = self.clock(), self.scan()
+        return next((str(self.root / name) for name in sorted(self.seen.keys() | now.keys())
+                     if self.seen.get(name) != now.get(name)), None)
 
 
 class FirstShardGate:
@@ -751,7 +789,10 @@ def _main(argv: list[str] | None, stop: Stop) -> int:
     args.cache = Path(args.cache or Cache.at(None).root)
     import torch
 
+    import mad_pipeline
+
     torch.set_num_threads(args.threads)
+    stop.watch = SourceWatch(Path(mad_pipeline.__file__).parent)
     t0 = time.perf_counter()
     if args.deadline_min:
         stop.at = t0 + 60 * args.deadline_min
@@ -780,7 +821,7 @@ def _main(argv: list[str] | None, stop: Stop) -> int:
     log(f"done in {wall:.0f} s ({info['distill_stages']} students, median "
         f"{info['distill_stage_seconds_median'] or 0:.0f} s per distill stage, device {info['device']}); files in "
         f"{args.out}")
-    return 128 + stop.signum if stop.signum else 0  # stopped by a signal: the shell's code for it (143: SIGTERM)
+    return stop.code  # 0, or stopped by a signal (128 + its number) or by an edit of the library (1)
 
 
 # lowshot.json's keys in the order it has always written them

@@ -635,3 +635,69 @@ def test_lowshot_bench_stopped_by_sigterm_kills_its_shards_and_writes_its_record
     record = json.loads((out / "lowshot.json").read_text())
     assert record["complete"] is False and record["invocations"][-1]["wall_s"] > 0
     assert not list(runs.glob("*/stage.json"))  # no run finished: the shards were killed, not let run to the end
+
+
+def test_lowshot_source_watch_names_a_changed_added_or_removed_library_file(tmp_path):
+    """The study's watch on the library: unchanged, None; an edited, added or removed ``.py`` file, its path; it
+    looks at most every ``every`` seconds."""
+    lowshot = bench_module("lowshot")
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    a, b = tmp_path / "pkg" / "a.py", tmp_path / "pkg" / "sub" / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    now = [0.0]
+    watch = lowshot.SourceWatch(tmp_path / "pkg", every=10.0, clock=lambda: now[0])
+    now[0] = 11.0
+    assert watch.changed() is None
+    b.write_text("y = 22\n")
+    now[0] = 15.0
+    assert watch.changed() is None  # asked 4 s ago
+    now[0] = 22.0
+    assert watch.changed() == str(b)
+    watch = lowshot.SourceWatch(tmp_path / "pkg", every=0.0)
+    (tmp_path / "pkg" / "notes.txt").write_text("not Python")
+    assert watch.changed() is None
+    (tmp_path / "pkg" / "c.py").touch()
+    assert watch.changed() == str(tmp_path / "pkg" / "c.py")
+    watch = lowshot.SourceWatch(tmp_path / "pkg", every=0.0)
+    a.unlink()
+    assert watch.changed() == str(a)
+
+
+def test_lowshot_bench_stops_when_the_library_is_edited_mid_study(study_yaml, tiny_clip, tmp_path):
+    """An edit of the library's source while a study runs (an editable install's checkout) stops it as its deadline
+    would: one line naming the file, the running shard killed (its run resumes next time), the record written with
+    `complete: false`, exit code 1. The study imports a copy of the package here, which the test edits."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import mad_pipeline
+
+    pkg = tmp_path / "src" / "mad_pipeline"
+    shutil.copytree(Path(mad_pipeline.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    env = {**os.environ, "MAD_MODEL_CONFIGS": str(tiny_clip[0]), "MAD_CACHE": str(cache), "MAD_SHARED_CACHE": "",
+           "MAD_HASH_MEMO": str(tmp_path / "hash-memo"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(pkg.parent)}
+    bench = Path(__file__).resolve().parents[1] / "bench" / "lowshot.py"
+    cmd = [sys.executable, str(bench), "--config", str(study_yaml), "--no-ablation", "--jobs", "2", "--cache",
+           str(cache), "--out", str(out), "task=[vqa]", "methods=[baseline]", "fractions=[1.0]", "seeds=[0,1]",
+           "train.steps=100000", "train.checkpoint_every=5"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    runs = cache / "runs" / "distill"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(runs.glob("*/run/checkpoints/latest")):
+        time.sleep(0.2)  # a shard is training
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    edited = pkg / "training" / "trainer.py"
+    edited.write_text(edited.read_text() + "\n# an edit\n")
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, log[-3000:]
+    assert f"{edited} changed since this study started" in log and "git worktree" in log, log[-3000:]
+    assert "killing" in log and "Traceback" not in log, log[-3000:]
+    assert json.loads((out / "lowshot.json").read_text())["complete"] is False
+    assert not list(runs.glob("*/stage.json"))  # the shards were killed, not let run to the end
