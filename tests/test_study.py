@@ -604,12 +604,10 @@ def test_lowshot_bench_says_a_config_mistake_in_one_line(study_yaml, tmp_path, c
     assert not any("Traceback" in line for line in err)
 
 
-def test_lowshot_bench_stopped_by_sigterm_kills_its_shards_and_writes_its_record(study_yaml, tiny_clip, tmp_path):
-    """SIGTERM to a running bench/lowshot.py (a scheduler's stop, a Ctrl-C) stops it as its deadline would: the
-    running shard is killed mid-run (its run resumes from its last checkpoint next time), the tables of what finished
-    and the command's record (lowshot.json, `complete: false`) are written, and it exits 143, not with a traceback."""
+def _study_training(study_yaml, tiny_clip, tmp_path, **env):
+    """bench/lowshot.py started on a two-shard study of runs far longer than the test, once a shard is training (it
+    has written a checkpoint): (the process, its distill runs' folder, its --out)."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -617,7 +615,7 @@ def test_lowshot_bench_stopped_by_sigterm_kills_its_shards_and_writes_its_record
 
     cache, out = tmp_path / "cache", tmp_path / "out"
     env = {**os.environ, "MAD_MODEL_CONFIGS": str(tiny_clip[0]), "MAD_CACHE": str(cache), "MAD_SHARED_CACHE": "",
-           "MAD_HASH_MEMO": str(tmp_path / "hash-memo"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+           "MAD_HASH_MEMO": str(tmp_path / "hash-memo"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
     bench = Path(__file__).resolve().parents[1] / "bench" / "lowshot.py"
     cmd = [sys.executable, str(bench), "--config", str(study_yaml), "--no-ablation", "--jobs", "2", "--cache",
            str(cache), "--out", str(out), "task=[vqa]", "methods=[baseline]", "fractions=[1.0]", "seeds=[0,1]",
@@ -626,8 +624,18 @@ def test_lowshot_bench_stopped_by_sigterm_kills_its_shards_and_writes_its_record
     runs = cache / "runs" / "distill"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not list(runs.glob("*/run/checkpoints/latest")):
-        time.sleep(0.2)  # a shard is training: it has written a checkpoint
+        time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
+    return proc, runs, out
+
+
+def test_lowshot_bench_stopped_by_sigterm_kills_its_shards_and_writes_its_record(study_yaml, tiny_clip, tmp_path):
+    """SIGTERM to a running bench/lowshot.py (a scheduler's stop, a Ctrl-C) stops it as its deadline would: the
+    running shard is killed mid-run (its run resumes from its last checkpoint next time), the tables of what finished
+    and the command's record (lowshot.json, `complete: false`) are written, and it exits 143, not with a traceback."""
+    import signal
+
+    proc, runs, out = _study_training(study_yaml, tiny_clip, tmp_path)
     proc.send_signal(signal.SIGTERM)
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, log[-3000:]
@@ -668,31 +676,14 @@ def test_lowshot_bench_stops_when_the_library_is_edited_mid_study(study_yaml, ti
     """An edit of the library's source while a study runs (an editable install's checkout) stops it as its deadline
     would: one line naming the file, the running shard killed (its run resumes next time), the record written with
     `complete: false`, exit code 1. The study imports a copy of the package here, which the test edits."""
-    import os
     import shutil
-    import subprocess
-    import sys
-    import time
     from pathlib import Path
 
     import mad_pipeline
 
     pkg = tmp_path / "src" / "mad_pipeline"
     shutil.copytree(Path(mad_pipeline.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    cache, out = tmp_path / "cache", tmp_path / "out"
-    env = {**os.environ, "MAD_MODEL_CONFIGS": str(tiny_clip[0]), "MAD_CACHE": str(cache), "MAD_SHARED_CACHE": "",
-           "MAD_HASH_MEMO": str(tmp_path / "hash-memo"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(pkg.parent)}
-    bench = Path(__file__).resolve().parents[1] / "bench" / "lowshot.py"
-    cmd = [sys.executable, str(bench), "--config", str(study_yaml), "--no-ablation", "--jobs", "2", "--cache",
-           str(cache), "--out", str(out), "task=[vqa]", "methods=[baseline]", "fractions=[1.0]", "seeds=[0,1]",
-           "train.steps=100000", "train.checkpoint_every=5"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    runs = cache / "runs" / "distill"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not list(runs.glob("*/run/checkpoints/latest")):
-        time.sleep(0.2)  # a shard is training
-    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    proc, runs, out = _study_training(study_yaml, tiny_clip, tmp_path, PYTHONPATH=str(pkg.parent))
     edited = pkg / "training" / "trainer.py"
     edited.write_text(edited.read_text() + "\n# an edit\n")
     log, _ = proc.communicate(timeout=120)
