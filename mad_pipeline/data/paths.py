@@ -8,7 +8,13 @@ hash, never its path, so a linked layout and a copied one give the same store ke
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePosixPath
+
+from ..errors import InputError
+
+# a split name outside a dataset's official ones (the shapes world's ``shift``), named like them
+CUSTOM_SPLIT = re.compile(r"[a-z][a-z0-9-]*")
 
 
 def safe_relpath(rel: str, root: Path | None = None) -> str:
@@ -34,3 +40,29 @@ def safe_relpath(rel: str, root: Path | None = None) -> str:
     if not parts:
         raise ValueError(f"image path {rel!r} is empty")
     return "/".join(parts)
+
+
+def first_file(root: Path, dirs: tuple[str, ...], name: str) -> Path | None:
+    """``root/<d>/name`` for the first of ``dirs`` (``""``: the root itself) where it is a file, else None."""
+    for d in dirs:
+        p = root / d / name if d else root / name
+        if p.is_file():
+            return p
+    return None
+
+
+def split_file(root: Path, split: str, *, pattern: str, splits: tuple[str, ...], dirs: tuple[str, ...],
+               what: str) -> Path:
+    """A dataset's one annotation file of ``split`` (``pattern.format(split=split)``, in the root or one of ``dirs``);
+    a split not in ``splits`` (the shapes world's ``shift``) only when its file exists. ``what`` names the dataset
+    and the file in the errors (``"VCR annotation"``: "VCR splits are ...", "VCR annotation file not found")."""
+    root = Path(root)
+    custom = split not in splits
+    name = pattern.format(split=split) if not custom or CUSTOM_SPLIT.fullmatch(split) else ""
+    if name and (found := first_file(root, dirs, name)):
+        return found
+    if custom:
+        raise InputError(f"--split {split!r}: {what.split()[0]} splits are {', '.join(splits)} (or a custom NAME with "
+                         f"its {pattern.format(split='NAME')})")
+    raise InputError(f"{root / name}: {what} file not found (also looked in "
+                     f"{', '.join(str(root / d) for d in dirs if d)})")

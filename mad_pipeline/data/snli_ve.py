@@ -18,14 +18,12 @@ Each sample is one (image, hypothesis) pair: ``id`` = pairID, ``texts`` = (sente
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
 from .base import Dataset, Sample, Skipped
 from .jsonio import check_text, peek_field, read_jsonl, require
-from .paths import safe_relpath
+from .paths import safe_relpath, split_file
 from .registry import register_reader
 
 SPLITS = ("train", "dev", "test")
@@ -37,19 +35,7 @@ _FILE_DIRS = ("", "annotations")
 
 def snli_ve_file(root: Path, split: str) -> Path:
     """The split's file; a split not in :data:`SPLITS` (the shapes world's ``shift``) only when its file exists."""
-    root = Path(root)
-    name = FILE.format(split=split)
-    custom = split not in SPLITS
-    if custom and not re.fullmatch(r"[a-z][a-z0-9-]*", split):
-        name = ""
-    for d in _FILE_DIRS:
-        p = root / d / name if d else root / name
-        if name and p.is_file():
-            return p
-    if custom:
-        raise InputError(f"--split {split!r}: SNLI-VE splits are {', '.join(SPLITS)} (or a custom NAME with its "
-                         "snli_ve_NAME.jsonl)")
-    raise InputError(f"{root / name}: SNLI-VE file not found (also looked in {root / 'annotations'})")
+    return split_file(root, split, pattern=FILE, splits=SPLITS, dirs=_FILE_DIRS, what="SNLI-VE")
 
 
 def image_dir(root: Path) -> str:

@@ -22,14 +22,12 @@ answer_label, rationale_label (None when absent), objects, img_fn, metadata_fn (
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
 from .base import Dataset, Sample, Skipped
 from .jsonio import check_int, check_text, peek_field, read_jsonl, require
-from .paths import safe_relpath
+from .paths import safe_relpath, split_file
 from .registry import register_reader
 
 SPLITS = ("train", "val", "test")
@@ -77,19 +75,7 @@ def _attaches(piece: str) -> bool:
 
 def vcr_file(root: Path, split: str) -> Path:
     """The split's file; a split not in :data:`SPLITS` (the shapes world's ``shift``) only when its file exists."""
-    root = Path(root)
-    name = f"{split}.jsonl"
-    custom = split not in SPLITS
-    if custom and not re.fullmatch(r"[a-z][a-z0-9-]*", split):
-        name = ""
-    for d in _FILE_DIRS:
-        p = root / d / name if d else root / name
-        if name and p.is_file():
-            return p
-    if custom:
-        raise InputError(f"--split {split!r}: VCR splits are {', '.join(SPLITS)} (or a custom NAME with its "
-                         "NAME.jsonl)")
-    raise InputError(f"{root / name}: VCR annotation file not found (also looked in {root / 'vcr1annots'})")
+    return split_file(root, split, pattern="{split}.jsonl", splits=SPLITS, dirs=_FILE_DIRS, what="VCR annotation")
 
 
 @register_reader("vcr")

@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import InputError
 from .base import Dataset, Sample, Skipped
 from .jsonio import check_int, check_text, load_json, require
-from .paths import safe_relpath
+from .paths import CUSTOM_SPLIT, first_file, safe_relpath
 from .registry import register_reader
 
 # split -> (file subtype, image folder subtype)
@@ -55,7 +55,7 @@ def split_subtypes(split: str) -> tuple[str, str]:
     for sub, img in SPLITS.values():
         if split == sub:
             return sub, img
-    if re.fullmatch(r"[a-z][a-z0-9-]*", split):  # a custom split named like the official ones (shapes: "shift")
+    if CUSTOM_SPLIT.fullmatch(split):  # a custom split named like the official ones (shapes: "shift")
         sub = split if re.search(r"\d{4}$", split) else f"{split}2014"
         return sub, sub
     raise InputError(f"--split {split!r}: VQA v2 splits are {', '.join(SPLITS)} (or a custom NAME with "
@@ -67,12 +67,12 @@ def vqa_files(root: Path, split: str) -> tuple[Path, Path | None, str]:
     root = Path(root)
     sub, img_sub = split_subtypes(split)
     qname = QUESTIONS_FILE.format(subtype=sub)
-    questions = _first_file(root, _QUESTION_DIRS, qname)
+    questions = first_file(root, _QUESTION_DIRS, qname)
     if questions is None:
         raise InputError(f"{root / qname}: VQA v2 questions file not found (also looked in "
                          f"{', '.join(str(root / d) for d in _QUESTION_DIRS if d)})")
     aname = ANNOTATIONS_FILE.format(subtype=sub)
-    annotations = _first_file(root, _ANNOTATION_DIRS, aname)
+    annotations = first_file(root, _ANNOTATION_DIRS, aname)
     if annotations is None and not sub.startswith("test"):
         raise InputError(f"{root / aname}: VQA v2 annotations file not found (the {split} split is annotated; "
                          f"also looked in {', '.join(str(root / d) for d in _ANNOTATION_DIRS if d)})")
@@ -83,14 +83,6 @@ def vqa_files(root: Path, split: str) -> tuple[Path, Path | None, str]:
             image_dir = cand
             break
     return questions, annotations, image_dir
-
-
-def _first_file(root: Path, dirs: tuple[str, ...], name: str) -> Path | None:
-    for d in dirs:
-        p = root / d / name if d else root / name
-        if p.is_file():
-            return p
-    return None
 
 
 @register_reader("vqa")
