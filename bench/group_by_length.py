@@ -36,8 +36,10 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def widths(root: Path, task_name: str, student: str, group: int, batch_size: int) -> float:
-    """The mean width the student's texts are padded to, over one epoch of the training items' batches."""
+def widths(root: Path, task_name: str, student: str, group: int, batch_size: int) -> tuple[float, float | None]:
+    """The mean width the student's texts are padded to, over one epoch of the training items' batches, and the
+    share of those batches whose items all come from one block of the task's training items (VCR: all Q->A or all
+    QA->R; None for a task with one block): what grouping by length does to a batch's mix."""
     import numpy as np
 
     from mad_pipeline.data import load_dataset
@@ -53,8 +55,10 @@ def widths(root: Path, task_name: str, student: str, group: int, batch_size: int
     tokenize = StudentTokenizer(build_vilt(student, task_name, task.num_classes))
     lengths = text_lengths([task.student_texts(s) for s in items], tokenize)
     rows = np.arange(len(items))  # (the store order does not change the widths' mean much: a stand-in)
-    batches = ResumableBatches(ChunkShuffleSampler(rows, 64, 8, seed=0), batch_size, lengths, group)
-    return float(np.mean([lengths[b].max() for b in batches]))
+    batches = list(ResumableBatches(ChunkShuffleSampler(rows, 64, 8, seed=0), batch_size, lengths, group))
+    block = rows // len(ds.samples)  # training_samples lists each block whole: the samples, then each copy's block
+    one_block = float(np.mean([len(set(block[b])) == 1 for b in batches])) if block.max() > 0 else None
+    return float(np.mean([lengths[b].max() for b in batches])), one_block
 
 
 def distill(root: Path, task: str, group: int, args, tmp: Path, name: str) -> float:
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--group", type=int, default=8, help="--group-by-length N to compare with 0 (default 8)")
     p.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="timed runs each way (0: the batches' widths and mix only)")
     p.add_argument("--world-size", type=int, default=4000, help="shapes-world training images (default 4000, the "
                    "study's main tables)")
     p.add_argument("--cpu-bf16", action="store_true", help="train under bf16 autocast (fast on CPUs with native bf16)")
@@ -97,31 +101,40 @@ def main(argv=None) -> int:
         write_dataset(tmp / "world", size=args.world_size, seed=0)
         for task in args.tasks.split(","):
             width = {g: widths(tmp / "world", task, args.student, g, args.batch_size) for g in (0, args.group)}
-            distill(tmp / "world", task, 0, argparse.Namespace(**{**vars(args), "steps": 2}), tmp, f"{task}-stores")
-            runs: dict[int, list[float]] = {0: [], args.group: []}
-            for rep in range(args.repeats):
-                for g in ((0, args.group) if rep % 2 == 0 else (args.group, 0)):
-                    runs[g].append(distill(tmp / "world", task, g, args, tmp, f"{task}-{g}-{rep}"))
-                    log(f"{task} group {g} repeat {rep + 1}: {runs[g][-1] * 1000:.1f} ms/step")
-            plain, grouped = (statistics.median(runs[g]) for g in (0, args.group))
-            res["tasks"][task] = {"width_plain": width[0], "width_grouped": width[args.group],
-                                  "ms_plain": plain * 1000, "ms_grouped": grouped * 1000, "ratio": grouped / plain,
-                                  "ratio_runs": [round(b / a, 3) for a, b in zip(runs[0], runs[args.group],
-                                                                                 strict=True)],
-                                  "ms_runs": {str(g): [round(x * 1000, 1) for x in v] for g, v in runs.items()}}
+            res["tasks"][task] = {"width_plain": width[0][0], "width_grouped": width[args.group][0],
+                                  "one_block_plain": width[0][1], "one_block_grouped": width[args.group][1]}
+            if args.repeats:
+                res["tasks"][task].update(time_runs(tmp, task, args))
     res["seconds"] = time.perf_counter() - t0
     m = res["machine"]
     print(f"batches of similar text length -- {m['cpu']}, 1 thread, student {args.student}, batch {args.batch_size}, "
           f"{args.steps} steps, {'bf16' if args.cpu_bf16 else 'fp32'}, --group-by-length {args.group} vs 0")
-    print("| task | padded text width, plain | grouped | ms/step, plain | grouped | grouped / plain (per repeat) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| task | padded text width, plain | grouped | one-block batches, plain | grouped | ms/step, plain | grouped "
+          "| grouped / plain (per repeat) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for task, r in res["tasks"].items():
-        print(f"| {task} | {r['width_plain']:.1f} | {r['width_grouped']:.1f} | {r['ms_plain']:.1f} | "
-              f"{r['ms_grouped']:.1f} | {r['ratio']:.2f} ({', '.join(f'{x:.2f}' for x in r['ratio_runs'])}) |")
+        share = [f"{r[k]:.0%}" if r[k] is not None else "-" for k in ("one_block_plain", "one_block_grouped")]
+        timing = (f"{r['ms_plain']:.1f} | {r['ms_grouped']:.1f} | {r['ratio']:.2f} "
+                  f"({', '.join(f'{x:.2f}' for x in r['ratio_runs'])})" if "ratio" in r else "- | - | -")
+        print(f"| {task} | {r['width_plain']:.1f} | {r['width_grouped']:.1f} | {share[0]} | {share[1]} | {timing} |")
     print(f"total {res['seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(res, indent=1) + "\n")
     return 0
+
+
+def time_runs(tmp: Path, task: str, args) -> dict:
+    """The step time of ``--repeats`` runs each way, alternating, after one short run that builds the stores."""
+    distill(tmp / "world", task, 0, argparse.Namespace(**{**vars(args), "steps": 2}), tmp, f"{task}-stores")
+    runs: dict[int, list[float]] = {0: [], args.group: []}
+    for rep in range(args.repeats):
+        for g in ((0, args.group) if rep % 2 == 0 else (args.group, 0)):
+            runs[g].append(distill(tmp / "world", task, g, args, tmp, f"{task}-{g}-{rep}"))
+            log(f"{task} group {g} repeat {rep + 1}: {runs[g][-1] * 1000:.1f} ms/step")
+    plain, grouped = (statistics.median(runs[g]) for g in (0, args.group))
+    return {"ms_plain": plain * 1000, "ms_grouped": grouped * 1000, "ratio": grouped / plain,
+            "ratio_runs": [round(b / a, 3) for a, b in zip(runs[0], runs[args.group], strict=True)],
+            "ms_runs": {str(g): [round(x * 1000, 1) for x in v] for g, v in runs.items()}}
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ a cap), paired by seed.
 For each task, split, fraction and method found in both, it prints A's and B's mean ± std over the seeds and B - A,
 paired by seed (mean ± std over the seeds both have, and in how many B is ahead), and then the distill stages'
 seconds of each (sum and median over the stages: with the same ``--jobs``, the ratio of the sums is the ratio of
-the training time). Nothing is trained or evaluated here.
+the training time). With ``--cache`` (the cache the runs are in) it pairs each run's median training step too
+(its ``metrics.json``, found from the task reports' records): a step-time ratio unmoved by runs stopping at other
+steps. Nothing is trained or evaluated here.
 
     python bench/lowshot_compare.py docs/results/study-shipped/vqa-world4000/lowshot.json \\
         docs/results/study-shipped/vqa-world4000-bf16/lowshot.json --names fp32,bf16 --out compare.md
@@ -72,17 +74,61 @@ def compare(a: dict, b: dict, names: tuple[str, str]) -> list[str]:
     return lines
 
 
+def step_times(lowshot: Path, cache: Path) -> dict[tuple, float]:
+    """(task, method, fraction, seed) -> the run's median training step (s), for each run a task report beside
+    ``lowshot`` names (its records' ``source``, ``<cache>/runs/...``) whose ``metrics.json`` is in ``cache``."""
+    out: dict[tuple, float] = {}
+    for report in sorted(lowshot.parent.glob("*/report.json")):
+        for r in json.loads(report.read_text()).get("records", []):
+            src = str(r.get("source", ""))
+            run = cache / src.removeprefix("<cache>/") if src.startswith("<cache>/") else Path(src)
+            try:
+                step = json.loads((run / "metrics.json").read_text()).get("step_time_s")
+            except (OSError, ValueError):
+                continue
+            if step:
+                out[(r["task"], r["method"], r["fraction"], r["seed"])] = step
+    return out
+
+
+def step_lines(sa: dict[tuple, float], sb: dict[tuple, float], names: tuple[str, str]) -> list[str]:
+    """Per task, method and fraction: the runs' median step in each study and B / A paired by seed."""
+    na, nb = names
+    cells: dict[tuple, list[tuple]] = {}
+    for key in sorted(set(sa) & set(sb)):
+        cells.setdefault(key[:3], []).append(key)
+    lines = ["## time per training step (each run's median, paired by seed)", "",
+             f"| task | method | fraction | runs | {na}, ms | {nb}, ms | {nb} / {na} (per seed) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for (task, method, fraction), keys in cells.items():
+        ratios = [sb[k] / sa[k] for k in keys]
+        lines.append(f"| {task} | {method} | {fraction:g} | {len(keys)} | "
+                     f"{statistics.median(sa[k] for k in keys) * 1000:.0f} | "
+                     f"{statistics.median(sb[k] for k in keys) * 1000:.0f} | {statistics.median(ratios):.2f} "
+                     f"({', '.join(f'{r:.2f}' for r in ratios)}) |")
+    if cells:
+        every = [sb[k] / sa[k] for keys in cells.values() for k in keys]
+        lines += ["", f"{nb} / {na}, every paired run: median {statistics.median(every):.2f} "
+                      f"({min(every):.2f} to {max(every):.2f}, {len(every)} runs)"]
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("a", type=Path, help="the first study's lowshot.json")
     p.add_argument("b", type=Path, help="the second study's lowshot.json")
     p.add_argument("--names", default="A,B", help="the two columns' names, comma-separated (default A,B)")
     p.add_argument("--out", type=Path, default=None, help="also write the tables here (markdown)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="the cache both studies' runs are in: also pair each run's training step time")
     args = p.parse_args(argv)
     names = tuple(n.strip() for n in args.names.split(","))
     if len(names) != 2 or not all(names):
         raise SystemExit(f"error: --names {args.names!r}: expected two names, e.g. fp32,bf16")
-    text = "\n".join(compare(load(args.a), load(args.b), names)) + "\n"
+    lines = compare(load(args.a), load(args.b), names)
+    if args.cache:
+        lines += ["", *step_lines(step_times(args.a, args.cache), step_times(args.b, args.cache), names)]
+    text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out:
         args.out.write_text(f"# {names[0]} vs {names[1]}\n\n{names[0]}: `{args.a}`; {names[1]}: `{args.b}`\n\n{text}")

@@ -471,6 +471,38 @@ def test_lowshot_compare_pairs_two_studies_by_seed(tmp_path):
         compare.main([str(a), str(tmp_path / "bad.json")])
 
 
+def test_lowshot_compare_pairs_each_runs_step_time_from_the_cache(tmp_path):
+    """bench/lowshot_compare.py --cache: each run's median training step (its metrics.json in the cache, found from
+    the task reports' records, ``<cache>/runs/...``), per method and fraction in each study and their ratio paired by
+    seed; a run whose metrics are missing is left out."""
+    compare = bench_module("lowshot_compare")
+    cache = tmp_path / "cache"
+
+    def study(name, step_s, seeds):
+        recs = []
+        for s in seeds:
+            run = cache / "runs" / "distill" / f"{name}{s}" / "run"
+            if s != 9:  # seed 9's run is not in the cache
+                run.mkdir(parents=True)
+                (run / "metrics.json").write_text(json.dumps({"step_time_s": step_s * (1 + s / 10), "steps": 100}))
+            recs.append({"method": "full", "fraction": 0.05, "seed": s, "split": "test", "metric": "q2a",
+                         "task": "vcr", "value": 40.0 + s, "source": f"<cache>/runs/distill/{name}{s}/run"})
+        out = tmp_path / name
+        (out / "vcr").mkdir(parents=True)
+        (out / "vcr" / "report.json").write_text(json.dumps({"records": recs}))
+        (out / "lowshot.json").write_text(json.dumps({"tables": {"vcr": report_lib.aggregate(recs, title=name)}}))
+        return out / "lowshot.json"
+
+    a, b = study("a", 0.5, [0, 1, 9]), study("b", 0.4, [0, 1, 2, 9])
+    md = tmp_path / "compare.md"
+    assert compare.main([str(a), str(b), "--names", "off,on", "--cache", str(cache), "--out", str(md)]) == 0
+    text = md.read_text()
+    assert "| vcr | full | 0.05 | 2 | 525 | 420 | 0.80 (0.80, 0.80) |" in text
+    assert "on / off, every paired run: median 0.80 (0.80 to 0.80, 2 runs)" in text
+    assert compare.main([str(a), str(b), "--out", str(md)]) == 0
+    assert "time per training step" not in md.read_text()  # without --cache: no step times
+
+
 def test_lowshot_records_its_configs_by_repository_path_and_content(tmp_path):
     """lowshot.json names a study config by its path in the repository (not the machine's folders) and its sha256;
     a config outside the repository keeps its own path."""
