@@ -54,9 +54,10 @@ class TrainConfig:
     log_every: int = _f(10, "log training metrics every N steps", key=False, min=1, max=MAX_STEPS, why=STEPS_WHY)
     seed: int = _f(0, "training seed", yaml=False)
     num_workers: int | str = _f("auto", NUM_WORKERS_HELP, key=False, yaml=False)
-    group_by_length: int = _f(0, "batches of similar text length, less padding (VCR: its Q->A and longer QA->R "
-                              "items apart): each run of N batches of the shuffled order is sorted by text length and "
-                              "cut again (0: off)", min=0, max=MAX_BATCH, why=BATCH_WHY, key="unless-default")
+    group_by_length: int = _f(0, "batches of similar text length, less padding: each run of N batches of the "
+                              "shuffled order is sorted by text length and cut again (0: off); it also parts items "
+                              "of different length (VCR: Q->A from the longer QA->R), which can change results: "
+                              "measure it", min=0, max=MAX_BATCH, why=BATCH_WHY, key="unless-default")
     buffer_chunks: int = _f(8, "chunk-aware shuffling window (chunks of the image store)", min=1, max=MAX_BATCH,
                             why="more chunks than a shuffling window can hold")
     device: str = _f("auto", "auto, cpu, cuda, cuda:1 ...", key=False, yaml=False)
