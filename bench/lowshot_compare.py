@@ -69,8 +69,11 @@ def compare(a: dict, b: dict, names: tuple[str, str]) -> list[str]:
         lines.append(f"| {name} | {d.get('distill_stages')} | {d.get('distill_stage_seconds_total') or 0:,.0f}"
                      f" | {d.get('distill_stage_seconds_median') or 0:,.0f} | {d.get('jobs')} |")
     ta, tb = a.get("distill_stage_seconds_total"), b.get("distill_stage_seconds_total")
-    if ta and tb:
+    if ta and tb and a.get("distill_stages") == b.get("distill_stages"):
         lines += ["", f"{na} / {nb}, the sums: {ta / tb:.2f}"]
+    elif ta and tb:  # other runs on each side: their sums' ratio says nothing of a setting
+        lines += ["", f"(no ratio of the sums: {na} holds {a.get('distill_stages')} distill stages, {nb} "
+                      f"{b.get('distill_stages')}; --cache pairs each run's step time)"]
     return lines
 
 

@@ -463,7 +463,10 @@ def test_lowshot_compare_pairs_two_studies_by_seed(tmp_path):
     text = out.read_text()
     assert "| test | q2a | 0.05 | full | 41.00 ± 1.00 | 41.00 ± 0.82 | 0.00 ± 1.73 | 2 of 3 |" in text
     assert "| test | qa2r | 0.05 | full | 51.00 ± 1.00 | 51.00 ± 0.82 | 0.00 ± 1.73 | 2 of 3 |" in text
-    assert "| fp32 | 3 | 300 | 100 | 2 |" in text and "fp32 / bf16, the sums: 2.00" in text
+    assert "| fp32 | 3 | 300 | 100 | 2 |" in text and "fp32 / bf16, the sums" not in text  # 3 runs against 4
+    assert "(no ratio of the sums: fp32 holds 3 distill stages, bf16 4" in text
+    assert compare.main([str(a), str(a), "--names", "x,y", "--out", str(out)]) == 0
+    assert "x / y, the sums: 1.00" in out.read_text()
     with pytest.raises(SystemExit, match=r"--names 'x': expected two names"):
         compare.main([str(a), str(b), "--names", "x"])
     (tmp_path / "bad.json").write_text("{}")
