@@ -36,7 +36,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def widths(root: Path, task_name: str, student: str, group: int, batch_size: int) -> tuple[float, float | None]:
+def widths_and_mix(root: Path, task_name: str, student: str, group: int, batch_size: int) -> tuple[float, float | None]:
     """The mean width the student's texts are padded to, over one epoch of the training items' batches, and the
     share of those batches whose items all come from one block of the task's training items (VCR: all Q->A or all
     QA->R; None for a task with one block): what grouping by length does to a batch's mix."""
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         tmp = Path(d)
         write_dataset(tmp / "world", size=args.world_size, seed=0)
         for task in args.tasks.split(","):
-            width = {g: widths(tmp / "world", task, args.student, g, args.batch_size) for g in (0, args.group)}
+            width = {g: widths_and_mix(tmp / "world", task, args.student, g, args.batch_size) for g in (0, args.group)}
             res["tasks"][task] = {"width_plain": width[0][0], "width_grouped": width[args.group][0],
                                   "one_block_plain": width[0][1], "one_block_grouped": width[args.group][1]}
             if args.repeats:

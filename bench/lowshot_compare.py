@@ -100,17 +100,18 @@ def step_lines(sa: dict[tuple, float], sb: dict[tuple, float], names: tuple[str,
     cells: dict[tuple, list[tuple]] = {}
     for key in sorted(set(sa) & set(sb)):
         cells.setdefault(key[:3], []).append(key)
+    ratio = {k: sb[k] / sa[k] for keys in cells.values() for k in keys}
     lines = ["## time per training step (each run's median, paired by seed)", "",
              f"| task | method | fraction | runs | {na}, ms | {nb}, ms | {nb} / {na} (per seed) |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for (task, method, fraction), keys in cells.items():
-        ratios = [sb[k] / sa[k] for k in keys]
         lines.append(f"| {task} | {method} | {fraction:g} | {len(keys)} | "
                      f"{statistics.median(sa[k] for k in keys) * 1000:.0f} | "
-                     f"{statistics.median(sb[k] for k in keys) * 1000:.0f} | {statistics.median(ratios):.2f} "
-                     f"({', '.join(f'{r:.2f}' for r in ratios)}) |")
-    if cells:
-        every = [sb[k] / sa[k] for keys in cells.values() for k in keys]
+                     f"{statistics.median(sb[k] for k in keys) * 1000:.0f} | "
+                     f"{statistics.median(ratio[k] for k in keys):.2f} "
+                     f"({', '.join(f'{ratio[k]:.2f}' for k in keys)}) |")
+    if ratio:
+        every = list(ratio.values())
         lines += ["", f"{nb} / {na}, every paired run: median {statistics.median(every):.2f} "
                       f"({min(every):.2f} to {max(every):.2f}, {len(every)} runs)"]
     return lines

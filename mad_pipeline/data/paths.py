@@ -52,17 +52,17 @@ def first_file(root: Path, dirs: tuple[str, ...], name: str) -> Path | None:
 
 
 def split_file(root: Path, split: str, *, pattern: str, splits: tuple[str, ...], dirs: tuple[str, ...],
-               what: str) -> Path:
+               dataset: str, what: str) -> Path:
     """A dataset's one annotation file of ``split`` (``pattern.format(split=split)``, in the root or one of ``dirs``);
-    a split not in ``splits`` (the shapes world's ``shift``) only when its file exists. ``what`` names the dataset
-    and the file in the errors (``"VCR annotation"``: "VCR splits are ...", "VCR annotation file not found")."""
+    a split not in ``splits`` (the shapes world's ``shift``) only when its file exists. The errors name the
+    ``dataset`` ("VCR splits are ...") and the file, ``what`` ("VCR annotation file not found")."""
     root = Path(root)
     custom = split not in splits
     name = pattern.format(split=split) if not custom or CUSTOM_SPLIT.fullmatch(split) else ""
     if name and (found := first_file(root, dirs, name)):
         return found
     if custom:
-        raise InputError(f"--split {split!r}: {what.split()[0]} splits are {', '.join(splits)} (or a custom NAME with "
+        raise InputError(f"--split {split!r}: {dataset} splits are {', '.join(splits)} (or a custom NAME with "
                          f"its {pattern.format(split='NAME')})")
     raise InputError(f"{root / name}: {what} file not found (also looked in "
                      f"{', '.join(str(root / d) for d in dirs if d)})")

@@ -75,7 +75,8 @@ def _attaches(piece: str) -> bool:
 
 def vcr_file(root: Path, split: str) -> Path:
     """The split's file; a split not in :data:`SPLITS` (the shapes world's ``shift``) only when its file exists."""
-    return split_file(root, split, pattern="{split}.jsonl", splits=SPLITS, dirs=_FILE_DIRS, what="VCR annotation")
+    return split_file(root, split, pattern="{split}.jsonl", splits=SPLITS, dirs=_FILE_DIRS, dataset="VCR",
+                      what="VCR annotation")
 
 
 @register_reader("vcr")
