@@ -114,6 +114,7 @@ def distill_cmd(
     head_lr_mult: float = setting_option(TrainConfig, "head_lr_mult", "--head-lr-mult"),
     grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Max grad norm (0: off)."),
     group_by_length: int = setting_option(TrainConfig, "group_by_length", "--group-by-length"),
+    length_buckets: int = setting_option(TrainConfig, "length_buckets", "--length-buckets"),
     eval_every: int = typer.Option(_D.eval_every, "--eval-every", help="Evaluate every N steps (0: at the end)."),
     checkpoint_every: int = typer.Option(_D.checkpoint_every, "--checkpoint-every", help="Checkpoint every N steps."),
     log_every: int = typer.Option(_D.log_every, "--log-every", help="Log training metrics every N steps."),
@@ -136,8 +137,7 @@ def distill_cmd(
     wait: bool = typer.Option(False, "--wait", help="If another process is using --out, wait for it to end "
                               "(default: stop with an error)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (no bar at all, transformers' "
-                               "included)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (transformers' included)."),
 ):
     opts = dict(locals())  # every option, by name
     _run_and_print(_distill_config(opts), quiet or as_json, as_json)
@@ -213,8 +213,7 @@ def eval_cmd(
                                   "own: bf16 on CUDA unless trained without it, bf16 on CPU when trained with "
                                   "--cpu-bf16; how its dev and test splits were scored), fp32 or bf16."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (no bar at all, transformers' "
-                               "included)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (transformers' included)."),
 ):
     if quiet or as_json:
         quiet_library_bars()

@@ -362,3 +362,39 @@ def test_batches_of_similar_length_train_vcr_with_less_padding(world, tmp_path, 
     assert np.mean(grouped) < np.mean(plain) and min(grouped) < min(plain), (plain, grouped)
     train = {g: json.loads((tmp_path / f"group-{g}" / "run.json").read_text())["fingerprint"]["train"] for g in runs}
     assert train[4]["group_by_length"] == 4 and "group_by_length" not in train[0]  # off: the keys stay as they were
+
+
+def test_sub_batches_of_similar_length_train_vcr_like_one_batch(tiny_clip, world, tmp_path, monkeypatch):
+    """--length-buckets: each VCR batch through the student as a short (Q->A) and a long (QA->R) sub-batch, in a
+    real store-fed MAD run: the student sees two widths per step, the step's losses are one forward's (the first
+    step's to rounding, the next within a small drift), and the run has a key of its own."""
+    from mad_pipeline.students.vilt import ViltStudent
+
+    _, weights = tiny_clip
+    widths: list[int] = []
+    forward = ViltStudent.forward
+
+    def record(self, pixels, boxes, ids, *rest):
+        if self.training:
+            widths.append(ids.shape[-1])
+        return forward(self, pixels, boxes, ids, *rest)
+
+    monkeypatch.setattr(ViltStudent, "forward", record)
+    rows, calls = {}, {}
+    for groups in (1, 2):
+        widths.clear()
+        out = tmp_path / f"buckets-{groups}"
+        distill_run(DistillConfig(task="vcr", data_root=world / "vcr", out=out, teacher="tiny-clip",
+                                  weights=str(weights), cache=tmp_path / "cache", progress=False,
+                                  student="vilt-mini-l3", mad=build_mad_config("full"),
+                                  train=TrainConfig(steps=2, batch_size=8, log_every=1, length_buckets=groups)),
+                    log=lambda m: None)
+        calls[groups] = list(widths)
+        rows[groups] = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' not in ln]
+    assert len(calls[1]) == 2 and len(calls[2]) == 4, calls  # one call a step, then two
+    assert max(calls[2][:2]) == calls[1][0] and min(calls[2][:2]) < calls[1][0], calls
+    for k in ("task", "tok_v", "tok_t", "pool", "distill", "total"):
+        assert rows[2][0][k] == pytest.approx(rows[1][0][k], rel=1e-4, abs=1e-6), k
+        assert rows[2][1][k] == pytest.approx(rows[1][1][k], rel=1e-2, abs=1e-4), k
+    train = {g: json.loads((tmp_path / f"buckets-{g}" / "run.json").read_text())["fingerprint"]["train"] for g in rows}
+    assert train[2]["length_buckets"] == 2 and "length_buckets" not in train[1]

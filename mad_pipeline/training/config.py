@@ -58,6 +58,11 @@ class TrainConfig:
                               "shuffled order is sorted by text length and cut again (0: off); it also parts items "
                               "of different length (VCR: Q->A from the longer QA->R), which can change results: "
                               "measure it", min=0, max=MAX_BATCH, why=BATCH_WHY, key="unless-default")
+    length_buckets: int = _f(1, "run each batch through the student as up to N sub-batches of similar text length, "
+                             "each padded to its own longest text (1: one); the same batches and loss, less padding "
+                             "where lengths differ (VCR), other rounding: a cut is made only where it saves a tenth "
+                             "of the batch's padded tokens", min=1, max=8, why="each sub-batch costs a call",
+                             key="unless-default")
     buffer_chunks: int = _f(8, "chunk-aware shuffling window (chunks of the image store)", min=1, max=MAX_BATCH,
                             why="more chunks than a shuffling window can hold")
     device: str = _f("auto", "auto, cpu, cuda, cuda:1 ...", key=False, yaml=False)

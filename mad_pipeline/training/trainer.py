@@ -37,6 +37,7 @@ from ..jsonio import dump_json
 from ..losses import MADLoss, StudentBatch, build_targets, patch_centers
 from ..progress import Bar, progress_bar
 from .batch import Batch
+from .buckets import student_forward
 from .checkpoint import (
     Trainable,
     latest_checkpoint,
@@ -249,7 +250,7 @@ class Trainer:
     def _forward(self, batch: Batch, sync: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         with autocast(self.device, cfg.bf16, cfg.cpu_bf16):
-            out = self.student(*batch.student_args())
+            out = student_forward(self.student, batch.student_args(), cfg.length_buckets)
             sb = student_batch(out, batch)
             self.event("student")
             targets = batch.targets
