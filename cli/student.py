@@ -1,4 +1,5 @@
-"""``mad student``: pretrain the shipped ``shapes-vilt-tiny`` student (ViLT's objectives on the shapes world)."""
+"""``mad student``: pretrain the shipped ``shapes-vilt-tiny`` and ``shapes-vilt-mini-l3`` students (ViLT's objectives
+on the shapes world)."""
 
 from __future__ import annotations
 
@@ -20,22 +21,25 @@ student_app = typer.Typer(help="Pretrain cross-modal students.\n\n"
                           "Example:\n\n  mad student pretrain --out shapes-vilt-tiny", no_args_is_help=True)
 app.add_typer(student_app, name="student")
 
-PRETRAIN_HELP = """Pretrain vilt-tiny on the shapes world's image-caption pairs with ViLT's own objectives: \
-masked language modelling (15% of caption tokens, BERT's 80/10/10) and image-text matching (half the captions \
-replaced by non-matching ones: another scene's caption, or, once ITM has learned those, a hard one with one colour, \
-shape or place changed). ITM joins after a phase of MLM alone (--itm-start). No task labels, no teacher features, \
-never a colour+shape pair of the shift split. Then measures ITM and MLM accuracy and probes (first object's colour \
-and shape, object count; fine-tuned, and linear) on held-out scenes, against a from-scratch model given the same \
-number of labelled steps.
+PRETRAIN_HELP = """Pretrain a ViLT student (vilt-tiny; --student) on the shapes world's image-caption pairs with \
+ViLT's own objectives: masked language modelling (15% of caption tokens, BERT's 80/10/10) and image-text \
+matching (half the captions replaced by non-matching ones: another scene's caption, or, once ITM has learned \
+those, a hard one with one colour, shape or place changed). ITM joins after a phase of MLM alone (--itm-start). \
+No task labels, no teacher features, never a colour+shape pair of the shift split. Then measures ITM and MLM \
+accuracy and probes (first object's colour and shape, object count; fine-tuned, and linear) on held-out scenes, \
+against a from-scratch model given the same number of labelled steps.
 
 Cached by content key under the cache root (runs/student-pretrain/KEY/): the same settings again print the \
 cached figures without training. It is also a `mad run` stage (init: student-pretrain, these settings under \
 student_pretrain:), with the same key and cache entry. The weights are transformers' ViltForMaskedLM layout: \
-`mad distill --pretrained DIR` (or `--init pretrained` for the shipped copy) starts the student from them.
+`mad distill --pretrained DIR` (or `--init pretrained` for the shipped copies, vilt-tiny's and vilt-mini-l3's) \
+starts the student from them.
 
 Examples:
 
   mad student pretrain --out shapes-vilt-tiny
+
+  mad student pretrain --student vilt-mini-l3 --out shapes-vilt-mini-l3
 
   mad student pretrain --steps 20 --eval-size 64 --probe-steps 10 --out /tmp/pt --json
 """

@@ -80,7 +80,8 @@ class DistillConfig:
     student: str = _f("vilt-tiny", "student preset")
     pretrained: str | None = _f(None, "student backbone weights (save_pretrained directory or hub id)")
     init: str = _f("scratch", "student initialisation: pretrained (the preset's own pretrained backbone: vilt-tiny "
-                   "the shipped shapes-vilt-tiny, vilt-b32 dandelin/vilt-b32-mlm) or scratch; --pretrained wins",
+                   "and vilt-mini-l3 the shipped shapes-vilt-tiny and shapes-vilt-mini-l3, vilt-b32 "
+                   "dandelin/vilt-b32-mlm) or scratch; --pretrained wins",
                    choices=INITS)
     fresh_pooler: bool = _f(False, "draw the pretrained backbone's pooler (the [CLS] projection the task head reads) "
                             "afresh, as a RoBERTa-style head starts: for a student whose image-text matching "

@@ -81,9 +81,9 @@ def schema() -> dict[str, Any]:
         "precision": {"choices": ("auto", "fp32", "bf16")},
         "subset_seed": {"min": 0}, "vocab_min_count": {"min": 1}, "extract_batch_size": {"min": 1},
         "init": {"choices": RUN_INITS,
-                 "help": "the students' initial weights: pretrained (the preset's own: vilt-tiny the shipped "
-                         "shapes-vilt-tiny), scratch, or student-pretrain (the output of this config's "
-                         "student-pretrain stage, its settings under student_pretrain:)"},
+                 "help": "the students' initial weights: pretrained (the preset's own: vilt-tiny and vilt-mini-l3 "
+                         "the shipped shapes-vilt-tiny and shapes-vilt-mini-l3), scratch, or student-pretrain (the "
+                         "output of this config's student-pretrain stage, its settings under student_pretrain:)"},
     }
     keys = settings_keys(DistillConfig, YAML_KEYS, extras=extras)
     pretrain = settings_keys(pretrain_stage.StudentPretrainConfig, PRETRAIN_YAML)

@@ -263,20 +263,19 @@ def test_init_resolution_and_errors(tmp_path, monkeypatch):
     assert proc.stderr.strip() == "error: --negative-fraction must be at most 1 (a share), got 1.5"
 
 
-SHIPPED = weights_mod.PRESET_WEIGHTS["vilt-tiny"]
-
-
-@pytest.mark.skipif(not (Path(SHIPPED) / "model.safetensors").exists(), reason="shapes-vilt-tiny not shipped yet")
-def test_shipped_student_matches_its_record_and_loads():
+@pytest.mark.parametrize("name", ["vilt-tiny", "vilt-mini-l3"])
+def test_shipped_student_matches_its_record_and_loads(name):
     import hashlib
 
-    d = Path(SHIPPED)
+    d = Path(weights_mod.PRESET_WEIGHTS[name])
     meta = json.loads((d / "training.json").read_text())
+    assert meta["settings"]["student"] == name
     assert hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest() == meta["sha256"]
     cfg = json.loads((d / "config.json").read_text())
-    assert {k: cfg[k] for k in VILT_CONFIGS["vilt-tiny"]} == VILT_CONFIGS["vilt-tiny"]
-    student = build_student("vilt-tiny", "vqa", 7, resolve_init("vilt-tiny", "pretrained"))
+    assert {k: cfg[k] for k in VILT_CONFIGS[name]} == VILT_CONFIGS[name]
+    student = build_student(name, "vqa", 7, resolve_init(name, "pretrained"))
     assert student.hidden_size == 128 and next(student.parameters()).dtype == torch.float32
+    assert student.backbone.config.num_hidden_layers == VILT_CONFIGS[name]["num_hidden_layers"]
 
 
 def test_mad_run_yaml_init_and_the_keys_runs_always_had(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@
 
 - ``vilt-tiny``: ``shapes-vilt-tiny``, shipped with mad (``assets/students/shapes-vilt-tiny``), pretrained on the
   shapes world's image-caption pairs by ``mad student pretrain`` (ITM + MLM, no task labels, no teacher features);
+- ``vilt-mini-l3``: ``shapes-vilt-mini-l3``, shipped the same way (``mad student pretrain --student vilt-mini-l3``);
 - ``vilt-b32``: ``dandelin/vilt-b32-mlm`` from the Hugging Face hub (ViLT's released pretraining checkpoint).
 
 ``scratch``: the preset's config at random initialisation (seeded). An explicit ``pretrained`` directory or hub id
@@ -26,6 +27,7 @@ RUN_INITS = (*INITS, PRETRAIN_STAGE)  # the inits a mad run config may name (its
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "students"
 PRESET_WEIGHTS: dict[str, str | Path] = {
     "vilt-tiny": SHIPPED_DIR / "shapes-vilt-tiny",
+    "vilt-mini-l3": SHIPPED_DIR / "shapes-vilt-mini-l3",
     "vilt-b32": "dandelin/vilt-b32-mlm",
 }
 
