@@ -170,3 +170,21 @@ def test_a_global_batch_is_cut_by_store_row_into_disjoint_parts():
     assert [share_size(5, r, 2) for r in range(2)] == [3, 2]
     assert share([5], rows, 1, 2) == [5] and share_size(1, 1, 2) == 0  # an empty part: a placeholder weighed 0
     assert [global_batch(m, 20, 3) for m in range(9)] == [3, 3, 3, 3, 3, 3, 2, 3, 3]
+
+
+def test_two_processes_run_vcr_in_sub_batches_of_similar_length_like_one(ddp_world, tiny_clip, tmp_path):
+    """--length-buckets under DDP: each rank runs its share of a VCR batch through the student as a short and a long
+    sub-batch (two student calls inside one DDP forward); the two ranks log the losses of one process."""
+    root, env, _, _ = ddp_world
+    args = ["distill", "--task", "vcr", "--data-root", str(root / "world" / "vcr"), "--teacher", "tiny-clip",
+            "--weights", str(tiny_clip[1]), "--student", "vilt-mini-l3", "--steps", "3", "--batch-size", "8",
+            "--log-every", "1", "--num-workers", "0", "--length-buckets", "2", "--json"]
+    one = last_json(mad_inproc(*args, "--out", str(tmp_path / "one"), env=env))
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "mad_pipeline.cli", *args, "--out", str(tmp_path / "two")], capture_output=True,
+                         text=True, timeout=900, env={**os.environ, **env})
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert last_json(two)["steps"] == one["steps"] == 3
+    for ra, rb in zip(_rows(tmp_path / "one"), _rows(tmp_path / "two"), strict=True):
+        for k in LOGGED:
+            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (ra["step"], k)
