@@ -114,9 +114,9 @@ def main(argv=None) -> int:
         write_dataset(tmp / "world", size=args.world_size, seed=0)
         for task in args.tasks.split(","):
             buckets = args.group if args.lever == "length-buckets" else 2
-            width = {g: widths_and_mix(tmp / "world", task, args.student, g, args.batch_size, buckets)
-                     for g in (0, 8 if args.lever == "length-buckets" else args.group)}
-            (plain, grouped) = width.values()
+            group = args.group if args.lever == "group-by-length" else 8  # the widths with grouping, either way
+            plain = widths_and_mix(tmp / "world", task, args.student, 0, args.batch_size, buckets)
+            grouped = widths_and_mix(tmp / "world", task, args.student, group, args.batch_size)
             res["tasks"][task] = {"width_plain": plain[0], "width_grouped": grouped[0], "one_block_plain": plain[1],
                                   "one_block_grouped": grouped[1], "buckets": buckets, "bucket_token_share": plain[2]}
             if args.repeats:

@@ -52,10 +52,11 @@ def first_file(root: Path, dirs: tuple[str, ...], name: str) -> Path | None:
 
 
 def split_file(root: Path, split: str, *, pattern: str, splits: tuple[str, ...], dirs: tuple[str, ...],
-               dataset: str, what: str) -> Path:
+               dataset: str, what: str | None = None) -> Path:
     """A dataset's one annotation file of ``split`` (``pattern.format(split=split)``, in the root or one of ``dirs``);
     a split not in ``splits`` (the shapes world's ``shift``) only when its file exists. The errors name the
-    ``dataset`` ("VCR splits are ...") and the file, ``what`` ("VCR annotation file not found")."""
+    ``dataset`` ("VCR splits are ...") and the file, ``what`` ("VCR annotation file not found"; default: the
+    dataset's name)."""
     root = Path(root)
     custom = split not in splits
     name = pattern.format(split=split) if not custom or CUSTOM_SPLIT.fullmatch(split) else ""
@@ -64,5 +65,5 @@ def split_file(root: Path, split: str, *, pattern: str, splits: tuple[str, ...],
     if custom:
         raise InputError(f"--split {split!r}: {dataset} splits are {', '.join(splits)} (or a custom NAME with "
                          f"its {pattern.format(split='NAME')})")
-    raise InputError(f"{root / name}: {what} file not found (also looked in "
+    raise InputError(f"{root / name}: {what or dataset} file not found (also looked in "
                      f"{', '.join(str(root / d) for d in dirs if d)})")

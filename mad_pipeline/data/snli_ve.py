@@ -35,8 +35,7 @@ _FILE_DIRS = ("", "annotations")
 
 def snli_ve_file(root: Path, split: str) -> Path:
     """The split's file; a split not in :data:`SPLITS` (the shapes world's ``shift``) only when its file exists."""
-    return split_file(root, split, pattern=FILE, splits=SPLITS, dirs=_FILE_DIRS, dataset="SNLI-VE",
-                      what="SNLI-VE")
+    return split_file(root, split, pattern=FILE, splits=SPLITS, dirs=_FILE_DIRS, dataset="SNLI-VE")
 
 
 def image_dir(root: Path) -> str:
