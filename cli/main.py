@@ -4,6 +4,7 @@ module and attaches itself to them when imported; :func:`_register` imports them
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 
@@ -17,10 +18,14 @@ from mad_pipeline.errors import MadError
 
 from .app import app, package_version
 
+# the command modules; each attaches its commands to `app` (or `store_app`) when imported
+COMMAND_MODULES = ("datasets", "distill", "extract", "predict", "run", "score", "store", "store_export", "student",
+                   "teacher", "teachers")
+
 
 def _register() -> None:
-    # one import per command module; each attaches its commands to `app` (or `store_app`)
-    from . import datasets, distill, extract, predict, run, score, store, store_export, student, teacher, teachers  # noqa: F401
+    for name in COMMAND_MODULES:
+        importlib.import_module(f".{name}", __package__)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,6 +61,19 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+
+
+def main_to_log(argv: list[str], log: str) -> None:
+    """``mad <argv>`` in this process with everything it prints, and what the processes it starts print, written
+    to the file ``log`` (file descriptors 1 and 2 point there): how a driver that forks its runs from one process
+    that imported the library once starts each. Exits with the command's code."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    main(argv)
 
 
 def one_line(text: str) -> str:

@@ -4,7 +4,9 @@ reject malformed input with an error naming the file and the record."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,26 @@ def _answer_not_str(d):
     d["annotations"][0]["answers"][3]["answer"] = 3
 
 
+def _answer_not_object(d):
+    d["annotations"][1]["answers"][2] = "2"
+
+
+def _answer_missing(d):
+    del d["annotations"][1]["answers"][5]["answer"]
+
+
+def _answer_id_bool(d):
+    d["annotations"][2]["answers"][0]["answer_id"] = True
+
+
+def _answer_confidence_int(d):
+    d["annotations"][2]["answers"][9]["answer_confidence"] = 1
+
+
+def _answer_lone_surrogate(d):
+    d["annotations"][0]["answers"][7]["answer"] = "ca\ud800t"
+
+
 @pytest.mark.parametrize("which, mutate, expect", [
     ("q", _mutate_q, [VQA_Q, "question_id=42001", "missing field 'question'"]),
     ("q", _qid_str, [VQA_Q, "questions[0]", "'question_id' must be an integer"]),
@@ -112,6 +134,11 @@ def _answer_not_str(d):
     ("a", _image_mismatch, [VQA_Q, "question_id=1337000", "image_id"]),
     ("a", _extra_ann, [VQA_A, "question_id=99", "no question"]),
     ("a", _answer_not_str, [VQA_A, "question_id=42000", "answers[3].answer"]),
+    ("a", _answer_not_object, [VQA_A, "question_id=42001", "answers[2] must be a JSON object"]),
+    ("a", _answer_missing, [VQA_A, "question_id=42001", "answers[5]: missing field 'answer'"]),
+    ("a", _answer_id_bool, [VQA_A, "question_id=1337000", "'answers[0].answer_id' must be an integer"]),
+    ("a", _answer_confidence_int, [VQA_A, "question_id=1337000", "'answers[9].answer_confidence' must be a string"]),
+    ("a", _answer_lone_surrogate, [VQA_A, "question_id=42000", "'answers[7].answer' is not valid Unicode"]),
 ])
 def test_vqa_rejects_malformed_records(tmp_path, which, mutate, expect):
     root = _copy("vqa", tmp_path)
@@ -125,6 +152,33 @@ def test_vqa_rejects_malformed_records(tmp_path, which, mutate, expect):
     assert "\n" not in msg
     for part in expect:
         assert part in msg
+
+
+def test_a_split_read_again_in_one_process_is_parsed_once_until_its_files_change(tmp_path, monkeypatch):
+    """Stages of one process read the same split again (planning, training, evaluation, the report): it is parsed
+    once, each caller gets its own sample list, and an edit of one of its files is read."""
+    import mad_pipeline.data.vqa as vqa_module
+
+    root = _copy("vqa", tmp_path)
+    for path in (root, *root.iterdir()):  # files as a dataset's are: not written a moment ago
+        os.utime(path, (time.time() - 3600,) * 2)
+    parsed = []
+    parse = vqa_module.parse_vqa
+    monkeypatch.setattr(vqa_module, "parse_vqa", lambda *a, **k: parsed.append(a) or parse(*a, **k))
+    first = load_dataset("vqa", root, split="val")
+    first.samples.pop()
+    again = load_dataset("vqa", str(root), split="val2014")  # the same split by another name is read again
+    same = load_dataset("vqa", root / ".", split="val")
+    assert len(parsed) == 2
+    assert [s.id for s in same.samples] == ["42000", "42001", "1337000"] and same.sources == again.sources
+    path = root / VQA_A
+    doc = json.loads(path.read_text())
+    doc["annotations"][0]["multiple_choice_answer"] = "twenty"
+    path.write_text(json.dumps(doc))
+    edited = load_dataset("vqa", root, split="val")
+    assert len(parsed) == 3 and edited.samples[0].meta["multiple_choice_answer"] == "twenty"
+    load_dataset("vqa", root, split="val")  # written a moment ago: read again, not kept
+    assert len(parsed) == 4
 
 
 def test_vqa_rejects_bad_json_and_structure(tmp_path):

@@ -680,6 +680,18 @@ def test_lowshot_bench_stopped_by_sigterm_kills_its_shards_and_writes_its_record
     assert not list(runs.glob("*/stage.json"))  # no run finished: the shards were killed, not let run to the end
 
 
+@pytest.mark.parametrize("fork", [True, False])
+def test_lowshot_shard_launcher_runs_mad_into_a_log_and_returns_its_exit_code(tmp_path, fork):
+    """A shard forked from the process that imported the library once (or a subprocess without ``fork``): ``mad``'s
+    output, its errors included, in the shard's log, and the command's exit code as the shard's."""
+    launch = _bench().Launcher({"HF_HUB_OFFLINE": "1"}, fork=fork)
+    ok, bad = tmp_path / "ok.log", tmp_path / "bad.log"
+    shards = launch(["run", "--help"], ok), launch(["run", str(tmp_path / "missing.yaml")], bad)
+    assert [p.wait() for p in shards] == [0, 2]
+    assert "Usage: mad run" in ok.read_text()
+    assert bad.read_text().startswith("error: ") and "missing.yaml" in bad.read_text(), bad.read_text()
+
+
 def test_lowshot_source_watch_names_a_changed_added_or_removed_library_file(tmp_path):
     """The study's watch on the library: unchanged, None; an edited, added or removed ``.py`` file, its path; it
     looks at most every ``every`` seconds."""

@@ -9,6 +9,7 @@ or, with ``on_error="skip"``, records a :class:`~mad_pipeline.data.base.Skipped`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,11 +97,15 @@ def read_jsonl(path: Path, parse: Callable[[Any, set[str]], Sample], *, sample_i
     return samples, skipped
 
 
+# a lone surrogate (JSON's "\ud800" escapes decode to one) or the replacement character a bad decode leaves
+not_unicode = re.compile("[\ud800-\udfff\ufffd]").search
+
+
 def check_text(value: Any, field: str) -> str:
     """A text field: a string that is valid Unicode (no lone surrogates, no U+FFFD from a bad decode)."""
     if not isinstance(value, str):
         raise ValueError(f"field {field!r} must be a string")
-    if "\ufffd" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+    if not_unicode(value):
         raise ValueError(f"field {field!r} is not valid Unicode (replacement characters or lone surrogates)")
     return value
 

@@ -17,9 +17,16 @@ from ..errors import InputError
 CUSTOM_SPLIT = re.compile(r"[a-z][a-z0-9-]*")
 
 
+# a relative POSIX path already in normal form: no backslash, NUL or empty part, not absolute, no leading ``~``
+_NORMAL_PATH = re.compile(r"[^/\\\x00~][^/\\\x00]*(?:/[^/\\\x00]+)*")
+
+
 def safe_relpath(rel: str, root: Path | None = None) -> str:
     """Normalise ``rel`` (relative to the data root) to a POSIX relative path; ValueError if, as written, it is
     absolute or climbs out of the root. (``root`` is not read: links inside it are followed.)"""
+    if (isinstance(rel, str) and _NORMAL_PATH.fullmatch(rel) and not rel.isspace()
+            and "/./" not in f"/{rel}/" and "/../" not in f"/{rel}/"):
+        return rel  # the common case: what the normalisation below would return
     if not isinstance(rel, str) or not rel.strip():
         raise ValueError("empty image path")
     if "\x00" in rel:

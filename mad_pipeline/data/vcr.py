@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Dataset, Sample, Skipped
-from .jsonio import check_int, check_text, peek_field, read_jsonl, require
+from .jsonio import check_int, check_text, not_unicode, peek_field, read_jsonl, require
 from .paths import safe_relpath, split_file
 from .registry import register_reader
 
@@ -48,10 +48,12 @@ def render_tokens(tokens: Any, objects: list[str], field: str = "tokens") -> str
     """Render a VCR token list (words and lists of object indices) as one string; ValueError if malformed."""
     if not isinstance(tokens, list) or not tokens:
         raise ValueError(f"field {field!r} must be a non-empty list of tokens")
-    out = ""
+    out: list[str] = []
+    started = False  # a non-empty piece written (the next one is spaced unless it attaches)
     for k, tok in enumerate(tokens):
         if isinstance(tok, str):
-            check_text(tok, f"{field}[{k}]")
+            if not_unicode(tok):  # the message (and its field name) only for a bad token
+                check_text(tok, f"{field}[{k}]")
             piece = tok
         elif isinstance(tok, list) and tok:
             for i in tok:
@@ -63,14 +65,15 @@ def render_tokens(tokens: Any, objects: list[str], field: str = "tokens") -> str
             piece = render_objects(tok, objects)
         else:
             raise ValueError(f"{field}[{k}] must be a word or a non-empty list of object indices")
-        if out and not _attaches(piece):
-            out += " "
-        out += piece
-    return out
+        if started and not _attaches(piece):
+            out.append(" ")
+        out.append(piece)
+        started = started or bool(piece)
+    return "".join(out)
 
 
 def _attaches(piece: str) -> bool:
-    return piece in _ATTACH or piece.startswith("'") or piece.lower() == "n't"
+    return piece in _ATTACH or piece[:1] == "'" or (len(piece) == 3 and piece.lower() == "n't")
 
 
 def vcr_file(root: Path, split: str) -> Path:

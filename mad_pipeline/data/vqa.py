@@ -22,6 +22,7 @@ answer objects as in the file, for the official evaluation), answer_type, questi
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 
 from ..errors import InputError
 from .base import Dataset, Sample, Skipped
-from .jsonio import check_int, check_text, load_json, require
+from .jsonio import check_int, check_text, load_json, not_unicode, require
 from .paths import CUSTOM_SPLIT, first_file, safe_relpath
 from .registry import register_reader
 
@@ -92,6 +93,7 @@ def read_vqa(root: Path, split: str, on_error: str = "fail") -> Dataset:
     questions, annotations, image_dir = vqa_files(root, split)
     image_sub = split_subtypes(split)[1]
 
+    @functools.cache  # an image has several questions: its path is checked once
     def image_for(image_id: int) -> str:
         return safe_relpath(f"{image_dir}/{IMAGE_FILE.format(image_subtype=image_sub, image_id=image_id)}", root)
 
@@ -224,18 +226,33 @@ def _check_annotation(a: Any) -> dict[str, Any]:
     answers = require(a, "answers")
     if not isinstance(answers, list) or not answers:
         raise ValueError("field 'answers' must be a non-empty list of answer objects")
-    records = []
-    for j, ans in enumerate(answers):
-        if not isinstance(ans, dict):
-            raise ValueError(f"answers[{j}] must be a JSON object")
-        if "answer" not in ans:
-            raise ValueError(f"answers[{j}]: missing field 'answer'")
-        check_text(ans["answer"], f"answers[{j}].answer")
-        if "answer_id" in ans:
-            check_int(ans["answer_id"], f"answers[{j}].answer_id")
-        if "answer_confidence" in ans and not isinstance(ans["answer_confidence"], str):
-            raise ValueError(f"field 'answers[{j}].answer_confidence' must be a string")
-        records.append(dict(ans))
-    out["answers"] = [r["answer"] for r in records]
-    out["answer_records"] = records
+    if not _answers_ok(answers):  # the common case checked without building a message per answer
+        for j, ans in enumerate(answers):
+            _check_answer(j, ans)
+    out["answers"] = [ans["answer"] for ans in answers]
+    out["answer_records"] = answers  # the file's objects as parsed (each load parses its own)
     return out
+
+
+def _answers_ok(answers: list) -> bool:
+    """Whether every answer object passes :func:`_check_answer` (which names what is wrong when one does not)."""
+    try:
+        texts = [ans["answer"] for ans in answers]
+        ids = [ans.get("answer_id", 0) for ans in answers]
+        confidences = [ans.get("answer_confidence", "") for ans in answers]
+    except (TypeError, KeyError, AttributeError):  # not an object, or no 'answer'
+        return False
+    return (all(type(t) is str for t in texts) and not not_unicode("".join(texts))
+            and all(type(i) is int for i in ids) and all(type(c) is str for c in confidences))
+
+
+def _check_answer(j: int, ans: Any) -> None:
+    if not isinstance(ans, dict):
+        raise ValueError(f"answers[{j}] must be a JSON object")
+    if "answer" not in ans:
+        raise ValueError(f"answers[{j}]: missing field 'answer'")
+    check_text(ans["answer"], f"answers[{j}].answer")
+    if "answer_id" in ans:
+        check_int(ans["answer_id"], f"answers[{j}].answer_id")
+    if "answer_confidence" in ans and not isinstance(ans["answer_confidence"], str):
+        raise ValueError(f"field 'answers[{j}].answer_confidence' must be a string")
