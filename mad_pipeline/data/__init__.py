@@ -109,6 +109,7 @@ def _signature(ds: Dataset) -> tuple | None:
         out.append((str(path), st.st_size, st.st_mtime_ns, st.st_ino))
     return tuple(out)
 
+
 __all__ = ["BUILTIN", "DATASETS", "Dataset", "FileImages", "ImageDecodeError", "ImageSource", "Reader", "Sample",
            "Skipped", "dataset_names", "get_reader", "load_dataset", "load_image", "read_csv_manifest",
            "read_jsonl_manifest", "read_parquet_manifest", "read_webdataset", "register_reader"]
