@@ -260,8 +260,9 @@ class Launcher:
     """Starts a shard's ``mad run`` with ``env`` added to this process's environment, its output to a log file. With
     ``fork`` (where the platform has it) each shard is a process forked from a server that imported the library,
     torch and transformers once, the way ``python -m mad_pipeline.cli`` would, with that environment: a shard
-    does not pay those imports (about 8 s of a one-thread shard) and each still starts from a fresh process, as a
-    subprocess would. Without, a ``python -m mad_pipeline.cli`` subprocess per shard."""
+    does not pay those imports (a planning-only ``mad run`` took about 4 s less on a 2-core CPU) and each still
+    starts from a fresh process, as a subprocess would. Without, a ``python -m mad_pipeline.cli`` subprocess per
+    shard."""
 
     PRELOAD = ("mad_pipeline.stages.pipeline", "mad_pipeline.stages.distill", "mad_pipeline.stages.evaluate",
                "mad_pipeline.students.vilt", "transformers.models.vilt.modeling_vilt")

@@ -22,7 +22,6 @@ answer objects as in the file, for the official evaluation), answer_type, questi
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -93,7 +92,6 @@ def read_vqa(root: Path, split: str, on_error: str = "fail") -> Dataset:
     questions, annotations, image_dir = vqa_files(root, split)
     image_sub = split_subtypes(split)[1]
 
-    @functools.cache  # an image has several questions: its path is checked once
     def image_for(image_id: int) -> str:
         return safe_relpath(f"{image_dir}/{IMAGE_FILE.format(image_subtype=image_sub, image_id=image_id)}", root)
 
